@@ -1,0 +1,134 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"runtime/debug"
+
+	"github.com/tpconvert/tpconvert/convert"
+	"github.com/tpconvert/tpconvert/formats"
+	"github.com/tpconvert/tpconvert/formats/tpk"
+	"github.com/tpconvert/tpconvert/stream"
+)
+
+func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("restore", "tpconvert restore IN.tpk [-o OUT] [flags]", stderr)
+	out := fs.String("o", "", "output file, or directory for a sharded checkout (default: IN.restored.safetensors, IN.restored.gguf or IN.restored/)")
+	dtype := fs.String("dtype", "source", "dtype of decoded tensors: source, f32, f16, bf16 (source: the original float type; F16 for block-quantized sources)")
+	deq := fs.String("dequantize", "", "also convert tensors stored in GGUF block-quantized types (Q4_K, ...) to f32, f16 or bf16")
+	to := fs.String("to", "", "output container: safetensors or gguf (default: the source's; GGUF sources may go to safetensors)")
+	shard := sizeFlag(0)
+	fs.Var(&shard, "shard-size", "write a sharded safetensors checkout with shards of at most this size (e.g. 5GB)")
+	workers := fs.Int("workers", runtime.NumCPU(), "tensors decoded in parallel")
+	maxMem := sizeFlag(defaultMaxMemory())
+	fs.Var(&maxMem, "max-memory", "bound on working memory (default: a quarter of RAM)")
+	asJSON := fs.Bool("json", false, "print a machine-readable summary on stdout")
+	force := fs.Bool("force", false, "overwrite existing output files")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errUsage{fmt.Errorf("restore takes one IN.tpk, got %d", len(pos))}
+	}
+	in := pos[0]
+	o := convert.RestoreOptions{ShardSize: int64(shard), Overwrite: *force}
+	if o.DType, err = convert.ParseDTypeFlag(*dtype); err != nil {
+		return errUsage{fmt.Errorf("--dtype: %w", err)}
+	}
+	if *deq != "" {
+		if o.Dequantize, err = convert.ParseDTypeFlag(*deq); err != nil || o.Dequantize == 0 {
+			return errUsage{fmt.Errorf("--dequantize: want f32, f16 or bf16, not %q", *deq)}
+		}
+	}
+	switch *to {
+	case "":
+	case "safetensors", "gguf":
+		o.To = formats.Kind(*to)
+	default:
+		return errUsage{fmt.Errorf("--to: want safetensors or gguf, not %q", *to)}
+	}
+	if *workers < 1 {
+		return errUsage{errors.New("--workers must be at least 1")}
+	}
+	if *out == "" {
+		r, err := tpk.Open(in)
+		if err != nil {
+			return err
+		}
+		meta := r.Meta()
+		*out = convert.DefaultRestoreOutput(in, meta, o.To, convert.IsDirOutput(meta, o))
+		r.Close()
+	}
+	debug.SetMemoryLimit(int64(maxMem) + 256<<20)
+	prog := newProgress(stderr, "restore", *asJSON)
+	o.Options = stream.Options{Workers: *workers, MaxMemory: int64(maxMem), Progress: prog.add}
+	o.OnStart = prog.start
+	rep, err := convert.RestoreFile(ctx, in, *out, o)
+	prog.finish()
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	fmt.Fprintf(stdout, "restored %d tensors (%d decoded) from %s into %s\n", rep.Tensors, rep.Decoded, rep.Input, rep.Output)
+	for _, f := range rep.Files {
+		fmt.Fprintf(stdout, "  %s\n", f)
+	}
+	fmt.Fprintf(stdout, "%s written in %.1fs (%s/s), peak memory %s\n", human(rep.BytesOut), rep.WallSeconds,
+		human(int64(float64(rep.BytesOut)/max(rep.WallSeconds, 1e-9))), human(rep.PeakRSSBytes))
+	return nil
+}
+
+func cmdInspect(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("inspect", "tpconvert inspect FILE [--json]", stderr)
+	asJSON := fs.Bool("json", false, "print machine-readable output")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errUsage{fmt.Errorf("inspect takes one FILE, got %d", len(pos))}
+	}
+	rep, err := convert.Inspect(pos[0])
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	printReport(stdout, rep, true)
+	return nil
+}
+
+func cmdVerify(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("verify", "tpconvert verify FILE.tpk", stderr)
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errUsage{fmt.Errorf("verify takes one FILE.tpk, got %d", len(pos))}
+	}
+	n, errs := convert.Verify(pos[0])
+	if len(errs) > 0 {
+		for _, e := range errs[1:] {
+			fmt.Fprintf(stderr, "tpconvert: %s\n", oneLine(e))
+		}
+		if len(errs) > 1 {
+			return fmt.Errorf("%d of %d records damaged; first: %w", len(errs), n, errs[0])
+		}
+		return errs[0]
+	}
+	fmt.Fprintf(stdout, "%s: OK (%d records, all checksums match)\n", pos[0], n)
+	return nil
+}

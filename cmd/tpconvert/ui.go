@@ -1,0 +1,216 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"golang.org/x/term"
+
+	"github.com/tpconvert/tpconvert/codec"
+	"github.com/tpconvert/tpconvert/convert"
+	"github.com/tpconvert/tpconvert/tensor"
+)
+
+// sizeFlag is a byte count given as 512MiB, 4GiB, 5GB, 1.5G or 1048576.
+type sizeFlag int64
+
+func (s *sizeFlag) String() string { return human(int64(*s)) }
+
+func (s *sizeFlag) Set(v string) error {
+	n, err := parseSize(v)
+	if err != nil {
+		return err
+	}
+	*s = sizeFlag(n)
+	return nil
+}
+
+var units = []struct {
+	suffix string
+	mult   float64
+}{
+	{"kib", 1 << 10}, {"mib", 1 << 20}, {"gib", 1 << 30}, {"tib", 1 << 40},
+	{"kb", 1e3}, {"mb", 1e6}, {"gb", 1e9}, {"tb", 1e12},
+	{"k", 1 << 10}, {"m", 1 << 20}, {"g", 1 << 30}, {"t", 1 << 40}, {"b", 1},
+}
+
+func parseSize(v string) (int64, error) {
+	s := strings.ToLower(strings.TrimSpace(v))
+	mult := 1.0
+	for _, u := range units {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
+			break
+		}
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f < 0 || f*mult > 1<<62 {
+		return 0, fmt.Errorf("invalid size %q (want e.g. 512MiB, 4GiB, 5GB)", v)
+	}
+	return int64(f * mult), nil
+}
+
+// defaultMaxMemory is a quarter of the machine's RAM, at least 256 MiB.
+func defaultMaxMemory() int64 {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 2 << 30
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if v, ok := strings.CutPrefix(s.Text(), "MemTotal:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return max(kb*1024/4, 256<<20)
+		}
+	}
+	return 2 << 30
+}
+
+func human(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// progress draws a progress bar on stderr when it is a terminal.
+type progress struct {
+	mu  sync.Mutex
+	bar *progressbar.ProgressBar
+	w   io.Writer
+	on  bool
+	job string
+}
+
+func newProgress(w io.Writer, job string, quiet bool) *progress {
+	p := &progress{w: w, job: job}
+	if f, ok := w.(*os.File); ok && !quiet && term.IsTerminal(int(f.Fd())) {
+		p.on = true
+	}
+	return p
+}
+
+func (p *progress) start(total int64) {
+	if !p.on {
+		return
+	}
+	p.bar = progressbar.NewOptions64(total,
+		progressbar.OptionSetWriter(p.w),
+		progressbar.OptionSetDescription(p.job),
+		progressbar.OptionShowBytes(true),
+		progressbar.OptionShowCount(),
+		progressbar.OptionSetWidth(30),
+		progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionClearOnFinish(),
+		progressbar.OptionSetPredictTime(true),
+	)
+}
+
+func (p *progress) add(_ tensor.Info, n int64) {
+	if p.bar == nil {
+		return
+	}
+	p.mu.Lock()
+	p.bar.Add64(n)
+	p.mu.Unlock()
+}
+
+func (p *progress) finish() {
+	if p.bar != nil {
+		p.bar.Finish()
+		p.bar.Clear()
+	}
+}
+
+func fmtShape(s []int64) string {
+	parts := make([]string, len(s))
+	for i, d := range s {
+		parts[i] = strconv.FormatInt(d, 10)
+	}
+	return "[" + strings.Join(parts, "x") + "]"
+}
+
+// printReport renders a conversion or inspection summary as text.
+func printReport(w io.Writer, r *convert.Report, all bool) {
+	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "tensor\tdtype\tshape\tcodec\tstored\tbits/w\trel.err\tSQNR dB\t")
+	shown := 0
+	for _, t := range r.Tensors {
+		if !all && !t.Lossy {
+			continue
+		}
+		shown++
+		re, sq := "", ""
+		if t.RelErr != nil {
+			re = fmt.Sprintf("%.4f", *t.RelErr)
+			sq = fmt.Sprintf("%.1f", *t.SQNRdB)
+		}
+		c := t.Codec
+		if c == "" {
+			c = "-"
+		}
+		if t.Note != "" {
+			c += " (" + t.Note + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.3f\t%s\t%s\t\n", t.Name, t.DType, fmtShape(t.Shape), c, human(t.StoredBytes), t.BPW, re, sq)
+	}
+	if shown > 0 {
+		tw.Flush()
+		fmt.Fprintln(w)
+	}
+	tt := r.Totals
+	fmt.Fprintf(w, "%s", r.Input)
+	if r.Output != "" {
+		fmt.Fprintf(w, " -> %s", r.Output)
+	}
+	if r.Kind != "" {
+		fmt.Fprintf(w, " (%s)", r.Kind)
+	}
+	fmt.Fprintln(w)
+	if r.Codec != "" {
+		fmt.Fprintf(w, "  codec            %s %s\n", r.Codec, r.Params)
+	}
+	fmt.Fprintf(w, "  tensors          %d (%d compressed, %d passed through bit-exact)\n", tt.Tensors, tt.Compressed, tt.PassedThrough)
+	fmt.Fprintf(w, "  parameters       %d (%d in compressed tensors)\n", tt.Params, tt.CompressedParams)
+	if r.Output != "" {
+		fmt.Fprintf(w, "  bytes            %s in, %s out\n", human(tt.BytesIn), human(tt.BytesOut))
+	} else {
+		fmt.Fprintf(w, "  bytes            %s\n", human(tt.BytesOut))
+	}
+	fmt.Fprintf(w, "  bits/weight      %.3f all-in (whole file)", tt.BPWAll)
+	if tt.CompressedParams > 0 {
+		fmt.Fprintf(w, "; %.3f over the compressed tensors", tt.BPWCompressed)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "  ratio            %.2fx vs FP16, %.2fx vs source\n", tt.RatioFP16, tt.RatioSource)
+	if tt.WallSeconds > 0 {
+		fmt.Fprintf(w, "  time             %.1fs, peak memory %s\n", tt.WallSeconds, human(tt.PeakRSSBytes))
+	}
+}
+
+func cmdCodecs(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+	for _, n := range codec.Names() {
+		mark := ""
+		if n == defaultCodec {
+			mark = " (default)"
+		}
+		fmt.Fprintf(tw, "%s\t%s%s\n", n, codec.Doc(n), mark)
+	}
+	return tw.Flush()
+}

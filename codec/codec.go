@@ -1,0 +1,165 @@
+// Package codec defines the Codec interface that compresses one tensor, and
+// a registry of codecs keyed by a stable numeric ID, in the manner of
+// image.RegisterFormat: each codec package registers itself in its init
+// function, and importing it (usually for side effects, as
+// cmd/tpconvert does) makes it available by name and by ID.
+package codec
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/tpconvert/tpconvert/tensor"
+)
+
+// Stable codec IDs. They are written to .tpk files: IDs are only ever added,
+// and a retired ID stays reserved here.
+const (
+	IDNone      uint16 = 0  // raw source bytes
+	IDF16       uint16 = 1  // IEEE binary16
+	IDBF16      uint16 = 2  // bfloat16
+	IDInt8      uint16 = 3  // per-row symmetric INT8
+	IDInt4      uint16 = 4  // grouped asymmetric INT4
+	IDTenpakXV1 uint16 = 16 // TenPak-X v1
+	IDTenpakXV2 uint16 = 17 // TenPak-X v2 (reserved)
+)
+
+// Options configures a codec when it is created for encoding. Zero values
+// mean "the codec's default". Codecs ignore options that do not apply to
+// them.
+type Options struct {
+	// Rank of low-rank factors (TenPak-X; default 32).
+	Rank int
+	// GroupSize is the number of weights that share a scale and offset
+	// (int4 default 32; TenPak-X default one row).
+	GroupSize int
+	// Seed seeds every random choice (default 0).
+	Seed uint64
+}
+
+// Codec compresses and decompresses one tensor.
+//
+// A payload is self-describing: Decode needs only the payload and the
+// tensor's Info (name, source dtype, shape) from the record.
+type Codec interface {
+	// ID is the codec's stable numeric ID, written to every record.
+	ID() uint16
+	// Name is the codec's stable name ("tenpak_x_v1").
+	Name() string
+	// Version is the payload format version written to every record.
+	// Decoders accept every version up to their own.
+	Version() uint16
+	// Params describes the encoding parameters ("rank=32 group=4096"),
+	// recorded beside the payload for inspection.
+	Params() string
+	// Encode writes the payload for tensor t whose elements are x
+	// (row-major; len(x) == t.Elems()).
+	Encode(w io.Writer, t tensor.Info, x []float32) error
+	// Decode reconstructs t's elements from payload into dst
+	// (len(dst) == t.Elems()). version is the record's codec version.
+	Decode(dst []float32, payload []byte, t tensor.Info, version uint16) error
+	// Cost estimates the peak working memory, in bytes, that Encode or
+	// Decode needs for t beyond the input and output buffers. The
+	// pipeline reserves it before the work starts.
+	Cost(t tensor.Info) int64
+}
+
+// ByteCodec is implemented by codecs that store a tensor's source bytes as
+// they are (the "none" codec). The pipeline calls EncodeBytes instead of
+// decoding the tensor to float32.
+type ByteCodec interface {
+	Codec
+	EncodeBytes(w io.Writer, t tensor.Info, src []byte) error
+}
+
+// ErrUnsupported is returned (wrapped) by Encode for tensors a codec cannot
+// represent; the pipeline then stores them with the "none" codec and says so.
+var ErrUnsupported = errors.New("codec: tensor not supported by this codec")
+
+// ErrCorrupt is returned (wrapped) by Decode for payloads that are
+// malformed: wrong length, parameters that disagree with the tensor.
+var ErrCorrupt = errors.New("codec: corrupt payload")
+
+// ErrUnknown is returned for unknown codec names and IDs.
+var ErrUnknown = errors.New("codec: unknown codec")
+
+// Factory creates a codec configured by o, or refuses invalid options.
+type Factory func(o Options) (Codec, error)
+
+type entry struct {
+	id      uint16
+	name    string
+	doc     string
+	factory Factory
+}
+
+var (
+	mu     sync.RWMutex
+	byID   = map[uint16]*entry{}
+	byName = map[string]*entry{}
+)
+
+// Register makes a codec available. It panics if the ID or name is taken
+// (a programmer error).
+func Register(id uint16, name, doc string, f Factory) {
+	mu.Lock()
+	defer mu.Unlock()
+	if _, dup := byID[id]; dup {
+		panic(fmt.Sprintf("codec: ID %d registered twice", id))
+	}
+	if _, dup := byName[name]; dup {
+		panic(fmt.Sprintf("codec: name %q registered twice", name))
+	}
+	e := &entry{id: id, name: name, doc: doc, factory: f}
+	byID[id] = e
+	byName[name] = e
+}
+
+// New returns the codec registered under name, configured by o.
+func New(name string, o Options) (Codec, error) {
+	mu.RLock()
+	e, ok := byName[name]
+	mu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("%w %q (known: %s)", ErrUnknown, name, strings.Join(Names(), ", "))
+	}
+	return e.factory(o)
+}
+
+// ByID returns the codec registered under id with default options, for
+// decoding.
+func ByID(id uint16) (Codec, error) {
+	mu.RLock()
+	e, ok := byID[id]
+	mu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("%w: ID %d", ErrUnknown, id)
+	}
+	return e.factory(Options{})
+}
+
+// Names lists the registered codec names, sorted.
+func Names() []string {
+	mu.RLock()
+	defer mu.RUnlock()
+	names := make([]string, 0, len(byName))
+	for n := range byName {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Doc returns the one-line description a codec registered with.
+func Doc(name string) string {
+	mu.RLock()
+	defer mu.RUnlock()
+	if e, ok := byName[name]; ok {
+		return e.doc
+	}
+	return ""
+}

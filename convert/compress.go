@@ -1,0 +1,89 @@
+package convert
+
+import (
+	"context"
+	"os"
+	"time"
+
+	"github.com/tpconvert/tpconvert/codec"
+	"github.com/tpconvert/tpconvert/formats/tpk"
+	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/stream"
+	"github.com/tpconvert/tpconvert/tensor"
+)
+
+// CompressOptions configure CompressFile.
+type CompressOptions struct {
+	stream.Options
+	// Codec compresses the selected tensors.
+	Codec codec.Codec
+	// Selector chooses the tensors to compress.
+	Selector stream.Selector
+	// Overwrite allows replacing an existing output file.
+	Overwrite bool
+	// NoStats skips measuring reconstruction error.
+	NoStats bool
+	// OnStart, if set, is called once the source is open, with the total
+	// number of source bytes to process.
+	OnStart func(total int64)
+}
+
+// CompressFile compresses the checkpoint at in into the .tpk file out. The
+// output is written to a temporary file beside out and renamed only when
+// complete; on any error, or when ctx is cancelled, nothing is left behind.
+func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Report, error) {
+	start := time.Now()
+	if err := checkNotInput(out, in); err != nil {
+		return nil, err
+	}
+	src, err := OpenSource(in)
+	if err != nil {
+		return nil, err
+	}
+	defer src.Close()
+	var total int64
+	for _, t := range src.Tensors() {
+		total += t.Size
+	}
+	if o.OnStart != nil {
+		o.OnStart(total)
+	}
+	f, err := atomicfile.Create(out, o.Overwrite)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Abort()
+	results, err := stream.Compress(ctx, src, f, stream.CompressOptions{
+		Options:   o.Options,
+		Codec:     o.Codec,
+		Select:    o.Selector.Select,
+		Transpose: func(t tensor.Info) bool { return stream.IsConv1D(t.Name) },
+		NoStats:   o.NoStats,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := f.Commit(); err != nil {
+		return nil, err
+	}
+	st, err := os.Stat(out)
+	if err != nil {
+		return nil, err
+	}
+	var inBytes int64
+	for _, fm := range src.Meta().Files {
+		inBytes += fm.Size
+	}
+	entries := make([]tpk.Entry, len(results))
+	notes := make([]string, len(results))
+	for i := range results {
+		entries[i] = results[i].Entry
+		notes[i] = results[i].Note
+	}
+	rep := newReport(in, out, inBytes, st.Size(), entries, notes)
+	rep.Codec = o.Codec.Name()
+	rep.Params = o.Codec.Params()
+	rep.Totals.WallSeconds = time.Since(start).Seconds()
+	rep.Totals.PeakRSSBytes = PeakRSS()
+	return rep, nil
+}

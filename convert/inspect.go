@@ -1,0 +1,66 @@
+package convert
+
+import (
+	"github.com/tpconvert/tpconvert/formats"
+	"github.com/tpconvert/tpconvert/formats/tpk"
+)
+
+// Inspect describes the tensors of a .safetensors, .gguf or .tpk file (or a
+// checkout directory) from its headers and index alone.
+func Inspect(path string) (*Report, error) {
+	kind, err := formats.Detect(path)
+	if err != nil {
+		return nil, err
+	}
+	if kind == formats.TPK {
+		r, err := tpk.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		defer r.Close()
+		var in int64
+		for _, f := range r.Meta().Files {
+			in += f.Size
+		}
+		rep := newReport(path, "", in, r.Size(), r.Entries(), nil)
+		rep.Kind = string(formats.TPK) + " (from " + string(r.Meta().Kind) + ")"
+		for _, e := range r.Entries() {
+			if e.CodecID != 0 {
+				rep.Codec, rep.Params = e.Codec, e.Params
+				break
+			}
+		}
+		return rep, nil
+	}
+	src, err := OpenSource(path)
+	if err != nil {
+		return nil, err
+	}
+	defer src.Close()
+	rep := &Report{Input: path, Kind: string(kind)}
+	var size int64
+	for _, f := range src.Meta().Files {
+		size += f.Size
+	}
+	for _, t := range src.Tensors() {
+		n := t.Elems()
+		tr := TensorReport{Name: t.Name, DType: t.DType.String(), Shape: t.Shape, SourceBytes: t.Size, StoredBytes: t.Size, Elems: n}
+		if n > 0 {
+			tr.BPW = float64(t.Size) * 8 / float64(n)
+		}
+		rep.Tensors = append(rep.Tensors, tr)
+		rep.Totals.Tensors++
+		rep.Totals.PassedThrough++
+		rep.Totals.Params += n
+	}
+	t := &rep.Totals
+	t.BytesIn, t.BytesOut = size, size
+	if t.Params > 0 {
+		t.BPWAll = float64(size) * 8 / float64(t.Params)
+		t.RatioFP16 = float64(t.Params) * 2 / float64(size)
+		t.RatioSource = 1
+	}
+	return rep, nil
+}
+
+

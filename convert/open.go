@@ -1,0 +1,111 @@
+// Package convert is tpconvert's library API: it opens checkpoints of any
+// supported kind, compresses them into .tpk files and restores .tpk files
+// into the container they came from, writing every output atomically. The
+// command-line tool is a thin layer over it.
+package convert
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/tpconvert/tpconvert/formats"
+	"github.com/tpconvert/tpconvert/formats/gguf"
+	"github.com/tpconvert/tpconvert/formats/safetensors"
+)
+
+// OpenSource opens a .safetensors file, a .gguf file or a Hugging Face
+// checkout directory, detected by content, not by name.
+func OpenSource(path string) (formats.Source, error) {
+	kind, err := formats.Detect(path)
+	if err != nil {
+		return nil, err
+	}
+	switch kind {
+	case formats.Safetensors:
+		return safetensors.Open(path)
+	case formats.GGUF:
+		st, err := os.Stat(path)
+		if err != nil {
+			return nil, err
+		}
+		if st.IsDir() {
+			m, _ := filepath.Glob(filepath.Join(path, "*.gguf"))
+			path = m[0]
+		}
+		return gguf.Open(path)
+	case formats.TPK:
+		return nil, fmt.Errorf("%s is already a .tpk file (use 'tpconvert restore' to decode it)", path)
+	}
+	return nil, fmt.Errorf("%s: %w", path, formats.ErrUnknownFormat)
+}
+
+// DefaultCompressOutput returns the output path used when none is given:
+// the input's name with its extension replaced by .tpk, beside it; a
+// checkout directory m/ becomes the file m.tpk beside the directory.
+func DefaultCompressOutput(in string) string {
+	in = filepath.Clean(in)
+	if st, err := os.Stat(in); err == nil && st.IsDir() {
+		return in + ".tpk"
+	}
+	return strings.TrimSuffix(in, filepath.Ext(in)) + ".tpk"
+}
+
+// DefaultRestoreOutput returns the output path used when none is given:
+// model.tpk becomes model.restored.safetensors or model.restored.gguf, and
+// a sharded checkout becomes the directory model.restored/.
+func DefaultRestoreOutput(in string, meta *formats.Meta, to formats.Kind, dir bool) string {
+	base := strings.TrimSuffix(filepath.Clean(in), filepath.Ext(in)) + ".restored"
+	if dir {
+		return base
+	}
+	if to == "" {
+		to = meta.Kind
+	}
+	return base + "." + string(to)
+}
+
+// sameFile reports whether a and b name the same existing file.
+func sameFile(a, b string) bool {
+	sa, err := os.Stat(a)
+	if err != nil {
+		return false
+	}
+	sb, err := os.Stat(b)
+	if err != nil {
+		return false
+	}
+	return os.SameFile(sa, sb)
+}
+
+// inputFiles lists the files a source path stands for.
+func inputFiles(path string) []string {
+	st, err := os.Stat(path)
+	if err != nil || !st.IsDir() {
+		return []string{path}
+	}
+	var out []string
+	entries, _ := os.ReadDir(path)
+	for _, e := range entries {
+		if !e.IsDir() {
+			out = append(out, filepath.Join(path, e.Name()))
+		}
+	}
+	return out
+}
+
+// checkNotInput refuses an output path that is one of the input's files.
+func checkNotInput(out string, inputs ...string) error {
+	for _, in := range inputs {
+		for _, f := range inputFiles(in) {
+			if sameFile(out, f) || filepath.Clean(out) == filepath.Clean(f) {
+				return fmt.Errorf("refusing to write %s: it is an input file", out)
+			}
+		}
+		if filepath.Clean(out) == filepath.Clean(in) {
+			return fmt.Errorf("refusing to write %s: it is the input", out)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,147 @@
+package convert
+
+import (
+	"bufio"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/tpconvert/tpconvert/codec"
+	"github.com/tpconvert/tpconvert/formats/tpk"
+	"github.com/tpconvert/tpconvert/tensor"
+)
+
+// TensorReport is one tensor's line in a Report.
+type TensorReport struct {
+	Name   string  `json:"name"`
+	DType  string  `json:"dtype"`
+	Shape  []int64 `json:"shape"`
+	Codec  string  `json:"codec"`
+	Params string  `json:"params,omitempty"`
+	// SourceBytes is the tensor's size in the source; StoredBytes the
+	// whole record in the .tpk (header, payload and checksum).
+	SourceBytes int64 `json:"source_bytes"`
+	StoredBytes int64 `json:"stored_bytes"`
+	// BPW is StoredBytes·8 / elements: bits per weight, all-in.
+	BPW     float64  `json:"bpw"`
+	RelErr  *float64 `json:"rel_err,omitempty"`
+	SQNRdB  *float64 `json:"sqnr_db,omitempty"`
+	Note    string   `json:"note,omitempty"`
+	Elems   int64    `json:"elems"`
+	Lossy   bool     `json:"compressed"`
+	Transp  bool     `json:"transposed,omitempty"`
+	RecordN int      `json:"-"`
+}
+
+// Totals sums a Report.
+type Totals struct {
+	Tensors       int   `json:"tensors"`
+	Compressed    int   `json:"compressed"`
+	PassedThrough int   `json:"passed_through"`
+	Params        int64 `json:"params"`
+	// CompressedParams counts the elements of compressed tensors.
+	CompressedParams int64 `json:"compressed_params"`
+	// BytesIn is the size of the source file(s); BytesOut of the .tpk.
+	BytesIn  int64 `json:"bytes_in"`
+	BytesOut int64 `json:"bytes_out"`
+	// BPWAll is BytesOut·8 / Params: every byte of the file counted.
+	BPWAll float64 `json:"bpw_all"`
+	// BPWCompressed is the stored bytes of the compressed tensors ·8 /
+	// CompressedParams.
+	BPWCompressed float64 `json:"bpw_compressed"`
+	// RatioFP16 is Params·2 / BytesOut; RatioSource is BytesIn / BytesOut.
+	RatioFP16    float64 `json:"ratio_fp16"`
+	RatioSource  float64 `json:"ratio_source"`
+	WallSeconds  float64 `json:"wall_seconds,omitempty"`
+	PeakRSSBytes int64   `json:"peak_rss_bytes,omitempty"`
+}
+
+// Report summarises a conversion or an inspected file.
+type Report struct {
+	Input   string         `json:"input"`
+	Output  string         `json:"output,omitempty"`
+	Kind    string         `json:"kind,omitempty"`
+	Codec   string         `json:"codec,omitempty"`
+	Params  string         `json:"params,omitempty"`
+	Tensors []TensorReport `json:"tensors"`
+	Totals  Totals         `json:"totals"`
+}
+
+func newReport(in, out string, inBytes, outBytes int64, es []tpk.Entry, notes []string) *Report {
+	r := &Report{Input: in, Output: out, Tensors: make([]TensorReport, 0, len(es))}
+	var stored float64
+	for i := range es {
+		e := &es[i]
+		n := e.Info().Elems()
+		tr := TensorReport{Name: e.Name, DType: e.DType.String(), Shape: e.Shape, Codec: e.Codec, Params: e.Params,
+			SourceBytes: e.SourceSize, StoredBytes: e.RecordSize, Elems: n, Lossy: e.CodecID != codec.IDNone, Transp: e.Transposed}
+		if notes != nil {
+			tr.Note = notes[i]
+		}
+		if n > 0 {
+			tr.BPW = float64(e.RecordSize) * 8 / float64(n)
+		}
+		if e.Stats != nil {
+			re, sq := e.Stats.RelErr, e.Stats.SQNRdB
+			tr.RelErr, tr.SQNRdB = &re, &sq
+		}
+		r.Tensors = append(r.Tensors, tr)
+		r.Totals.Tensors++
+		r.Totals.Params += n
+		if tr.Lossy {
+			r.Totals.Compressed++
+			r.Totals.CompressedParams += n
+			stored += float64(e.RecordSize)
+		} else {
+			r.Totals.PassedThrough++
+		}
+	}
+	t := &r.Totals
+	t.BytesIn, t.BytesOut = inBytes, outBytes
+	if t.Params > 0 {
+		t.BPWAll = float64(outBytes) * 8 / float64(t.Params)
+	}
+	if t.CompressedParams > 0 {
+		t.BPWCompressed = stored * 8 / float64(t.CompressedParams)
+	}
+	if outBytes > 0 {
+		t.RatioFP16 = float64(t.Params) * 2 / float64(outBytes)
+		t.RatioSource = float64(inBytes) / float64(outBytes)
+	}
+	return r
+}
+
+// PeakRSS returns the process's peak resident set size (VmHWM) in bytes,
+// or 0 where /proc is not available.
+func PeakRSS() int64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if v, ok := strings.CutPrefix(s.Text(), "VmHWM:"); ok {
+			v = strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB"))
+			kb, _ := strconv.ParseInt(v, 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+// ParseDTypeFlag parses "source", "f32", "f16" or "bf16" (case-insensitive);
+// "source" and "" give tensor.Invalid.
+func ParseDTypeFlag(s string) (tensor.DType, error) {
+	switch strings.ToLower(s) {
+	case "", "source":
+		return tensor.Invalid, nil
+	case "f32", "fp32", "float32":
+		return tensor.F32, nil
+	case "f16", "fp16", "float16":
+		return tensor.F16, nil
+	case "bf16", "bfloat16":
+		return tensor.BF16, nil
+	}
+	return tensor.Invalid, errBadDType(s)
+}

@@ -1,0 +1,188 @@
+package convert
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/tpconvert/tpconvert/formats"
+	"github.com/tpconvert/tpconvert/formats/gguf"
+	"github.com/tpconvert/tpconvert/formats/safetensors"
+	"github.com/tpconvert/tpconvert/formats/tpk"
+	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/stream"
+)
+
+type errBadDType string
+
+func (e errBadDType) Error() string {
+	return fmt.Sprintf("unknown dtype %q (want source, f32, f16 or bf16)", string(e))
+}
+
+// RestoreOptions configure RestoreFile.
+type RestoreOptions struct {
+	stream.RestoreOptions
+	// To is the output container; empty means the source's.
+	To formats.Kind
+	// ShardSize, when positive, writes a sharded safetensors checkout with
+	// shards of at most this many bytes.
+	ShardSize int64
+	// Overwrite allows replacing existing output files.
+	Overwrite bool
+	// OnStart, if set, is called with the number of bytes to process.
+	OnStart func(total int64)
+}
+
+// RestoreReport summarises a restore.
+type RestoreReport struct {
+	Input        string   `json:"input"`
+	Output       string   `json:"output"`
+	Kind         string   `json:"kind"`
+	Files        []string `json:"files"`
+	Tensors      int      `json:"tensors"`
+	Decoded      int      `json:"decoded"`
+	BytesOut     int64    `json:"bytes_out"`
+	WallSeconds  float64  `json:"wall_seconds"`
+	PeakRSSBytes int64    `json:"peak_rss_bytes"`
+}
+
+// IsDirOutput reports whether restoring r writes a checkout directory
+// rather than one file.
+func IsDirOutput(meta *formats.Meta, o RestoreOptions) bool {
+	return meta.Kind == formats.Safetensors && o.To != formats.GGUF &&
+		(o.ShardSize > 0 || meta.IndexName != "" || len(meta.Files) > 1)
+}
+
+// RestoreFile rebuilds the checkpoint stored in the .tpk file in. For a
+// single-file source, out is a file; for a sharded checkout it is a
+// directory that receives the shards under their original names and the
+// index file. Outputs are written atomically.
+func RestoreFile(ctx context.Context, in, out string, o RestoreOptions) (*RestoreReport, error) {
+	start := time.Now()
+	if err := checkNotInput(out, in); err != nil {
+		return nil, err
+	}
+	r, err := tpk.Open(in)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	meta := r.Meta()
+	to := o.To
+	if to == "" {
+		to = meta.Kind
+	}
+	if to != meta.Kind && !(meta.Kind == formats.GGUF && to == formats.Safetensors) {
+		return nil, fmt.Errorf("cannot restore a %s checkpoint as %s (GGUF needs model metadata a safetensors file does not carry)", meta.Kind, to)
+	}
+	plan, err := stream.Plan(r, o.RestoreOptions)
+	if err != nil {
+		return nil, err
+	}
+	if to == formats.Safetensors && meta.Kind == formats.GGUF {
+		for _, t := range plan {
+			if t.DType.IsQuantized() {
+				return nil, fmt.Errorf("tensor %q is %s, which safetensors cannot hold: add --dequantize f16 (or f32, bf16)", t.Name, t.DType)
+			}
+		}
+	}
+	var total int64
+	decoded := 0
+	for i, e := range r.Entries() {
+		total += e.SourceSize
+		if plan[i].DType != e.DType || e.CodecID != 0 {
+			decoded++
+		}
+	}
+	if o.OnStart != nil {
+		o.OnStart(total)
+	}
+	rep := &RestoreReport{Input: in, Output: out, Kind: string(to), Tensors: len(plan), Decoded: decoded}
+
+	switch {
+	case to == formats.Safetensors && IsDirOutput(meta, o):
+		dw, err := safetensors.NewDirWriter(out, meta, plan, safetensors.DirOptions{ShardSize: o.ShardSize, Overwrite: o.Overwrite})
+		if err != nil {
+			return nil, err
+		}
+		if err := stream.Restore(ctx, r, plan, dw, o.RestoreOptions); err != nil {
+			dw.Abort()
+			return nil, err
+		}
+		if err := dw.Close(); err != nil {
+			dw.Abort()
+			return nil, err
+		}
+		rep.Files = dirFiles(out)
+	default:
+		f, err := atomicfile.Create(out, o.Overwrite)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Abort()
+		var sink formats.Sink
+		if to == formats.GGUF {
+			sink, err = gguf.NewWriter(f, meta.GGUF, r.Index().GGUFInfoOrder, plan)
+		} else {
+			var fm *formats.FileMeta
+			if meta.Kind == formats.Safetensors {
+				fm = &meta.Files[0]
+			}
+			sink, err = safetensors.NewWriter(f, plan, fm)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if err := stream.Restore(ctx, r, plan, sink, o.RestoreOptions); err != nil {
+			return nil, err
+		}
+		if err := sink.Close(); err != nil {
+			return nil, err
+		}
+		if err := f.Commit(); err != nil {
+			return nil, err
+		}
+		rep.Files = []string{out}
+	}
+	for _, p := range rep.Files {
+		if st, err := os.Stat(p); err == nil {
+			rep.BytesOut += st.Size()
+		}
+	}
+	rep.WallSeconds = time.Since(start).Seconds()
+	rep.PeakRSSBytes = PeakRSS()
+	return rep, nil
+}
+
+// Verify checks the structure and every record checksum of a .tpk file,
+// reading it in bounded memory. It returns the number of records checked
+// and one error per damaged record (the index itself failing gives a single
+// error).
+func Verify(path string) (int, []error) {
+	r, err := tpk.Open(path)
+	if err != nil {
+		return 0, []error{err}
+	}
+	defer r.Close()
+	var errs []error
+	for i := range r.Entries() {
+		if err := r.Verify(i); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return len(r.Entries()), errs
+}
+
+func dirFiles(dir string) []string {
+	var out []string
+	es, _ := os.ReadDir(dir)
+	for _, e := range es {
+		if !e.IsDir() && (strings.HasSuffix(e.Name(), ".safetensors") || strings.HasSuffix(e.Name(), ".json")) {
+			out = append(out, filepath.Join(dir, e.Name()))
+		}
+	}
+	return out
+}

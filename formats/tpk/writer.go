@@ -1,0 +1,180 @@
+package tpk
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"math"
+
+	"github.com/tpconvert/tpconvert/formats"
+	"github.com/tpconvert/tpconvert/tensor"
+)
+
+// Writer appends records to a .tpk file. It writes sequentially and never
+// seeks, so it can write to a pipe.
+type Writer struct {
+	bw      *bufio.Writer
+	off     int64
+	idx     Index
+	names   map[string]bool
+	closed  bool
+	scratch []byte
+}
+
+// CreatedBy is written to the index of every file (set by the CLI to its
+// version string).
+var CreatedBy = "tpconvert"
+
+// NewWriter writes the file header to w and returns a Writer. meta
+// describes the source checkpoint; ggufInfoOrder is the GGUF tensor-info
+// order if it differs from record order.
+func NewWriter(w io.Writer, meta *formats.Meta, ggufInfoOrder []string) (*Writer, error) {
+	if meta == nil {
+		return nil, errors.New("tpk: NewWriter needs the source metadata")
+	}
+	tw := &Writer{
+		bw:    bufio.NewWriterSize(w, 1<<20),
+		names: map[string]bool{},
+		idx:   Index{Version: Version, CreatedBy: CreatedBy, Source: meta, GGUFInfoOrder: ggufInfoOrder},
+	}
+	var h [HeaderSize]byte
+	copy(h[:], magic[:])
+	binary.LittleEndian.PutUint16(h[8:], Version)
+	if err := tw.write(h[:]); err != nil {
+		return nil, err
+	}
+	return tw, nil
+}
+
+func (w *Writer) write(b []byte) error {
+	n, err := w.bw.Write(b)
+	w.off += int64(n)
+	return err
+}
+
+// WriteRecord appends one tensor record. e describes the tensor and codec
+// (Name, DType, Shape, Codec, CodecID, CodecVersion, Params, Transposed,
+// SourceFile, SourceSize, Stats); the offsets, sizes and checksum are filled
+// in here. payload is written as the concatenation of its parts.
+func (w *Writer) WriteRecord(e Entry, payload ...[]byte) error {
+	if w.closed {
+		return errors.New("tpk: write after Close")
+	}
+	switch {
+	case len(e.Name) == 0 || len(e.Name) > MaxNameLen:
+		return fmt.Errorf("tpk: tensor name of %d bytes (1-%d allowed)", len(e.Name), MaxNameLen)
+	case w.names[e.Name]:
+		return fmt.Errorf("tpk: tensor %q written twice", e.Name)
+	case len(e.Shape) > MaxDims:
+		return fmt.Errorf("tpk: tensor %q has %d dimensions (at most %d)", e.Name, len(e.Shape), MaxDims)
+	case len(e.Params) > MaxParamsLen:
+		return fmt.Errorf("tpk: tensor %q: codec parameters too long", e.Name)
+	case len(w.idx.Tensors) >= MaxTensors:
+		return fmt.Errorf("tpk: more than %d tensors", MaxTensors)
+	}
+	if _, err := tensor.NumElems(e.Shape); err != nil {
+		return fmt.Errorf("tpk: tensor %q: %w", e.Name, err)
+	}
+	e.Shape = append([]int64(nil), e.Shape...)
+	var n int64
+	for _, p := range payload {
+		n += int64(len(p))
+	}
+	e.PayloadSize = n
+	e.RecordOffset = w.off
+	hdr := appendRecordHeader(w.scratch[:0], &e)
+	pre := make([]byte, 0, 8)
+	pre = append(pre, recMagic[:]...)
+	pre = binary.LittleEndian.AppendUint32(pre, uint32(len(hdr)))
+	crc := crc32.Update(0, castagnoli, pre)
+	crc = crc32.Update(crc, castagnoli, hdr)
+	if err := w.write(pre); err != nil {
+		return err
+	}
+	if err := w.write(hdr); err != nil {
+		return err
+	}
+	e.PayloadOffset = w.off
+	for _, p := range payload {
+		crc = crc32.Update(crc, castagnoli, p)
+		if err := w.write(p); err != nil {
+			return err
+		}
+	}
+	var c [4]byte
+	binary.LittleEndian.PutUint32(c[:], crc)
+	if err := w.write(c[:]); err != nil {
+		return err
+	}
+	e.CRC32C = crc
+	e.RecordSize = w.off - e.RecordOffset
+	if e.Stats != nil {
+		// JSON cannot hold NaN or Inf: an exact reconstruction has SQNR
+		// +Inf, stored as 999 dB; an all-zero tensor reconstructed with
+		// error has relative error +Inf, stored as 1e300.
+		s := *e.Stats
+		s.RelErr = finite(s.RelErr, 0, 1e300)
+		s.SQNRdB = finite(s.SQNRdB, 999, 999)
+		if math.IsInf(e.Stats.SQNRdB, -1) {
+			s.SQNRdB = -999
+		}
+		e.Stats = &s
+	}
+	w.scratch = hdr[:0]
+	w.names[e.Name] = true
+	w.idx.Tensors = append(w.idx.Tensors, e)
+	return nil
+}
+
+// Offset returns the number of bytes written so far.
+func (w *Writer) Offset() int64 { return w.off }
+
+// Close writes the index and footer and flushes. It does not close the
+// underlying writer.
+func (w *Writer) Close() error {
+	if w.closed {
+		return nil
+	}
+	w.closed = true
+	if w.idx.Tensors == nil {
+		w.idx.Tensors = []Entry{}
+	}
+	js, err := json.Marshal(&w.idx)
+	if err != nil {
+		return fmt.Errorf("tpk: encoding index: %w", err)
+	}
+	if len(js) > MaxIndexSize {
+		return fmt.Errorf("tpk: index of %d bytes exceeds the %d-byte limit", len(js), MaxIndexSize)
+	}
+	idxOff := w.off
+	if err := w.write(js); err != nil {
+		return err
+	}
+	var f [FooterSize]byte
+	copy(f[:], footerMagic[:])
+	binary.LittleEndian.PutUint16(f[8:], Version)
+	binary.LittleEndian.PutUint32(f[12:], crc32.Checksum(js, castagnoli))
+	binary.LittleEndian.PutUint64(f[16:], uint64(idxOff))
+	binary.LittleEndian.PutUint64(f[24:], uint64(len(js)))
+	if err := w.write(f[:]); err != nil {
+		return err
+	}
+	return w.bw.Flush()
+}
+
+// Last returns the entry of the most recently written record.
+func (w *Writer) Last() Entry { return w.idx.Tensors[len(w.idx.Tensors)-1] }
+
+func finite(v, nan, inf float64) float64 {
+	switch {
+	case math.IsNaN(v):
+		return nan
+	case math.IsInf(v, 0):
+		return inf
+	}
+	return v
+}

@@ -1,0 +1,249 @@
+// Package stream is the conversion pipeline: open a source, plan, encode
+// tensors in parallel under a memory budget, and hand the results in order
+// to one writer.
+//
+//	Source ──► dispatcher (reserves Cost bytes) ──► workers (decode, encode)
+//	       ──► reorder buffer ──► single writer (.tpk records, or a Sink)
+//
+// The output is byte-identical for any number of workers.
+package stream
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"runtime"
+
+	"github.com/tpconvert/tpconvert/codec"
+	"github.com/tpconvert/tpconvert/formats"
+	"github.com/tpconvert/tpconvert/formats/tpk"
+	"github.com/tpconvert/tpconvert/tensor"
+)
+
+// Options are the knobs shared by Compress and Restore.
+type Options struct {
+	// Workers is the number of tensors processed at once (default: CPUs).
+	Workers int
+	// MaxMemory bounds the working memory reserved by tensors in flight,
+	// in bytes (default 1 GiB). A tensor needing more runs alone.
+	MaxMemory int64
+	// Progress, if set, is called from the writer goroutine after each
+	// tensor with the number of source bytes it covered.
+	Progress func(t tensor.Info, bytes int64)
+}
+
+func (o *Options) defaults() {
+	if o.Workers <= 0 {
+		o.Workers = runtime.NumCPU()
+	}
+	if o.MaxMemory <= 0 {
+		o.MaxMemory = 1 << 30
+	}
+}
+
+// CompressOptions configure Compress.
+type CompressOptions struct {
+	Options
+	// Codec compresses the selected tensors (default: none).
+	Codec codec.Codec
+	// Select decides which tensors Codec compresses; the others are stored
+	// with the none codec, bit-exact. Nil selects nothing.
+	Select func(t tensor.Info) bool
+	// Transpose reports tensors stored [in, out] (GPT-2 Conv1D) that are
+	// handed to the codec transposed. Nil transposes nothing.
+	Transpose func(t tensor.Info) bool
+	// NoStats skips measuring reconstruction error (which decodes every
+	// compressed tensor once more).
+	NoStats bool
+}
+
+// Result describes what happened to one tensor.
+type Result struct {
+	Entry tpk.Entry
+	// Note explains a fallback ("codec: ... not supported; stored as none").
+	Note string
+}
+
+// Compressed reports whether the tensor was stored by a lossy codec.
+func (r *Result) Compressed() bool { return r.Entry.CodecID != codec.IDNone }
+
+// infoOrderer is implemented by GGUF sources, whose tensor-info order may
+// differ from data order.
+type infoOrderer interface{ InfoOrder() []string }
+
+// Compress reads every tensor of src and writes a .tpk file to out. It
+// returns one Result per tensor, in file order.
+func Compress(ctx context.Context, src formats.Source, out io.Writer, o CompressOptions) ([]Result, error) {
+	o.defaults()
+	if o.Codec == nil {
+		c, err := codec.New("none", codec.Options{})
+		if err != nil {
+			return nil, err
+		}
+		o.Codec = c
+	}
+	infos := src.Tensors()
+	var order []string
+	if io, ok := src.(infoOrderer); ok {
+		order = io.InfoOrder()
+		if sameOrder(order, infos) {
+			order = nil
+		}
+	}
+	w, err := tpk.NewWriter(out, src.Meta(), order)
+	if err != nil {
+		return nil, err
+	}
+	_, raw := o.Codec.(codec.ByteCodec)
+	selected := make([]bool, len(infos))
+	for i, t := range infos {
+		selected[i] = !raw && o.Select != nil && o.Select(t)
+	}
+	type encoded struct {
+		payload []byte
+		entry   tpk.Entry
+		note    string
+	}
+	results := make([]Result, len(infos))
+	cost := func(i int) int64 {
+		t := infos[i]
+		c := t.Size
+		if selected[i] {
+			n := t.Elems()
+			c += 8*n + 2*n + o.Codec.Cost(t) // x, decoded copy, payload, codec
+		}
+		return c
+	}
+	work := func(ctx context.Context, i int) (encoded, error) {
+		t := infos[i]
+		b, err := src.Bytes(i)
+		if err != nil {
+			return encoded{}, err
+		}
+		e := tpk.Entry{Name: t.Name, DType: t.DType, Shape: t.Shape, SourceFile: t.File, SourceSize: t.Size,
+			Codec: "none", CodecID: codec.IDNone, CodecVersion: 1}
+		if !selected[i] {
+			return encoded{payload: b, entry: e}, nil
+		}
+		p, st, transposed, err := encodeTensor(ctx, o, t, b)
+		if errors.Is(err, codec.ErrUnsupported) {
+			return encoded{payload: b, entry: e, note: fmt.Sprintf("%v; stored unchanged", err)}, nil
+		}
+		if err != nil {
+			return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
+		}
+		e.Codec, e.CodecID, e.CodecVersion, e.Params = o.Codec.Name(), o.Codec.ID(), o.Codec.Version(), o.Codec.Params()
+		e.Transposed, e.Stats = transposed, st
+		return encoded{payload: p, entry: e}, nil
+	}
+	write := func(i int, v encoded) error {
+		if err := w.WriteRecord(v.entry, v.payload); err != nil {
+			return err
+		}
+		src.Release(i)
+		results[i] = Result{Entry: w.Last(), Note: v.note}
+		if o.Progress != nil {
+			o.Progress(infos[i], infos[i].Size)
+		}
+		return nil
+	}
+	if err := ordered(ctx, len(infos), o.Workers, o.MaxMemory, cost, work, write); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return results, nil
+}
+
+func sameOrder(order []string, infos []tensor.Info) bool {
+	if len(order) != len(infos) {
+		return false
+	}
+	for i := range order {
+		if order[i] != infos[i].Name {
+			return false
+		}
+	}
+	return true
+}
+
+// encodeTensor decodes b to float32, encodes it and measures the error.
+func encodeTensor(ctx context.Context, o CompressOptions, t tensor.Info, b []byte) ([]byte, *tpk.Stats, bool, error) {
+	n := t.Elems()
+	x := make([]float32, n)
+	if err := tensor.ToFloat32(x, t.DType, b); err != nil {
+		return nil, nil, false, err
+	}
+	for k, v := range x {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return nil, nil, false, fmt.Errorf("element %d is %v: cannot compress non-finite values (exclude the tensor with --exclude)", k, v)
+		}
+	}
+	ct := t.Clone()
+	ct.DType = tensor.F32
+	transposed := o.Transpose != nil && len(t.Shape) == 2 && o.Transpose(t)
+	if transposed {
+		x = transpose(x, int(t.Shape[0]), int(t.Shape[1]))
+		ct.Shape = []int64{t.Shape[1], t.Shape[0]}
+	}
+	ct.DType = t.DType
+	if err := ctx.Err(); err != nil {
+		return nil, nil, false, err
+	}
+	var buf bytes.Buffer
+	if err := o.Codec.Encode(&buf, ct, x); err != nil {
+		return nil, nil, false, err
+	}
+	p := buf.Bytes()
+	var st *tpk.Stats
+	if !o.NoStats {
+		y := make([]float32, n)
+		if err := o.Codec.Decode(y, p, ct, o.Codec.Version()); err != nil {
+			return nil, nil, false, fmt.Errorf("decoding its own output: %w", err)
+		}
+		s := Measure(x, y)
+		st = &s
+	}
+	return p, st, transposed, nil
+}
+
+// Measure returns the relative Frobenius error and SQNR of y against x.
+func Measure(x, y []float32) tpk.Stats {
+	var sig, noise float64
+	for i := range x {
+		d := float64(x[i]) - float64(y[i])
+		sig += float64(x[i]) * float64(x[i])
+		noise += d * d
+	}
+	s := tpk.Stats{}
+	switch {
+	case noise == 0:
+		s.RelErr, s.SQNRdB = 0, math.Inf(1)
+	case sig == 0:
+		s.RelErr, s.SQNRdB = math.Inf(1), math.Inf(-1)
+	default:
+		s.RelErr = math.Sqrt(noise / sig)
+		s.SQNRdB = 10 * math.Log10(sig/noise)
+	}
+	return s
+}
+
+// transpose returns the transpose of the rows×cols matrix x.
+func transpose(x []float32, rows, cols int) []float32 {
+	y := make([]float32, len(x))
+	const blk = 64
+	for r0 := 0; r0 < rows; r0 += blk {
+		for c0 := 0; c0 < cols; c0 += blk {
+			for r := r0; r < min(r0+blk, rows); r++ {
+				for c := c0; c < min(c0+blk, cols); c++ {
+					y[c*rows+r] = x[r*cols+c]
+				}
+			}
+		}
+	}
+	return y
+}

@@ -1,0 +1,109 @@
+package stream
+
+import (
+	"context"
+	"runtime"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
+)
+
+// ordered runs work(i) for i in [0, n) on up to workers goroutines and
+// calls write(i, result) for every i in increasing order from a single
+// goroutine, so the output does not depend on scheduling.
+//
+// Memory is bounded by bytes, not goroutines: before work(i) starts, cost(i)
+// bytes (clamped to maxMem, so a tensor larger than the budget runs alone)
+// are reserved from a weighted semaphore of maxMem bytes, and they are given
+// back only after write(i) returns. Reservations are taken in index order,
+// so the item the writer waits for always holds its reservation and the
+// scheme cannot deadlock.
+func ordered[T any](ctx context.Context, n, workers int, maxMem int64,
+	cost func(i int) int64,
+	work func(ctx context.Context, i int) (T, error),
+	write func(i int, v T) error,
+) error {
+	if workers <= 0 {
+		workers = runtime.NumCPU()
+	}
+	if maxMem <= 0 {
+		maxMem = 1 << 62
+	}
+	sem := semaphore.NewWeighted(maxMem)
+	g, gctx := errgroup.WithContext(ctx)
+
+	type done struct {
+		i int
+		v T
+	}
+	results := make(chan done, workers)
+	weights := make([]int64, n)
+	var dispErr error // written before results is closed
+
+	// Dispatcher: reserve memory in index order, then run the work.
+	g.Go(func() error {
+		wg, wctx := errgroup.WithContext(gctx)
+		wg.SetLimit(workers)
+		for i := 0; i < n; i++ {
+			w := max(min(cost(i), maxMem), 1)
+			if err := sem.Acquire(wctx, w); err != nil {
+				break
+			}
+			weights[i] = w
+			wg.Go(func() error {
+				v, err := work(wctx, i)
+				if err != nil {
+					return err
+				}
+				select {
+				case results <- done{i, v}:
+					return nil
+				case <-wctx.Done():
+					return wctx.Err()
+				}
+			})
+		}
+		err := wg.Wait()
+		if err == nil {
+			err = gctx.Err()
+		}
+		dispErr = err
+		close(results)
+		return err
+	})
+
+	// Writer: the only goroutine that touches the output.
+	g.Go(func() error {
+		pending := make(map[int]T)
+		next := 0
+		for r := range results {
+			pending[r.i] = r.v
+			for {
+				v, ok := pending[next]
+				if !ok {
+					break
+				}
+				delete(pending, next)
+				err := write(next, v)
+				sem.Release(weights[next])
+				if err != nil {
+					return err
+				}
+				next++
+			}
+		}
+		if next != n {
+			// The dispatcher stopped early; its error explains why.
+			if dispErr != nil {
+				return dispErr
+			}
+			return context.Canceled
+		}
+		return nil
+	})
+	err := g.Wait()
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}

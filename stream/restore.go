@@ -1,0 +1,134 @@
+package stream
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/tpconvert/tpconvert/codec"
+	"github.com/tpconvert/tpconvert/formats"
+	"github.com/tpconvert/tpconvert/formats/tpk"
+	"github.com/tpconvert/tpconvert/tensor"
+)
+
+// RestoreOptions configure Restore.
+type RestoreOptions struct {
+	Options
+	// DType is the element type written for tensors stored by a lossy
+	// codec. Invalid (zero) means the source dtype when that is a float
+	// type, F16 otherwise (a block-quantized source).
+	DType tensor.DType
+	// Dequantize, when set (F32, F16 or BF16), also converts tensors
+	// stored unchanged in a ggml block-quantized type to this dtype.
+	Dequantize tensor.DType
+}
+
+// Plan returns the tensors Restore will write, in record order, with the
+// dtype and size each will have. Sinks are created from it.
+func Plan(r *tpk.Reader, o RestoreOptions) ([]tensor.Info, error) {
+	if o.DType != tensor.Invalid && !o.DType.IsFloat() {
+		return nil, fmt.Errorf("restore: --dtype must be f32, f16, bf16 or source, not %s", o.DType)
+	}
+	if o.Dequantize != tensor.Invalid && !o.Dequantize.IsFloat() {
+		return nil, fmt.Errorf("restore: --dequantize must be f32, f16 or bf16, not %s", o.Dequantize)
+	}
+	es := r.Entries()
+	out := make([]tensor.Info, len(es))
+	for i := range es {
+		e := &es[i]
+		t := e.Info()
+		switch {
+		case e.CodecID != codec.IDNone:
+			switch {
+			case o.DType != tensor.Invalid:
+				t.DType = o.DType
+			case !t.DType.IsFloat():
+				t.DType = tensor.F16
+			}
+		case o.Dequantize != tensor.Invalid && t.DType.IsQuantized():
+			if !tensor.CanDecode(t.DType) {
+				return nil, fmt.Errorf("restore: tensor %q: cannot dequantize %s", t.Name, t.DType)
+			}
+			t.DType = o.Dequantize
+		}
+		sz, err := tensor.ByteSize(t.DType, t.Shape)
+		if err != nil {
+			return nil, fmt.Errorf("restore: tensor %q: %w", t.Name, err)
+		}
+		t.Size = sz
+		out[i] = t
+	}
+	return out, nil
+}
+
+// Restore decodes every record of r and writes the tensors planned by Plan
+// to sink, in record order.
+func Restore(ctx context.Context, r *tpk.Reader, plan []tensor.Info, sink formats.Sink, o RestoreOptions) error {
+	o.defaults()
+	es := r.Entries()
+	if len(plan) != len(es) {
+		return fmt.Errorf("restore: plan has %d tensors, file %d", len(plan), len(es))
+	}
+	codecs := map[uint16]codec.Codec{}
+	for i := range es {
+		id := es[i].CodecID
+		if _, ok := codecs[id]; ok {
+			continue
+		}
+		c, err := codec.ByID(id)
+		if err != nil {
+			return &tpk.Error{File: r.Name(), Tensor: es[i].Name, Offset: es[i].RecordOffset, Err: err}
+		}
+		if es[i].CodecVersion > c.Version() || es[i].CodecVersion == 0 {
+			return &tpk.Error{File: r.Name(), Tensor: es[i].Name, Offset: es[i].RecordOffset,
+				Err: fmt.Errorf("%w: %s version %d (supported 1-%d)", codec.ErrUnknown, c.Name(), es[i].CodecVersion, c.Version())}
+		}
+		codecs[id] = c
+	}
+	cost := func(i int) int64 {
+		e := &es[i]
+		c := e.RecordSize
+		if e.CodecID != codec.IDNone || plan[i].DType != e.DType {
+			n := plan[i].Elems()
+			c += 4*n + plan[i].Size + codecs[e.CodecID].Cost(plan[i])
+		}
+		return c
+	}
+	work := func(ctx context.Context, i int) ([]byte, error) {
+		e := &es[i]
+		p, err := r.Payload(i)
+		if err != nil {
+			return nil, err
+		}
+		if e.CodecID == codec.IDNone && plan[i].DType == e.DType {
+			return p, nil
+		}
+		n := plan[i].Elems()
+		x := make([]float32, n)
+		src := e.Info()
+		if e.Transposed {
+			src.Shape = []int64{e.Shape[1], e.Shape[0]}
+		}
+		if err := codecs[e.CodecID].Decode(x, p, src, e.CodecVersion); err != nil {
+			return nil, &tpk.Error{File: r.Name(), Tensor: e.Name, Offset: e.PayloadOffset, Err: err}
+		}
+		if e.Transposed {
+			x = transpose(x, int(e.Shape[1]), int(e.Shape[0]))
+		}
+		out := make([]byte, plan[i].Size)
+		if err := tensor.FromFloat32(out, plan[i].DType, x); err != nil {
+			return nil, fmt.Errorf("tensor %q: %w", e.Name, err)
+		}
+		return out, nil
+	}
+	write := func(i int, b []byte) error {
+		if err := sink.WriteTensor(plan[i], b); err != nil {
+			return err
+		}
+		r.Release(i)
+		if o.Progress != nil {
+			o.Progress(plan[i], es[i].SourceSize)
+		}
+		return nil
+	}
+	return ordered(ctx, len(es), o.Workers, o.MaxMemory, cost, work, write)
+}

@@ -57,8 +57,7 @@ type Sink interface {
 type Meta struct {
 	Kind Kind `json:"kind"`
 	// Files holds one entry per source file: one for a single file, one
-	// per shard for a sharded checkout (in the index file's order of first
-	// appearance, then by name).
+	// per shard for a sharded checkout (shard files in name order).
 	Files []FileMeta `json:"files"`
 	// IndexName and IndexJSON hold a sharded checkout's index file
 	// (model.safetensors.index.json) name and bytes, verbatim.

@@ -3,6 +3,7 @@ package convert
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/tpconvert/tpconvert/codec"
@@ -47,6 +48,9 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 	}
 	if o.OnStart != nil {
 		o.OnStart(total)
+	}
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		return nil, err
 	}
 	f, err := atomicfile.Create(out, o.Overwrite)
 	if err != nil {

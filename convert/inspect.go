@@ -62,5 +62,3 @@ func Inspect(path string) (*Report, error) {
 	}
 	return rep, nil
 }
-
-

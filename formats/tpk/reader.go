@@ -209,6 +209,7 @@ func (r *Reader) Payload(i int) ([]byte, error) {
 	e := &r.idx.Tensors[i]
 	var rec []byte
 	if r.data != nil {
+		r.m.WillNeed(e.RecordOffset, e.RecordSize)
 		rec = r.data[e.RecordOffset : e.RecordOffset+e.RecordSize]
 	} else {
 		rec = make([]byte, e.RecordSize)

@@ -235,3 +235,5 @@ func (d *decoder) u64() uint64 {
 	}
 	return 0
 }
+
+func crc32c(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }

@@ -1,0 +1,346 @@
+package convert_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/tpconvert/tpconvert/codec"
+	_ "github.com/tpconvert/tpconvert/codec/basic"
+	"github.com/tpconvert/tpconvert/convert"
+	"github.com/tpconvert/tpconvert/fixtures/gen"
+	"github.com/tpconvert/tpconvert/formats"
+	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/stream"
+	"github.com/tpconvert/tpconvert/tensor"
+)
+
+var tiny = gen.Presets["tiny"]
+
+func mustCodec(t *testing.T, name string) codec.Codec {
+	t.Helper()
+	c, err := codec.New(name, codec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func opts(t *testing.T, c string, workers int) convert.CompressOptions {
+	return convert.CompressOptions{
+		Options:  stream.Options{Workers: workers, MaxMemory: 64 << 20},
+		Codec:    mustCodec(t, c),
+		Selector: stream.Selector{Layers: stream.LayersAll},
+	}
+}
+
+// tensorHashes maps tensor names to the SHA-256 of their bytes.
+func tensorHashes(t *testing.T, path string) (map[string][32]byte, *formats.Meta) {
+	t.Helper()
+	src, err := convert.OpenSource(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	h := map[string][32]byte{}
+	for i, ti := range src.Tensors() {
+		b, err := src.Bytes(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h[ti.Name+"/"+ti.DType.String()] = sha256.Sum256(b)
+	}
+	m := *src.Meta()
+	return h, &m
+}
+
+func sameTensors(t *testing.T, a, b string) {
+	t.Helper()
+	ha, ma := tensorHashes(t, a)
+	hb, mb := tensorHashes(t, b)
+	if len(ha) != len(hb) {
+		t.Fatalf("%d tensors vs %d", len(ha), len(hb))
+	}
+	for k, v := range ha {
+		if hb[k] != v {
+			t.Errorf("tensor %s differs after the round trip", k)
+		}
+	}
+	for i := range ma.Files {
+		if !bytes.Equal(ma.Files[i].Metadata, mb.Files[i].Metadata) {
+			t.Errorf("__metadata__ %s became %s", ma.Files[i].Metadata, mb.Files[i].Metadata)
+		}
+	}
+	if ma.GGUF != nil && !bytes.Equal(ma.GGUF.KV, mb.GGUF.KV) {
+		t.Error("GGUF metadata changed")
+	}
+}
+
+func sameFileBytes(t *testing.T, a, b string) {
+	t.Helper()
+	x, err := os.ReadFile(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	y, err := os.ReadFile(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(x, y) {
+		t.Errorf("%s and %s differ", a, b)
+	}
+}
+
+func noTemps(t *testing.T, dir string) {
+	t.Helper()
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && strings.HasPrefix(d.Name(), atomicfile.TempPrefix) {
+			t.Errorf("temporary file left behind: %s", p)
+		}
+		return nil
+	})
+}
+
+func TestSafetensorsLosslessRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "model.safetensors")
+	if err := gen.WriteSafetensors(in, tiny, tensor.BF16, 1); err != nil {
+		t.Fatal(err)
+	}
+	tpkPath := filepath.Join(dir, "model.tpk")
+	rep, err := convert.CompressFile(context.Background(), in, tpkPath, opts(t, "none", 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Totals.Compressed != 0 || rep.Totals.Tensors != len(tiny.HFTensors()) {
+		t.Errorf("report: %+v", rep.Totals)
+	}
+	out := filepath.Join(dir, "restored.safetensors")
+	if _, err := convert.RestoreFile(context.Background(), tpkPath, out, convert.RestoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sameTensors(t, in, out)
+	sameFileBytes(t, in, out)
+	noTemps(t, dir)
+}
+
+func TestShardedCheckoutRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	ckpt := filepath.Join(dir, "ckpt")
+	if err := gen.WriteCheckout(ckpt, tiny, tensor.F16, 2, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	shards, _ := filepath.Glob(filepath.Join(ckpt, "*.safetensors"))
+	if len(shards) < 3 {
+		t.Fatalf("generator wrote %d shards, want at least 3", len(shards))
+	}
+	tpkPath := convert.DefaultCompressOutput(ckpt)
+	if tpkPath != ckpt+".tpk" {
+		t.Errorf("default output %s", tpkPath)
+	}
+	if _, err := convert.CompressFile(context.Background(), ckpt, tpkPath, opts(t, "none", 2)); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "restored")
+	if _, err := convert.RestoreFile(context.Background(), tpkPath, out, convert.RestoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sameTensors(t, ckpt, out)
+	for _, s := range append(shards, filepath.Join(ckpt, "model.safetensors.index.json")) {
+		sameFileBytes(t, s, filepath.Join(out, filepath.Base(s)))
+	}
+	noTemps(t, dir)
+}
+
+func TestGGUFLosslessRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "m.gguf")
+	if err := gen.WriteGGUF(in, tiny, 3); err != nil {
+		t.Fatal(err)
+	}
+	tpkPath := filepath.Join(dir, "m.tpk")
+	if _, err := convert.CompressFile(context.Background(), in, tpkPath, opts(t, "none", 1)); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "m2.gguf")
+	if _, err := convert.RestoreFile(context.Background(), tpkPath, out, convert.RestoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sameTensors(t, in, out)
+	sameFileBytes(t, in, out)
+}
+
+func TestLossyRestoreKeepsUntouchedTensors(t *testing.T) {
+	for _, kind := range []string{"safetensors", "gguf"} {
+		t.Run(kind, func(t *testing.T) {
+			dir := t.TempDir()
+			in := filepath.Join(dir, "m."+kind)
+			var err error
+			if kind == "gguf" {
+				err = gen.WriteGGUF(in, tiny, 3)
+			} else {
+				err = gen.WriteSafetensors(in, tiny, tensor.F32, 3)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tpkPath := filepath.Join(dir, "m.tpk")
+			rep, err := convert.CompressFile(context.Background(), in, tpkPath, opts(t, "f16", 2))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.Totals.Compressed != 7*tiny.Layers {
+				t.Errorf("compressed %d tensors, want %d", rep.Totals.Compressed, 7*tiny.Layers)
+			}
+			out := filepath.Join(dir, "r."+kind)
+			if _, err := convert.RestoreFile(context.Background(), tpkPath, out, convert.RestoreOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			hIn, mIn := tensorHashes(t, in)
+			hOut, mOut := tensorHashes(t, out)
+			compressed := map[string]bool{}
+			for _, tr := range rep.Tensors {
+				if tr.Lossy {
+					compressed[tr.Name] = true
+				}
+			}
+			for k, v := range hIn {
+				name := k[:strings.LastIndex(k, "/")]
+				if compressed[name] {
+					continue
+				}
+				if hOut[k] != v {
+					t.Errorf("untouched tensor %s changed", k)
+				}
+			}
+			if kind == "gguf" && !bytes.Equal(mIn.GGUF.KV, mOut.GGUF.KV) {
+				t.Error("GGUF metadata changed")
+			}
+			if kind == "safetensors" && !bytes.Equal(mIn.Files[0].Metadata, mOut.Files[0].Metadata) {
+				t.Error("__metadata__ changed")
+			}
+		})
+	}
+}
+
+func TestWorkersGiveIdenticalFiles(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "m.safetensors")
+	if err := gen.WriteSafetensors(in, tiny, tensor.F32, 4); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range codec.Names() {
+		var files []string
+		for _, w := range []int{1, 2, 5} {
+			out := filepath.Join(dir, c+string(rune('0'+w))+".tpk")
+			if _, err := convert.CompressFile(context.Background(), in, out, opts(t, c, w)); err != nil {
+				t.Fatal(err)
+			}
+			files = append(files, out)
+		}
+		sameFileBytes(t, files[0], files[1])
+		sameFileBytes(t, files[0], files[2])
+	}
+}
+
+func TestOutputSafety(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "m.safetensors")
+	if err := gen.WriteSafetensors(in, tiny, tensor.BF16, 1); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(in)
+	ctx := context.Background()
+	if _, err := convert.CompressFile(ctx, in, in, opts(t, "none", 1)); err == nil || !strings.Contains(err.Error(), "input") {
+		t.Errorf("compressing onto the input: err = %v", err)
+	}
+	out := filepath.Join(dir, "m.tpk")
+	if err := os.WriteFile(out, []byte("precious"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := convert.CompressFile(ctx, in, out, opts(t, "none", 1)); !errors.Is(err, atomicfile.ErrExists) {
+		t.Errorf("existing output: err = %v", err)
+	}
+	if b, _ := os.ReadFile(out); string(b) != "precious" {
+		t.Error("existing output was replaced without Overwrite")
+	}
+	o := opts(t, "none", 1)
+	o.Overwrite = true
+	if _, err := convert.CompressFile(ctx, in, out, o); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := convert.RestoreFile(ctx, out, out, convert.RestoreOptions{Overwrite: true}); err == nil {
+		t.Error("restore onto its own input succeeded")
+	}
+	if _, err := convert.RestoreFile(ctx, out, in, convert.RestoreOptions{}); !errors.Is(err, atomicfile.ErrExists) {
+		t.Errorf("restore onto an existing file without Overwrite: err = %v", err)
+	}
+	after, _ := os.ReadFile(in)
+	if !bytes.Equal(before, after) {
+		t.Error("input changed")
+	}
+	noTemps(t, dir)
+}
+
+func TestCancelLeavesNothing(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "m.safetensors")
+	if err := gen.WriteSafetensors(in, tiny, tensor.F32, 1); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	o := opts(t, "f16", 1)
+	n := 0
+	o.Progress = func(tensor.Info, int64) {
+		if n++; n == 3 {
+			cancel()
+		}
+	}
+	out := filepath.Join(dir, "m.tpk")
+	_, err := convert.CompressFile(ctx, in, out, o)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Error("output exists after cancellation")
+	}
+	noTemps(t, dir)
+}
+
+func TestBadInputs(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, b, 0o644)
+		return p
+	}
+	for name, path := range map[string]string{
+		"missing":         filepath.Join(dir, "nope.safetensors"),
+		"empty":           write("empty.safetensors", nil),
+		"text":            write("text.safetensors", []byte("hello world, not a model")),
+		"huge header":     write("h.safetensors", append([]byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0}, "{}"...)),
+		"truncated gguf":  write("t.gguf", []byte("GGUF\x03\x00\x00\x00\x05")),
+		"tpk as input":    write("x.tpk", []byte("\x89TPK\r\n\x1a\n")),
+		"empty directory": func() string { d := filepath.Join(dir, "emptydir"); os.Mkdir(d, 0o755); return d }(),
+	} {
+		t.Run(name, func(t *testing.T) {
+			out := filepath.Join(dir, "out-"+strings.ReplaceAll(name, " ", "_")+".tpk")
+			_, err := convert.CompressFile(context.Background(), path, out, opts(t, "none", 1))
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("multi-line error %q", err)
+			}
+			if _, serr := os.Stat(out); serr == nil {
+				t.Error("output file created")
+			}
+		})
+	}
+	noTemps(t, dir)
+}

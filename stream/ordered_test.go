@@ -1,0 +1,164 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestOrderedWritesInOrderWithinBudget(t *testing.T) {
+	const n, maxMem = 200, 100
+	r := rand.New(rand.NewPCG(1, 2))
+	costs := make([]int64, n)
+	for i := range costs {
+		costs[i] = 1 + r.Int64N(60)
+	}
+	costs[7] = 1000 // larger than the budget: clamped, runs alone
+	var inFlight, peak atomic.Int64
+	var mu sync.Mutex
+	var got []int
+	for _, workers := range []int{1, 2, 8} {
+		got = got[:0]
+		peak.Store(0)
+		err := ordered(context.Background(), n, workers, maxMem,
+			func(i int) int64 { return costs[i] },
+			func(ctx context.Context, i int) (int, error) {
+				c := min(costs[i], maxMem)
+				if v := inFlight.Add(c); v > peak.Load() {
+					peak.Store(v)
+				}
+				time.Sleep(time.Duration(r.IntN(50)) * time.Microsecond)
+				return i * 10, nil
+			},
+			func(i, v int) error {
+				inFlight.Add(-min(costs[i], maxMem))
+				if v != i*10 {
+					t.Errorf("write(%d) got value of %d", i, v/10)
+				}
+				mu.Lock()
+				got = append(got, i)
+				mu.Unlock()
+				return nil
+			})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, v := range got {
+			if v != i {
+				t.Fatalf("workers=%d: write order %v", workers, got[:i+1])
+			}
+		}
+		if len(got) != n {
+			t.Fatalf("workers=%d: %d writes, want %d", workers, len(got), n)
+		}
+		if p := peak.Load(); p > maxMem {
+			t.Errorf("workers=%d: %d bytes in flight, budget %d", workers, p, maxMem)
+		}
+	}
+}
+
+func TestOrderedErrors(t *testing.T) {
+	boom := errors.New("boom")
+	for _, failAt := range []string{"work", "write"} {
+		err := ordered(context.Background(), 50, 4, 1<<20,
+			func(int) int64 { return 1 },
+			func(ctx context.Context, i int) (int, error) {
+				if failAt == "work" && i == 17 {
+					return 0, boom
+				}
+				return i, nil
+			},
+			func(i, v int) error {
+				if failAt == "write" && i == 23 {
+					return boom
+				}
+				if i > 23 {
+					t.Errorf("write(%d) after the failure", i)
+				}
+				return nil
+			})
+		if !errors.Is(err, boom) {
+			t.Errorf("fail in %s: err = %v", failAt, err)
+		}
+	}
+}
+
+func TestOrderedCancel(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var started atomic.Int64
+	done := make(chan error)
+	go func() {
+		done <- ordered(ctx, 1000, 2, 1<<20, func(int) int64 { return 1 },
+			func(ctx context.Context, i int) (int, error) {
+				started.Add(1)
+				select {
+				case <-ctx.Done():
+					return 0, ctx.Err()
+				case <-time.After(5 * time.Millisecond):
+				}
+				return i, nil
+			},
+			func(int, int) error { return nil })
+	}()
+	time.Sleep(20 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("err = %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ordered did not stop after cancel")
+	}
+	if s := started.Load(); s > 100 {
+		t.Errorf("%d items started; cancellation was not prompt", s)
+	}
+}
+
+func TestClass(t *testing.T) {
+	for name, want := range map[string]string{
+		"model.layers.0.mlp.gate_proj.weight":                 "mlp",
+		"model.layers.11.mlp.down_proj.weight":                "mlp",
+		"blk.3.ffn_down.weight":                               "mlp",
+		"transformer.h.0.mlp.c_fc.weight":                     "mlp",
+		"encoder.layer.0.intermediate.dense.weight":           "mlp",
+		"encoder.layer.0.output.dense.weight":                 "mlp",
+		"model.layers.0.self_attn.q_proj.weight":              "attn",
+		"blk.0.attn_output.weight":                            "attn",
+		"blk.0.attn_k.weight":                                 "attn",
+		"transformer.h.0.attn.c_attn.weight":                  "attn",
+		"encoder.layer.0.attention.self.query.weight":         "attn",
+		"encoder.layer.0.attention.output.dense.weight":       "attn",
+		"model.layers.0.self_attn.q_proj.bias":                "",
+		"model.embed_tokens.weight":                           "",
+		"lm_head.weight":                                      "",
+		"output.weight":                                       "",
+		"token_embd.weight":                                   "",
+		"model.layers.0.input_layernorm.weight":               "",
+		"blk.0.attn_norm.weight":                              "",
+		"encoder.layer.0.attention.output.LayerNorm.weight":   "",
+		"embeddings.word_embeddings.weight":                   "",
+		"model.layers.0.post_attention_layernorm.weight":      "",
+		"transformer.h.0.ln_1.weight":                         "",
+		"model.layers.0.self_attn.rotary_emb.inv_freq":        "",
+		"model.layers.0.mlp.down_proj.weight_scale_inv":       "",
+		"encoder.layer.0.attention.output.dense.weight.extra": "",
+		"transformer.h.10.mlp.c_proj.weight":                  "mlp",
+		"gpt_neox.layers.0.attention.query_key_value.weight":  "attn",
+		"gpt_neox.layers.0.mlp.dense_h_to_4h.weight":          "mlp",
+		"model.layers.0.block_sparse_moe.experts.0.w1.weight": "",
+		"model.layers.0.feed_forward.w1.weight":               "mlp",
+		"model.layers.0.attention.wq.weight":                  "attn",
+	} {
+		if got := Class(name); got != want {
+			t.Errorf("Class(%q) = %q, want %q", name, got, want)
+		}
+	}
+	if !IsConv1D("transformer.h.0.attn.c_attn.weight") || IsConv1D("model.layers.0.mlp.up_proj.weight") {
+		t.Error("IsConv1D misclassifies")
+	}
+}

@@ -92,7 +92,7 @@ type GGUFMeta struct {
 	KVCount   uint64 `json:"kv_count"`
 	KV        []byte `json:"kv"`
 	Alignment uint64 `json:"alignment"`
-	// DataPad is the number of zero bytes between the end of the last
+	// TailPad is the number of zero bytes between the end of the last
 	// tensor and the end of the file (GGUF writers may pad the data
 	// section), so restore reproduces the file length.
 	TailPad int64 `json:"tail_pad,omitempty"`

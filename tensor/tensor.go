@@ -337,12 +337,16 @@ var ErrNotDecodable = errors.New("tensor: dtype cannot be decoded to float32")
 
 // ToFloat32 decodes src, holding len(dst) elements of dtype d, into dst.
 func ToFloat32(dst []float32, d DType, src []byte) error {
-	want, err := ByteSize(d, []int64{int64(len(dst))})
-	if err != nil {
-		return err
+	info, ok := dtypes[d]
+	if !ok {
+		return fmt.Errorf("%w: code %d", ErrUnknownDType, uint16(d))
 	}
-	if int64(len(src)) != want {
-		return fmt.Errorf("%w: %d bytes of %s for %d elements (want %d)", ErrShape, len(src), d, len(dst), want)
+	n := int64(len(dst))
+	if n%info.blockElems != 0 {
+		return fmt.Errorf("%w: %d elements is not a whole number of %s blocks", ErrShape, n, d)
+	}
+	if want := n / info.blockElems * info.blockBytes; int64(len(src)) != want {
+		return fmt.Errorf("%w: %d bytes of %s for %d elements (want %d)", ErrShape, len(src), d, n, want)
 	}
 	switch d {
 	case F32:

@@ -6,7 +6,8 @@
 // Usage:
 //
 //	tpconvert [compress] INPUT [-o OUT.tpk] [flags]
-//	tpconvert restore IN.tpk [-o OUT] [flags]
+//	tpconvert restore IN.tpk|DIR [-o OUT] [flags]
+//	tpconvert batch SRC... -o OUTDIR [flags]
 //	tpconvert inspect FILE [--json]
 //	tpconvert verify FILE.tpk
 //
@@ -28,6 +29,8 @@ import (
 
 	// Codecs register themselves.
 	_ "github.com/tpconvert/tpconvert/codec/basic"
+	_ "github.com/tpconvert/tpconvert/codec/intq"
+	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -37,7 +40,8 @@ const usage = `tpconvert: compress LLM checkpoints without calibration data
 
 Usage:
   tpconvert [compress] INPUT [-o OUT.tpk] [flags]   compress a checkpoint
-  tpconvert restore IN.tpk [-o OUT] [flags]         rebuild safetensors/GGUF
+  tpconvert restore IN.tpk|DIR [-o OUT] [flags]     rebuild safetensors/GGUF
+  tpconvert batch SRC... -o OUTDIR [flags]          convert many checkouts
   tpconvert inspect FILE [--json]                   list tensors, codecs, sizes
   tpconvert verify FILE.tpk                         check structure and checksums
   tpconvert codecs                                  list the codecs
@@ -103,6 +107,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return cmdCompress(ctx, args[1:], stdout, stderr)
 	case "restore":
 		return cmdRestore(ctx, args[1:], stdout, stderr)
+	case "batch":
+		return cmdBatch(ctx, args[1:], stdout, stderr)
 	case "inspect":
 		return cmdInspect(args[1:], stdout, stderr)
 	case "verify":

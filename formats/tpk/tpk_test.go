@@ -97,11 +97,11 @@ func TestWriterRejects(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, e := range []Entry{
-		{Name: "a", DType: tensor.F32, Shape: []int64{1}},                       // duplicate
-		{Name: "", DType: tensor.F32, Shape: []int64{1}},                        // empty name
-		{Name: strings.Repeat("x", MaxNameLen+1), DType: tensor.F32},            // long name
-		{Name: "b", DType: tensor.F32, Shape: make([]int64, MaxDims+1)},         // too many dims
-		{Name: "c", DType: tensor.F32, Shape: []int64{1 << 40, 1 << 40}},        // overflow
+		{Name: "a", DType: tensor.F32, Shape: []int64{1}},                // duplicate
+		{Name: "", DType: tensor.F32, Shape: []int64{1}},                 // empty name
+		{Name: strings.Repeat("x", MaxNameLen+1), DType: tensor.F32},     // long name
+		{Name: "b", DType: tensor.F32, Shape: make([]int64, MaxDims+1)},  // too many dims
+		{Name: "c", DType: tensor.F32, Shape: []int64{1 << 40, 1 << 40}}, // overflow
 		{Name: "d", DType: tensor.F32, Shape: []int64{1}, Params: strings.Repeat("p", MaxParamsLen+1)},
 	} {
 		if err := w.WriteRecord(e, nil); err == nil {

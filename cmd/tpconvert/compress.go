@@ -17,7 +17,7 @@ import (
 )
 
 // defaultCodec is the codec used when --codec is not given.
-var defaultCodec = "none"
+var defaultCodec = "tenpak_x_v1"
 
 func cmdCompress(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("compress", "tpconvert [compress] INPUT [-o OUT.tpk] [flags]", stderr)

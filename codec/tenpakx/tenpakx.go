@@ -84,10 +84,13 @@ const (
 	// with two and 0.847 with three, and the SQNR of the whole codec moves
 	// by less than 0.3 dB between one and three.
 	PowerIterations = 1
-	// MaxTrainVectors bounds the k-means training sample.
-	MaxTrainVectors = 65536
+	// MaxTrainVectors bounds the k-means training sample (64 vectors per
+	// centroid). On the SmolLM2-135M matrices (576×576 to 1536×576) going
+	// from 65536 vectors and 12 iterations to 16384 and 10 made encoding
+	// 2.85× faster and cost 0.1–0.4 dB of SQNR per matrix.
+	MaxTrainVectors = 16384
 	// KMeansIterations bounds the Lloyd iterations.
-	KMeansIterations = 12
+	KMeansIterations = 10
 )
 
 // PCG stream selectors: the generators are seeded (Options.Seed, stream).

@@ -75,7 +75,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case ctx.Err() != nil:
 		atomicfile.RemoveAll()
-		fmt.Fprintln(stderr, "tpconvert: interrupted; no output was written")
+		fmt.Fprintln(stderr, "tpconvert: interrupted; no partial output file was left")
 		return 130
 	}
 	fmt.Fprintf(stderr, "tpconvert: %s\n", oneLine(err))

@@ -55,6 +55,9 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if *workers < 1 {
 		return errUsage{errors.New("--workers must be at least 1")}
 	}
+	if isDir(in) {
+		return restoreDir(ctx, in, *out, o, *workers, int64(maxMem), *asJSON, stdout, stderr)
+	}
 	if *out == "" {
 		r, err := tpk.Open(in)
 		if err != nil {

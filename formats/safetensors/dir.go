@@ -258,17 +258,19 @@ func updateIndex(meta *formats.Meta, shards []*dirShard, wm map[string]string, t
 	if same {
 		return bytes.Clone(meta.IndexJSON), nil
 	}
-	return setTotalSize(meta.IndexJSON, total), nil
+	b, _ := SetTotalSize(meta.IndexJSON, total)
+	return b, nil
 }
 
-// setTotalSize returns index with the number metadata.total_size replaced
-// by total, every other byte unchanged. An index without a numeric
-// metadata.total_size is returned as is.
-func setTotalSize(index []byte, total int64) []byte {
+// SetTotalSize returns a copy of a checkout's index file with the number
+// metadata.total_size replaced by total, every other byte unchanged, and
+// whether it was replaced. An index without a numeric metadata.total_size
+// is returned as is.
+func SetTotalSize(index []byte, total int64) ([]byte, bool) {
 	dec := json.NewDecoder(bytes.NewReader(index))
 	dec.UseNumber()
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return bytes.Clone(index)
+		return bytes.Clone(index), false
 	}
 	for dec.More() {
 		key, err := dec.Token()
@@ -308,11 +310,11 @@ func setTotalSize(index []byte, total int64) []byte {
 				break
 			}
 			out := append(bytes.Clone(index[:start]), strconv.FormatInt(total, 10)...)
-			return append(out, index[end:]...)
+			return append(out, index[end:]...), true
 		}
 		break
 	}
-	return bytes.Clone(index)
+	return bytes.Clone(index), false
 }
 
 // buildIndex returns an index as transformers writes it: json.dumps(index,

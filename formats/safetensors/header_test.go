@@ -123,8 +123,8 @@ func TestSetTotalSize(t *testing.T) {
 		{`{"weight_map":{}}`, `{"weight_map":{}}`},
 	}
 	for _, tc := range tests {
-		if got := setTotalSize([]byte(tc.in), 4096); string(got) != tc.want {
-			t.Errorf("setTotalSize(%s) = %s, want %s", tc.in, got, tc.want)
+		if got, _ := SetTotalSize([]byte(tc.in), 4096); string(got) != tc.want {
+			t.Errorf("SetTotalSize(%s) = %s, want %s", tc.in, got, tc.want)
 		}
 	}
 }

@@ -1,0 +1,420 @@
+package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tpconvert/tpconvert/convert"
+	"github.com/tpconvert/tpconvert/fixtures/gen"
+	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/tensor"
+)
+
+func TestParseShard(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		i, n int
+		ok   bool
+	}{
+		{"0/3", 0, 3, true}, {"2/3", 2, 3, true}, {" 1 / 2 ", 1, 2, true}, {"0/1", 0, 1, true},
+		{"3/3", 0, 0, false}, {"-1/3", 0, 0, false}, {"1/0", 0, 0, false}, {"1", 0, 0, false}, {"a/b", 0, 0, false}, {"", 0, 0, false},
+	} {
+		i, n, err := parseShard(c.in)
+		if (err == nil) != c.ok || i != c.i || n != c.n {
+			t.Errorf("parseShard(%q) = %d, %d, %v", c.in, i, n, err)
+		}
+	}
+}
+
+func TestShardFromEnv(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		env   map[string]string
+		count int
+		i, n  int
+		msg   string
+	}{
+		{"k8s", map[string]string{"JOB_COMPLETION_INDEX": "2"}, 4, 2, 4, ""},
+		{"k8s needs count", map[string]string{"JOB_COMPLETION_INDEX": "2"}, 0, 0, 0, "--shard-count"},
+		{"k8s out of range", map[string]string{"JOB_COMPLETION_INDEX": "4"}, 4, 0, 0, "out of range"},
+		{"k8s garbage", map[string]string{"JOB_COMPLETION_INDEX": "x"}, 4, 0, 0, "not a number"},
+		{"slurm", map[string]string{"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "3"}, 0, 1, 3, ""},
+		{"slurm from 1", map[string]string{"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "3"}, 0, 2, 3, ""},
+		{"slurm step", map[string]string{"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_STEP": "2", "SLURM_ARRAY_TASK_COUNT": "3"}, 0, 2, 3, ""},
+		{"slurm off step", map[string]string{"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_STEP": "2", "SLURM_ARRAY_TASK_COUNT": "3"}, 0, 0, 0, "steps"},
+		{"slurm count flag", map[string]string{"SLURM_ARRAY_TASK_ID": "5"}, 8, 5, 8, ""},
+		{"slurm no count", map[string]string{"SLURM_ARRAY_TASK_ID": "5"}, 0, 0, 0, "SLURM_ARRAY_TASK_COUNT"},
+		{"nothing", map[string]string{}, 3, 0, 0, "neither"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			i, n, err := shardFromEnv(func(k string) string { return c.env[k] }, c.count)
+			if c.msg == "" {
+				if err != nil || i != c.i || n != c.n {
+					t.Errorf("got %d/%d, %v; want %d/%d", i, n, err, c.i, c.n)
+				}
+			} else if err == nil || !strings.Contains(err.Error(), c.msg) {
+				t.Errorf("err = %v, want it to mention %q", err, c.msg)
+			}
+		})
+	}
+}
+
+func TestBatchUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"batch", "-o", dir}, "SRC"},
+		{[]string{"batch", dir}, "-o OUTDIR"},
+		{[]string{"batch", dir, "-o", dir, "--shard", "3/3"}, "out of range"},
+		{[]string{"batch", dir, "-o", dir, "--shard", "0/2", "--shard-from-env"}, "not both"},
+		{[]string{"batch", dir, "-o", dir, "--shard", "0/2", "--merge"}, "--merge"},
+		{[]string{"batch", dir, "-o", dir, "--shard-count", "2"}, "--shard-count"},
+		{[]string{"batch", dir, "-o", dir, "--codec", "zstd"}, "unknown codec"},
+	} {
+		code, _, stderr := runCLI(t, c.args...)
+		if code != 2 || !strings.Contains(stderr, c.msg) {
+			t.Errorf("%q: exit %d, stderr %q; want 2 mentioning %q", c.args, code, stderr, c.msg)
+		}
+	}
+}
+
+// writeModels writes three small checkouts into root: alpha (one
+// safetensors file), beta (three shards and an index), gamma (GGUF).
+func writeModels(t *testing.T, root string) {
+	t.Helper()
+	tiny := gen.Presets["tiny"]
+	put := func(p, s string) {
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.MkdirAll(filepath.Join(root, "alpha"), 0o755)
+	if err := gen.WriteSafetensors(filepath.Join(root, "alpha", "model.safetensors"), tiny, tensor.BF16, 1); err != nil {
+		t.Fatal(err)
+	}
+	put(filepath.Join(root, "alpha", "config.json"), `{"model_type": "llama"}`)
+	put(filepath.Join(root, "alpha", "tokenizer.json"), `{"version": "1.0"}`)
+	put(filepath.Join(root, "alpha", "README.md"), "# alpha\n")
+	if err := gen.WriteCheckout(filepath.Join(root, "beta"), tiny, tensor.F32, 2, 2600<<10); err != nil {
+		t.Fatal(err)
+	}
+	put(filepath.Join(root, "beta", "config.json"), `{"model_type": "llama"}`)
+	put(filepath.Join(root, "beta", "original", "params.json"), `{"dim": 256}`)
+	os.MkdirAll(filepath.Join(root, "gamma"), 0o755)
+	if err := gen.WriteGGUF(filepath.Join(root, "gamma", "model.gguf"), tiny, 3); err != nil {
+		t.Fatal(err)
+	}
+	put(filepath.Join(root, "gamma", "README.md"), "# gamma\n")
+}
+
+// tree maps every file under dir to its SHA-256, leaving out run.json
+// (the run's times and hosts, which differ by design).
+func tree(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	m := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if d.IsDir() || d.Name() == convert.RunInfoName {
+			return nil
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err != nil {
+			return err
+		}
+		m[filepath.ToSlash(rel)] = hex.EncodeToString(h.Sum(nil))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func sameTree(t *testing.T, a, b string) {
+	t.Helper()
+	ta, tb := tree(t, a), tree(t, b)
+	if len(ta) == 0 {
+		t.Fatalf("%s is empty", a)
+	}
+	for k, v := range ta {
+		if tb[k] != v {
+			t.Errorf("%s differs between %s and %s", k, a, b)
+		}
+	}
+	for k := range tb {
+		if _, ok := ta[k]; !ok {
+			t.Errorf("%s is only in %s", k, b)
+		}
+	}
+}
+
+func noTempsIn(t *testing.T, dir string) {
+	t.Helper()
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && (strings.HasPrefix(d.Name(), atomicfile.TempPrefix) || d.Name() == convert.StagingName) {
+			t.Errorf("left behind: %s", p)
+		}
+		return nil
+	})
+}
+
+func TestBatchCLIRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "models")
+	writeModels(t, src)
+	out := filepath.Join(dir, "out")
+	code, stdout, stderr := runCLI(t, "batch", src, "-o", out, "--codec", "f16", "--workers", "2", "--json")
+	if code != 0 {
+		t.Fatalf("batch: exit %d: %s", code, stderr)
+	}
+	var rep convert.BatchReport
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatalf("--json: %v\n%s", err, stdout)
+	}
+	if rep.Totals.Converted != 3 || rep.Totals.UnitsConverted != 5 || rep.Totals.BytesOut <= 0 {
+		t.Errorf("totals %+v", rep.Totals)
+	}
+	// The text summary of a second run: everything up to date.
+	code, stdout, _ = runCLI(t, "batch", src, "-o", out, "--codec", "f16")
+	if code != 0 || !strings.Contains(stdout, "3 up to date") || !strings.Contains(stdout, "up to date") {
+		t.Errorf("second run: exit %d\n%s", code, stdout)
+	}
+	restored := filepath.Join(dir, "restored")
+	if code, _, stderr := runCLI(t, "restore", out, "-o", restored); code != 0 {
+		t.Fatalf("restore: exit %d: %s", code, stderr)
+	}
+	for _, f := range []string{"alpha/config.json", "alpha/README.md", "beta/model.safetensors.index.json", "beta/original/params.json"} {
+		a, _ := os.ReadFile(filepath.Join(src, f))
+		b, err := os.ReadFile(filepath.Join(restored, f))
+		if err != nil || !bytes.Equal(a, b) {
+			t.Errorf("%s not restored byte-identical (%v)", f, err)
+		}
+	}
+	for _, f := range []string{"beta/model-00002-of-00003.safetensors", "gamma/model.gguf", "alpha/model.safetensors"} {
+		if _, err := convert.OpenSource(filepath.Join(restored, f)); err != nil {
+			t.Error(err)
+		}
+	}
+	// One model directory restores on its own, by default beside itself.
+	if code, _, stderr := runCLI(t, "restore", filepath.Join(out, "gamma")); code != 0 {
+		t.Errorf("restore of one model: exit %d: %s", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(out, "gamma.restored", "model.gguf")); err != nil {
+		t.Error(err)
+	}
+}
+
+// buildBinary builds tpconvert into a temporary directory.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds the binary; skipped with -short")
+	}
+	bin := filepath.Join(t.TempDir(), "tpconvert")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func runBin(t *testing.T, bin string, args ...string) (string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("tpconvert %q: %v\n%s", args, err, errb.String())
+	}
+	return out.String(), errb.String()
+}
+
+// waitFor polls until ok returns true, failing after timeout.
+func waitFor(t *testing.T, what string, timeout time.Duration, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func glob(p string) []string {
+	m, _ := filepath.Glob(p)
+	return m
+}
+
+func TestBatchSIGKILLThenResume(t *testing.T) {
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "models")
+	os.MkdirAll(filepath.Join(src, "a-tiny"), 0o755)
+	if err := gen.WriteSafetensors(filepath.Join(src, "a-tiny", "model.safetensors"), gen.Presets["tiny"], tensor.BF16, 1); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(src, "a-tiny", "config.json"), []byte(`{}`), 0o644)
+	// SmolLM2-135M shapes with 8 layers in F32 (about 230 MB in four
+	// shards): slow enough to be killed while converting. Generated in
+	// another process: child processes start with this one's peak RSS
+	// as theirs, which other tests of this package measure.
+	genCmd := exec.Command(os.Args[0], "-test.run=^TestGenerateHelper$")
+	genCmd.Env = append(os.Environ(), "TPCONVERT_TEST_GEN="+filepath.Join(src, "b-big"))
+	if out, err := genCmd.CombinedOutput(); err != nil {
+		t.Fatalf("generating b-big: %v\n%s", err, out)
+	}
+	os.WriteFile(filepath.Join(src, "b-big", "config.json"), []byte(`{"model_type": "llama"}`), 0o644)
+	shards := len(glob(filepath.Join(src, "b-big", "*.safetensors")))
+	if shards < 3 {
+		t.Fatalf("%d shards", shards)
+	}
+	out := filepath.Join(dir, "out")
+	args := []string{"batch", src, "-o", out, "--codec", "f16", "--workers", "1", "--max-memory", "256MiB"}
+
+	cmd := exec.Command(bin, args...)
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	staging := filepath.Join(out, convert.StagingName, "b-big")
+	// Kill once a-tiny is complete and b-big has one weight file staged
+	// and the next one in progress.
+	waitFor(t, "a-tiny's manifest", 60*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join(out, "a-tiny", convert.ManifestName))
+		return err == nil
+	})
+	waitFor(t, "a staged weight file of b-big", 60*time.Second, func() bool {
+		return len(glob(filepath.Join(staging, "*.tpk.json"))) > 0
+	})
+	waitFor(t, "the next conversion", 60*time.Second, func() bool {
+		return len(glob(filepath.Join(staging, atomicfile.TempPrefix+"*"))) > 0
+	})
+	cmd.Process.Signal(syscall.SIGKILL)
+	<-done
+	staged := len(glob(filepath.Join(staging, "*.tpk.json")))
+	if _, err := os.Stat(filepath.Join(out, "b-big")); err == nil || staged >= shards {
+		t.Fatalf("b-big finished before the kill (%d of %d staged); stderr:\n%s", staged, shards, errb.String())
+	}
+	if len(glob(filepath.Join(staging, atomicfile.TempPrefix+"*"))) == 0 {
+		t.Fatal("no temporary files after the kill: nothing to clean up")
+	}
+	tinyTPK, _ := os.Stat(filepath.Join(out, "a-tiny", "model.tpk"))
+
+	stdout, _ := runBin(t, bin, append(args, "--json")...)
+	var rep convert.BatchReport
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatalf("--json: %v\n%s", err, stdout)
+	}
+	if len(rep.Models) != 2 || rep.Models[0].Status != convert.ModelUpToDate || rep.Models[1].Status != convert.ModelConverted {
+		t.Fatalf("rerun: %+v", rep.Models)
+	}
+	var reStaged, converted int
+	for _, u := range rep.Models[1].Units {
+		switch u.Status {
+		case convert.UnitStaged:
+			reStaged++
+		case convert.UnitConverted:
+			converted++
+		}
+	}
+	if reStaged != staged || converted != shards-staged || rep.Totals.UnitsConverted != converted {
+		t.Errorf("rerun kept %d and converted %d weight files; %d were staged of %d", reStaged, converted, staged, shards)
+	}
+	if st, _ := os.Stat(filepath.Join(out, "a-tiny", "model.tpk")); !os.SameFile(st, tinyTPK) {
+		t.Error("a-tiny was converted again")
+	}
+	noTempsIn(t, out)
+	// The result is what an uninterrupted run gives.
+	ref := filepath.Join(dir, "ref")
+	runBin(t, bin, "batch", src, "-o", ref, "--codec", "f16", "--workers", "2")
+	sameTree(t, ref, out)
+}
+
+// TestGenerateHelper is not a test: TestBatchSIGKILLThenResume runs the
+// test binary with TPCONVERT_TEST_GEN set to write its large checkout
+// there from another process.
+func TestGenerateHelper(t *testing.T) {
+	dir := os.Getenv("TPCONVERT_TEST_GEN")
+	if dir == "" {
+		t.Skip("helper process of TestBatchSIGKILLThenResume")
+	}
+	big := gen.Presets["smollm2"]
+	big.Layers = 8
+	if err := gen.WriteCheckout(dir, big, tensor.F32, 1, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBatchShardsInSeparateProcesses(t *testing.T) {
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "models")
+	writeModels(t, src)
+	flags := []string{"--codec", "f16", "--workers", "1"}
+	ref := filepath.Join(dir, "ref")
+	runBin(t, bin, append([]string{"batch", src, "-o", ref}, flags...)...)
+
+	// One after another, in an order other than 0, 1, 2; then merge.
+	seq := filepath.Join(dir, "seq")
+	for _, i := range []string{"2/3", "0/3", "1/3"} {
+		runBin(t, bin, append([]string{"batch", src, "-o", seq, "--shard", i}, flags...)...)
+	}
+	stdout, _ := runBin(t, bin, append([]string{"batch", src, "-o", seq, "--merge", "--json"}, flags...)...)
+	var rep convert.BatchReport
+	json.Unmarshal([]byte(stdout), &rep)
+	if rep.Totals.UpToDate != 3 || rep.Totals.UnitsConverted != 0 {
+		t.Errorf("merge after sequential shards: %+v", rep.Totals)
+	}
+	sameTree(t, ref, seq)
+	noTempsIn(t, seq)
+
+	// All at once, the shard taken from the environment as in a
+	// Kubernetes Indexed Job; then merge.
+	par := filepath.Join(dir, "par")
+	var cmds []*exec.Cmd
+	var errs []*bytes.Buffer
+	for i := range 3 {
+		cmd := exec.Command(bin, append([]string{"batch", src, "-o", par, "--shard-from-env", "--shard-count", "3"}, flags...)...)
+		cmd.Env = append(os.Environ(), "JOB_COMPLETION_INDEX="+string(rune('0'+i)))
+		errb := new(bytes.Buffer)
+		cmd.Stderr = errb
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cmds, errs = append(cmds, cmd), append(errs, errb)
+	}
+	for i, c := range cmds {
+		if err := c.Wait(); err != nil {
+			t.Errorf("shard %d/3: %v\n%s", i, err, errs[i])
+		}
+	}
+	runBin(t, bin, append([]string{"batch", src, "-o", par, "--merge"}, flags...)...)
+	sameTree(t, ref, par)
+	noTempsIn(t, par)
+}

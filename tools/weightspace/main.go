@@ -1,0 +1,165 @@
+// Command weightspace measures codecs in weight space: for every tensor a
+// conversion would compress (by --layers), it encodes the weights with each
+// codec, decodes them, and reports bits per weight (payload bytes × 8 /
+// weights, every byte of the payload counted) and the SQNR of the
+// reconstruction, 10·log10(Σ‖W‖² / Σ‖W−W'‖²) over all those tensors.
+//
+//	go run ./tools/weightspace -label fixture fixtures/tiny-llama.safetensors
+//
+// Codecs are given as name[:group=N][:rank=N], separated by commas.
+package main
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tpconvert/tpconvert/codec"
+	_ "github.com/tpconvert/tpconvert/codec/basic"
+	_ "github.com/tpconvert/tpconvert/codec/intq"
+	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
+	"github.com/tpconvert/tpconvert/convert"
+	"github.com/tpconvert/tpconvert/stream"
+	"github.com/tpconvert/tpconvert/tensor"
+)
+
+const defaultCodecs = "tenpak_x_v1,tenpak_x_v1:group=128,int8,int4:group=32,int4:group=128"
+
+func main() {
+	label := flag.String("label", "", "model label for the table (default: the path)")
+	layers := flag.String("layers", "all", "tensors to measure: all, mlp, attn")
+	codecs := flag.String("codecs", defaultCodecs, "codecs to measure")
+	header := flag.Bool("header", false, "print the markdown table header first")
+	flag.Parse()
+	if flag.NArg() != 1 {
+		fmt.Fprintln(os.Stderr, "usage: weightspace [flags] MODEL")
+		os.Exit(2)
+	}
+	if err := run(flag.Arg(0), *label, *layers, *codecs, *header); err != nil {
+		fmt.Fprintln(os.Stderr, "weightspace:", err)
+		os.Exit(1)
+	}
+}
+
+type spec struct {
+	label string
+	c     codec.Codec
+}
+
+func parseCodecs(s string) ([]spec, error) {
+	var out []spec
+	for _, item := range strings.Split(s, ",") {
+		parts := strings.Split(item, ":")
+		var o codec.Options
+		for _, kv := range parts[1:] {
+			k, v, _ := strings.Cut(kv, "=")
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return nil, fmt.Errorf("codec option %q", kv)
+			}
+			switch k {
+			case "group":
+				o.GroupSize = n
+			case "rank":
+				o.Rank = n
+			default:
+				return nil, fmt.Errorf("codec option %q", kv)
+			}
+		}
+		c, err := codec.New(parts[0], o)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, spec{item, c})
+	}
+	return out, nil
+}
+
+func run(path, label, layers, codecs string, header bool) error {
+	specs, err := parseCodecs(codecs)
+	if err != nil {
+		return err
+	}
+	l, err := stream.ParseLayers(layers)
+	if err != nil {
+		return err
+	}
+	sel := stream.Selector{Layers: l}
+	src, err := convert.OpenSource(path)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	if label == "" {
+		label = path
+	}
+	sig := 0.0
+	noise := make([]float64, len(specs))
+	bytesOut := make([]int64, len(specs))
+	secs := make([]float64, len(specs))
+	var weights int64
+	var ntens int
+	dtypes := map[string]int{}
+	for i, t := range src.Tensors() {
+		if !sel.Select(t) {
+			continue
+		}
+		b, err := src.Bytes(i)
+		if err != nil {
+			return err
+		}
+		x := make([]float32, t.Elems())
+		if err := tensor.ToFloat32(x, t.DType, b); err != nil {
+			return fmt.Errorf("%s: %w", t.Name, err)
+		}
+		if stream.IsConv1D(t.Name) {
+			return fmt.Errorf("%s: Conv1D weights are not supported by this tool", t.Name)
+		}
+		src.Release(i)
+		ntens++
+		weights += int64(len(x))
+		dtypes[t.DType.String()]++
+		for _, v := range x {
+			sig += float64(v) * float64(v)
+		}
+		y := make([]float32, len(x))
+		for k, s := range specs {
+			var buf bytes.Buffer
+			start := time.Now()
+			if err := s.c.Encode(&buf, t, x); err != nil {
+				return fmt.Errorf("%s: %s: %w", s.label, t.Name, err)
+			}
+			secs[k] += time.Since(start).Seconds()
+			if err := s.c.Decode(y, buf.Bytes(), t, s.c.Version()); err != nil {
+				return fmt.Errorf("%s: %s: %w", s.label, t.Name, err)
+			}
+			bytesOut[k] += int64(buf.Len())
+			for j := range x {
+				d := float64(x[j]) - float64(y[j])
+				noise[k] += d * d
+			}
+		}
+	}
+	if ntens == 0 {
+		return fmt.Errorf("%s: no tensor selected by --layers %s", path, layers)
+	}
+	var dt []string
+	for k, v := range dtypes {
+		dt = append(dt, fmt.Sprintf("%d×%s", v, k))
+	}
+	if header {
+		fmt.Println("| model | tensors (source dtype) | weights | codec | bits/weight | SQNR dB | encode s |")
+		fmt.Println("|---|---|---:|---|---:|---:|---:|")
+	}
+	for k, s := range specs {
+		bpw := float64(bytesOut[k]) * 8 / float64(weights)
+		fmt.Printf("| %s | %d (%s) | %d | %s | %.3f | %.2f | %.1f |\n", label, ntens, strings.Join(dt, ", "), weights, s.label,
+			bpw, 10*math.Log10(sig/noise[k]), secs[k])
+	}
+	return nil
+}

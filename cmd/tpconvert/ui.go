@@ -185,8 +185,13 @@ func printReport(w io.Writer, r *convert.Report, all bool) {
 	if r.Codec != "" {
 		fmt.Fprintf(w, "  codec            %s %s\n", r.Codec, r.Params)
 	}
-	fmt.Fprintf(w, "  tensors          %d (%d compressed, %d passed through bit-exact)\n", tt.Tensors, tt.Compressed, tt.PassedThrough)
-	fmt.Fprintf(w, "  parameters       %d (%d in compressed tensors)\n", tt.Params, tt.CompressedParams)
+	if r.Output != "" || strings.HasPrefix(r.Kind, "tpk") {
+		fmt.Fprintf(w, "  tensors          %d (%d compressed, %d stored unchanged)\n", tt.Tensors, tt.Compressed, tt.PassedThrough)
+		fmt.Fprintf(w, "  parameters       %d (%d in compressed tensors)\n", tt.Params, tt.CompressedParams)
+	} else {
+		fmt.Fprintf(w, "  tensors          %d\n", tt.Tensors)
+		fmt.Fprintf(w, "  parameters       %d\n", tt.Params)
+	}
 	if r.Output != "" {
 		fmt.Fprintf(w, "  bytes            %s in, %s out\n", human(tt.BytesIn), human(tt.BytesOut))
 	} else {
@@ -197,7 +202,11 @@ func printReport(w io.Writer, r *convert.Report, all bool) {
 		fmt.Fprintf(w, "; %.3f over the compressed tensors", tt.BPWCompressed)
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "  ratio            %.2fx vs FP16, %.2fx vs source\n", tt.RatioFP16, tt.RatioSource)
+	if r.Output != "" || strings.HasPrefix(r.Kind, "tpk") {
+		fmt.Fprintf(w, "  ratio            %.2fx vs FP16, %.2fx vs source\n", tt.RatioFP16, tt.RatioSource)
+	} else {
+		fmt.Fprintf(w, "  ratio            %.2fx vs FP16\n", tt.RatioFP16)
+	}
 	if tt.WallSeconds > 0 {
 		fmt.Fprintf(w, "  time             %.1fs, peak memory %s\n", tt.WallSeconds, human(tt.PeakRSSBytes))
 	}

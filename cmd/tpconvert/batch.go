@@ -38,7 +38,7 @@ func cmdBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	seed := fs.Uint64("seed", 0, "seed for every random choice of the codec")
 	workers := fs.Int("workers", runtime.NumCPU(), "tensors processed in parallel (weight files are converted one after another)")
 	maxMem := sizeFlag(defaultMaxMemory())
-	fs.Var(&maxMem, "max-memory", "bound on working memory for the whole batch, e.g. 512MiB, 4GiB (default: a quarter of RAM)")
+	fs.Var(&maxMem, "max-memory", "bound on working memory for the whole batch, e.g. 512MiB or 4GiB; the default is a quarter of RAM")
 	noStats := fs.Bool("no-stats", false, "skip measuring reconstruction error (saves one decode per tensor)")
 	shard := fs.String("shard", "", "convert only shard I of N, written I/N with 0 <= I < N")
 	fromEnv := fs.Bool("shard-from-env", false, "take the shard from JOB_COMPLETION_INDEX (Kubernetes Indexed Job; N from --shard-count) or SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT")

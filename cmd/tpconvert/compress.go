@@ -31,7 +31,7 @@ func cmdCompress(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	seed := fs.Uint64("seed", 0, "seed for every random choice of the codec")
 	workers := fs.Int("workers", runtime.NumCPU(), "tensors processed in parallel")
 	maxMem := sizeFlag(defaultMaxMemory())
-	fs.Var(&maxMem, "max-memory", "bound on working memory, e.g. 512MiB, 4GiB (default: a quarter of RAM)")
+	fs.Var(&maxMem, "max-memory", "bound on working memory, e.g. 512MiB or 4GiB; the default is a quarter of RAM")
 	asJSON := fs.Bool("json", false, "print a machine-readable summary on stdout")
 	verbose := fs.Bool("v", false, "list every tensor in the summary, not only compressed ones")
 	force := fs.Bool("force", false, "overwrite an existing output file")

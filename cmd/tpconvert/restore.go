@@ -25,7 +25,7 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.Var(&shard, "shard-size", "write a sharded safetensors checkout with shards of at most this size (e.g. 5GB)")
 	workers := fs.Int("workers", runtime.NumCPU(), "tensors decoded in parallel")
 	maxMem := sizeFlag(defaultMaxMemory())
-	fs.Var(&maxMem, "max-memory", "bound on working memory (default: a quarter of RAM)")
+	fs.Var(&maxMem, "max-memory", "bound on working memory; the default is a quarter of RAM")
 	asJSON := fs.Bool("json", false, "print a machine-readable summary on stdout")
 	force := fs.Bool("force", false, "overwrite existing output files")
 	pos, err := parse(fs, args)

@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -19,7 +18,6 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 
-	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/stream"
 )
@@ -29,17 +27,8 @@ const batchSynopsis = "tpconvert batch SRC... -o OUTDIR [flags]"
 func cmdBatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("batch", batchSynopsis, stderr)
 	out := fs.String("o", "", "output directory: one subdirectory per model (required)")
-	codecName := fs.String("codec", defaultCodec, "codec for the selected tensors: "+strings.Join(codec.Names(), ", "))
-	layers := fs.String("layers", "all", "weight matrices to compress: all (attention and MLP projections), mlp, attn, none")
-	include := fs.String("include", "", "also compress tensors whose name matches this regular expression")
-	exclude := fs.String("exclude", "", "never compress tensors whose name matches this regular expression")
-	rank := fs.Int("rank", 0, "rank of the low-rank factors (tenpak_x_v1; default 32)")
-	group := fs.Int("group-size", 0, "weights per scale/offset group (int4 default 32; tenpak_x_v1 default one row)")
-	seed := fs.Uint64("seed", 0, "seed for every random choice of the codec")
-	workers := fs.Int("workers", runtime.NumCPU(), "tensors processed in parallel (weight files are converted one after another)")
-	maxMem := sizeFlag(defaultMaxMemory())
-	fs.Var(&maxMem, "max-memory", "bound on working memory for the whole batch, e.g. 512MiB or 4GiB; the default is a quarter of RAM")
-	noStats := fs.Bool("no-stats", false, "skip measuring reconstruction error (saves one decode per tensor)")
+	cf := addConvFlags(fs, "tensors processed in parallel (weight files are converted one after another)",
+		"bound on working memory for the whole batch, e.g. 512MiB or 4GiB; the default is a quarter of RAM")
 	shard := fs.String("shard", "", "convert only shard I of N, written I/N with 0 <= I < N")
 	fromEnv := fs.Bool("shard-from-env", false, "take the shard from JOB_COMPLETION_INDEX (Kubernetes Indexed Job; N from --shard-count) or SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT")
 	shardCount := fs.Int("shard-count", 0, "number of shards N for --shard-from-env (required with JOB_COMPLETION_INDEX); with --merge, names the shard of each missing file")
@@ -59,7 +48,7 @@ func cmdBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *out == "" {
 		return errUsage{errors.New("batch needs -o OUTDIR")}
 	}
-	o := convert.BatchOptions{NoStats: *noStats, Force: *force || !*resume, Merge: *merge, DryRun: *dryRun, Version: version}
+	o := convert.BatchOptions{NoStats: *cf.noStats, Force: *force || !*resume, Merge: *merge, DryRun: *dryRun, Version: version}
 	switch {
 	case *shard != "" && *fromEnv:
 		return errUsage{errors.New("give --shard or --shard-from-env, not both")}
@@ -81,24 +70,10 @@ func cmdBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if o.Merge && (*shard != "" || *fromEnv) {
 		return errUsage{errors.New("--merge runs once, after every shard: it takes no --shard")}
 	}
-	if o.Selector.Layers, err = stream.ParseLayers(*layers); err != nil {
-		return errUsage{err}
-	}
-	if o.Selector.Include, err = compileRE("include", *include); err != nil {
+	if o.Codec, o.CodecOptions, o.Selector, o.Options, err = cf.build(); err != nil {
 		return err
 	}
-	if o.Selector.Exclude, err = compileRE("exclude", *exclude); err != nil {
-		return err
-	}
-	if *workers < 1 {
-		return errUsage{errors.New("--workers must be at least 1")}
-	}
-	o.CodecOptions = codec.Options{Rank: *rank, GroupSize: *group, Seed: *seed}
-	if o.Codec, err = codec.New(*codecName, o.CodecOptions); err != nil {
-		return errUsage{err}
-	}
-	o.Options = stream.Options{Workers: *workers, MaxMemory: int64(maxMem)}
-	debug.SetMemoryLimit(int64(maxMem) + 256<<20)
+	debug.SetMemoryLimit(o.MaxMemory + 256<<20)
 	ui := newBatchUI(stderr, *asJSON || *dryRun)
 	o.OnEvent = ui.event
 	rep, err := convert.Batch(ctx, pos, *out, o)

@@ -31,7 +31,7 @@ func TestOrderedWritesInOrderWithinBudget(t *testing.T) {
 				if v := inFlight.Add(c); v > peak.Load() {
 					peak.Store(v)
 				}
-				time.Sleep(time.Duration(r.IntN(50)) * time.Microsecond)
+				time.Sleep(time.Duration(costs[i]%50) * time.Microsecond)
 				return i * 10, nil
 			},
 			func(i, v int) error {

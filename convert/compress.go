@@ -2,6 +2,7 @@ package convert
 
 import (
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -28,6 +29,10 @@ type CompressOptions struct {
 	// number of source bytes to process.
 	OnStart func(total int64)
 }
+
+// outputWriter returns the writer an output file is written through;
+// tests replace it to make writes fail as on a full disk.
+var outputWriter = func(f *atomicfile.File) io.Writer { return f }
 
 // CompressFile compresses the checkpoint at in into the .tpk file out. The
 // output is written to a temporary file beside out and renamed only when
@@ -57,7 +62,7 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 		return nil, err
 	}
 	defer f.Abort()
-	results, err := stream.Compress(ctx, src, f, stream.CompressOptions{
+	results, err := stream.Compress(ctx, src, outputWriter(f), stream.CompressOptions{
 		Options:   o.Options,
 		Codec:     o.Codec,
 		Select:    o.Selector.Select,

@@ -2,12 +2,15 @@ package convert
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/formats"
 	"github.com/tpconvert/tpconvert/formats/gguf"
 	"github.com/tpconvert/tpconvert/formats/safetensors"
@@ -104,17 +107,27 @@ func RestoreFile(ctx context.Context, in, out string, o RestoreOptions) (*Restor
 
 	switch {
 	case to == formats.Safetensors && IsDirOutput(meta, o):
+		// A directory created here is removed again on failure (os.Remove
+		// keeps it if anything else was put in it meanwhile).
+		_, statErr := os.Lstat(out)
+		created := errors.Is(statErr, fs.ErrNotExist)
+		fail := func(err error) (*RestoreReport, error) {
+			if created {
+				os.Remove(out)
+			}
+			return nil, err
+		}
 		dw, err := safetensors.NewDirWriter(out, meta, plan, safetensors.DirOptions{ShardSize: o.ShardSize, Overwrite: o.Overwrite})
 		if err != nil {
-			return nil, err
+			return fail(fmt.Errorf("restoring %s: %w", in, err))
 		}
 		if err := stream.Restore(ctx, r, plan, dw, o.RestoreOptions); err != nil {
 			dw.Abort()
-			return nil, err
+			return fail(err)
 		}
 		if err := dw.Close(); err != nil {
 			dw.Abort()
-			return nil, err
+			return fail(err)
 		}
 		rep.Files = dirFiles(out)
 	default:
@@ -128,16 +141,16 @@ func RestoreFile(ctx context.Context, in, out string, o RestoreOptions) (*Restor
 		defer f.Abort()
 		var sink formats.Sink
 		if to == formats.GGUF {
-			sink, err = gguf.NewWriter(f, meta.GGUF, r.Index().GGUFInfoOrder, plan)
+			sink, err = gguf.NewWriter(outputWriter(f), meta.GGUF, r.Index().GGUFInfoOrder, plan)
 		} else {
 			var fm *formats.FileMeta
 			if meta.Kind == formats.Safetensors {
 				fm = &meta.Files[0]
 			}
-			sink, err = safetensors.NewWriter(f, plan, fm)
+			sink, err = safetensors.NewWriter(outputWriter(f), plan, fm)
 		}
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("restoring %s: %w", in, err)
 		}
 		if err := stream.Restore(ctx, r, plan, sink, o.RestoreOptions); err != nil {
 			return nil, err
@@ -161,7 +174,8 @@ func RestoreFile(ctx context.Context, in, out string, o RestoreOptions) (*Restor
 }
 
 // Verify checks the structure and every record checksum of a .tpk file,
-// reading it in bounded memory. It returns the number of records checked
+// reading it in bounded memory, and that every record's codec and codec
+// version are known to this build. It returns the number of records checked
 // and one error per damaged record (the index itself failing gives a single
 // error).
 func Verify(path string) (int, []error) {
@@ -174,9 +188,25 @@ func Verify(path string) (int, []error) {
 	for i := range r.Entries() {
 		if err := r.Verify(i); err != nil {
 			errs = append(errs, err)
+		} else if err := knownCodec(r, i); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return len(r.Entries()), errs
+}
+
+// knownCodec reports a record whose codec ID or codec version this build
+// cannot decode, as restore would.
+func knownCodec(r *tpk.Reader, i int) error {
+	e := &r.Entries()[i]
+	c, err := codec.ByID(e.CodecID)
+	if err == nil && (e.CodecVersion == 0 || e.CodecVersion > c.Version()) {
+		err = fmt.Errorf("%w: %s version %d (supported 1-%d)", codec.ErrUnknown, c.Name(), e.CodecVersion, c.Version())
+	}
+	if err != nil {
+		return &tpk.Error{File: r.Name(), Tensor: e.Name, Offset: e.RecordOffset, Err: err}
+	}
+	return nil
 }
 
 func dirFiles(dir string) []string {

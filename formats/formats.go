@@ -116,6 +116,9 @@ func Detect(path string) (Kind, error) {
 	if err != nil {
 		return "", err
 	}
+	if !st.IsDir() && !st.Mode().IsRegular() {
+		return "", fmt.Errorf("%s: not a regular file or directory (pipes and devices cannot be memory-mapped)", path)
+	}
 	if st.IsDir() {
 		if m, _ := filepath.Glob(filepath.Join(path, "*.safetensors")); len(m) > 0 {
 			return Safetensors, nil

@@ -60,6 +60,14 @@ func Plan(r *tpk.Reader, o RestoreOptions) ([]tensor.Info, error) {
 	return out, nil
 }
 
+// maxElemsPerPayloadByte bounds the elements one payload byte may stand
+// for: 1/8 bit per weight, far below the densest encoding a .tpk holds
+// (ggml's IQ1_S stored unchanged, 1.5625 bits; the lossy codecs store at
+// least 4). A record claiming more is corrupt, and Restore says so before
+// allocating the buffers its shape asks for, so a lying shape cannot
+// exhaust memory.
+const maxElemsPerPayloadByte = 64
+
 // Restore decodes every record of r and writes the tensors planned by Plan
 // to sink, in record order.
 func Restore(ctx context.Context, r *tpk.Reader, plan []tensor.Info, sink formats.Sink, o RestoreOptions) error {
@@ -103,6 +111,10 @@ func Restore(ctx context.Context, r *tpk.Reader, plan []tensor.Info, sink format
 			return p, nil
 		}
 		n := plan[i].Elems()
+		if n > maxElemsPerPayloadByte*int64(len(p)) {
+			return nil, &tpk.Error{File: r.Name(), Tensor: e.Name, Offset: e.PayloadOffset,
+				Err: fmt.Errorf("%w: %d elements declared for a payload of %d bytes", tpk.ErrCorrupt, n, len(p))}
+		}
 		x := make([]float32, n)
 		src := e.Info()
 		if e.Transposed {

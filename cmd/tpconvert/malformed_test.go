@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"math"
@@ -13,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -29,8 +31,8 @@ import (
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
 )
 
-// memLimit is the most a command may allocate on a malformed input.
-const memLimit = 256 << 20
+// malMemLimit is the most a command may allocate on a malformed input.
+const malMemLimit = 256 << 20
 
 // ---- safetensors ----------------------------------------------------------
 
@@ -258,10 +260,10 @@ func tpkParts(t testing.TB, b []byte) (*tpk.Index, [][]byte) {
 	return &ix, ps
 }
 
-// rebuild rewrites a .tpk with tpk.Writer after edit has changed its
+// tpkRebuild rewrites a .tpk with tpk.Writer after edit has changed its
 // entries and payloads: every checksum is valid, so only the damage edit
 // made remains.
-func rebuild(t testing.TB, b []byte, edit func(ix *tpk.Index, ps [][]byte)) []byte {
+func tpkRebuild(t testing.TB, b []byte, edit func(ix *tpk.Index, ps [][]byte)) []byte {
 	t.Helper()
 	ix, ps := tpkParts(t, b)
 	edit(ix, ps)
@@ -281,16 +283,16 @@ func rebuild(t testing.TB, b []byte, edit func(ix *tpk.Index, ps [][]byte)) []by
 	return buf.Bytes()
 }
 
-// lastPayload returns the offset of a byte inside the payload of the last
+// tpkLastPayload returns the offset of a byte inside the payload of the last
 // record of a .tpk file.
-func lastPayload(t testing.TB, b []byte) int {
+func tpkLastPayload(t testing.TB, b []byte) int {
 	ix, _ := tpkParts(t, b)
 	e := ix.Tensors[len(ix.Tensors)-1]
 	return int(e.PayloadOffset + e.PayloadSize/2)
 }
 
-// find returns the position of the entry whose name contains s.
-func find(ix *tpk.Index, s string) int {
+// malFind returns the position of the entry whose name contains s.
+func malFind(ix *tpk.Index, s string) int {
 	for i, e := range ix.Tensors {
 		if strings.Contains(e.Name, s) {
 			return i
@@ -299,31 +301,31 @@ func find(ix *tpk.Index, s string) int {
 	panic("no tensor " + s)
 }
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+var malCRCTable = crc32.MakeTable(crc32.Castagnoli)
 
-// footer returns the index offset and length of a .tpk file.
-func footer(b []byte) (off, n int) {
+// tpkFooter returns the index offset and length of a .tpk file.
+func tpkFooter(b []byte) (off, n int) {
 	f := b[len(b)-tpk.FooterSize:]
 	return int(binary.LittleEndian.Uint64(f[16:])), int(binary.LittleEndian.Uint64(f[24:]))
 }
 
-// withIndex replaces the index of a .tpk by f(index) and fixes the footer
+// tpkWithIndex replaces the index of a .tpk by f(index) and fixes the footer
 // (length and checksum), so the reader gets past the checksum to the
 // damage.
-func withIndex(b []byte, f func(s string) string) []byte {
-	off, n := footer(b)
+func tpkWithIndex(b []byte, f func(s string) string) []byte {
+	off, n := tpkFooter(b)
 	js := f(string(b[off : off+n]))
 	out := append(slices.Clone(b[:off]), js...)
 	var ft [tpk.FooterSize]byte
 	copy(ft[:], b[len(b)-tpk.FooterSize:])
-	binary.LittleEndian.PutUint32(ft[12:], crc32.Checksum([]byte(js), castagnoli))
+	binary.LittleEndian.PutUint32(ft[12:], crc32.Checksum([]byte(js), malCRCTable))
 	binary.LittleEndian.PutUint64(ft[24:], uint64(len(js)))
 	return append(out, ft[:]...)
 }
 
-// withIndexJSON edits the decoded index and re-encodes it.
-func withIndexJSON(t testing.TB, b []byte, f func(ix *tpk.Index)) []byte {
-	return withIndex(b, func(s string) string {
+// tpkWithIndexJSON edits the decoded index and re-encodes it.
+func tpkWithIndexJSON(t testing.TB, b []byte, f func(ix *tpk.Index)) []byte {
+	return tpkWithIndex(b, func(s string) string {
 		var ix tpk.Index
 		if err := json.Unmarshal([]byte(s), &ix); err != nil {
 			t.Fatal(err)
@@ -337,19 +339,19 @@ func withIndexJSON(t testing.TB, b []byte, f func(ix *tpk.Index)) []byte {
 	})
 }
 
-func flipped(b []byte, off int, mask byte) []byte {
+func flipBit(b []byte, off int, mask byte) []byte {
 	c := slices.Clone(b)
 	c[off] ^= mask
 	return c
 }
 
-func put64(b []byte, off int, v uint64) []byte {
+func with64(b []byte, off int, v uint64) []byte {
 	c := slices.Clone(b)
 	binary.LittleEndian.PutUint64(c[off:], v)
 	return c
 }
 
-func put32(b []byte, off int, v uint32) []byte {
+func with32(b []byte, off int, v uint32) []byte {
 	c := slices.Clone(b)
 	binary.LittleEndian.PutUint32(c[off:], v)
 	return c
@@ -381,10 +383,10 @@ func malformedCases(t testing.TB) []malformed {
 	gg := ggGood()
 	tp := tpkFiles(t)
 	good := tp["int4"]
-	idxOff, idxLen := footer(good)
+	idxOff, idxLen := tpkFooter(good)
 	ix, _ := tpkParts(t, good)
-	q := ix.Tensors[find(ix, "q_proj")]
-	norm := ix.Tensors[find(ix, "model.norm")]
+	q := ix.Tensors[malFind(ix, "q_proj")]
+	norm := ix.Tensors[malFind(ix, "model.norm")]
 	stReplace := func(old, new string) []byte {
 		h := strings.Replace(stHeader, old, new, 1)
 		if h == stHeader {
@@ -396,7 +398,7 @@ func malformedCases(t testing.TB) []malformed {
 		return ggBuild(3, 3, 2, ggKV(), ts(ggTensors()), 32, ggData()).b
 	}
 	idxReplace := func(b []byte, old, new string) []byte {
-		return withIndex(b, func(s string) string {
+		return tpkWithIndex(b, func(s string) string {
 			r := strings.Replace(s, old, new, 1)
 			if r == s {
 				t.Fatalf("%q not in the index", old)
@@ -405,8 +407,8 @@ func malformedCases(t testing.TB) []malformed {
 		})
 	}
 	codecRecord := func(codecName string, edit func(e *tpk.Entry, p []byte) []byte) []byte {
-		return rebuild(t, tp[codecName], func(ix *tpk.Index, ps [][]byte) {
-			i := find(ix, "q_proj")
+		return tpkRebuild(t, tp[codecName], func(ix *tpk.Index, ps [][]byte) {
+			i := malFind(ix, "q_proj")
 			ps[i] = edit(&ix.Tensors[i], slices.Clone(ps[i]))
 		})
 	}
@@ -433,9 +435,9 @@ func malformedCases(t testing.TB) []malformed {
 		{name: "st at end of header", file: "m.safetensors", data: st[:hdrEnd], fail: srcCmds, want: "data"},
 		{name: "st inside data", file: "m.safetensors", data: st[:len(st)-3], fail: srcCmds, want: "data"},
 		// lying length fields
-		{name: "st header length past end", file: "m.safetensors", data: put64(st, 0, uint64(len(st))), fail: srcCmds, want: "header"},
-		{name: "st header length 2^63", file: "m.safetensors", data: put64(st, 0, 1<<63), fail: srcCmds, want: "header"},
-		{name: "st header length short", file: "m.safetensors", data: put64(st, 0, uint64(len(stHeader)-10)), fail: srcCmds, want: "json"},
+		{name: "st header length past end", file: "m.safetensors", data: with64(st, 0, uint64(len(st))), fail: srcCmds, want: "header"},
+		{name: "st header length 2^63", file: "m.safetensors", data: with64(st, 0, 1<<63), fail: srcCmds, want: "header"},
+		{name: "st header length short", file: "m.safetensors", data: with64(st, 0, uint64(len(stHeader)-10)), fail: srcCmds, want: "json"},
 		{name: "st header not json", file: "m.safetensors", data: stFile(`{"a":[1,2}`, nil), fail: srcCmds, want: "json"},
 		// offsets and shapes
 		{name: "st offsets past data", file: "m.safetensors", data: stReplace("[24,32]", "[24,40]"), fail: srcCmds, want: "model.norm.weight"},
@@ -466,12 +468,12 @@ func malformedCases(t testing.TB) []malformed {
 		{name: "gguf at start of data", file: "m.gguf", data: gg.b[:gg.dataAt], fail: srcCmds, want: "past the end"},
 		{name: "gguf inside data", file: "m.gguf", data: gg.b[:len(gg.b)-5], fail: srcCmds, want: "past the end"},
 		// versions and counts
-		{name: "gguf version 1", file: "m.gguf", data: put32(gg.b, 4, 1), fail: srcCmds, want: "version 1"},
-		{name: "gguf version 99", file: "m.gguf", data: put32(gg.b, 4, 99), fail: srcCmds, want: "version 99"},
-		{name: "gguf tensor count 2^60", file: "m.gguf", data: put64(gg.b, 8, 1<<60), fail: srcCmds, want: "tensor"},
-		{name: "gguf kv count 2^60", file: "m.gguf", data: put64(gg.b, 16, 1<<60), fail: srcCmds, want: "gguf"},
-		{name: "gguf key length lies", file: "m.gguf", data: put64(gg.b, gg.kvStart, 1<<40), fail: srcCmds, want: "gguf"},
-		{name: "gguf unknown value type", file: "m.gguf", data: put32(gg.b, gg.kvStart+8+len("general.architecture"), 99), fail: srcCmds, want: "type"},
+		{name: "gguf version 1", file: "m.gguf", data: with32(gg.b, 4, 1), fail: srcCmds, want: "version 1"},
+		{name: "gguf version 99", file: "m.gguf", data: with32(gg.b, 4, 99), fail: srcCmds, want: "version 99"},
+		{name: "gguf tensor count 2^60", file: "m.gguf", data: with64(gg.b, 8, 1<<60), fail: srcCmds, want: "tensor"},
+		{name: "gguf kv count 2^60", file: "m.gguf", data: with64(gg.b, 16, 1<<60), fail: srcCmds, want: "gguf"},
+		{name: "gguf key length lies", file: "m.gguf", data: with64(gg.b, gg.kvStart, 1<<40), fail: srcCmds, want: "gguf"},
+		{name: "gguf unknown value type", file: "m.gguf", data: with32(gg.b, gg.kvStart+8+len("general.architecture"), 99), fail: srcCmds, want: "type"},
 		{name: "gguf alignment not a power of two", file: "m.gguf",
 			data: ggBuild(3, 3, 2, append(ggKVString("general.architecture", "llama"), ggKVU32("general.alignment", 3)...), ggTensors(), 32, ggData()).b,
 			fail: srcCmds, want: "alignment"},
@@ -484,7 +486,7 @@ func malformedCases(t testing.TB) []malformed {
 		{name: "gguf overlapping data", file: "m.gguf", data: ggInfo(func(ts []ggTensor) []ggTensor { ts[1].off = 0; return ts }), fail: srcCmds, want: "overlap"},
 		{name: "gguf duplicate tensor", file: "m.gguf", data: ggInfo(func(ts []ggTensor) []ggTensor { ts[1].name = "a"; return ts }), fail: srcCmds, want: "duplicate"},
 		{name: "gguf block type with partial block", file: "m.gguf", data: ggInfo(func(ts []ggTensor) []ggTensor { ts[2].ne = []uint64{31, 2}; return ts }), fail: srcCmds, want: "c"},
-		{name: "gguf tensor count lies", file: "m.gguf", data: put64(gg.b, 8, 4), fail: srcCmds, want: "gguf"},
+		{name: "gguf tensor count lies", file: "m.gguf", data: with64(gg.b, 8, 4), fail: srcCmds, want: "gguf"},
 
 		// .tpk: truncations
 		{name: "tpk inside header", file: "m.tpk", data: good[:10], fail: tpkCmds, want: "too short"},
@@ -492,37 +494,37 @@ func malformedCases(t testing.TB) []malformed {
 		{name: "tpk inside index", file: "m.tpk", data: good[:idxOff+idxLen/2], fail: tpkCmds, want: "truncated"},
 		{name: "tpk inside footer", file: "m.tpk", data: good[:len(good)-3], fail: tpkCmds, want: "truncated"},
 		// header and footer fields
-		{name: "tpk bad magic", file: "m.tpk", data: flipped(good, 1, 0x20), fail: []string{"inspect", "verify", "restore", "compress"}, want: "unknown file format|not a .tpk file: bad magic"},
-		{name: "tpk version 2", file: "m.tpk", data: put32(good, 8, 2), fail: tpkCmds, want: "unsupported tpk version 2"},
-		{name: "tpk header flags", file: "m.tpk", data: put32(good, 10, 1), fail: tpkCmds, want: "flags"},
-		{name: "tpk footer index offset out of range", file: "m.tpk", data: put64(good, len(good)-16, 1<<50), fail: tpkCmds, want: "outside the file"},
-		{name: "tpk footer index length lies", file: "m.tpk", data: put64(good, len(good)-8, uint64(idxLen+1)), fail: tpkCmds, want: "outside the file"},
-		{name: "tpk index checksum", file: "m.tpk", data: flipped(good, idxOff+idxLen/2, 0x01), fail: tpkCmds, want: "checksum mismatch in the index"},
+		{name: "tpk bad magic", file: "m.tpk", data: flipBit(good, 1, 0x20), fail: []string{"inspect", "verify", "restore", "compress"}, want: "unknown file format|not a .tpk file: bad magic"},
+		{name: "tpk version 2", file: "m.tpk", data: with32(good, 8, 2), fail: tpkCmds, want: "unsupported tpk version 2"},
+		{name: "tpk header flags", file: "m.tpk", data: with32(good, 10, 1), fail: tpkCmds, want: "flags"},
+		{name: "tpk footer index offset out of range", file: "m.tpk", data: with64(good, len(good)-16, 1<<50), fail: tpkCmds, want: "outside the file"},
+		{name: "tpk footer index length lies", file: "m.tpk", data: with64(good, len(good)-8, uint64(idxLen+1)), fail: tpkCmds, want: "outside the file"},
+		{name: "tpk index checksum", file: "m.tpk", data: flipBit(good, idxOff+idxLen/2, 0x01), fail: tpkCmds, want: "checksum mismatch in the index"},
 		// index contents (footer checksum fixed)
 		{name: "tpk index unknown field", file: "m.tpk", data: idxReplace(good, `"version":1`, `"version":1,"zip":true`), fail: tpkCmds, want: "unknown field"},
 		{name: "tpk index version 2", file: "m.tpk", data: idxReplace(good, `"version":1`, `"version":2`), fail: tpkCmds, want: "version 2"},
-		{name: "tpk overlapping records", file: "m.tpk", data: withIndexJSON(t, good, func(ix *tpk.Index) { ix.Tensors[2].RecordOffset = ix.Tensors[1].RecordOffset + 4 }), fail: tpkCmds, want: "overlaps"},
-		{name: "tpk record past the index", file: "m.tpk", data: withIndexJSON(t, good, func(ix *tpk.Index) { ix.Tensors[3].RecordSize += 1 << 20 }), fail: tpkCmds, want: "out of range"},
-		{name: "tpk overflowing shape", file: "m.tpk", data: withIndexJSON(t, good, func(ix *tpk.Index) { ix.Tensors[0].Shape = []int64{1 << 32, 1 << 32, 1 << 10} }), fail: tpkCmds, want: "embed_tokens"},
-		{name: "tpk source size lies", file: "m.tpk", data: withIndexJSON(t, good, func(ix *tpk.Index) { ix.Tensors[3].SourceSize++ }), fail: tpkCmds, want: "source size"},
-		{name: "tpk unknown dtype", file: "m.tpk", data: withIndexJSON(t, good, func(ix *tpk.Index) { ix.Tensors[3].DType = 77 }), fail: tpkCmds, want: "dtype"},
-		{name: "tpk duplicate tensor", file: "m.tpk", data: withIndexJSON(t, good, func(ix *tpk.Index) { ix.Tensors[3].Name = ix.Tensors[0].Name }), fail: tpkCmds, want: "listed twice"},
-		{name: "tpk source file out of range", file: "m.tpk", data: withIndexJSON(t, good, func(ix *tpk.Index) { ix.Tensors[3].SourceFile = 7 }), fail: tpkCmds, want: "source file 7"},
-		{name: "tpk none payload shorter than the tensor", file: "m.tpk", data: rebuild(t, good, func(ix *tpk.Index, ps [][]byte) {
-			i := find(ix, "model.norm")
+		{name: "tpk overlapping records", file: "m.tpk", data: tpkWithIndexJSON(t, good, func(ix *tpk.Index) { ix.Tensors[2].RecordOffset = ix.Tensors[1].RecordOffset + 4 }), fail: tpkCmds, want: "overlaps"},
+		{name: "tpk record past the index", file: "m.tpk", data: tpkWithIndexJSON(t, good, func(ix *tpk.Index) { ix.Tensors[3].RecordSize += 1 << 20 }), fail: tpkCmds, want: "out of range"},
+		{name: "tpk overflowing shape", file: "m.tpk", data: tpkWithIndexJSON(t, good, func(ix *tpk.Index) { ix.Tensors[0].Shape = []int64{1 << 32, 1 << 32, 1 << 10} }), fail: tpkCmds, want: "embed_tokens"},
+		{name: "tpk source size lies", file: "m.tpk", data: tpkWithIndexJSON(t, good, func(ix *tpk.Index) { ix.Tensors[3].SourceSize++ }), fail: tpkCmds, want: "source size"},
+		{name: "tpk unknown dtype", file: "m.tpk", data: tpkWithIndexJSON(t, good, func(ix *tpk.Index) { ix.Tensors[3].DType = 77 }), fail: tpkCmds, want: "dtype"},
+		{name: "tpk duplicate tensor", file: "m.tpk", data: tpkWithIndexJSON(t, good, func(ix *tpk.Index) { ix.Tensors[3].Name = ix.Tensors[0].Name }), fail: tpkCmds, want: "listed twice"},
+		{name: "tpk source file out of range", file: "m.tpk", data: tpkWithIndexJSON(t, good, func(ix *tpk.Index) { ix.Tensors[3].SourceFile = 7 }), fail: tpkCmds, want: "source file 7"},
+		{name: "tpk none payload shorter than the tensor", file: "m.tpk", data: tpkRebuild(t, good, func(ix *tpk.Index, ps [][]byte) {
+			i := malFind(ix, "model.norm")
 			ps[i] = ps[i][:len(ps[i])-4]
 		}), fail: tpkCmds, want: "model.norm.weight"},
-		{name: "tpk transposed vector", file: "m.tpk", data: rebuild(t, tp["f16"], func(ix *tpk.Index, ps [][]byte) {
-			i := find(ix, "model.norm")
+		{name: "tpk transposed vector", file: "m.tpk", data: tpkRebuild(t, tp["f16"], func(ix *tpk.Index, ps [][]byte) {
+			i := malFind(ix, "model.norm")
 			ix.Tensors[i].Transposed = true
 			ix.Tensors[i].Codec, ix.Tensors[i].CodecID = "f16", codec.IDF16
 			ps[i] = make([]byte, 64)
 		}), fail: tpkCmds, want: "model.norm.weight"},
 		// records: damage verify and restore find, inspect (index only) does not
-		{name: "tpk record checksum", file: "m.tpk", data: flipped(good, int(q.PayloadOffset)+3, 0x40), fail: recCmds, ok: []string{"inspect"}, want: "checksum mismatch"},
-		{name: "tpk record magic", file: "m.tpk", data: flipped(good, int(norm.RecordOffset), 0x01), fail: recCmds, ok: []string{"inspect"}, want: "model.norm.weight"},
-		{name: "tpk record crc field", file: "m.tpk", data: flipped(good, int(norm.RecordOffset+norm.RecordSize)-1, 0x80), fail: recCmds, ok: []string{"inspect"}, want: "checksum mismatch"},
-		{name: "tpk record header disagrees with index", file: "m.tpk", data: withIndexJSON(t, good, func(ix *tpk.Index) { ix.Tensors[3].Params = "group=9" }), fail: recCmds, ok: []string{"inspect"}, want: "disagrees with the index"},
+		{name: "tpk record checksum", file: "m.tpk", data: flipBit(good, int(q.PayloadOffset)+3, 0x40), fail: recCmds, ok: []string{"inspect"}, want: "checksum mismatch"},
+		{name: "tpk record magic", file: "m.tpk", data: flipBit(good, int(norm.RecordOffset), 0x01), fail: recCmds, ok: []string{"inspect"}, want: "model.norm.weight"},
+		{name: "tpk record crc field", file: "m.tpk", data: flipBit(good, int(norm.RecordOffset+norm.RecordSize)-1, 0x80), fail: recCmds, ok: []string{"inspect"}, want: "checksum mismatch"},
+		{name: "tpk record header disagrees with index", file: "m.tpk", data: tpkWithIndexJSON(t, good, func(ix *tpk.Index) { ix.Tensors[3].Params = "group=9" }), fail: recCmds, ok: []string{"inspect"}, want: "disagrees with the index"},
 		// codecs: checksums valid, payload or parameters wrong
 		{name: "tpk unknown codec", file: "m.tpk", data: codecRecord("int4", func(e *tpk.Entry, p []byte) []byte { e.Codec, e.CodecID = "zstd", 99; return p }), fail: recCmds, ok: []string{"inspect"}, want: "unknown codec"},
 		{name: "tpk codec version too new", file: "m.tpk", data: codecRecord("int8", func(e *tpk.Entry, p []byte) []byte { e.CodecVersion = 9; return p }), fail: recCmds, ok: []string{"inspect"}, want: "version 9"},
@@ -543,18 +545,18 @@ func malformedCases(t testing.TB) []malformed {
 		{name: "tpk int8 shape 2^16 x 2^16", file: "m.tpk", data: lie("int8", 1<<16, 1<<16), fail: []string{"restore"}, ok: []string{"inspect", "verify"}, want: "q_proj"},
 		{name: "tpk tenpak shape 2^24 x 2^24", file: "m.tpk", data: lie("tenpak_x_v1", 1<<24, 1<<24), fail: []string{"restore"}, ok: []string{"inspect", "verify"}, want: "q_proj"},
 		// source metadata the restore writer cannot use
-		{name: "tpk gguf metadata garbage", file: "m.tpk", data: withIndexJSON(t, tp["gguf"], func(ix *tpk.Index) { ix.Source.GGUF.KV = []byte("garbage") }), fail: []string{"restore"}, ok: []string{"inspect", "verify"}, want: "gguf"},
-		{name: "tpk gguf info order unknown tensor", file: "m.tpk", data: withIndexJSON(t, tp["gguf"], func(ix *tpk.Index) { ix.GGUFInfoOrder = []string{"a", "b", "zz"} }), fail: []string{"restore"}, ok: []string{"inspect", "verify"}, want: "zz"},
-		{name: "tpk checkout record checksum", file: "m.tpk", data: flipped(tp["ckpt"], lastPayload(t, tp["ckpt"]), 0x04), fail: recCmds, ok: []string{"inspect"}, want: "checksum mismatch"},
-		{name: "tpk checkout index file not json", file: "m.tpk", data: withIndexJSON(t, tp["ckpt"], func(ix *tpk.Index) { ix.Source.IndexJSON = []byte(`{"weight_map":`) }), fail: []string{"restore"}, ok: []string{"inspect", "verify"}, want: "index"},
-		{name: "tpk safetensors metadata not json", file: "m.tpk", data: withIndexJSON(t, good, func(ix *tpk.Index) { ix.Source.Files[0].Metadata = []byte(`{"format":`) }), fail: []string{"restore"}, ok: []string{"inspect", "verify"}, want: "metadata"},
+		{name: "tpk gguf metadata garbage", file: "m.tpk", data: tpkWithIndexJSON(t, tp["gguf"], func(ix *tpk.Index) { ix.Source.GGUF.KV = []byte("garbage") }), fail: []string{"restore"}, ok: []string{"inspect", "verify"}, want: "gguf"},
+		{name: "tpk gguf info order unknown tensor", file: "m.tpk", data: tpkWithIndexJSON(t, tp["gguf"], func(ix *tpk.Index) { ix.GGUFInfoOrder = []string{"a", "b", "zz"} }), fail: []string{"restore"}, ok: []string{"inspect", "verify"}, want: "zz"},
+		{name: "tpk checkout record checksum", file: "m.tpk", data: flipBit(tp["ckpt"], tpkLastPayload(t, tp["ckpt"]), 0x04), fail: recCmds, ok: []string{"inspect"}, want: "checksum mismatch"},
+		{name: "tpk checkout index file not json", file: "m.tpk", data: tpkWithIndexJSON(t, tp["ckpt"], func(ix *tpk.Index) { ix.Source.IndexJSON = []byte(`{"weight_map":`) }), fail: []string{"restore"}, ok: []string{"inspect", "verify"}, want: "index"},
+		{name: "tpk safetensors metadata not json", file: "m.tpk", data: tpkWithIndexJSON(t, good, func(ix *tpk.Index) { ix.Source.Files[0].Metadata = []byte(`{"format":`) }), fail: []string{"restore"}, ok: []string{"inspect", "verify"}, want: "metadata"},
 	}
 }
 
 // TestMalformedInputs feeds every malformed input to the commands that
 // read it. Each must exit 1 with a one-line error that names the input
 // file and the problem, write nothing (no output, no temporary file) and
-// allocate less than memLimit.
+// allocate less than malMemLimit.
 //
 // Memory is measured in-process as the growth of runtime.MemStats
 // TotalAlloc over the command: the cumulative bytes allocated on the heap,
@@ -607,7 +609,7 @@ func (c malformed) setup(t *testing.T) (string, string) {
 	return dir, in
 }
 
-func cmdArgs(cmd, in, dir string) []string {
+func malArgs(cmd, in, dir string) []string {
 	switch cmd {
 	case "compress":
 		return []string{"compress", in, "-o", filepath.Join(dir, "out.tpk")}
@@ -620,7 +622,7 @@ func cmdArgs(cmd, in, dir string) []string {
 func checkMalformed(t *testing.T, c malformed, cmd string, fail bool) {
 	t.Helper()
 	dir, in := c.setup(t)
-	args := append(cmdArgs(cmd, in, dir), c.extra...)
+	args := append(malArgs(cmd, in, dir), c.extra...)
 	if cmd == "inspect" || cmd == "verify" {
 		args = append(args[:2:2], c.extra...)
 	}
@@ -629,8 +631,8 @@ func checkMalformed(t *testing.T, c malformed, cmd string, fail bool) {
 	runtime.ReadMemStats(&before)
 	code, stdout, stderr := runCLI(t, args...)
 	runtime.ReadMemStats(&after)
-	if d := after.TotalAlloc - before.TotalAlloc; d > memLimit {
-		t.Errorf("%s: allocated %d MiB (limit %d MiB)", cmd, d>>20, memLimit>>20)
+	if d := after.TotalAlloc - before.TotalAlloc; d > malMemLimit {
+		t.Errorf("%s: allocated %d MiB (limit %d MiB)", cmd, d>>20, malMemLimit>>20)
 	}
 	if !fail {
 		if code != 0 {
@@ -639,7 +641,7 @@ func checkMalformed(t *testing.T, c malformed, cmd string, fail bool) {
 		if cmd == "restore" {
 			os.RemoveAll(filepath.Join(dir, "restored"))
 		}
-		onlyInput(t, cmd, dir, c.file)
+		onlyInputLeft(t, cmd, dir, c.file)
 		return
 	}
 	msg := strings.TrimSuffix(stderr, "\n")
@@ -653,18 +655,18 @@ func checkMalformed(t *testing.T, c malformed, cmd string, fail bool) {
 		t.Errorf("%s: %q", cmd, stderr)
 	case !strings.Contains(msg, c.file):
 		t.Errorf("%s: error does not name the file %s: %q", cmd, c.file, msg)
-	case !mentions(msg, c.want):
+	case !errMentions(msg, c.want):
 		t.Errorf("%s: error does not mention %q: %q", cmd, c.want, msg)
 	}
 	if stdout != "" {
 		t.Errorf("%s: printed %q on stdout", cmd, stdout)
 	}
-	onlyInput(t, cmd, dir, c.file)
+	onlyInputLeft(t, cmd, dir, c.file)
 }
 
-// mentions reports whether msg contains one of the |-separated
+// errMentions reports whether msg contains one of the |-separated
 // alternatives of want, ignoring case.
-func mentions(msg, want string) bool {
+func errMentions(msg, want string) bool {
 	for _, w := range strings.Split(want, "|") {
 		if strings.Contains(strings.ToLower(msg), strings.ToLower(w)) {
 			return true
@@ -673,8 +675,8 @@ func mentions(msg, want string) bool {
 	return false
 }
 
-// onlyInput checks that dir holds nothing but the input.
-func onlyInput(t *testing.T, cmd, dir, input string) {
+// onlyInputLeft checks that dir holds nothing but the input.
+func onlyInputLeft(t *testing.T, cmd, dir, input string) {
 	t.Helper()
 	es, err := os.ReadDir(dir)
 	if err != nil {
@@ -690,17 +692,13 @@ func onlyInput(t *testing.T, cmd, dir, input string) {
 // TestMalformedPeakRSS runs the built binary on the inputs whose headers
 // claim the most memory (a safetensors header length of 2^63, GGUF counts
 // of 2^60, .tpk shapes of 2^36 to 2^48 elements) and checks the peak
-// resident set size the kernel reports for the process (getrusage
-// ru_maxrss, which covers the heap, stacks and mapped input).
+// resident set size of the process (see runMeasured), which covers the
+// heap, stacks and the mapped input.
 func TestMalformedPeakRSS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary; skipped with -short")
 	}
-	bin := filepath.Join(t.TempDir(), "tpconvert")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildTpconvert(t)
 	want := map[string]bool{
 		"st header length 2^63": true, "gguf tensor count 2^60": true, "gguf kv count 2^60": true,
 		"gguf key length lies": true, "tpk f16 shape 2^36": true, "tpk int8 shape 2^16 x 2^16": true,
@@ -714,22 +712,105 @@ func TestMalformedPeakRSS(t *testing.T) {
 		n++
 		for _, cmd := range c.fail {
 			dir, in := c.setup(t)
-			cmd := exec.Command(bin, cmdArgs(cmd, in, dir)...)
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			err := cmd.Run()
-			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
-				t.Errorf("%s %v: %v, want exit status 1; %s", c.name, cmd.Args[1], err, stderr.String())
+			code, stderr, rss := runMeasured(t, bin, malArgs(cmd, in, dir)...)
+			msg := strings.TrimSpace(stderr)
+			if code != 1 || !errMentions(msg, c.want) {
+				t.Errorf("%s %s: exit %d, want 1 with an error mentioning %q: %s", c.name, cmd, code, c.want, msg)
 			}
-			ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-			if kib := ru.Maxrss; kib*1024 > memLimit {
-				t.Errorf("%s %v: peak RSS %d MiB (limit %d MiB)", c.name, cmd.Args[1], kib>>10, memLimit>>20)
+			if rss > malMemLimit {
+				t.Errorf("%s %s: peak RSS %d MiB (limit %d MiB)", c.name, cmd, rss>>20, malMemLimit>>20)
 			} else {
-				t.Logf("%-40s %-8s peak RSS %3d MiB: %s", c.name, cmd.Args[1], kib>>10, strings.TrimSpace(stderr.String()))
+				t.Logf("%-40s %-8s peak RSS %3d MiB: %s", c.name, cmd, rss>>20, msg)
 			}
 		}
 	}
 	if n != len(want) {
 		t.Fatalf("found %d of the %d cases", n, len(want))
+	}
+}
+
+// buildTpconvert builds tpconvert into a temporary directory.
+func buildTpconvert(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "tpconvert")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// runMeasured runs bin with args and returns its exit status, its
+// standard error and its peak resident set size in bytes.
+//
+// The peak comes from GNU time's %M when /usr/bin/time exists. Otherwise it
+// is the child's getrusage ru_maxrss, an upper bound only: os/exec starts
+// the child with vfork semantics (CLONE_VM), and the kernel folds the
+// address space the child shared with this test process into ru_maxrss at
+// exec, so the figure is at least the test process's own peak.
+func runMeasured(t *testing.T, bin string, args ...string) (code int, stderr string, rss int64) {
+	t.Helper()
+	timeOut := filepath.Join(t.TempDir(), "time")
+	var cmd *exec.Cmd
+	_, err := os.Stat("/usr/bin/time")
+	useTime := err == nil
+	if useTime {
+		cmd = exec.Command("/usr/bin/time", append([]string{"-f", "%M", "-o", timeOut, bin}, args...)...)
+	} else {
+		cmd = exec.Command(bin, args...)
+	}
+	var eb bytes.Buffer
+	cmd.Stderr = &eb
+	err = cmd.Run()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatalf("%s: %v", bin, err)
+	}
+	code = cmd.ProcessState.ExitCode()
+	if !useTime {
+		return code, eb.String(), cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss << 10
+	}
+	b, err := os.ReadFile(timeOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b)) // "Command exited with non-zero status 1\n1234\n"
+	kib, err := strconv.ParseInt(f[len(f)-1], 10, 64)
+	if err != nil {
+		t.Fatalf("/usr/bin/time wrote %q", b)
+	}
+	return code, eb.String(), kib << 10
+}
+
+// TestVerifyBoundedMemory verifies a .tpk holding one 256 MiB record: the
+// peak RSS must stay far below the record's size (the payload is hashed
+// in chunks whose pages are released as it goes).
+func TestVerifyBoundedMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes a 256 MiB file; skipped with -short")
+	}
+	bin := buildTpconvert(t)
+	dir := t.TempDir()
+	const n = 64 << 20 // F32 elements
+	hdr := fmt.Sprintf(`{"w":{"dtype":"F32","shape":[%d],"data_offsets":[0,%d]}}`, n, 4*n)
+	in := filepath.Join(dir, "big.safetensors")
+	if err := os.WriteFile(in, stFile(hdr, nil), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(in, int64(8+len(hdr)+4*n)); err != nil { // zeros, sparse
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "big.tpk")
+	if code, stderr, _ := runMeasured(t, bin, in, "--codec", "none", "-o", out); code != 0 {
+		t.Fatalf("compress: exit %d: %s", code, stderr)
+	}
+	os.Remove(in)
+	code, stderr, rss := runMeasured(t, bin, "verify", out)
+	if code != 0 {
+		t.Fatalf("verify: exit %d: %s", code, stderr)
+	}
+	t.Logf("verify of a %d MiB record: peak RSS %d MiB", 4*n>>20, rss>>20)
+	if rss > 64<<20 {
+		t.Errorf("verify of a %d MiB record: peak RSS %d MiB, want under 64 MiB", 4*n>>20, rss>>20)
 	}
 }

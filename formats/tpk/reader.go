@@ -152,6 +152,12 @@ func (r *Reader) validate() error {
 		if sz != e.SourceSize {
 			return bad(e.Name, r.idxOff, "source size %d disagrees with %s%v (%d bytes)", e.SourceSize, e.DType, e.Shape, sz)
 		}
+		if e.Transposed && len(e.Shape) != 2 {
+			return bad(e.Name, r.idxOff, "transposed record of %d dimensions (a transposed record is a matrix)", len(e.Shape))
+		}
+		if e.CodecID == codecNone && e.PayloadSize != e.SourceSize {
+			return bad(e.Name, e.RecordOffset, "payload of %d bytes for %d source bytes stored unchanged", e.PayloadSize, e.SourceSize)
+		}
 		if e.SourceFile < 0 || e.SourceFile >= nfiles {
 			return bad(e.Name, r.idxOff, "source file %d out of range", e.SourceFile)
 		}
@@ -267,8 +273,18 @@ func (r *Reader) checkRecordStream(e *Entry) error {
 	}
 	h := crc32.New(castagnoli)
 	h.Write(head)
-	if _, err := io.CopyBuffer(h, io.NewSectionReader(r.r, e.PayloadOffset, e.PayloadSize), make([]byte, 1<<20)); err != nil {
-		return r.errAt(e, e.PayloadOffset, err)
+	// Read the payload in chunks, dropping each chunk's pages of a
+	// memory-mapped file once hashed, so that a record of any size is
+	// checked in about one chunk of memory.
+	buf := make([]byte, min(1<<20, e.PayloadSize))
+	for off, end := e.PayloadOffset, e.PayloadOffset+e.PayloadSize; off < end; {
+		n := min(int64(len(buf)), end-off)
+		if _, err := r.r.ReadAt(buf[:n], off); err != nil {
+			return r.errAt(e, off, err)
+		}
+		h.Write(buf[:n])
+		r.m.Release(off, n) // no-op unless memory-mapped
+		off += n
 	}
 	var c [4]byte
 	if _, err := r.r.ReadAt(c[:], e.PayloadOffset+e.PayloadSize); err != nil {

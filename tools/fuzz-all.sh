@@ -60,7 +60,7 @@ for t in "${targets[@]}"; do
 	else
 		failed=1
 		printf 'FAIL  %-55s %5ds  (log: %s)\n' "$pkg.$f" "$secs" "$log"
-		grep -E 'Failing input written to|--- FAIL|panic:|fuzz_test.go|_test.go:[0-9]+' "$log" | head -n 8 | sed 's/^/      /'
+		tail -n 30 "$log" | sed 's/^/      /'
 	fi
 done
 exit $failed

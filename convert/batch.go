@@ -37,6 +37,9 @@ type BatchOptions struct {
 	Selector stream.Selector
 	// NoStats skips measuring reconstruction error.
 	NoStats bool
+	// BPW, if positive, sizes each weight file to BPW bits per parameter
+	// with tenpak_x_v2's rate control (CompressOptions.Rate).
+	BPW float64
 	// Shard and Shards select the units this process converts: those
 	// Units assigns to shard Shard (0 <= Shard < Shards). Shards 0 means 1.
 	Shard, Shards int
@@ -344,6 +347,7 @@ func settingsOf(o BatchOptions) BatchSettings {
 		Seed:         o.CodecOptions.Seed,
 		Layers:       string(o.Selector.Layers),
 		NoStats:      o.NoStats,
+		BPW:          o.BPW,
 	}
 	if o.Selector.Include != nil {
 		s.Include = o.Selector.Include.String()
@@ -352,6 +356,13 @@ func settingsOf(o BatchOptions) BatchSettings {
 		s.Exclude = o.Selector.Exclude.String()
 	}
 	return s
+}
+
+func (b *batchRun) rateOptions() *RateOptions {
+	if b.o.BPW > 0 {
+		return &RateOptions{BPW: b.o.BPW}
+	}
+	return nil
 }
 
 type batchRun struct {
@@ -719,6 +730,7 @@ func (b *batchRun) convert(c *Checkout, u Unit) (*unitRecord, error) {
 		Codec:    b.o.Codec,
 		Selector: b.o.Selector,
 		NoStats:  b.o.NoStats,
+		Rate:     b.rateOptions(),
 	})
 	if err != nil {
 		cancel()

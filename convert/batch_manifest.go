@@ -40,6 +40,8 @@ type BatchSettings struct {
 	Include      string `json:"include,omitempty"`
 	Exclude      string `json:"exclude,omitempty"`
 	NoStats      bool   `json:"no_stats,omitempty"`
+	// BPW is tenpak_x_v2's per-file budget in bits per parameter.
+	BPW float64 `json:"bpw,omitempty"`
 }
 
 // Manifest is a converted model directory's manifest.json. It is a pure

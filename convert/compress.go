@@ -25,6 +25,9 @@ type CompressOptions struct {
 	Overwrite bool
 	// NoStats skips measuring reconstruction error.
 	NoStats bool
+	// Rate, if set, replaces Codec by tenpak_x_v2 with a plan that makes
+	// the whole file the requested size.
+	Rate *RateOptions
 	// OnStart, if set, is called once the source is open, with the total
 	// number of source bytes to process.
 	OnStart func(total int64)
@@ -50,6 +53,14 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 	var total int64
 	for _, t := range src.Tensors() {
 		total += t.Size
+	}
+	var rr *RateReport
+	if o.Rate != nil {
+		c, r, err := planRate(ctx, src, &o)
+		if err != nil {
+			return nil, err
+		}
+		o.Codec, rr = c, r
 	}
 	if o.OnStart != nil {
 		o.OnStart(total)
@@ -92,6 +103,8 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 	rep := newReport(in, out, inBytes, st.Size(), entries, notes)
 	rep.Codec = o.Codec.Name()
 	rep.Params = o.Codec.Params()
+	rep.Allocation = Allocation(rep.Tensors)
+	rep.Rate = rr
 	rep.Totals.WallSeconds = time.Since(start).Seconds()
 	rep.Totals.PeakRSSBytes = PeakRSS()
 	return rep, nil

@@ -24,6 +24,11 @@ func Inspect(path string) (*Report, error) {
 		}
 		rep := newReport(path, "", in, r.Size(), r.Entries(), nil)
 		rep.Kind = string(formats.TPK) + " (from " + string(r.Meta().Kind) + ")"
+		rep.Allocation = Allocation(rep.Tensors)
+		if len(rep.Allocation) > 0 {
+			rep.Codec, rep.Params = "tenpak_x_v2", "(configuration per tensor: see allocation)"
+			return rep, nil
+		}
 		for _, e := range r.Entries() {
 			if e.CodecID != 0 {
 				rep.Codec, rep.Params = e.Codec, e.Params

@@ -65,6 +65,10 @@ type Report struct {
 	Params  string         `json:"params,omitempty"`
 	Tensors []TensorReport `json:"tensors"`
 	Totals  Totals         `json:"totals"`
+	// Rate describes the plan of a --bpw / --target-size conversion.
+	Rate *RateReport `json:"rate,omitempty"`
+	// Allocation counts tenpak_x_v2's per-tensor configurations.
+	Allocation []AllocShare `json:"allocation,omitempty"`
 }
 
 func newReport(in, out string, inBytes, outBytes int64, es []tpk.Entry, notes []string) *Report {

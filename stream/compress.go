@@ -135,7 +135,7 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 		if err != nil {
 			return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
 		}
-		e.Codec, e.CodecID, e.CodecVersion, e.Params = o.Codec.Name(), o.Codec.ID(), o.Codec.Version(), o.Codec.Params()
+		e.Codec, e.CodecID, e.CodecVersion, e.Params = o.Codec.Name(), o.Codec.ID(), o.Codec.Version(), tensorParams(o.Codec, t)
 		e.Transposed, e.Stats = transposed, st
 		return encoded{payload: p, entry: e}, nil
 	}
@@ -158,6 +158,63 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 	}
 	return results, nil
 }
+
+// tensorParams returns the parameters recorded for t: the codec's
+// per-tensor choice if it makes one (codec.TensorParamser), else its
+// Params.
+func tensorParams(c codec.Codec, t tensor.Info) string {
+	if tp, ok := c.(codec.TensorParamser); ok {
+		return tp.TensorParams(t)
+	}
+	return c.Params()
+}
+
+// Overhead returns an upper bound on the bytes of the .tpk file Compress
+// would write for src besides the payloads of the tensors selected for
+// codec c: header, metadata, record headers, checksums, index and footer,
+// plus the unselected tensors stored unchanged. Rate control subtracts it
+// from a whole-file budget. It reads no tensor data.
+func Overhead(src formats.Source, c codec.Codec, sel func(tensor.Info) bool) (int64, error) {
+	infos := src.Tensors()
+	var order []string
+	if io, ok := src.(infoOrderer); ok {
+		order = io.InfoOrder()
+		if sameOrder(order, infos) {
+			order = nil
+		}
+	}
+	var cw countWriter
+	w, err := tpk.NewWriter(&cw, src.Meta(), order)
+	if err != nil {
+		return 0, err
+	}
+	var raw int64
+	for _, t := range infos {
+		e := tpk.Entry{Name: t.Name, DType: t.DType, Shape: t.Shape, SourceFile: t.File, SourceSize: t.Size,
+			Codec: "none", CodecID: codec.IDNone, CodecVersion: 1}
+		if sel != nil && sel(t) {
+			e.Codec, e.CodecID, e.CodecVersion, e.Params = c.Name(), c.ID(), c.Version(), tensorParams(c, t)
+			// The longest statistics JSON can hold.
+			e.Stats = &tpk.Stats{RelErr: 0.012345678901234567, SQNRdB: -12.345678901234567}
+		} else {
+			raw += t.Size
+		}
+		if err := w.WriteRecord(e); err != nil {
+			return 0, err
+		}
+	}
+	if err := w.Close(); err != nil {
+		return 0, err
+	}
+	// The dry run's offsets are small numbers; real ones have up to 20
+	// digits in each of the 4 offset and size fields of an index entry,
+	// and a parameter string may be longer than the one shown here.
+	return cw.n + raw + int64(len(infos))*(4*20+32), nil
+}
+
+type countWriter struct{ n int64 }
+
+func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
 
 func sameOrder(order []string, infos []tensor.Info) bool {
 	if len(order) != len(infos) {

@@ -17,15 +17,18 @@ const (
 	LayersMLP  Layers = "mlp"  // MLP projections only
 	LayersAttn Layers = "attn" // attention projections only
 	LayersNone Layers = "none" // nothing (only --include selects)
+	// LayersWeights is every 2-D weight matrix: the projections, token
+	// embeddings, the output head and any other matrix.
+	LayersWeights Layers = "weights"
 )
 
 // ParseLayers parses a --layers value.
 func ParseLayers(s string) (Layers, error) {
 	switch l := Layers(s); l {
-	case LayersAll, LayersMLP, LayersAttn, LayersNone:
+	case LayersAll, LayersMLP, LayersAttn, LayersNone, LayersWeights:
 		return l, nil
 	}
-	return "", fmt.Errorf("unknown --layers %q (want mlp, attn, all or none)", s)
+	return "", fmt.Errorf("unknown --layers %q (want mlp, attn, all, weights or none)", s)
 }
 
 // Projection-matrix names in the conventions of Hugging Face transformers
@@ -85,6 +88,9 @@ func (s Selector) Select(t tensor.Info) bool {
 	}
 	if len(t.Shape) != 2 {
 		return false
+	}
+	if s.Layers == LayersWeights {
+		return strings.HasSuffix(t.Name, "weight") && t.Shape[0] > 1 && t.Shape[1] > 1
 	}
 	switch Class(t.Name) {
 	case "mlp":

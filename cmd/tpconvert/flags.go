@@ -3,10 +3,12 @@ package main
 import (
 	"errors"
 	"flag"
+	"fmt"
 	"runtime"
 	"strings"
 
 	"github.com/tpconvert/tpconvert/codec"
+	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/stream"
 )
 
@@ -18,12 +20,15 @@ type convFlags struct {
 	seed                            *uint64
 	noStats                         *bool
 	maxMem                          sizeFlag
+	bpw                             *float64
+	targetSize                      sizeFlag
+	set                             map[string]bool
 }
 
 func addConvFlags(fs *flag.FlagSet, workersDoc, memDoc string) *convFlags {
 	f := &convFlags{maxMem: sizeFlag(defaultMaxMemory())}
 	f.codec = fs.String("codec", defaultCodec, "codec for the selected tensors: "+strings.Join(codec.Names(), ", "))
-	f.layers = fs.String("layers", "all", "weight matrices to compress: all (attention and MLP projections), mlp, attn, none")
+	f.layers = fs.String("layers", "all", "weight matrices to compress: all (attention and MLP projections), mlp, attn, weights (every 2-D weight: also embeddings and output head; the default with --bpw, --target-size and tenpak_x_v2), none")
 	f.include = fs.String("include", "", "also compress tensors whose name matches this regular expression")
 	f.exclude = fs.String("exclude", "", "never compress tensors whose name matches this regular expression")
 	f.rank = fs.Int("rank", 0, "rank of the low-rank factors (tenpak_x_v1; default 32)")
@@ -32,7 +37,44 @@ func addConvFlags(fs *flag.FlagSet, workersDoc, memDoc string) *convFlags {
 	f.workers = fs.Int("workers", runtime.NumCPU(), workersDoc)
 	fs.Var(&f.maxMem, "max-memory", memDoc)
 	f.noStats = fs.Bool("no-stats", false, "skip measuring reconstruction error (saves one decode per tensor)")
+	f.bpw = fs.Float64("bpw", 0, "make the whole output file this many bits per parameter (e.g. 3 or 4.5): tenpak_x_v2 with rate control over every weight matrix, embeddings and output head included")
 	return f
+}
+
+// addTargetSize adds --target-size (compress only: one file, one size).
+func (f *convFlags) addTargetSize(fs *flag.FlagSet) {
+	fs.Var(&f.targetSize, "target-size", "make the whole output file at most this size, e.g. 1GiB or 700MB (tenpak_x_v2 with rate control, like --bpw)")
+}
+
+// visit records which flags were given on the command line.
+func (f *convFlags) visit(fs *flag.FlagSet) {
+	f.set = map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { f.set[fl.Name] = true })
+}
+
+// rate returns the rate-control request, or nil. --bpw and --target-size
+// choose tenpak_x_v2 and, unless --layers is given, every weight matrix
+// (stream.LayersWeights).
+func (f *convFlags) rate() (*convert.RateOptions, error) {
+	bpw, size := *f.bpw, int64(f.targetSize)
+	switch {
+	case bpw == 0 && size == 0:
+		return nil, nil
+	case bpw != 0 && size != 0:
+		return nil, errUsage{errors.New("give --bpw or --target-size, not both")}
+	case bpw != 0 && !(bpw > 0 && bpw <= 64):
+		return nil, errUsage{fmt.Errorf("--bpw %v: want a number of bits per parameter above 0 (and at most 64)", bpw)}
+	case size < 0:
+		return nil, errUsage{errors.New("--target-size must be positive")}
+	}
+	if f.set["codec"] && *f.codec != "tenpak_x_v2" {
+		return nil, errUsage{fmt.Errorf("--bpw and --target-size use tenpak_x_v2's rate control; --codec %s cannot be sized (drop --codec, or use --codec tenpak_x_v2)", *f.codec)}
+	}
+	*f.codec = "tenpak_x_v2"
+	if !f.set["layers"] {
+		*f.layers = string(stream.LayersWeights)
+	}
+	return &convert.RateOptions{BPW: bpw, TargetBytes: size}, nil
 }
 
 // build validates the flags and returns the codec, its options, the tensor
@@ -40,6 +82,9 @@ func addConvFlags(fs *flag.FlagSet, workersDoc, memDoc string) *convFlags {
 func (f *convFlags) build() (codec.Codec, codec.Options, stream.Selector, stream.Options, error) {
 	var sel stream.Selector
 	var err error
+	if f.set != nil && f.set["codec"] && *f.codec == "tenpak_x_v2" && !f.set["layers"] {
+		*f.layers = string(stream.LayersWeights)
+	}
 	co := codec.Options{Rank: *f.rank, GroupSize: *f.group, Seed: *f.seed}
 	fail := func(err error) (codec.Codec, codec.Options, stream.Selector, stream.Options, error) {
 		return nil, co, sel, stream.Options{}, err

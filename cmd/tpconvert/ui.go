@@ -164,6 +164,9 @@ func printReport(w io.Writer, r *convert.Report, all bool) {
 		if c == "" {
 			c = "-"
 		}
+		if t.Params != "" && t.Params != r.Params {
+			c += " " + t.Params
+		}
 		if t.Note != "" {
 			c += " (" + t.Note + ")"
 		}
@@ -184,6 +187,28 @@ func printReport(w io.Writer, r *convert.Report, all bool) {
 	fmt.Fprintln(w)
 	if r.Codec != "" {
 		fmt.Fprintf(w, "  codec            %s %s\n", r.Codec, r.Params)
+	}
+	if rr := r.Rate; rr != nil {
+		fmt.Fprintf(w, "  rate control     target %s", human(rr.TargetBytes))
+		if rr.RequestedBPW > 0 {
+			fmt.Fprintf(w, " (%g bits/parameter)", rr.RequestedBPW)
+		}
+		fmt.Fprintf(w, "; compressed payloads %s of a %s budget; estimated mean weighted SQNR %.1f dB; planned in %.1fs\n",
+			human(rr.PayloadBytes), human(rr.BudgetBytes), rr.EstSQNRdB, rr.PlanSeconds)
+	}
+	if len(r.Allocation) > 0 {
+		fmt.Fprintf(w, "  allocation       ")
+		for i, a := range r.Allocation {
+			if i > 0 {
+				fmt.Fprintf(w, "\n                   ")
+			}
+			bpw := 0.0
+			if a.Params > 0 {
+				bpw = float64(a.Bytes) * 8 / float64(a.Params)
+			}
+			fmt.Fprintf(w, "%-16s %3d tensors  %11d weights  %6.3f bits/w", a.Config, a.Tensors, a.Params, bpw)
+		}
+		fmt.Fprintln(w)
 	}
 	if r.Output != "" || strings.HasPrefix(r.Kind, "tpk") {
 		fmt.Fprintf(w, "  tensors          %d (%d compressed, %d stored unchanged)\n", tt.Tensors, tt.Compressed, tt.PassedThrough)

@@ -59,6 +59,10 @@ TPCONVERT = [
     ("int4 g32", ["--codec", "int4", "--group-size", "32"]),
     ("int4 g128", ["--codec", "int4", "--group-size", "128"]),
 ]
+# tenpak_x_v2 is run once per llama.cpp type T, sized by rate control to T's
+# file: tpconvert --target-size <bytes of T's GGUF> (whole-file budget).
+V2 = "tenpak_x_v2"
+TP_FAMILIES = ("tpconvert", V2)
 LLAMA_TYPES = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_K_S", "Q4_0", "IQ4_NL", "Q3_K_M", "Q3_K_S", "Q2_K"]
 CORPORA = ["wikitext2-test.txt", "austen-pride-and-prejudice.txt"]
 BASELINE = "F16 baseline"
@@ -249,9 +253,9 @@ def make_baseline(tp: Path, model: Path, work: Path, reuse: bool) -> Contestant:
     return c
 
 
-def make_tpconvert(tp: Path, base: Path, work: Path, name: str, flags: list, reuse: bool) -> Contestant:
+def make_tpconvert(tp: Path, base: Path, work: Path, name: str, flags: list, reuse: bool, family: str = "tpconvert") -> Contestant:
     s = slug(name)
-    c = Contestant(name, "tpconvert", work / f"tp-{s}.gguf", work / f"tp-{s}.tpk", spec=list(flags))
+    c = Contestant(name, family, work / f"tp-{s}.gguf", work / f"tp-{s}.tpk", spec=list(flags))
     if cached(c, work, reuse):
         return c
     rm(c.artifact, c.gguf)
@@ -281,6 +285,11 @@ def make_llama(py: str, base: Path, work: Path, qtype: str, reuse: bool) -> Cont
     c.produce = m.as_dict()
     save_meta(c, work)
     return c
+
+
+def v2_name(qtype: str) -> str:
+    """The tenpak_x_v2 contestant sized to llama.cpp type qtype's file."""
+    return f"{V2} @{qtype}"
 
 
 def startup_overhead(py: str, work: Path) -> dict:
@@ -331,7 +340,7 @@ def analyse(base: Contestant, contestants: list) -> tuple[int, dict]:
             types[t.tensor_type.name] += 1
         del r, tensors
         row = {"sqnr_db": acc.total_db, "mean_sqnr_db": acc.mean_db, "types": dict(types)}
-        if c.family == "tpconvert":
+        if c.family in TP_FAMILIES:
             # Bits as stored in the .tpk, from tpconvert's own report.
             recs = {x["name"]: x for x in (c.report or {}).get("tensors", [])}
             stored = [recs[n].get("stored_bytes") for n in names if n in recs]
@@ -474,6 +483,68 @@ def build_rows(res: dict) -> list:
         r["q"] = {Path(p).name: v["models"][c["name"]] for p, v in res["eval"].items()}
         rows.append(r)
     return rows
+
+
+def v2_comparison(rows: list) -> list:
+    """For each llama.cpp type T with a tenpak_x_v2 contestant sized to it:
+    sizes, KL and PPL side by side, and whether v2 dominates T (file no
+    larger, lower KL, PPL no higher; for T at 6 bits/param or more, PPL
+    within T's standard error) on every corpus."""
+    by = {r["name"]: r for r in rows}
+    out = []
+    for r in rows:
+        if r["family"] != "llama.cpp" or v2_name(r["name"]) not in by:
+            continue
+        v = by[v2_name(r["name"])]
+        d = {"type": r["name"], "t_bytes": r["bytes"], "t_bpp": r["bpp"], "v2_bytes": v["bytes"], "v2_bpp": v["bpp"],
+             "size_ok": v["bytes"] <= r["bytes"], "corpora": {}}
+        ok = d["size_ok"]
+        for cn, qt in r["q"].items():
+            qv = v["q"][cn]
+            tol = qt["ppl_se"] if r["bpp"] >= 6 else 0.0
+            kl_ok = qv["kl_mean"] < qt["kl_mean"]
+            ppl_ok = qv["ppl"] <= qt["ppl"] + tol
+            d["corpora"][cn] = {"t_kl": qt["kl_mean"], "v2_kl": qv["kl_mean"], "t_ppl": qt["ppl"], "t_ppl_se": qt["ppl_se"],
+                                "v2_ppl": qv["ppl"], "ppl_tolerance": tol, "kl_ok": kl_ok, "ppl_ok": ppl_ok}
+            ok = ok and kl_ok and ppl_ok
+        d["dominates"] = ok
+        out.append(d)
+    return out
+
+
+def v2_section(res: dict, rows: list) -> list:
+    comp = v2_comparison(rows)
+    if not comp:
+        return []
+    cn = list(comp[0]["corpora"])
+    short = {"wikitext2-test.txt": "WikiText-2", "austen-pride-and-prejudice.txt": "Austen"}
+    L = ["### tenpak_x_v2 against each llama.cpp type at the same size", ""]
+    L.append(
+        f"Each `{V2} @T` row is `tpconvert --target-size <bytes of T's file>` on the same baseline: rate control "
+        "sizes the whole .tpk to T's GGUF and spends the bits by its data-free sensitivity estimate. "
+        "**dominates** = file no larger, lower KL and perplexity no higher than T on both corpora "
+        "(for T at 6 bits/param or more, perplexity within T's standard error)."
+    )
+    L.append("")
+    hdr = ["type T", "T bits/param", f"{V2} bits/param", "T MiB", f"{V2} MiB"]
+    for n in cn:
+        s = short.get(n, n)
+        hdr += [f"{s} KL T", f"{s} KL v2", f"{s} PPL T", f"{s} PPL v2"]
+    hdr.append("dominates")
+    body = []
+    for d in comp:
+        line = [d["type"], M.fmt(d["t_bpp"], 3), M.fmt(d["v2_bpp"], 3), mib(d["t_bytes"]), mib(d["v2_bytes"])]
+        for n in cn:
+            q = d["corpora"][n]
+            line += [M.fmt_sci(q["t_kl"]), M.fmt_sci(q["v2_kl"]) + ("" if q["kl_ok"] else " ✗"),
+                     f"{q['t_ppl']:.3f} ± {q['t_ppl_se']:.3f}", f"{q['v2_ppl']:.3f}" + ("" if q["ppl_ok"] else " ✗")]
+        line.append("yes" if d["dominates"] else "**no**")
+        body.append(line)
+    L.append(M.markdown_table(hdr, body, "lrrrr" + "rrrr" * len(cn) + "l"))
+    n = sum(d["dominates"] for d in comp)
+    L.append(f"{V2} dominates {n} of {len(comp)} llama.cpp types on this benchmark.")
+    L.append("")
+    return L
 
 
 def reading_notes(res: dict, rows: list) -> list:
@@ -638,6 +709,7 @@ def render_markdown(res: dict) -> str:
     L.append(M.markdown_table(hdr, body, "lr" + "rrrr" * len(cn)))
     L.append("![KL divergence and perplexity change against bits per parameter](docs/rd-plot.png)")
     L.append("")
+    L.extend(v2_section(res, rows))
     L.extend(reading_notes(res, rows))
 
     # Table 3: tensor types in the llama.cpp files.
@@ -705,7 +777,11 @@ def plot(res: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in build_rows(res) if r["family"] != "baseline"]
-    styles = {"tpconvert": dict(marker="o", color="tab:blue"), "llama.cpp": dict(marker="s", color="tab:orange")}
+    styles = {
+        "tpconvert": dict(marker="o", color="tab:blue"),
+        V2: dict(marker="D", color="tab:green"),
+        "llama.cpp": dict(marker="s", color="tab:orange"),
+    }
     corpus_ls = ["-", "--", ":", "-."]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.6))
     names = [Path(p).name for p in res["eval"]]
@@ -817,6 +893,18 @@ def main(argv=None) -> int:
     for q in LLAMA_TYPES:
         if not only or q in only:
             contestants.append(make_llama(sys.executable, base.gguf, work, q, args.reuse))
+    made = {c.name: c for c in contestants}
+    for q in LLAMA_TYPES:
+        name = v2_name(q)
+        if only and name not in only:
+            continue
+        ref = made.get(q)
+        path = ref.gguf if ref else work / f"llama-{q}.gguf"
+        if not path.exists():
+            log(f"skipping {name}: {rel(path)} does not exist (keep {q} in --only)")
+            continue
+        flags = ["--target-size", str(path.stat().st_size)]
+        contestants.append(make_tpconvert(tp, base.gguf, work, name, flags, args.reuse, family=V2))
     overhead = startup_overhead(sys.executable, work)
 
     params, ws = analyse(base, contestants[1:])
@@ -855,6 +943,7 @@ def main(argv=None) -> int:
     # Contestants whose evaluated GGUFs hold the very same tensors (e.g. two
     # llama.cpp types that pick the same type for every tensor of this model).
     res["identical_tensors"] = M.duplicates((c.name, c.tensor_hash) for c in contestants[1:])
+    res["v2_vs_llama"] = v2_comparison(build_rows(res))
     res["loadavg"] = {"start": load_start, "end": os.getloadavg()[0], "eval_windows": loads}
     res["bench_seconds"] = time.perf_counter() - t_start
 

@@ -6,15 +6,22 @@
 //
 //	go run ./tools/weightspace -label fixture fixtures/tiny-llama.safetensors
 //
-// Codecs are given as name[:group=N][:rank=N], separated by commas.
+// Codecs are given as name[:group=N][:rank=N], separated by commas;
+// tenpak_x_v2:bpw=B plans tenpak_x_v2 with rate control for B bits per
+// weight over the measured tensors (the plan's time counts as encoding).
+// Beside each SQNR the table gives the Gaussian rate–distortion bound at
+// the same bits per weight, 6.02·bits dB: no coder can do better on
+// i.i.d. Gaussian weights of that rate.
 package main
 
 import (
 	"bytes"
+	"context"
 	"flag"
 	"fmt"
 	"math"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -23,12 +30,14 @@ import (
 	_ "github.com/tpconvert/tpconvert/codec/basic"
 	_ "github.com/tpconvert/tpconvert/codec/intq"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
+	"github.com/tpconvert/tpconvert/codec/tenpakx2"
 	"github.com/tpconvert/tpconvert/convert"
+	"github.com/tpconvert/tpconvert/rate"
 	"github.com/tpconvert/tpconvert/stream"
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
-const defaultCodecs = "tenpak_x_v1,tenpak_x_v1:group=128,int8,int4:group=32,int4:group=128"
+const defaultCodecs = "tenpak_x_v1,tenpak_x_v1:group=128,int8,int4:group=32,int4:group=128,tenpak_x_v2:bpw=2,tenpak_x_v2:bpw=3,tenpak_x_v2:bpw=4"
 
 func main() {
 	label := flag.String("label", "", "model label for the table (default: the path)")
@@ -49,6 +58,7 @@ func main() {
 type spec struct {
 	label string
 	c     codec.Codec
+	bpw   float64 // tenpak_x_v2: planned at run time
 }
 
 func parseCodecs(s string) ([]spec, error) {
@@ -56,6 +66,15 @@ func parseCodecs(s string) ([]spec, error) {
 	for _, item := range strings.Split(s, ",") {
 		parts := strings.Split(item, ":")
 		var o codec.Options
+		if parts[0] == "tenpak_x_v2" {
+			k, v, _ := strings.Cut(strings.Join(parts[1:], ":"), "=")
+			b, err := strconv.ParseFloat(v, 64)
+			if k != "bpw" || err != nil || !(b > 0) {
+				return nil, fmt.Errorf("codec %q: want tenpak_x_v2:bpw=B", item)
+			}
+			out = append(out, spec{label: item, bpw: b})
+			continue
+		}
 		for _, kv := range parts[1:] {
 			k, v, _ := strings.Cut(kv, "=")
 			n, err := strconv.Atoi(v)
@@ -75,7 +94,7 @@ func parseCodecs(s string) ([]spec, error) {
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, spec{item, c})
+		out = append(out, spec{label: item, c: c})
 	}
 	return out, nil
 }
@@ -102,6 +121,27 @@ func run(path, label, layers, codecs string, header bool) error {
 	noise := make([]float64, len(specs))
 	bytesOut := make([]int64, len(specs))
 	secs := make([]float64, len(specs))
+	var selWeights int64
+	for _, t := range src.Tensors() {
+		if sel.Select(t) {
+			selWeights += t.Elems()
+		}
+	}
+	for k, s := range specs {
+		if s.bpw == 0 {
+			continue
+		}
+		start := time.Now()
+		plan, err := rate.Build(context.Background(), src, sel.Select, rate.Options{Workers: runtime.GOMAXPROCS(0)})
+		if err != nil {
+			return err
+		}
+		if err := plan.Allocate(int64(s.bpw * float64(selWeights) / 8)); err != nil {
+			return fmt.Errorf("%s: %w", s.label, err)
+		}
+		specs[k].c = tenpakx2.NewPlanned(plan.Configs(), plan.Importance, "")
+		secs[k] += time.Since(start).Seconds()
+	}
 	var weights int64
 	var ntens int
 	dtypes := map[string]int{}
@@ -153,13 +193,13 @@ func run(path, label, layers, codecs string, header bool) error {
 		dt = append(dt, fmt.Sprintf("%d×%s", v, k))
 	}
 	if header {
-		fmt.Println("| model | tensors (source dtype) | weights | codec | bits/weight | SQNR dB | encode s |")
-		fmt.Println("|---|---|---:|---|---:|---:|---:|")
+		fmt.Println("| model | tensors (source dtype) | weights | codec | bits/weight | SQNR dB | Gaussian bound dB | encode s |")
+		fmt.Println("|---|---|---:|---|---:|---:|---:|---:|")
 	}
 	for k, s := range specs {
 		bpw := float64(bytesOut[k]) * 8 / float64(weights)
-		fmt.Printf("| %s | %d (%s) | %d | %s | %.3f | %.2f | %.1f |\n", label, ntens, strings.Join(dt, ", "), weights, s.label,
-			bpw, 10*math.Log10(sig/noise[k]), secs[k])
+		fmt.Printf("| %s | %d (%s) | %d | %s | %.3f | %.2f | %.2f | %.1f |\n", label, ntens, strings.Join(dt, ", "), weights, s.label,
+			bpw, 10*math.Log10(sig/noise[k]), 20*math.Log10(2)*bpw, secs[k])
 	}
 	return nil
 }

@@ -1,0 +1,123 @@
+package convert_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/tpconvert/tpconvert/convert"
+	"github.com/tpconvert/tpconvert/fixtures/gen"
+	"github.com/tpconvert/tpconvert/stream"
+	"github.com/tpconvert/tpconvert/tensor"
+)
+
+func rateOpts(r *convert.RateOptions, workers int) convert.CompressOptions {
+	return convert.CompressOptions{
+		Options:  stream.Options{Workers: workers, MaxMemory: 64 << 20},
+		Selector: stream.Selector{Layers: stream.LayersWeights},
+		Rate:     r,
+	}
+}
+
+// TestRateHitsBudget: --bpw B gives a whole file of at most B bits per
+// parameter and at least 98 % of it, compresses the embeddings and the
+// output head as well, costs less error with more bits, and restores.
+func TestRateHitsBudget(t *testing.T) {
+	dir := t.TempDir()
+	for _, kind := range []string{"safetensors", "gguf"} {
+		in := filepath.Join(dir, "m."+kind)
+		var err error
+		if kind == "gguf" {
+			err = gen.WriteGGUF(in, tiny, 5)
+		} else {
+			err = gen.WriteSafetensors(in, tiny, tensor.BF16, 5)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		prevErr := 2.0
+		for _, bpw := range []float64{2.5, 3, 4, 6} {
+			out := filepath.Join(dir, "m.tpk")
+			rep, err := convert.CompressFile(context.Background(), in, out, func() convert.CompressOptions {
+				o := rateOpts(&convert.RateOptions{BPW: bpw}, 2)
+				o.Overwrite = true
+				return o
+			}())
+			if err != nil {
+				t.Fatalf("%s %g: %v", kind, bpw, err)
+			}
+			got := rep.Totals.BPWAll
+			t.Logf("%s --bpw %g: %.4f bits/param, allocation %v", kind, bpw, got, rep.Allocation)
+			if got > bpw || got < 0.98*bpw {
+				t.Errorf("%s --bpw %g: file is %.4f bits/parameter", kind, bpw, got)
+			}
+			st, _ := os.Stat(out)
+			if st.Size() > rep.Rate.TargetBytes {
+				t.Errorf("%s --bpw %g: %d bytes over the target %d", kind, bpw, st.Size(), rep.Rate.TargetBytes)
+			}
+			var embed bool
+			var num, den float64
+			for _, tr := range rep.Tensors {
+				if (strings.Contains(tr.Name, "embed") || strings.Contains(tr.Name, "token_embd")) && tr.Lossy {
+					embed = true
+				}
+				if tr.Lossy && tr.RelErr != nil {
+					num += *tr.RelErr * float64(tr.Elems)
+					den += float64(tr.Elems)
+				}
+				if len(tr.Shape) == 1 && tr.Lossy {
+					t.Errorf("%s: 1-D tensor %s was compressed", kind, tr.Name)
+				}
+			}
+			if !embed {
+				t.Errorf("%s --bpw %g: the token embedding was not compressed", kind, bpw)
+			}
+			if e := num / den; e >= prevErr {
+				t.Errorf("%s --bpw %g: mean relative error %.4f, not below %.4f at fewer bits", kind, bpw, e, prevErr)
+			} else {
+				prevErr = e
+			}
+			ins, err := convert.Inspect(out)
+			if err != nil || len(ins.Allocation) == 0 {
+				t.Errorf("inspect shows no allocation (%v)", err)
+			}
+			if _, err := convert.RestoreFile(context.Background(), out, filepath.Join(dir, "r."+kind), convert.RestoreOptions{Overwrite: true}); err != nil {
+				t.Fatalf("%s --bpw %g: restore: %v", kind, bpw, err)
+			}
+		}
+	}
+}
+
+func TestRateTargetSizeAndErrors(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "m.safetensors")
+	if err := gen.WriteSafetensors(in, tiny, tensor.F32, 1); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "m.tpk")
+	const target = 900_000
+	rep, err := convert.CompressFile(context.Background(), in, out, rateOpts(&convert.RateOptions{TargetBytes: target}, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Totals.BytesOut > target || rep.Totals.BytesOut < target*98/100 {
+		t.Errorf("--target-size %d gave %d bytes", target, rep.Totals.BytesOut)
+	}
+	_, err = convert.CompressFile(context.Background(), in, filepath.Join(dir, "small.tpk"), rateOpts(&convert.RateOptions{BPW: 0.5}, 1))
+	if err == nil || !strings.Contains(err.Error(), "smallest file") {
+		t.Errorf("--bpw 0.5: %v, want an error naming the smallest possible file", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "small.tpk")); !os.IsNotExist(err) {
+		t.Error("a failed plan left an output file")
+	}
+	// Same plan and bytes for any number of workers.
+	a, b := filepath.Join(dir, "a.tpk"), filepath.Join(dir, "b.tpk")
+	for i, p := range []string{a, b} {
+		if _, err := convert.CompressFile(context.Background(), in, p, rateOpts(&convert.RateOptions{BPW: 3}, 1+2*i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sameFileBytes(t, a, b)
+}

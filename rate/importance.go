@@ -1,0 +1,229 @@
+package rate
+
+import (
+	"math"
+	"regexp"
+
+	"github.com/tpconvert/tpconvert/formats"
+	"github.com/tpconvert/tpconvert/tensor"
+)
+
+// The data-free sensitivity model.
+//
+// The error a weight matrix W adds to its layer's output for an input x
+// is ‖ΔW·x‖², whose expectation is Σ_c E[x_c²]·‖ΔW[:,c]‖² when the input
+// channels are uncorrelated. E[x_c²] (what llama.cpp's importance matrix
+// measures on data) is estimated here from the weights alone, for the
+// Llama family of architectures (GGUF and Hugging Face names):
+//
+//   - attention q/k/v and MLP gate/up read RMSNorm(h)·g: E[x_c²] = g_c²,
+//     g the norm's weight (the hidden state is normalized to unit RMS);
+//   - the output head (or a tied token embedding) reads the final norm
+//     likewise;
+//   - attention output reads a mix of value vectors; each channel gets
+//     the mean value power, mean_j Σ_c W_v[j,c]²·g_c²;
+//   - MLP down reads silu(a)·b with a = W_gate·x, b = W_up·x; with a, b
+//     taken as independent Gaussians of variances σ_a², σ_b² from the same
+//     rule, E[x_j²] = E[silu(a)²]·σ_b², the first factor by quadrature.
+//
+// Tensors the model does not recognise get E[x_c²] = 1 (plain squared
+// error). The resulting per-column weights shape both which grid each
+// tensor gets and how its groups clip.
+
+var (
+	reLayer = regexp.MustCompile(`^(.*?)(\d+)\.(.*)$`)
+)
+
+// role names within one layer, for GGUF and Hugging Face Llama naming.
+type roles struct {
+	attnNorm, ffnNorm string
+	q, k, v, o        string
+	gate, up, down    string
+}
+
+var layerRoles = []roles{
+	{attnNorm: "attn_norm.weight", ffnNorm: "ffn_norm.weight",
+		q: "attn_q.weight", k: "attn_k.weight", v: "attn_v.weight", o: "attn_output.weight",
+		gate: "ffn_gate.weight", up: "ffn_up.weight", down: "ffn_down.weight"},
+	{attnNorm: "input_layernorm.weight", ffnNorm: "post_attention_layernorm.weight",
+		q: "self_attn.q_proj.weight", k: "self_attn.k_proj.weight", v: "self_attn.v_proj.weight", o: "self_attn.o_proj.weight",
+		gate: "mlp.gate_proj.weight", up: "mlp.up_proj.weight", down: "mlp.down_proj.weight"},
+}
+
+// heads: (final norm, output head, token embedding) name triples.
+var heads = [][3]string{
+	{"output_norm.weight", "output.weight", "token_embd.weight"},
+	{"model.norm.weight", "lm_head.weight", "model.embed_tokens.weight"},
+}
+
+// loader decodes whole tensors by name, to float32.
+type loader struct {
+	src   formats.Source
+	index map[string]int
+}
+
+func (l *loader) has(name string) bool { _, ok := l.index[name]; return ok }
+
+func (l *loader) load(name string) ([]float32, tensor.Info, bool) {
+	i, ok := l.index[name]
+	if !ok {
+		return nil, tensor.Info{}, false
+	}
+	t := l.src.Tensors()[i]
+	if !tensor.CanDecode(t.DType) {
+		return nil, t, false
+	}
+	b, err := l.src.Bytes(i)
+	if err != nil {
+		return nil, t, false
+	}
+	x := make([]float32, t.Elems())
+	err = tensor.ToFloat32(x, t.DType, b)
+	l.src.Release(i)
+	if err != nil {
+		return nil, t, false
+	}
+	for _, v := range x {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return nil, t, false
+		}
+	}
+	return x, t, true
+}
+
+// Importance returns the estimated input power per column, E[x_c²], of
+// every weight matrix of src the model recognises (see the package
+// comment of this file). The vectors have one entry per column.
+func Importance(src formats.Source) map[string][]float32 {
+	l := &loader{src: src, index: map[string]int{}}
+	for i, t := range src.Tensors() {
+		l.index[t.Name] = i
+	}
+	out := map[string][]float32{}
+	// Layers: collect prefixes like "blk.3." or "model.layers.3.".
+	seen := map[string]bool{}
+	for _, t := range src.Tensors() {
+		m := reLayer.FindStringSubmatch(t.Name)
+		if m == nil {
+			continue
+		}
+		prefix := m[1] + m[2] + "."
+		if seen[prefix] {
+			continue
+		}
+		seen[prefix] = true
+		for _, r := range layerRoles {
+			layerImportance(l, prefix, r, out)
+		}
+	}
+	for _, h := range heads {
+		g, gt, ok := l.load(h[0])
+		if !ok || len(gt.Shape) != 1 {
+			continue
+		}
+		imp := squares(g)
+		head := h[1]
+		if !l.has(head) {
+			head = h[2] // tied embedding: the embedding is the head
+		}
+		if cols(l, head) == len(imp) {
+			out[head] = imp
+		}
+	}
+	return out
+}
+
+func cols(l *loader, name string) int {
+	i, ok := l.index[name]
+	if !ok {
+		return -1
+	}
+	t := l.src.Tensors()[i]
+	if len(t.Shape) != 2 {
+		return -1
+	}
+	return int(t.Shape[1])
+}
+
+func squares(g []float32) []float32 {
+	out := make([]float32, len(g))
+	for i, v := range g {
+		out[i] = v * v
+	}
+	return out
+}
+
+// rowPower returns, per row j of W (rows×len(imp)), Σ_c W[j,c]²·imp[c].
+func rowPower(w []float32, imp []float32) []float64 {
+	n := len(imp)
+	out := make([]float64, len(w)/n)
+	for j := range out {
+		var s float64
+		for c, v := range w[j*n : (j+1)*n] {
+			s += float64(v) * float64(v) * float64(imp[c])
+		}
+		out[j] = s
+	}
+	return out
+}
+
+func layerImportance(l *loader, p string, r roles, out map[string][]float32) {
+	if g, t, ok := l.load(p + r.attnNorm); ok && len(t.Shape) == 1 {
+		imp := squares(g)
+		for _, name := range []string{r.q, r.k, r.v} {
+			if cols(l, p+name) == len(imp) {
+				out[p+name] = imp
+			}
+		}
+		if v, _, ok := l.load(p + r.v); ok && cols(l, p+r.v) == len(imp) {
+			pw := rowPower(v, imp)
+			var mean float64
+			for _, x := range pw {
+				mean += x
+			}
+			mean /= float64(len(pw))
+			if n := cols(l, p+r.o); n > 0 {
+				o := make([]float32, n)
+				for i := range o {
+					o[i] = float32(mean)
+				}
+				out[p+r.o] = o
+			}
+		}
+	}
+	if g, t, ok := l.load(p + r.ffnNorm); ok && len(t.Shape) == 1 {
+		imp := squares(g)
+		for _, name := range []string{r.gate, r.up} {
+			if cols(l, p+name) == len(imp) {
+				out[p+name] = imp
+			}
+		}
+		gw, _, ok1 := l.load(p + r.gate)
+		uw, _, ok2 := l.load(p + r.up)
+		if ok1 && ok2 && cols(l, p+r.gate) == len(imp) && cols(l, p+r.up) == len(imp) && len(gw) == len(uw) {
+			sa, sb := rowPower(gw, imp), rowPower(uw, imp)
+			if cols(l, p+r.down) == len(sa) {
+				d := make([]float32, len(sa))
+				for j := range d {
+					d[j] = float32(siluSquare(math.Sqrt(sa[j])) * sb[j])
+				}
+				out[p+r.down] = d
+			}
+		}
+	}
+}
+
+// siluSquare returns E[silu(a)²] for a ~ N(0, σ²), by the midpoint rule
+// on [−8σ, 8σ].
+func siluSquare(sigma float64) float64 {
+	const n = 400
+	var s float64
+	h := 16.0 / n
+	for i := 0; i < n; i++ {
+		z := -8 + (float64(i)+0.5)*h
+		a := sigma * z
+		si := a / (1 + math.Exp(-a))
+		s += si * si * math.Exp(-z*z/2)
+	}
+	return s * h / math.Sqrt(2*math.Pi)
+}

@@ -1,0 +1,402 @@
+// Package rate is tenpak_x_v2's rate control: given a bit budget, it
+// chooses a tenpakx2.Config for every selected tensor so that the sum of
+// their payloads fits the budget and the estimated, importance-weighted
+// squared error over the model is as small as it can make it.
+//
+// For each tensor it codes a deterministic sample of whole rows with every
+// candidate Config (tenpakx2.Distortions) and scales the error to the
+// whole tensor; payload sizes are exact. The allocation minimises
+// Σ_t D_t(c_t) subject to Σ_t bytes_t(c_t) ≤ budget by a Lagrangian
+// search over the convex hulls of the candidates, then spends what is
+// left greedily on the upgrades with the best error reduction per byte.
+package rate
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sort"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/tpconvert/tpconvert/codec/tenpakx2"
+	"github.com/tpconvert/tpconvert/formats"
+	"github.com/tpconvert/tpconvert/tensor"
+)
+
+// Options configure Build.
+type Options struct {
+	// Workers is the number of tensors estimated at once (default 1).
+	Workers int
+	// SampleRows is the number of rows of each tensor the estimate codes
+	// (default 128; all rows of smaller tensors).
+	SampleRows int
+	// Seed is the codec seed (codec.Options.Seed).
+	Seed uint64
+	// Transpose reports tensors stored [in, out], as for stream.
+	Transpose func(t tensor.Info) bool
+	// Progress, if set, is called after each tensor is estimated.
+	Progress func(t tensor.Info)
+}
+
+// DefaultSampleRows is Options.SampleRows's default.
+const DefaultSampleRows = 128
+
+// Candidates returns the Configs considered for a matrix with cols
+// columns.
+func Candidates(cols int) []tenpakx2.Config {
+	var out []tenpakx2.Config
+	for _, g := range []int{32, 64, 128} {
+		for _, b := range []int{2, 3, 4, 5, 6, 8} {
+			out = append(out, tenpakx2.Config{Grid: tenpakx2.GridUniform, Bits: b, Group: g})
+		}
+		for _, b := range []int{1, 2, 3, 4, 5} {
+			out = append(out, tenpakx2.Config{Grid: tenpakx2.GridNormal, Bits: b, Group: g})
+		}
+	}
+	out = append(out, tenpakx2.Config{Grid: tenpakx2.GridSymmetric, Bits: 8, Group: 32})
+	return append(out, tenpakx2.Config{Grid: tenpakx2.GridHalf, Bits: 16})
+}
+
+// Option is one candidate for one tensor.
+type Option struct {
+	Config tenpakx2.Config
+	Bytes  int64   // exact payload size
+	Dist   float64 // estimated relative weighted squared error, Σ imp·ΔW² / Σ imp·W²
+}
+
+// Tensor is one selected tensor with its candidates and, after Allocate,
+// its choice.
+type Tensor struct {
+	Info    tensor.Info
+	Options []Option
+	// Signal is Σ imp[c]·W[r,c]² estimated over the tensor (for SQNR).
+	Signal float64
+	Choice int
+}
+
+// Chosen returns the chosen option.
+func (t *Tensor) Chosen() Option { return t.Options[t.Choice] }
+
+// Plan is the outcome of Build and Allocate.
+type Plan struct {
+	Tensors    []*Tensor
+	Importance map[string][]float32
+	Budget     int64 // bytes for the payloads of Tensors
+}
+
+// Configs returns the chosen Config per tensor name.
+func (p *Plan) Configs() map[string]tenpakx2.Config {
+	m := make(map[string]tenpakx2.Config, len(p.Tensors))
+	for _, t := range p.Tensors {
+		m[t.Info.Name] = t.Chosen().Config
+	}
+	return m
+}
+
+// Bytes returns the total chosen payload size.
+func (p *Plan) Bytes() int64 {
+	var n int64
+	for _, t := range p.Tensors {
+		n += t.Chosen().Bytes
+	}
+	return n
+}
+
+// MinBytes returns the smallest total payload any allocation can reach.
+func (p *Plan) MinBytes() int64 {
+	var n int64
+	for _, t := range p.Tensors {
+		m := int64(math.MaxInt64)
+		for _, o := range t.Options {
+			m = min(m, o.Bytes)
+		}
+		n += m
+	}
+	return n
+}
+
+// Build estimates every candidate of every tensor of src that sel selects.
+// It decodes only the sampled rows of each tensor.
+func Build(ctx context.Context, src formats.Source, sel func(tensor.Info) bool, o Options) (*Plan, error) {
+	if o.Workers < 1 {
+		o.Workers = 1
+	}
+	if o.SampleRows <= 0 {
+		o.SampleRows = DefaultSampleRows
+	}
+	plan := &Plan{Importance: Importance(src)}
+	infos := src.Tensors()
+	var idx []int
+	for i, t := range infos {
+		if sel(t) {
+			idx = append(idx, i)
+		}
+	}
+	plan.Tensors = make([]*Tensor, len(idx))
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(o.Workers)
+	for k, i := range idx {
+		g.Go(func() error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			t, err := estimate(src, i, plan.Importance[infos[i].Name], o)
+			if err != nil {
+				return fmt.Errorf("tensor %q: %w", infos[i].Name, err)
+			}
+			plan.Tensors[k] = t
+			if o.Progress != nil {
+				o.Progress(infos[i])
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	return plan, nil
+}
+
+// sampleRows returns n row indices spread evenly over rows.
+func sampleRows(rows, n int) []int {
+	if n >= rows {
+		out := make([]int, rows)
+		for i := range out {
+			out[i] = i
+		}
+		return out
+	}
+	out := make([]int, n)
+	for i := range out {
+		out[i] = int((int64(2*i+1) * int64(rows)) / int64(2*n))
+	}
+	return out
+}
+
+func estimate(src formats.Source, i int, imp []float32, o Options) (*Tensor, error) {
+	t := src.Tensors()[i]
+	r64, c64 := t.Matrix()
+	transposed := o.Transpose != nil && len(t.Shape) == 2 && o.Transpose(t)
+	if transposed {
+		r64, c64 = c64, r64
+	}
+	rows, cols := int(r64), int(c64)
+	if rows <= 0 || cols <= 0 {
+		return nil, fmt.Errorf("tenpak_x_v2 needs a non-empty matrix, got shape %v", t.Shape)
+	}
+	if len(imp) != cols {
+		imp = nil
+	}
+	b, err := src.Bytes(i)
+	if err != nil {
+		return nil, err
+	}
+	defer src.Release(i)
+	pick := sampleRows(rows, o.SampleRows)
+	x := make([]float32, len(pick)*cols)
+	if transposed || int64(len(b))%int64(rows) != 0 {
+		all := make([]float32, t.Elems())
+		if err := tensor.ToFloat32(all, t.DType, b); err != nil {
+			return nil, err
+		}
+		for k, r := range pick {
+			for c := 0; c < cols; c++ {
+				if transposed {
+					x[k*cols+c] = all[c*rows+r]
+				} else {
+					x[k*cols+c] = all[r*cols+c]
+				}
+			}
+		}
+	} else {
+		rb := len(b) / rows
+		for k, r := range pick {
+			if err := tensor.ToFloat32(x[k*cols:(k+1)*cols], t.DType, b[r*rb:(r+1)*rb]); err != nil {
+				return nil, err
+			}
+		}
+	}
+	var sig float64
+	for k, v := range x {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return nil, fmt.Errorf("element is %v: cannot compress non-finite values (exclude the tensor with --exclude)", v)
+		}
+		w := 1.0
+		if imp != nil {
+			w = float64(imp[k%cols])
+		}
+		sig += w * float64(v) * float64(v)
+	}
+	scale := float64(rows) / float64(len(pick))
+	cands := Candidates(cols)
+	dist := tenpakx2.Distortions(x, cols, imp, cands, uint32(o.Seed))
+	tt := &Tensor{Info: t, Signal: sig * scale}
+	for k, c := range cands {
+		size, err := c.PayloadSize(rows, cols)
+		if err != nil {
+			return nil, err
+		}
+		// The objective counts each tensor's relative error: the noise
+		// it adds to its layer's output over that output's power.
+		d := dist[k]
+		if sig > 0 {
+			d /= sig
+		}
+		tt.Options = append(tt.Options, Option{Config: c, Bytes: size, Dist: d})
+	}
+	return tt, nil
+}
+
+// Allocate chooses one option per tensor so that the payloads total at
+// most budget bytes with the least total estimated error. It fails if
+// even the smallest options exceed the budget.
+func (p *Plan) Allocate(budget int64) error {
+	p.Budget = budget
+	if minb := p.MinBytes(); minb > budget {
+		return fmt.Errorf("the budget leaves %d bytes for the compressed tensors; the smallest coding needs %d", budget, minb)
+	}
+	hulls := make([][]int, len(p.Tensors))
+	for k, t := range p.Tensors {
+		hulls[k] = hull(t.Options)
+	}
+	pick := func(lambda float64) int64 {
+		var total int64
+		for k, t := range p.Tensors {
+			best, bi := math.Inf(1), hulls[k][0]
+			for _, j := range hulls[k] {
+				o := t.Options[j]
+				if v := o.Dist + lambda*float64(o.Bytes); v < best {
+					best, bi = v, j
+				}
+			}
+			t.Choice = bi
+			total += t.Options[bi].Bytes
+		}
+		return total
+	}
+	// Bisection on log λ: large λ favours small payloads.
+	lo, hi := -60.0, 60.0
+	if pick(math.Exp(lo)) <= budget {
+		hi = lo
+	} else {
+		for range 200 {
+			mid := (lo + hi) / 2
+			if pick(math.Exp(mid)) <= budget {
+				hi = mid
+			} else {
+				lo = mid
+			}
+		}
+	}
+	total := pick(math.Exp(hi))
+	if total > budget { // every hull's first point is its smallest
+		return fmt.Errorf("rate: allocation of %d bytes exceeds the budget of %d", total, budget)
+	}
+	total = p.fill(budget, total)
+	// Pair moves: change two tensors at once (one usually down, one up)
+	// when that lowers the error within the budget, then fill again.
+	for range 100 {
+		type move struct {
+			k, j  int
+			bytes int64
+			dist  float64
+		}
+		var moves []move
+		for k, t := range p.Tensors {
+			cur := t.Options[t.Choice]
+			for _, j := range hulls[k] {
+				if j != t.Choice {
+					o := t.Options[j]
+					moves = append(moves, move{k, j, o.Bytes - cur.Bytes, o.Dist - cur.Dist})
+				}
+			}
+		}
+		left := budget - total
+		best, bi, bj := -1e-12, -1, -1
+		for a := range moves {
+			ma := moves[a]
+			for b := a + 1; b < len(moves); b++ {
+				mb := moves[b]
+				if ma.k == mb.k || ma.bytes+mb.bytes > left {
+					continue
+				}
+				if d := ma.dist + mb.dist; d < best {
+					best, bi, bj = d, a, b
+				}
+			}
+		}
+		if bi < 0 {
+			break
+		}
+		for _, m := range []move{moves[bi], moves[bj]} {
+			p.Tensors[m.k].Choice = m.j
+			total += m.bytes
+		}
+		total = p.fill(budget, total)
+	}
+	return nil
+}
+
+// fill spends what is left of budget (total bytes used so far) on the
+// upgrades with the best error reduction per byte, and returns the new
+// total.
+func (p *Plan) fill(budget, total int64) int64 {
+	for {
+		left := budget - total
+		bk, bj, best := -1, -1, 0.0
+		for k, t := range p.Tensors {
+			cur := t.Options[t.Choice]
+			for j, o := range t.Options {
+				extra := o.Bytes - cur.Bytes
+				if extra <= 0 || extra > left || o.Dist >= cur.Dist {
+					continue
+				}
+				if g := (cur.Dist - o.Dist) / float64(extra); g > best {
+					bk, bj, best = k, j, g
+				}
+			}
+		}
+		if bk < 0 {
+			break
+		}
+		t := p.Tensors[bk]
+		total += t.Options[bj].Bytes - t.Options[t.Choice].Bytes
+		t.Choice = bj
+	}
+	return total
+}
+
+// hull returns the indices of the options on the lower convex hull of
+// (bytes, dist), by increasing bytes.
+func hull(opts []Option) []int {
+	idx := make([]int, len(opts))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.SliceStable(idx, func(a, b int) bool {
+		oa, ob := opts[idx[a]], opts[idx[b]]
+		if oa.Bytes != ob.Bytes {
+			return oa.Bytes < ob.Bytes
+		}
+		return oa.Dist < ob.Dist
+	})
+	var h []int
+	for _, i := range idx {
+		o := opts[i]
+		if len(h) > 0 && o.Dist >= opts[h[len(h)-1]].Dist {
+			continue // dominated
+		}
+		for len(h) >= 2 {
+			a, b := opts[h[len(h)-2]], opts[h[len(h)-1]]
+			// Drop b if it lies on or above the segment a–o.
+			if (b.Dist-a.Dist)*float64(o.Bytes-a.Bytes) >= (o.Dist-a.Dist)*float64(b.Bytes-a.Bytes) {
+				h = h[:len(h)-1]
+			} else {
+				break
+			}
+		}
+		h = append(h, i)
+	}
+	return h
+}

@@ -24,7 +24,7 @@ type RateOptions struct {
 	// TargetBytes is the whole-file size in bytes.
 	TargetBytes int64
 	// SampleRows is the number of rows per tensor the estimate codes
-	// (default rate.DefaultSampleRows).
+	// (default: see rate.Options).
 	SampleRows int
 	// OnPlanStart, if set, is called before the estimates start with the
 	// total source bytes of the tensors to estimate; OnPlan once per

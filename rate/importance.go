@@ -227,3 +227,34 @@ func siluSquare(sigma float64) float64 {
 	}
 	return s * h / math.Sqrt(2*math.Pi)
 }
+
+// Weights returns the objective's weight of tensors that do not count 1:
+// the token embedding and the output head count as much as one tensor
+// per transformer layer (L, the number of layers found). Their relative
+// error perturbs every position's input, or the logits themselves,
+// directly, where a projection's error is one of many added to the
+// residual stream. This is a prior, not a measurement: like llama.cpp's
+// k-quant mixes, which give the output head more bits, it keeps the
+// largest tensors from being starved by a per-tensor objective.
+func Weights(src formats.Source) map[string]float64 {
+	layers := map[string]bool{}
+	names := map[string]bool{}
+	for _, t := range src.Tensors() {
+		names[t.Name] = true
+		if m := reLayer.FindStringSubmatch(t.Name); m != nil {
+			layers[m[1]+m[2]] = true
+		}
+	}
+	out := map[string]float64{}
+	if len(layers) == 0 {
+		return out
+	}
+	for _, h := range heads {
+		for _, n := range h[1:] {
+			if names[n] {
+				out[n] = float64(len(layers))
+			}
+		}
+	}
+	return out
+}

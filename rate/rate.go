@@ -29,7 +29,8 @@ type Options struct {
 	// Workers is the number of tensors estimated at once (default 1).
 	Workers int
 	// SampleRows is the number of rows of each tensor the estimate codes
-	// (default 128; all rows of smaller tensors).
+	// (default: enough rows for 32768 weights, between 16 and 128; all
+	// rows of smaller tensors).
 	SampleRows int
 	// Seed is the codec seed (codec.Options.Seed).
 	Seed uint64
@@ -39,22 +40,35 @@ type Options struct {
 	Progress func(t tensor.Info)
 }
 
-// DefaultSampleRows is Options.SampleRows's default.
-const DefaultSampleRows = 128
+// sampleSize returns the default number of sample rows for cols columns.
+func sampleSize(cols int) int { return min(128, max(16, (32768+cols-1)/cols)) }
 
 // Candidates returns the Configs considered for a matrix with cols
-// columns.
+// columns: 8-bit group parameters (s8) for every grid, and FP16 group
+// parameters for the uniform grid with groups of 32 and symmetric 8/32,
+// which reproduce checkpoints dequantized from Q4_1/Q5_1/Q8_0-style
+// formats exactly.
 func Candidates(cols int) []tenpakx2.Config {
 	var out []tenpakx2.Config
-	for _, g := range []int{32, 64, 128} {
-		for _, b := range []int{2, 3, 4, 5, 6, 8} {
-			out = append(out, tenpakx2.Config{Grid: tenpakx2.GridUniform, Bits: b, Group: g})
-		}
-		for _, b := range []int{1, 2, 3, 4, 5} {
-			out = append(out, tenpakx2.Config{Grid: tenpakx2.GridNormal, Bits: b, Group: g})
-		}
+	for _, b := range []int{3, 4, 5, 6, 8} {
+		out = append(out, tenpakx2.Config{Grid: tenpakx2.GridUniform, Bits: b, Group: 32})
 	}
 	out = append(out, tenpakx2.Config{Grid: tenpakx2.GridSymmetric, Bits: 8, Group: 32})
+	for _, g := range []int{16, 32, 64} {
+		for _, b := range []int{2, 3, 4, 5, 6, 8} {
+			out = append(out, tenpakx2.Config{Grid: tenpakx2.GridUniform, Bits: b, Group: g, S8: true})
+		}
+	}
+	for _, g := range []int{16, 32} {
+		for _, b := range []int{4, 5, 6, 8} {
+			out = append(out, tenpakx2.Config{Grid: tenpakx2.GridSymmetric, Bits: b, Group: g, S8: true})
+		}
+	}
+	for _, g := range []int{32, 64, 128} {
+		for b := 1; b <= tenpakx2.MaxNormalBits; b++ {
+			out = append(out, tenpakx2.Config{Grid: tenpakx2.GridNormal, Bits: b, Group: g, S8: true})
+		}
+	}
 	return append(out, tenpakx2.Config{Grid: tenpakx2.GridHalf, Bits: 16})
 }
 
@@ -62,7 +76,7 @@ func Candidates(cols int) []tenpakx2.Config {
 type Option struct {
 	Config tenpakx2.Config
 	Bytes  int64   // exact payload size
-	Dist   float64 // estimated relative weighted squared error, Σ imp·ΔW² / Σ imp·W²
+	Dist   float64 // estimated relative weighted squared error, Σ imp·ΔW² / Σ imp·W², times the tensor's Weight
 }
 
 // Tensor is one selected tensor with its candidates and, after Allocate,
@@ -72,6 +86,9 @@ type Tensor struct {
 	Options []Option
 	// Signal is Σ imp[c]·W[r,c]² estimated over the tensor (for SQNR).
 	Signal float64
+	// Weight is the tensor's weight in the objective (see Weights); its
+	// Options' Dist already include it.
+	Weight float64
 	Choice int
 }
 
@@ -122,10 +139,8 @@ func Build(ctx context.Context, src formats.Source, sel func(tensor.Info) bool, 
 	if o.Workers < 1 {
 		o.Workers = 1
 	}
-	if o.SampleRows <= 0 {
-		o.SampleRows = DefaultSampleRows
-	}
 	plan := &Plan{Importance: Importance(src)}
+	alpha := Weights(src)
 	infos := src.Tensors()
 	var idx []int
 	for i, t := range infos {
@@ -144,6 +159,12 @@ func Build(ctx context.Context, src formats.Source, sel func(tensor.Info) bool, 
 			t, err := estimate(src, i, plan.Importance[infos[i].Name], o)
 			if err != nil {
 				return fmt.Errorf("tensor %q: %w", infos[i].Name, err)
+			}
+			if a, ok := alpha[infos[i].Name]; ok {
+				t.Weight = a
+				for k := range t.Options {
+					t.Options[k].Dist *= a
+				}
 			}
 			plan.Tensors[k] = t
 			if o.Progress != nil {
@@ -193,7 +214,11 @@ func estimate(src formats.Source, i int, imp []float32, o Options) (*Tensor, err
 		return nil, err
 	}
 	defer src.Release(i)
-	pick := sampleRows(rows, o.SampleRows)
+	n := o.SampleRows
+	if n <= 0 {
+		n = sampleSize(cols)
+	}
+	pick := sampleRows(rows, n)
 	x := make([]float32, len(pick)*cols)
 	if transposed || int64(len(b))%int64(rows) != 0 {
 		all := make([]float32, t.Elems())
@@ -231,7 +256,7 @@ func estimate(src formats.Source, i int, imp []float32, o Options) (*Tensor, err
 	scale := float64(rows) / float64(len(pick))
 	cands := Candidates(cols)
 	dist := tenpakx2.Distortions(x, cols, imp, cands, uint32(o.Seed))
-	tt := &Tensor{Info: t, Signal: sig * scale}
+	tt := &Tensor{Info: t, Signal: sig * scale, Weight: 1}
 	for k, c := range cands {
 		size, err := c.PayloadSize(rows, cols)
 		if err != nil {

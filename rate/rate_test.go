@@ -184,12 +184,15 @@ func TestImportanceAndBuild(t *testing.T) {
 		t.Fatal("no tensors")
 	}
 	for _, tt := range plan.Tensors {
-		prev := map[[2]int]float64{}
+		prev := map[[3]int]float64{}
 		for _, o := range tt.Options {
 			if o.Config.Grid == tenpakx2.GridHalf {
 				continue
 			}
-			k := [2]int{int(o.Config.Grid), o.Config.Group}
+			k := [3]int{int(o.Config.Grid), o.Config.Group, 0}
+			if o.Config.S8 {
+				k[2] = 1
+			}
 			if p, ok := prev[k]; ok && o.Dist >= p {
 				t.Errorf("%s: %s estimates %g, not below the bit depth before (%g)", tt.Info.Name, o.Config, o.Dist, p)
 			}

@@ -70,6 +70,14 @@ func cmdBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if o.Merge && (*shard != "" || *fromEnv) {
 		return errUsage{errors.New("--merge runs once, after every shard: it takes no --shard")}
 	}
+	cf.visit(fs)
+	ro, err := cf.rate()
+	if err != nil {
+		return err
+	}
+	if ro != nil {
+		o.BPW = ro.BPW
+	}
 	if o.Codec, o.CodecOptions, o.Selector, o.Options, err = cf.build(); err != nil {
 		return err
 	}

@@ -1,6 +1,6 @@
 // Command tpconvert compresses LLM checkpoints (safetensors files, sharded
 // Hugging Face checkouts, GGUF files) into .tpk files with the TenPak-X
-// codec or a baseline codec, and restores .tpk files to the container they
+// codecs (v2 sized by --bpw or --target-size) or a baseline codec, and restores .tpk files to the container they
 // came from for runtimes that do not read .tpk.
 //
 // Usage:
@@ -31,6 +31,7 @@ import (
 	_ "github.com/tpconvert/tpconvert/codec/basic"
 	_ "github.com/tpconvert/tpconvert/codec/intq"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
+	_ "github.com/tpconvert/tpconvert/codec/tenpakx2"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -50,6 +51,10 @@ Usage:
 INPUT is a .safetensors file, a .gguf file, or a Hugging Face checkout
 directory (model.safetensors.index.json and its shards). Formats are
 recognised by their content, not their names.
+
+Choose the size with --bpw (bits per parameter, whole file) or
+--target-size (bytes, e.g. 1GiB): tenpak_x_v2 then allocates the bits
+over every weight matrix. Example: tpconvert model.safetensors --bpw 4
 
 Run 'tpconvert COMMAND --help' for a command's flags. The user's guide is
 CONVERTING.md.

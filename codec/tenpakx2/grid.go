@@ -45,14 +45,22 @@ type Config struct {
 	Grid  Grid
 	Bits  int
 	Group int
+	// S8 stores each group's scale (and minimum) as one byte under an
+	// FP16 base per row, instead of FP16 per group.
+	S8 bool
 }
 
-// String formats c as "uniform:4/32" (grid:bits/group) or "f16".
+// String formats c as "uniform:4/32" (grid:bits/group), with "s8"
+// appended for 8-bit group parameters ("uniform:4/32s8"), or "f16".
 func (c Config) String() string {
 	if c.Grid == GridHalf {
 		return "f16"
 	}
-	return fmt.Sprintf("%s:%d/%d", c.Grid, c.Bits, c.Group)
+	s := fmt.Sprintf("%s:%d/%d", c.Grid, c.Bits, c.Group)
+	if c.S8 {
+		s += "s8"
+	}
+	return s
 }
 
 // ParseConfig parses the String form.
@@ -68,6 +76,7 @@ func ParseConfig(s string) (Config, error) {
 			c.Grid = k
 		}
 	}
+	g, c.S8 = strings.CutSuffix(g, "s8")
 	bits, err1 := strconv.Atoi(b)
 	group, err2 := strconv.Atoi(g)
 	if !ok || !ok2 || c.Grid == 0 || err1 != nil || err2 != nil {
@@ -88,6 +97,9 @@ func (c Config) Valid() error {
 	case GridNormal:
 		ok = c.Bits >= 1 && c.Bits <= MaxNormalBits
 	case GridHalf:
+		if c.S8 || c.Bits != 16 {
+			return fmt.Errorf("tenpak_x_v2: unsupported configuration %s", c)
+		}
 		return nil
 	}
 	if !ok || c.Group < 1 || c.Group > MaxGroup {
@@ -104,7 +116,8 @@ const (
 	MinHadamard   = 16  // rows whose length has no power-of-two factor this large are not rotated
 )
 
-// scalesPerGroup is the number of FP16 values stored per group.
+// scalesPerGroup is the number of parameters stored per group (scale, and
+// the minimum for GridUniform).
 func (c Config) scalesPerGroup() int {
 	switch c.Grid {
 	case GridUniform:
@@ -136,7 +149,11 @@ func (c Config) PayloadSize(rows, cols int) (int64, error) {
 	if cols > 0 {
 		ng = int64((cols + c.Group - 1) / c.Group)
 	}
-	size += 2 * int64(c.scalesPerGroup()) * int64(rows) * ng
+	if c.S8 {
+		size += int64(c.scalesPerGroup()) * (2*int64(rows) + int64(rows)*ng)
+	} else {
+		size += 2 * int64(c.scalesPerGroup()) * int64(rows) * ng
+	}
 	size += (n*int64(c.Bits) + 7) / 8
 	return size, nil
 }

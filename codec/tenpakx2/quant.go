@@ -197,6 +197,27 @@ func (q *quantizer) uniformGroup(x, w []float32, codes []uint8, y []float32, tmp
 	qmax := float32(int(1)<<q.cfg.Bits - 1)
 	best := math.Inf(1)
 	var bs, bm uint16
+	try := func(s16, m16 uint16) bool {
+		s, m := tensor.HalfToFloat(s16), tensor.HalfToFloat(m16)
+		if s < 0 || math.IsInf(float64(s), 0) || math.IsNaN(float64(s)) || math.IsInf(float64(m), 0) || math.IsNaN(float64(m)) {
+			return false
+		}
+		for i, v := range x {
+			k := float32(0)
+			if s > 0 {
+				k = float32(math.Round(float64((v - m) / s)))
+				k = min(max(k, 0), qmax)
+			}
+			tmpc[i] = uint8(k)
+			tmpy[i] = k*s + m
+		}
+		if e := sqerr(x, tmpy, w); e < best {
+			best, bs, bm = e, s16, m16
+			copy(codes, tmpc)
+			copy(y, tmpy)
+		}
+		return best == 0
+	}
 	for _, f := range clipFactors(q.cfg.Bits) {
 		c, h := (mn+mx)/2, (mx-mn)/2*f
 		lo, hi := mn, mx
@@ -209,24 +230,35 @@ func (q *quantizer) uniformGroup(x, w []float32, codes []uint8, y []float32, tmp
 		// Unclipped, the FP16 neighbours of the scale are tried too: the
 		// one a checkpoint was quantized with may round differently.
 		for _, ds := range neighbours(s16, f == 1) {
-			s := tensor.HalfToFloat(ds)
-			for i, v := range x {
-				k := float32(0)
-				if s > 0 {
-					k = float32(math.Round(float64((v - m) / s)))
-					k = min(max(k, 0), qmax)
-				}
-				tmpc[i] = uint8(k)
-				tmpy[i] = k*s + m
+			if try(ds, m16) {
+				return bs, bm
 			}
-			if e := sqerr(x, tmpy, w); e < best {
-				best, bs, bm = e, ds, m16
-				copy(codes, tmpc)
-				copy(y, tmpy)
-				if e == 0 {
-					return bs, bm
-				}
+		}
+	}
+	// Least-squares refinement: the scale and minimum that fit the
+	// chosen codes best, then the codes that fit those.
+	for range 2 {
+		var sw, sk, skk, sx, skx float64
+		for i, v := range x {
+			wi := 1.0
+			if w != nil {
+				wi = float64(w[i])
 			}
+			k := float64(codes[i])
+			sw += wi
+			sk += wi * k
+			skk += wi * k * k
+			sx += wi * float64(v)
+			skx += wi * k * float64(v)
+		}
+		det := sw*skk - sk*sk
+		if !(det > 0) {
+			break
+		}
+		sNew := (sw*skx - sk*sx) / det
+		mNew := (skk*sx - sk*skx) / det
+		if !(sNew > 0) || try(tensor.FloatToHalf(float32(sNew)), tensor.FloatToHalf(float32(mNew))) {
+			break
 		}
 	}
 	return bs, bm
@@ -240,26 +272,47 @@ func (q *quantizer) symmetricGroup(x, w []float32, codes []uint8, y []float32, t
 	qmax := float32(int(1)<<(q.cfg.Bits-1) - 1)
 	best := math.Inf(1)
 	var bs uint16
+	try := func(s16 uint16) bool {
+		s := tensor.HalfToFloat(s16)
+		if s < 0 || math.IsInf(float64(s), 0) || math.IsNaN(float64(s)) {
+			return false
+		}
+		for i, v := range x {
+			k := float32(0)
+			if s > 0 {
+				k = float32(math.Round(float64(v / s)))
+				k = min(max(k, -qmax), qmax)
+			}
+			tmpc[i] = uint8(int(k + qmax))
+			tmpy[i] = k * s
+		}
+		if e := sqerr(x, tmpy, w); e < best {
+			best, bs = e, s16
+			copy(codes, tmpc)
+			copy(y, tmpy)
+		}
+		return best == 0
+	}
 	for _, f := range clipFactors(q.cfg.Bits) {
 		for _, s16 := range neighbours(tensor.FloatToHalf(amax*f/qmax), f == 1) {
-			s := tensor.HalfToFloat(s16)
-			for i, v := range x {
-				k := float32(0)
-				if s > 0 {
-					k = float32(math.Round(float64(v / s)))
-					k = min(max(k, -qmax), qmax)
-				}
-				tmpc[i] = uint8(int(k + qmax))
-				tmpy[i] = k * s
+			if try(s16) {
+				return bs
 			}
-			if e := sqerr(x, tmpy, w); e < best {
-				best, bs = e, s16
-				copy(codes, tmpc)
-				copy(y, tmpy)
-				if e == 0 {
-					return bs
-				}
+		}
+	}
+	for range 2 { // least-squares scale for the chosen codes
+		var num, den float64
+		for i, v := range x {
+			wi := 1.0
+			if w != nil {
+				wi = float64(w[i])
 			}
+			k := float64(codes[i]) - float64(qmax)
+			num += wi * k * float64(v)
+			den += wi * k * k
+		}
+		if !(den > 0) || try(tensor.FloatToHalf(float32(num/den))) {
+			break
 		}
 	}
 	return bs
@@ -307,14 +360,62 @@ func (q *quantizer) normalGroup(x []float32, codes []uint8, y []float32, tmpc []
 	return bs
 }
 
-// decodeGroupRow reconstructs one row (in the coded domain) from its codes
-// and group scales.
-func (q *quantizer) decodeRow(codes []uint8, scales, mins []uint16, y []float32) {
+// bracket returns the byte codes just below and above v (one if v is a
+// whole number), clamped to [0, hi].
+func bracket(v float64, hi float64) []uint8 {
+	lo, up := min(max(math.Floor(v), 0), hi), min(max(math.Ceil(v), 0), hi)
+	if lo == up {
+		return []uint8{uint8(lo)}
+	}
+	return []uint8{uint8(lo), uint8(up)}
+}
+
+// recodeGroup codes x with scale sh (and minimum m) and returns the
+// squared error; codes and y are written only if write is set.
+func (q *quantizer) recodeGroup(x []float32, sh, m float32, codes []uint8, y []float32, write bool) float64 {
+	var e float64
+	qmax := float32(int(1)<<q.cfg.Bits - 1)
+	sqmax := float32(int(1)<<(q.cfg.Bits-1) - 1)
+	for i, v := range x {
+		var c, r float32
+		switch q.cfg.Grid {
+		case GridUniform:
+			if sh > 0 {
+				c = float32(math.Round(float64((v - m) / sh)))
+				c = min(max(c, 0), qmax)
+			}
+			r = c*sh + m
+		case GridSymmetric:
+			if sh > 0 {
+				c = float32(math.Round(float64(v / sh)))
+				c = min(max(c, -sqmax), sqmax)
+			}
+			r = c * sh
+			c += sqmax
+		case GridNormal:
+			k := q.nearest(0)
+			if sh > 0 {
+				k = q.nearest(v / sh)
+			}
+			c, r = float32(k), q.levels[k]*sh
+		}
+		d := float64(v - r)
+		e += d * d
+		if write {
+			codes[i], y[i] = uint8(c), r
+		}
+	}
+	return e
+}
+
+// decodeRow reconstructs one row (in the coded domain) from its codes and
+// its groups' scales (and minimums) as float32.
+func (q *quantizer) decodeRow(codes []uint8, scales, mins []float32, y []float32) {
 	g := q.cfg.Group
 	switch q.cfg.Grid {
 	case GridUniform:
 		for gi, lo := 0, 0; lo < len(y); gi, lo = gi+1, lo+g {
-			s, m := tensor.HalfToFloat(scales[gi]), tensor.HalfToFloat(mins[gi])
+			s, m := scales[gi], mins[gi]
 			for i := lo; i < min(lo+g, len(y)); i++ {
 				y[i] = float32(codes[i])*s + m
 			}
@@ -322,17 +423,95 @@ func (q *quantizer) decodeRow(codes []uint8, scales, mins []uint16, y []float32)
 	case GridSymmetric:
 		qmax := float32(int(1)<<(q.cfg.Bits-1) - 1)
 		for gi, lo := 0, 0; lo < len(y); gi, lo = gi+1, lo+g {
-			s := tensor.HalfToFloat(scales[gi])
+			s := scales[gi]
 			for i := lo; i < min(lo+g, len(y)); i++ {
 				y[i] = (float32(codes[i]) - qmax) * s
 			}
 		}
 	case GridNormal:
 		for gi, lo := 0, 0; lo < len(y); gi, lo = gi+1, lo+g {
-			s := tensor.HalfToFloat(scales[gi])
+			s := scales[gi]
 			for i := lo; i < min(lo+g, len(y)); i++ {
 				y[i] = q.levels[codes[i]] * s
 			}
 		}
+	}
+}
+
+// 8-bit group parameters (Config.S8). Each row stores an FP16 base scale
+// S (and, for GridUniform, an FP16 base M ≥ 0 for the minimums); group g
+// stores one byte k_g with s_g = S·2^(−k_g/ScaleStepsPerOctave) and, for
+// GridUniform, one byte j_g with m_g = M·(j_g − 127)/127.
+const ScaleStepsPerOctave = 32
+
+// s8Scale returns the scale of code k under base S.
+func s8Scale(base float32, k uint8) float32 {
+	return base * float32(math.Exp2(-float64(k)/ScaleStepsPerOctave))
+}
+
+// s8Min returns the minimum of code j under base M.
+func s8Min(base float32, j uint8) float32 {
+	return base * float32(int(j)-127) / 127
+}
+
+// roundUpHalf returns the smallest FP16 value ≥ v (v ≥ 0, finite).
+func roundUpHalf(v float32) uint16 {
+	h := tensor.FloatToHalf(v)
+	if tensor.HalfToFloat(h) < v && h < 0x7bff {
+		h++
+	}
+	return h
+}
+
+// requantS8 replaces a row's FP16 group parameters (from quantRow) by
+// 8-bit codes under per-row FP16 bases, and recodes every group with the
+// parameters a decoder will see. base gets S (and M); ks, js the group
+// codes; codes and y are rewritten.
+func (q *quantizer) requantS8(x []float32, scales, mins []uint16, base []uint16, ks, js []uint8, codes []uint8, y []float32) {
+	var S, M float32
+	for gi := range scales {
+		S = max(S, tensor.HalfToFloat(scales[gi]))
+		if q.cfg.Grid == GridUniform {
+			M = max(M, float32(math.Abs(float64(tensor.HalfToFloat(mins[gi])))))
+		}
+	}
+	base[0] = roundUpHalf(S)
+	Sb := tensor.HalfToFloat(base[0])
+	var Mb float32
+	if q.cfg.Grid == GridUniform {
+		base[1] = roundUpHalf(M)
+		Mb = tensor.HalfToFloat(base[1])
+	}
+	g := q.cfg.Group
+	for gi, lo := 0, 0; lo < len(x); gi, lo = gi+1, lo+g {
+		hi := min(lo+g, len(x))
+		s := tensor.HalfToFloat(scales[gi])
+		// The codes just below and above the group's scale (and minimum)
+		// are all tried: one may clip, another be coarser.
+		j := 127.0
+		if q.cfg.Grid == GridUniform && Mb > 0 {
+			j = float64(tensor.HalfToFloat(mins[gi])/Mb)*127 + 127
+		}
+		k := 255.0
+		if s > 0 && Sb > 0 {
+			k = -ScaleStepsPerOctave * math.Log2(float64(s/Sb))
+		}
+		best := math.Inf(1)
+		for _, jj := range bracket(j, 254) {
+			for _, kk := range bracket(k, 255) {
+				e := q.recodeGroup(x[lo:hi], s8Scale(Sb, kk), s8Min(Mb, jj), codes[lo:hi], y[lo:hi], false)
+				if e < best {
+					best, ks[gi] = e, kk
+					if js != nil {
+						js[gi] = jj
+					}
+				}
+			}
+		}
+		m := float32(0)
+		if js != nil {
+			m = s8Min(Mb, js[gi])
+		}
+		q.recodeGroup(x[lo:hi], s8Scale(Sb, ks[gi]), m, codes[lo:hi], y[lo:hi], true)
 	}
 }

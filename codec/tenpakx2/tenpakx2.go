@@ -175,6 +175,9 @@ func (c *Codec) Encode(w io.Writer, t tensor.Info, x []float32) error {
 func encodeInto(buf []byte, cfg Config, rows, cols int, x, imp []float32, seed uint32, workers int) {
 	q := newQuantizer(cfg, cols, seed)
 	buf[0], buf[1], buf[2], buf[3] = Version, byte(cfg.Grid), byte(cfg.Bits), 0
+	if cfg.S8 {
+		buf[3] = 1
+	}
 	le := binary.LittleEndian
 	le.PutUint32(buf[4:], uint32(cfg.Group))
 	le.PutUint32(buf[8:], uint32(rows))
@@ -196,11 +199,16 @@ func encodeInto(buf []byte, cfg Config, rows, cols int, x, imp []float32, seed u
 	}
 	ng := (cols + cfg.Group - 1) / cfg.Group
 	nsc := cfg.scalesPerGroup()
-	scaleBytes, codesBytes := p[:2*nsc*rows*ng], p[2*nsc*rows*ng:]
 	codes := make([]uint8, rows*cols)
-	scales := make([]uint16, nsc*rows*ng)
+	scales := make([]uint16, nsc*rows*ng) // FP16 per group
+	var bases []uint16                    // S8: FP16 per row
+	var g8 []uint8                        // S8: one byte per group parameter
+	if cfg.S8 {
+		bases, g8 = make([]uint16, nsc*rows), make([]uint8, nsc*rows*ng)
+	}
 	_ = par.For(rows, 1, max(1, (1<<15)/cols), workers, func(r0, r1 int) error {
 		row, y := make([]float32, cols), make([]float32, cols)
+		base := make([]uint16, 2)
 		for r := r0; r < r1; r++ {
 			copy(row, x[r*cols:(r+1)*cols])
 			q.rotate(row)
@@ -208,14 +216,36 @@ func encodeInto(buf []byte, cfg Config, rows, cols int, x, imp []float32, seed u
 			if nsc == 2 {
 				mins = scales[rows*ng+r*ng : rows*ng+(r+1)*ng]
 			}
-			q.quantRow(row, imp, codes[r*cols:(r+1)*cols], scales[r*ng:(r+1)*ng], mins, y)
+			rc := codes[r*cols : (r+1)*cols]
+			q.quantRow(row, imp, rc, scales[r*ng:(r+1)*ng], mins, y)
+			if cfg.S8 {
+				var js []uint8
+				if nsc == 2 {
+					js = g8[rows*ng+r*ng : rows*ng+(r+1)*ng]
+				}
+				q.requantS8(row, scales[r*ng:(r+1)*ng], mins, base, g8[r*ng:(r+1)*ng], js, rc, y)
+				bases[r] = base[0]
+				if nsc == 2 {
+					bases[rows+r] = base[1]
+				}
+			}
 		}
 		return nil
 	})
-	for i, s := range scales {
-		le.PutUint16(scaleBytes[2*i:], s)
+	if cfg.S8 {
+		for i, b := range bases {
+			le.PutUint16(p[2*i:], b)
+		}
+		p = p[2*len(bases):]
+		copy(p, g8)
+		p = p[len(g8):]
+	} else {
+		for i, s := range scales {
+			le.PutUint16(p[2*i:], s)
+		}
+		p = p[2*len(scales):]
 	}
-	packBits(codesBytes, codes, cfg.Bits)
+	packBits(p, codes, cfg.Bits)
 }
 
 // packBits writes the low b bits of each code, least significant bit
@@ -279,10 +309,10 @@ func parseHeader(p []byte, t tensor.Info, version uint16) (header, error) {
 		return h, fmt.Errorf("%w: tenpak_x_v2 payload of %d bytes is shorter than its header", codec.ErrCorrupt, len(p))
 	}
 	le := binary.LittleEndian
-	if p[0] != Version || p[3] != 0 {
-		return h, fmt.Errorf("%w: tenpak_x_v2 header version %d", codec.ErrCorrupt, p[0])
+	if p[0] != Version || p[3] > 1 {
+		return h, fmt.Errorf("%w: tenpak_x_v2 header version %d, scale format %d", codec.ErrCorrupt, p[0], p[3])
 	}
-	h.cfg = Config{Grid: Grid(p[1]), Bits: int(p[2]), Group: int(le.Uint32(p[4:]))}
+	h.cfg = Config{Grid: Grid(p[1]), Bits: int(p[2]), Group: int(le.Uint32(p[4:])), S8: p[3] == 1}
 	if err := h.cfg.Valid(); err != nil {
 		return h, fmt.Errorf("%w: %v", codec.ErrCorrupt, err)
 	}
@@ -341,19 +371,34 @@ func (c *Codec) Decode(dst []float32, payload []byte, t tensor.Info, version uin
 	}
 	ng := (cols + cfg.Group - 1) / cfg.Group
 	nsc := cfg.scalesPerGroup()
-	scaleBytes, codesBytes := p[:2*nsc*rows*ng], p[2*nsc*rows*ng:]
+	var params, codesBytes []byte
+	if cfg.S8 {
+		params, codesBytes = p[:nsc*(2*rows+rows*ng)], p[nsc*(2*rows+rows*ng):]
+	} else {
+		params, codesBytes = p[:2*nsc*rows*ng], p[2*nsc*rows*ng:]
+	}
 	return par.For(rows, 1, max(1, (1<<15)/cols), c.workers, func(r0, r1 int) error {
 		codes := make([]uint8, cols)
-		sc := make([]uint16, ng)
-		var mins []uint16
-		if nsc == 2 {
-			mins = make([]uint16, ng)
-		}
+		sc, mins := make([]float32, ng), make([]float32, ng)
 		for r := r0; r < r1; r++ {
-			for i := range sc {
-				sc[i] = le.Uint16(scaleBytes[2*(r*ng+i):])
-				if mins != nil {
-					mins[i] = le.Uint16(scaleBytes[2*(rows*ng+r*ng+i):])
+			if cfg.S8 {
+				g8 := params[2*nsc*rows:]
+				S := tensor.HalfToFloat(le.Uint16(params[2*r:]))
+				for i := range sc {
+					sc[i] = s8Scale(S, g8[r*ng+i])
+				}
+				if nsc == 2 {
+					M := tensor.HalfToFloat(le.Uint16(params[2*(rows+r):]))
+					for i := range mins {
+						mins[i] = s8Min(M, g8[rows*ng+r*ng+i])
+					}
+				}
+			} else {
+				for i := range sc {
+					sc[i] = tensor.HalfToFloat(le.Uint16(params[2*(r*ng+i):]))
+					if nsc == 2 {
+						mins[i] = tensor.HalfToFloat(le.Uint16(params[2*(rows*ng+r*ng+i):]))
+					}
 				}
 			}
 			unpackBits(codes, codesBytes, int64(r)*int64(cols)*int64(cfg.Bits), cfg.Bits)
@@ -388,6 +433,7 @@ func Distortions(x []float32, cols int, imp []float32, cfgs []Config, seed uint3
 		q := newQuantizer(cfg, cols, DefaultSeed^seed)
 		ng := (cols + cfg.Group - 1) / cfg.Group
 		scales, mins := make([]uint16, ng), make([]uint16, ng)
+		ks, js, base := make([]uint8, ng), make([]uint8, ng), make([]uint16, 2)
 		w := imp
 		if cfg.Grid == GridNormal {
 			w = nil
@@ -397,6 +443,9 @@ func Distortions(x []float32, cols int, imp []float32, cfgs []Config, seed uint3
 			copy(row, src)
 			q.rotate(row)
 			q.quantRow(row, w, codes, scales, mins, y)
+			if cfg.S8 {
+				q.requantS8(row, scales, mins, base, ks, js, codes, y)
+			}
 			q.unrotate(y)
 			out[k] += sqerr(src, y, imp)
 		}

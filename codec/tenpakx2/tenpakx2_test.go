@@ -3,6 +3,7 @@ package tenpakx2
 import (
 	"bytes"
 	"errors"
+	"flag"
 	"math"
 	"testing"
 
@@ -15,13 +16,19 @@ func allConfigs(cols int) []Config {
 	var out []Config
 	for _, g := range []int{32, 64, 128} {
 		for _, b := range []int{1, 2, 3, 4, 5, 6, 8} {
-			out = append(out, Config{GridUniform, b, g})
+			out = append(out, Config{GridUniform, b, g, false})
 		}
 		for _, b := range []int{2, 4, 8} {
-			out = append(out, Config{GridSymmetric, b, g})
+			out = append(out, Config{GridSymmetric, b, g, false})
 		}
 		for b := 1; b <= MaxNormalBits; b++ {
-			out = append(out, Config{GridNormal, b, g})
+			out = append(out, Config{GridNormal, b, g, false})
+		}
+		for _, b := range []int{2, 4, 6, 8} {
+			out = append(out, Config{GridUniform, b, g, true}, Config{GridSymmetric, b, g, true})
+		}
+		for b := 1; b <= MaxNormalBits; b++ {
+			out = append(out, Config{GridNormal, b, g, true})
 		}
 	}
 	return append(out, Config{Grid: GridHalf, Bits: 16})
@@ -35,7 +42,7 @@ func TestRoundTrip(t *testing.T) {
 		rows, cols := sh[0], sh[1]
 		x := numtest.Realistic().Matrix(numtest.NewRand(uint64(rows)), rows, cols)
 		info := numtest.Info("w", rows, cols)
-		prev := map[[2]int]float64{}
+		prev := map[[3]int]float64{}
 		for _, cfg := range allConfigs(cols) {
 			c := NewPlanned(map[string]Config{"w": cfg}, nil, "")
 			res, payload, y, err := numtest.RoundTrip(c, info, x)
@@ -62,7 +69,7 @@ func TestRoundTrip(t *testing.T) {
 				}
 				continue
 			}
-			k := [2]int{int(cfg.Grid), cfg.Group}
+			k := [3]int{int(cfg.Grid), cfg.Group, map[bool]int{false: 0, true: 1}[cfg.S8]}
 			if p, ok := prev[k]; ok && res.SQNR < p+3 && res.SQNR < 60 {
 				t.Errorf("%v %s: SQNR %.2f dB, not ≥3 dB above the previous bit depth's %.2f", sh, cfg, res.SQNR, p)
 			}
@@ -101,7 +108,7 @@ func TestGridDataIsExact(t *testing.T) {
 	for _, tc := range []struct {
 		x   []float32
 		cfg Config
-	}{{q41, Config{GridUniform, 4, 32}}, {q80, Config{GridSymmetric, 8, 32}}} {
+	}{{q41, Config{GridUniform, 4, 32, false}}, {q80, Config{GridSymmetric, 8, 32, false}}} {
 		c := NewPlanned(map[string]Config{"w": tc.cfg}, nil, "")
 		_, _, y, err := numtest.RoundTrip(c, numtest.Info("w", rows, cols), tc.x)
 		if err != nil {
@@ -123,7 +130,7 @@ func TestGridDataIsExact(t *testing.T) {
 // rotation keeps the sum of squares.
 func TestRotationIsOrthogonal(t *testing.T) {
 	for _, cols := range []int{16, 96, 576, 1536, 5632} {
-		q := newQuantizer(Config{GridNormal, 3, 64}, cols, 9)
+		q := newQuantizer(Config{GridNormal, 3, 64, false}, cols, 9)
 		if q.hblk == 0 || cols%q.hblk != 0 {
 			t.Fatalf("cols %d: Hadamard block %d", cols, q.hblk)
 		}
@@ -197,7 +204,7 @@ func TestImportanceWeighting(t *testing.T) {
 		}
 	}
 	info := numtest.Info("w", rows, cols)
-	cfg := Config{GridUniform, 2, 32}
+	cfg := Config{GridUniform, 2, 32, false}
 	weighted := func(c *Codec) float64 {
 		_, _, y, err := numtest.RoundTrip(c, info, x)
 		if err != nil {
@@ -222,7 +229,7 @@ func TestDeterministicAcrossWorkers(t *testing.T) {
 	x := numtest.Realistic().Matrix(numtest.NewRand(2), rows, cols)
 	var first []byte
 	for _, w := range []int{1, 2, 5} {
-		c := NewPlanned(map[string]Config{"w": {GridNormal, 3, 64}}, nil, "")
+		c := NewPlanned(map[string]Config{"w": {GridNormal, 3, 64, false}}, nil, "")
 		c.SetWorkers(w)
 		var buf bytes.Buffer
 		if err := c.Encode(&buf, numtest.Info("w", rows, cols), x); err != nil {
@@ -240,7 +247,7 @@ func TestCorruptPayloads(t *testing.T) {
 	rows, cols := 4, 64
 	x := numtest.Realistic().Matrix(numtest.NewRand(2), rows, cols)
 	info := numtest.Info("w", rows, cols)
-	c := NewPlanned(map[string]Config{"w": {GridNormal, 2, 32}}, nil, "")
+	c := NewPlanned(map[string]Config{"w": {GridNormal, 2, 32, false}}, nil, "")
 	var buf bytes.Buffer
 	if err := c.Encode(&buf, info, x); err != nil {
 		t.Fatal(err)
@@ -259,7 +266,7 @@ func TestCorruptPayloads(t *testing.T) {
 		"wrong cols":     mut(func(p []byte) []byte { p[12] = 65; return p }),
 		"bad hadamard":   mut(func(p []byte) []byte { p[16] = 3; return p }),
 		"NaN level":      mut(func(p []byte) []byte { copy(p[HeaderSize:], []byte{0, 0, 0xc0, 0x7f}); return p }),
-		"reserved byte":  mut(func(p []byte) []byte { p[3] = 1; return p }),
+		"scale format":   mut(func(p []byte) []byte { p[3] = 2; return p }),
 		"group too big":  mut(func(p []byte) []byte { p[6] = 0xff; return p }),
 		"bits too large": mut(func(p []byte) []byte { p[2] = 6; return p }),
 	}
@@ -289,13 +296,13 @@ func TestUnsupportedShapes(t *testing.T) {
 }
 
 func TestParseConfig(t *testing.T) {
-	for _, s := range []string{"uniform:4/32", "normal:2/128", "symmetric:8/32", "f16"} {
+	for _, s := range []string{"uniform:4/32", "normal:2/128", "symmetric:8/32", "f16", "uniform:4/32s8", "normal:3/64s8"} {
 		c, err := ParseConfig(s)
 		if err != nil || c.String() != s {
 			t.Errorf("ParseConfig(%q) = %v, %v", s, c, err)
 		}
 	}
-	for _, s := range []string{"", "uniform", "uniform:9/32", "normal:6/32", "bogus:4/32", "uniform:4/0"} {
+	for _, s := range []string{"", "uniform", "uniform:9/32", "normal:6/32", "bogus:4/32", "uniform:4/0", "f16s8", "uniform:4/s8"} {
 		if _, err := ParseConfig(s); err == nil {
 			t.Errorf("ParseConfig(%q) accepted", s)
 		}
@@ -303,7 +310,8 @@ func TestParseConfig(t *testing.T) {
 }
 
 func FuzzDecode(f *testing.F) {
-	for _, cfg := range []Config{{GridUniform, 3, 32}, {GridNormal, 2, 16}, {GridSymmetric, 8, 32}, {Grid: GridHalf, Bits: 16}} {
+	for _, cfg := range []Config{{GridUniform, 3, 32, false}, {GridNormal, 2, 16, false}, {GridSymmetric, 8, 32, false}, {Grid: GridHalf, Bits: 16},
+		{GridUniform, 4, 16, true}, {GridNormal, 3, 16, true}} {
 		for _, sh := range [][2]int{{1, 16}, {2, 32}, {3, 40}} {
 			x := numtest.Weights{}.Matrix(numtest.NewRand(1), sh[0], sh[1])
 			c := NewPlanned(map[string]Config{"seed": cfg}, nil, "")
@@ -321,4 +329,21 @@ func FuzzDecode(f *testing.F) {
 			t.Errorf("Decode accepted a payload for an empty %d×%d tensor", rows, cols)
 		}
 	})
+}
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+// TestGolden pins the exact payload bytes of a tiny matrix under each grid.
+func TestGolden(t *testing.T) {
+	x := numtest.Realistic().Matrix(numtest.NewRand(11), 3, 32)
+	var all []byte
+	for _, cfg := range []Config{{GridUniform, 3, 16, false}, {GridSymmetric, 8, 32, false}, {GridNormal, 2, 16, false}, {Grid: GridHalf, Bits: 16},
+		{GridUniform, 4, 16, true}, {GridSymmetric, 6, 16, true}, {GridNormal, 3, 16, true}} {
+		var buf bytes.Buffer
+		if err := NewPlanned(map[string]Config{"w": cfg}, nil, "").Encode(&buf, numtest.Info("w", 3, 32), x); err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, buf.Bytes()...)
+	}
+	numtest.Golden(t, "testdata/tiny.golden", all, *update)
 }

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -41,7 +42,8 @@ const defaultCodecs = "tenpak_x_v1,tenpak_x_v1:group=128,int8,int4:group=32,int4
 
 func main() {
 	label := flag.String("label", "", "model label for the table (default: the path)")
-	layers := flag.String("layers", "all", "tensors to measure: all, mlp, attn")
+	layers := flag.String("layers", "all", "tensors to measure: all, mlp, attn, weights, none")
+	include := flag.String("include", "", "also measure tensors whose name matches this regular expression (with -layers none: only those)")
 	codecs := flag.String("codecs", defaultCodecs, "codecs to measure")
 	header := flag.Bool("header", false, "print the markdown table header first")
 	flag.Parse()
@@ -49,7 +51,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: weightspace [flags] MODEL")
 		os.Exit(2)
 	}
-	if err := run(flag.Arg(0), *label, *layers, *codecs, *header); err != nil {
+	if err := run(flag.Arg(0), *label, *layers, *include, *codecs, *header); err != nil {
 		fmt.Fprintln(os.Stderr, "weightspace:", err)
 		os.Exit(1)
 	}
@@ -99,7 +101,7 @@ func parseCodecs(s string) ([]spec, error) {
 	return out, nil
 }
 
-func run(path, label, layers, codecs string, header bool) error {
+func run(path, label, layers, include, codecs string, header bool) error {
 	specs, err := parseCodecs(codecs)
 	if err != nil {
 		return err
@@ -109,6 +111,11 @@ func run(path, label, layers, codecs string, header bool) error {
 		return err
 	}
 	sel := stream.Selector{Layers: l}
+	if include != "" {
+		if sel.Include, err = regexp.Compile(include); err != nil {
+			return err
+		}
+	}
 	src, err := convert.OpenSource(path)
 	if err != nil {
 		return err

@@ -14,6 +14,7 @@ import (
 )
 
 func rateOpts(r *convert.RateOptions, workers int) convert.CompressOptions {
+	r.SampleRows = 8 // a small sample keeps the race-detector run short
 	return convert.CompressOptions{
 		Options:  stream.Options{Workers: workers, MaxMemory: 64 << 20},
 		Selector: stream.Selector{Layers: stream.LayersWeights},
@@ -38,7 +39,11 @@ func TestRateHitsBudget(t *testing.T) {
 			t.Fatal(err)
 		}
 		prevErr := 2.0
-		for _, bpw := range []float64{2.5, 3, 4, 6} {
+		budgets := []float64{2.5, 4, 6}
+		if kind == "gguf" {
+			budgets = []float64{3}
+		}
+		for _, bpw := range budgets {
 			out := filepath.Join(dir, "m.tpk")
 			rep, err := convert.CompressFile(context.Background(), in, out, func() convert.CompressOptions {
 				o := rateOpts(&convert.RateOptions{BPW: bpw}, 2)

@@ -21,6 +21,7 @@ type convFlags struct {
 	noStats                         *bool
 	maxMem                          sizeFlag
 	bpw                             *float64
+	sampleRows                      *int
 	targetSize                      sizeFlag
 	set                             map[string]bool
 }
@@ -37,6 +38,7 @@ func addConvFlags(fs *flag.FlagSet, workersDoc, memDoc string) *convFlags {
 	f.workers = fs.Int("workers", runtime.NumCPU(), workersDoc)
 	fs.Var(&f.maxMem, "max-memory", memDoc)
 	f.noStats = fs.Bool("no-stats", false, "skip measuring reconstruction error (saves one decode per tensor)")
+	f.sampleRows = fs.Int("sample-rows", 0, "rows per tensor that --bpw/--target-size code with every candidate grid to estimate its error (default: enough for 32768 weights, 16-128 rows)")
 	f.bpw = fs.Float64("bpw", 0, "make the whole output file this many bits per parameter (e.g. 3 or 4.5): tenpak_x_v2 with rate control over every weight matrix, embeddings and output head included")
 	return f
 }
@@ -74,7 +76,10 @@ func (f *convFlags) rate() (*convert.RateOptions, error) {
 	if !f.set["layers"] {
 		*f.layers = string(stream.LayersWeights)
 	}
-	return &convert.RateOptions{BPW: bpw, TargetBytes: size}, nil
+	if *f.sampleRows < 0 {
+		return nil, errUsage{errors.New("--sample-rows must not be negative")}
+	}
+	return &convert.RateOptions{BPW: bpw, TargetBytes: size, SampleRows: *f.sampleRows}, nil
 }
 
 // build validates the flags and returns the codec, its options, the tensor

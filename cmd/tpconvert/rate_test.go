@@ -14,7 +14,7 @@ import (
 func TestBPWFlags(t *testing.T) {
 	dir, in := fixture(t)
 	out := filepath.Join(dir, "m.tpk")
-	code, stdout, stderr := runCLI(t, in, "--bpw", "3", "-o", out)
+	code, stdout, stderr := runCLI(t, in, "--bpw", "3", "--sample-rows", "8", "-o", out)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -61,11 +61,12 @@ func TestBPWFlags(t *testing.T) {
 		{[]string{"--bpw", "-2"}, 2, "--bpw"},
 		{[]string{"--bpw", "NaN"}, 2, "--bpw"},
 		{[]string{"--target-size", "-5"}, 2, "target-size"},
+		{[]string{"--bpw", "3", "--sample-rows", "-1"}, 2, "sample-rows"},
 		{[]string{"--bpw", "0.2"}, 1, "smallest file"},
 		{[]string{"--target-size", "10KiB"}, 1, "smallest file"},
 	} {
 		o := filepath.Join(dir, "bad.tpk")
-		code, _, stderr := runCLI(t, append([]string{in, "-o", o}, c.args...)...)
+		code, _, stderr := runCLI(t, append([]string{in, "-o", o, "--sample-rows", "4"}, c.args...)...)
 		if code != c.code || !strings.Contains(stderr, c.msg) {
 			t.Errorf("%v: exit %d, stderr %q; want exit %d mentioning %q", c.args, code, stderr, c.code, c.msg)
 		}

@@ -2,7 +2,8 @@
 # The quality benchmark in one command: prepare the environment
 # (tools/bench/setup.sh), then run tools/bench/run.py, which writes the
 # benchmark section of BENCHMARKS.md, tools/bench/results.json and
-# docs/rd-plot.png. Arguments are passed to run.py (e.g. --full, --windows N).
+# docs/rd-plot.png, then tools/bench/fp32_weights.py (its own section of
+# BENCHMARKS.md and tools/bench/fp32_results.json). Arguments are passed to run.py (e.g. --full, --windows N).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -14,6 +15,10 @@ bash "$here/setup.sh"
 t1=$(date +%s)
 cd "$repo"
 "$venv/bin/python" "$here/run.py" --install-seconds "$((t1 - t0))" --command "tools/bench/run.sh${*:+ $*}" "$@"
+# Weight space on full-precision weights (all-MiniLM-L6-v2 FP32) against
+# llama.cpp's block quantizers: its own section of BENCHMARKS.md.
+go build -o bin/weightspace ./tools/weightspace
+"$venv/bin/python" "$here/fp32_weights.py"
 t2=$(date +%s)
 
 mmss() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }

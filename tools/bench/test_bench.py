@@ -306,3 +306,72 @@ def test_duplicates():
     got = m.duplicates([("a", 1), ("b", 2), ("c", 1), ("d", 3), ("e", 2), ("f", 1)])
     assert got == [["a", "c", "f"], ["b", "e"]]
     assert m.duplicates([("a", 1), ("b", 2)]) == []
+
+
+# ---------------------------------------------------------------- tenpak_x_v2 rows
+
+import fp32_weights as fw  # noqa: E402
+import run as R  # noqa: E402
+
+
+def _row(name, family, nbytes, bpp, kl, ppl, se):
+    q = {"kl_mean": kl, "ppl": ppl, "ppl_se": se}
+    return {"name": name, "family": family, "bytes": nbytes, "bpp": bpp, "q": {"a.txt": dict(q), "b.txt": dict(q)}}
+
+
+class TestV2Comparison:
+    def test_dominance_rules(self):
+        rows = [
+            _row("Q4_0", "llama.cpp", 100, 5.5, 0.2, 30.0, 1.0),
+            _row(R.v2_name("Q4_0"), R.V2, 99, 5.4, 0.1, 29.0, 1.0),
+            # larger file: not dominating even with better quality
+            _row("Q3_K_M", "llama.cpp", 100, 5.6, 0.2, 30.0, 1.0),
+            _row(R.v2_name("Q3_K_M"), R.V2, 101, 5.7, 0.1, 29.0, 1.0),
+            # at 6+ bits a perplexity within one standard error is allowed
+            _row("Q6_K", "llama.cpp", 100, 8.2, 0.01, 30.0, 1.0),
+            _row(R.v2_name("Q6_K"), R.V2, 100, 8.2, 0.005, 30.9, 1.0),
+            # below 6 bits it is not
+            _row("Q2_K", "llama.cpp", 100, 5.2, 0.3, 30.0, 1.0),
+            _row(R.v2_name("Q2_K"), R.V2, 90, 5.0, 0.1, 30.5, 1.0),
+            # equal KL is not lower
+            _row("Q8_0", "llama.cpp", 100, 8.6, 0.004, 30.0, 1.0),
+            _row(R.v2_name("Q8_0"), R.V2, 100, 8.6, 0.004, 29.0, 1.0),
+        ]
+        got = {d["type"]: d["dominates"] for d in R.v2_comparison(rows)}
+        assert got == {"Q4_0": True, "Q3_K_M": False, "Q6_K": True, "Q2_K": False, "Q8_0": False}
+
+    def test_missing_partner_is_skipped(self):
+        rows = [_row("Q4_0", "llama.cpp", 100, 5.5, 0.2, 30.0, 1.0)]
+        assert R.v2_comparison(rows) == []
+
+
+class TestFP32Weights:
+    def test_splice_inserts_then_replaces(self):
+        doc = "# Benchmarks\n\ntext\n"
+        a = fw.splice(doc, fw.BEGIN + "\none\n" + fw.END)
+        assert a.count(fw.BEGIN) == 1 and "one" in a and a.startswith("# Benchmarks")
+        b = fw.splice(a, fw.BEGIN + "\ntwo\n" + fw.END)
+        assert b.count(fw.BEGIN) == 1 and "two" in b and "one" not in b and "text" in b
+
+    def test_weightspace_table_is_parsed(self, tmp_path):
+        tool = tmp_path / "ws"
+        tool.write_text(
+            "#!/bin/sh\n"
+            "echo '| model | tensors | weights | codec | bits/weight | SQNR dB | Gaussian bound dB | encode s |'\n"
+            "echo '|---|---|---:|---|---:|---:|---:|---:|'\n"
+            "echo '| m | 6 (6×F32) | 100 | tenpak_x_v2:bpw=4.5 | 4.494 | 22.61 | 27.06 | 1.9 |'\n"
+            "echo '| m | 6 (6×F32) | 100 | tenpak_x_v2:bpw=2.625 | 2.615 | 11.47 | 15.75 | 1.8 |'\n"
+        )
+        tool.chmod(0o755)
+        got = fw.weightspace(tool, tmp_path / "model", "x", [4.5, 2.625])
+        assert got[4.5] == {"bpw": 4.494, "sqnr_db": 22.61, "encode_s": 1.9}
+        assert got[2.625]["sqnr_db"] == 11.47
+
+    def test_render_marks_losses(self):
+        res = {"tensors": ["a", "b"], "shape": [2, 256], "elements": 1024, "model": "x", "date": "today", "rows": [
+            {"type": "Q4_K", "bpw": 4.5, "sqnr_db": 22.0, "v2_bpw": 4.49, "v2_sqnr_db": 22.5, "bound_db": 27.1, "v2_better": True},
+            {"type": "Q6_K", "bpw": 6.56, "sqnr_db": 34.0, "v2_bpw": 6.5, "v2_sqnr_db": 33.0, "bound_db": 39.5, "v2_better": False},
+        ]}
+        md = fw.render(res)
+        assert md.startswith(fw.BEGIN) and md.endswith(fw.END)
+        assert "| Q6_K |" in md and "**no**" in md and "against 1 of 2 types" in md

@@ -94,7 +94,7 @@ func seedTPK(tb testing.TB, kind formats.Kind) []byte {
 			tb.Fatal(err)
 		}
 	}
-	for _, c := range []string{"none", "f16", "bf16", "int8", "int4", "tenpak_x_v1"} {
+	for _, c := range []string{"none", "f16", "bf16", "int8", "int4", "tenpak_x_v1", "tenpak_x_v2"} {
 		add("w."+c, tensor.F32, []int64{4, 8}, c, false, x)
 	}
 	add("conv.int4", tensor.F32, []int64{8, 4}, "int4", true, x)

@@ -153,18 +153,45 @@ func squares(g []float32) []float32 {
 	return out
 }
 
-// rowPower returns, per row j of W (rows×len(imp)), Σ_c W[j,c]²·imp[c].
-func rowPower(w []float32, imp []float32) []float64 {
-	n := len(imp)
-	out := make([]float64, len(w)/n)
+// rowPower returns, per row j of the named matrix W (rows × len(imp)
+// columns), Σ_c W[j,c]²·imp[c]. It decodes one row at a time, so its
+// memory is one row whatever the size of W; ok is false if the tensor is
+// missing, not such a matrix, or holds non-finite values.
+func (l *loader) rowPower(name string, imp []float32) (out []float64, ok bool) {
+	i, found := l.index[name]
+	if !found || cols(l, name) != len(imp) {
+		return nil, false
+	}
+	t := l.src.Tensors()[i]
+	if !tensor.CanDecode(t.DType) {
+		return nil, false
+	}
+	b, err := l.src.Bytes(i)
+	if err != nil {
+		return nil, false
+	}
+	defer l.src.Release(i)
+	rows, n := int(t.Shape[0]), len(imp)
+	if rows <= 0 || len(b)%rows != 0 {
+		return nil, false
+	}
+	rb := len(b) / rows
+	row := make([]float32, n)
+	out = make([]float64, rows)
 	for j := range out {
+		if tensor.ToFloat32(row, t.DType, b[j*rb:(j+1)*rb]) != nil {
+			return nil, false
+		}
 		var s float64
-		for c, v := range w[j*n : (j+1)*n] {
+		for c, v := range row {
 			s += float64(v) * float64(v) * float64(imp[c])
+		}
+		if math.IsNaN(s) || math.IsInf(s, 0) {
+			return nil, false
 		}
 		out[j] = s
 	}
-	return out
+	return out, true
 }
 
 func layerImportance(l *loader, p string, r roles, out map[string][]float32) {
@@ -175,8 +202,7 @@ func layerImportance(l *loader, p string, r roles, out map[string][]float32) {
 				out[p+name] = imp
 			}
 		}
-		if v, _, ok := l.load(p + r.v); ok && cols(l, p+r.v) == len(imp) {
-			pw := rowPower(v, imp)
+		if pw, ok := l.rowPower(p+r.v, imp); ok {
 			var mean float64
 			for _, x := range pw {
 				mean += x
@@ -198,10 +224,9 @@ func layerImportance(l *loader, p string, r roles, out map[string][]float32) {
 				out[p+name] = imp
 			}
 		}
-		gw, _, ok1 := l.load(p + r.gate)
-		uw, _, ok2 := l.load(p + r.up)
-		if ok1 && ok2 && cols(l, p+r.gate) == len(imp) && cols(l, p+r.up) == len(imp) && len(gw) == len(uw) {
-			sa, sb := rowPower(gw, imp), rowPower(uw, imp)
+		sa, ok1 := l.rowPower(p+r.gate, imp)
+		sb, ok2 := l.rowPower(p+r.up, imp)
+		if ok1 && ok2 && len(sa) == len(sb) {
 			if cols(l, p+r.down) == len(sa) {
 				d := make([]float32, len(sa))
 				for j := range d {

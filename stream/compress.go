@@ -86,13 +86,7 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 		o.Codec = c
 	}
 	infos := src.Tensors()
-	var order []string
-	if io, ok := src.(infoOrderer); ok {
-		order = io.InfoOrder()
-		if sameOrder(order, infos) {
-			order = nil
-		}
-	}
+	order := ggufInfoOrder(src, infos)
 	w, err := tpk.NewWriter(out, src.Meta(), order)
 	if err != nil {
 		return nil, err
@@ -176,13 +170,7 @@ func tensorParams(c codec.Codec, t tensor.Info) string {
 // from a whole-file budget. It reads no tensor data.
 func Overhead(src formats.Source, c codec.Codec, sel func(tensor.Info) bool) (int64, error) {
 	infos := src.Tensors()
-	var order []string
-	if io, ok := src.(infoOrderer); ok {
-		order = io.InfoOrder()
-		if sameOrder(order, infos) {
-			order = nil
-		}
-	}
+	order := ggufInfoOrder(src, infos)
 	var cw countWriter
 	w, err := tpk.NewWriter(&cw, src.Meta(), order)
 	if err != nil {
@@ -215,6 +203,17 @@ func Overhead(src formats.Source, c codec.Codec, sel func(tensor.Info) bool) (in
 type countWriter struct{ n int64 }
 
 func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
+
+// ggufInfoOrder returns a GGUF source's tensor-info order when it differs
+// from the data order of infos, else nil.
+func ggufInfoOrder(src formats.Source, infos []tensor.Info) []string {
+	if io, ok := src.(infoOrderer); ok {
+		if order := io.InfoOrder(); !sameOrder(order, infos) {
+			return order
+		}
+	}
+	return nil
+}
 
 func sameOrder(order []string, infos []tensor.Info) bool {
 	if len(order) != len(infos) {

@@ -18,6 +18,7 @@ import (
 	"github.com/tpconvert/tpconvert/fixtures/gen"
 	"github.com/tpconvert/tpconvert/formats/tpk"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/internal/tmpfs"
 	"github.com/tpconvert/tpconvert/stream"
 	"github.com/tpconvert/tpconvert/tensor"
 )
@@ -156,35 +157,16 @@ func TestRestoreDiskFull(t *testing.T) {
 	}
 }
 
-// tmpfsMount mounts a tmpfs of size bytes on a fresh directory for the
-// test. It skips the test where mounting is impossible (not root, or a
-// container without CAP_SYS_ADMIN); the injected-writer tests above cover
-// the same code paths everywhere.
 func tmpfsMount(t *testing.T, size int) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a size-limited tmpfs needs root (TestCompressDiskFull and TestRestoreDiskFull inject the error instead)")
-	}
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size="+strconv.Itoa(size)); err != nil {
-		t.Skipf("cannot mount a tmpfs on %s: %v (TestCompressDiskFull and TestRestoreDiskFull inject the error instead)", dir, err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
-	return dir
+	return tmpfs.Mount(t, size, " (TestCompressDiskFull and TestRestoreDiskFull inject the error instead)")
 }
 
 // tmpfsUsed returns the bytes in use on the file system holding dir.
 func tmpfsUsed(t *testing.T, dir string) int64 {
 	t.Helper()
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
-		t.Fatal(err)
-	}
-	return int64(st.Blocks-st.Bfree) * st.Bsize
+	used, _ := tmpfs.Stat(t, dir)
+	return used
 }
 
 // TestDiskFullTmpfs fills a real 2 MiB file system: a compression, a

@@ -117,8 +117,7 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 		if err != nil {
 			return encoded{}, err
 		}
-		e := tpk.Entry{Name: t.Name, DType: t.DType, Shape: t.Shape, SourceFile: t.File, SourceSize: t.Size,
-			Codec: "none", CodecID: codec.IDNone, CodecVersion: 1}
+		e := rawEntry(t)
 		if !selected[i] {
 			return encoded{payload: b, entry: e}, nil
 		}
@@ -153,6 +152,13 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 	return results, nil
 }
 
+// rawEntry is t's record entry when it is stored unchanged (the none
+// codec); a lossy codec overwrites the codec fields.
+func rawEntry(t tensor.Info) tpk.Entry {
+	return tpk.Entry{Name: t.Name, DType: t.DType, Shape: t.Shape, SourceFile: t.File, SourceSize: t.Size,
+		Codec: "none", CodecID: codec.IDNone, CodecVersion: 1}
+}
+
 // tensorParams returns the parameters recorded for t: the codec's
 // per-tensor choice if it makes one (codec.TensorParamser), else its
 // Params.
@@ -178,8 +184,7 @@ func Overhead(src formats.Source, c codec.Codec, sel func(tensor.Info) bool) (in
 	}
 	var raw int64
 	for _, t := range infos {
-		e := tpk.Entry{Name: t.Name, DType: t.DType, Shape: t.Shape, SourceFile: t.File, SourceSize: t.Size,
-			Codec: "none", CodecID: codec.IDNone, CodecVersion: 1}
+		e := rawEntry(t)
 		if sel != nil && sel(t) {
 			e.Codec, e.CodecID, e.CodecVersion, e.Params = c.Name(), c.ID(), c.Version(), tensorParams(c, t)
 			// The longest statistics JSON can hold.

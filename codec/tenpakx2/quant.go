@@ -202,16 +202,7 @@ func (q *quantizer) uniformGroup(x, w []float32, codes []uint8, y []float32, tmp
 		if s < 0 || math.IsInf(float64(s), 0) || math.IsNaN(float64(s)) || math.IsInf(float64(m), 0) || math.IsNaN(float64(m)) {
 			return false
 		}
-		for i, v := range x {
-			k := float32(0)
-			if s > 0 {
-				k = float32(math.Round(float64((v - m) / s)))
-				k = min(max(k, 0), qmax)
-			}
-			tmpc[i] = uint8(k)
-			tmpy[i] = k*s + m
-		}
-		if e := sqerr(x, tmpy, w); e < best {
+		if e := q.recodeGroup(x, w, s, m, tmpc, tmpy, true); e < best {
 			best, bs, bm = e, s16, m16
 			copy(codes, tmpc)
 			copy(y, tmpy)
@@ -277,16 +268,7 @@ func (q *quantizer) symmetricGroup(x, w []float32, codes []uint8, y []float32, t
 		if s < 0 || math.IsInf(float64(s), 0) || math.IsNaN(float64(s)) {
 			return false
 		}
-		for i, v := range x {
-			k := float32(0)
-			if s > 0 {
-				k = float32(math.Round(float64(v / s)))
-				k = min(max(k, -qmax), qmax)
-			}
-			tmpc[i] = uint8(int(k + qmax))
-			tmpy[i] = k * s
-		}
-		if e := sqerr(x, tmpy, w); e < best {
+		if e := q.recodeGroup(x, w, s, 0, tmpc, tmpy, true); e < best {
 			best, bs = e, s16
 			copy(codes, tmpc)
 			copy(y, tmpy)
@@ -327,18 +309,7 @@ func (q *quantizer) normalGroup(x []float32, codes []uint8, y []float32, tmpc []
 	best := math.Inf(1)
 	var bs uint16
 	try := func(s16 uint16) {
-		s := tensor.HalfToFloat(s16)
-		for i, v := range x {
-			k := 0
-			if s > 0 {
-				k = q.nearest(v / s)
-			} else {
-				k = q.nearest(0)
-			}
-			tmpc[i] = uint8(k)
-			tmpy[i] = q.levels[k] * s
-		}
-		if e := sqerr(x, tmpy, nil); e < best {
+		if e := q.recodeGroup(x, nil, tensor.HalfToFloat(s16), 0, tmpc, tmpy, true); e < best {
 			best, bs = e, s16
 			copy(codes, tmpc)
 			copy(y, tmpy)
@@ -371,8 +342,9 @@ func bracket(v float64, hi float64) []uint8 {
 }
 
 // recodeGroup codes x with scale sh (and minimum m) and returns the
-// squared error; codes and y are written only if write is set.
-func (q *quantizer) recodeGroup(x []float32, sh, m float32, codes []uint8, y []float32, write bool) float64 {
+// squared error, each weight's weighted by w when w is not nil; codes and
+// y are written only if write is set.
+func (q *quantizer) recodeGroup(x, w []float32, sh, m float32, codes []uint8, y []float32, write bool) float64 {
 	var e float64
 	qmax := float32(int(1)<<q.cfg.Bits - 1)
 	sqmax := float32(int(1)<<(q.cfg.Bits-1) - 1)
@@ -400,7 +372,11 @@ func (q *quantizer) recodeGroup(x []float32, sh, m float32, codes []uint8, y []f
 			c, r = float32(k), q.levels[k]*sh
 		}
 		d := float64(v - r)
-		e += d * d
+		if w == nil {
+			e += d * d
+		} else {
+			e += float64(w[i]) * d * d
+		}
 		if write {
 			codes[i], y[i] = uint8(c), r
 		}
@@ -499,7 +475,7 @@ func (q *quantizer) requantS8(x []float32, scales, mins []uint16, base []uint16,
 		best := math.Inf(1)
 		for _, jj := range bracket(j, 254) {
 			for _, kk := range bracket(k, 255) {
-				e := q.recodeGroup(x[lo:hi], s8Scale(Sb, kk), s8Min(Mb, jj), codes[lo:hi], y[lo:hi], false)
+				e := q.recodeGroup(x[lo:hi], nil, s8Scale(Sb, kk), s8Min(Mb, jj), codes[lo:hi], y[lo:hi], false)
 				if e < best {
 					best, ks[gi] = e, kk
 					if js != nil {
@@ -512,6 +488,6 @@ func (q *quantizer) requantS8(x []float32, scales, mins []uint16, base []uint16,
 		if js != nil {
 			m = s8Min(Mb, js[gi])
 		}
-		q.recodeGroup(x[lo:hi], s8Scale(Sb, ks[gi]), m, codes[lo:hi], y[lo:hi], true)
+		q.recodeGroup(x[lo:hi], nil, s8Scale(Sb, ks[gi]), m, codes[lo:hi], y[lo:hi], true)
 	}
 }

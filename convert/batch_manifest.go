@@ -10,6 +10,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/tpconvert/tpconvert/internal/inputfile"
 )
 
 // Manifest format identifiers.
@@ -177,7 +179,7 @@ func ReadManifest(dir string) (*Manifest, error) {
 
 // readJSON decodes the JSON file at p (at most maxManifestSize bytes).
 func readJSON(p string, v any) error {
-	f, err := os.Open(p)
+	f, err := inputfile.Open(p)
 	if err != nil {
 		return err
 	}
@@ -226,7 +228,7 @@ const hashBufSize = 1 << 20
 // hashFile returns the hex SHA-256 of the file at p, stopping early when
 // ctx is cancelled.
 func hashFile(ctx context.Context, p string) (string, error) {
-	f, err := os.Open(p)
+	f, err := inputfile.Open(p)
 	if err != nil {
 		return "", err
 	}
@@ -252,7 +254,7 @@ func hashFile(ctx context.Context, p string) (string, error) {
 // copyFile copies src to the new file dst (creating its parent
 // directories), syncs it and returns its size and SHA-256.
 func copyFile(ctx context.Context, src, dst string) (int64, string, error) {
-	in, err := os.Open(src)
+	in, err := inputfile.Open(src)
 	if err != nil {
 		return 0, "", err
 	}

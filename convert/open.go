@@ -13,6 +13,7 @@ import (
 	"github.com/tpconvert/tpconvert/formats"
 	"github.com/tpconvert/tpconvert/formats/gguf"
 	"github.com/tpconvert/tpconvert/formats/safetensors"
+	"github.com/tpconvert/tpconvert/internal/inputfile"
 )
 
 // OpenSource opens a .safetensors file, a .gguf file or a Hugging Face
@@ -31,7 +32,13 @@ func OpenSource(path string) (formats.Source, error) {
 			return nil, err
 		}
 		if st.IsDir() {
-			m, _ := filepath.Glob(filepath.Join(path, "*.gguf"))
+			m, err := inputfile.List(path, ".gguf")
+			if err != nil {
+				return nil, err
+			}
+			if len(m) != 1 {
+				return nil, fmt.Errorf("%s: %w: directory holds %d *.gguf files (want exactly one)", path, formats.ErrUnknownFormat, len(m))
+			}
 			path = m[0]
 		}
 		return gguf.Open(path)

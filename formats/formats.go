@@ -11,8 +11,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
+	"github.com/tpconvert/tpconvert/internal/inputfile"
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
@@ -120,15 +120,23 @@ func Detect(path string) (Kind, error) {
 		return "", fmt.Errorf("%s: not a regular file or directory (pipes and devices cannot be memory-mapped)", path)
 	}
 	if st.IsDir() {
-		if m, _ := filepath.Glob(filepath.Join(path, "*.safetensors")); len(m) > 0 {
+		st, err := inputfile.List(path, ".safetensors")
+		if err != nil {
+			return "", err
+		}
+		if len(st) > 0 {
 			return Safetensors, nil
 		}
-		if m, _ := filepath.Glob(filepath.Join(path, "*.gguf")); len(m) == 1 {
+		gg, err := inputfile.List(path, ".gguf")
+		if err != nil {
+			return "", err
+		}
+		if len(gg) == 1 {
 			return GGUF, nil
 		}
 		return "", fmt.Errorf("%s: %w: directory holds no *.safetensors file (nor exactly one *.gguf)", path, ErrUnknownFormat)
 	}
-	f, err := os.Open(path)
+	f, err := inputfile.Open(path)
 	if err != nil {
 		return "", err
 	}

@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/tpconvert/tpconvert/formats"
+	"github.com/tpconvert/tpconvert/internal/inputfile"
 	"github.com/tpconvert/tpconvert/internal/mmap"
 	"github.com/tpconvert/tpconvert/tensor"
 )
@@ -224,20 +225,13 @@ func (r *Reader) openDir(dir string) error {
 
 // openFiles opens every *.safetensors file of dir in name order.
 func (r *Reader) openFiles(dir string) error {
-	names, err := filepath.Glob(filepath.Join(dir, "*.safetensors"))
+	files, err := inputfile.List(dir, ".safetensors")
 	if err != nil {
 		return err
-	}
-	var files []string
-	for _, p := range names {
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
-			files = append(files, p)
-		}
 	}
 	if len(files) == 0 {
 		return inFile(dir, formatErr("", "directory holds no *.safetensors file"))
 	}
-	slices.Sort(files)
 	for _, p := range files {
 		if err := r.addMapped(p); err != nil {
 			return err
@@ -252,7 +246,7 @@ func (r *Reader) openFiles(dir string) error {
 // findIndex returns the name of dir's *.safetensors.index.json, "" when
 // there is none. With several, model.safetensors.index.json is chosen.
 func findIndex(dir string) (string, error) {
-	m, err := filepath.Glob(filepath.Join(dir, "*"+IndexSuffix))
+	m, err := inputfile.List(dir, IndexSuffix)
 	if err != nil {
 		return "", err
 	}
@@ -277,7 +271,7 @@ func validName(name string) bool {
 
 // readCapped reads a whole file of at most limit bytes.
 func readCapped(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
+	f, err := inputfile.Open(path)
 	if err != nil {
 		return nil, err
 	}

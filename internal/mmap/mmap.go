@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"syscall"
+
+	"github.com/tpconvert/tpconvert/internal/inputfile"
 )
 
 // Map is a read-only memory map of a whole file.
@@ -18,7 +20,7 @@ type Map struct {
 // Open maps the file at path read-only. The file is opened O_RDONLY: the
 // input is never opened for writing.
 func Open(path string) (*Map, error) {
-	f, err := os.Open(path)
+	f, err := inputfile.Open(path) // regular files only, never blocks on a FIFO
 	if err != nil {
 		return nil, err
 	}
@@ -26,10 +28,6 @@ func Open(path string) (*Map, error) {
 	if err != nil {
 		f.Close()
 		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		f.Close()
-		return nil, fmt.Errorf("%s: not a regular file", path)
 	}
 	m := &Map{f: f}
 	size := st.Size()

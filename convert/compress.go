@@ -2,12 +2,16 @@ package convert
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tpconvert/tpconvert/codec"
+	"github.com/tpconvert/tpconvert/formats"
+	"github.com/tpconvert/tpconvert/formats/gguf"
 	"github.com/tpconvert/tpconvert/formats/tpk"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
 	"github.com/tpconvert/tpconvert/stream"
@@ -33,6 +37,28 @@ type CompressOptions struct {
 	OnStart func(total int64)
 }
 
+// checkStorable refuses, before any work, a source that a .tpk file could
+// not hold faithfully: metadata beyond the limits a .tpk reader enforces,
+// a tensor name that is not valid UTF-8 (the index is JSON), or a GGUF
+// file that restore could not rebuild byte for byte (non-zero padding,
+// gaps between tensors).
+func checkStorable(in string, src formats.Source) error {
+	if err := src.Meta().Check(); err != nil {
+		return fmt.Errorf("%s: %w", in, err)
+	}
+	for _, t := range src.Tensors() {
+		if !utf8.ValidString(t.Name) {
+			return fmt.Errorf("%s: tensor %q: name is not valid UTF-8 (a .tpk index is JSON, which cannot hold it)", in, t.Name)
+		}
+	}
+	if g, ok := src.(*gguf.Reader); ok {
+		if err := g.CheckReproducible(); err != nil {
+			return fmt.Errorf("%w (restore could not rebuild this GGUF file byte for byte)", err)
+		}
+	}
+	return nil
+}
+
 // outputWriter returns the writer an output file is written through;
 // tests replace it to make writes fail as on a full disk.
 var outputWriter = func(f *atomicfile.File) io.Writer { return f }
@@ -50,6 +76,9 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 		return nil, err
 	}
 	defer src.Close()
+	if err := checkStorable(in, src); err != nil {
+		return nil, err
+	}
 	var total int64
 	for _, t := range src.Tensors() {
 		total += t.Size

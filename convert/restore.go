@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -192,7 +193,33 @@ func Verify(path string) (int, []error) {
 			errs = append(errs, err)
 		}
 	}
+	if err := checkRestorable(r); err != nil {
+		errs = append(errs, err)
+	}
 	return len(r.Entries()), errs
+}
+
+// checkRestorable lays out the output a default restore of r writes (its
+// file header: names, metadata, padding) without writing it, so that
+// verify refuses what restore would refuse before its first tensor.
+func checkRestorable(r *tpk.Reader) error {
+	meta := r.Meta()
+	plan, err := stream.Plan(r, stream.RestoreOptions{})
+	if err != nil {
+		return fmt.Errorf("%s: %w", r.Name(), err)
+	}
+	switch {
+	case meta.Kind == formats.GGUF:
+		_, err = gguf.NewWriter(io.Discard, meta.GGUF, r.Index().GGUFInfoOrder, plan)
+	case IsDirOutput(meta, RestoreOptions{}):
+		err = safetensors.CheckDir(meta, plan)
+	default:
+		_, err = safetensors.NewWriter(io.Discard, plan, &meta.Files[0])
+	}
+	if err != nil {
+		return fmt.Errorf("%s: restore would fail: %w", r.Name(), err)
+	}
+	return nil
 }
 
 // knownCodec reports a record whose codec ID or codec version this build

@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/tpconvert/tpconvert/internal/inputfile"
 	"github.com/tpconvert/tpconvert/tensor"
@@ -96,6 +98,88 @@ type GGUFMeta struct {
 	// tensor and the end of the file (GGUF writers may pad the data
 	// section), so restore reproduces the file length.
 	TailPad int64 `json:"tail_pad,omitempty"`
+}
+
+// Limits on the source metadata a .tpk file carries. Restoring writes what
+// the metadata describes (padding, alignment gaps, file names), so a
+// checkpoint whose metadata exceeds them is refused at compress time and a
+// .tpk file whose metadata exceeds them is refused when it is opened, by
+// inspect, verify and restore alike.
+const (
+	// MaxAlignment caps a GGUF source's data alignment (ggml, llama.cpp
+	// and the gguf Python package write 32). Restoring writes fewer than
+	// MaxAlignment zero bytes before each tensor.
+	MaxAlignment = 1 << 16
+	// MaxTailPad caps the zero bytes after a GGUF source's last tensor
+	// (writers pad the data section to the alignment).
+	MaxTailPad = 1 << 16
+	// MaxHeaderPad caps the spaces after a safetensors header (writers
+	// pad the header to a multiple of 8 bytes).
+	MaxHeaderPad = 1 << 12
+	// MaxFiles caps the number of source files of a checkout.
+	MaxFiles = 1 << 16
+)
+
+// ErrMeta is wrapped by every error of Meta.Check.
+var ErrMeta = errors.New("formats: invalid source metadata")
+
+// Check validates the sizes and names m implies against the limits above:
+// a GGUF alignment that is a power of two of at most MaxAlignment, a tail
+// padding of at most MaxTailPad zero bytes, header
+// padding of at most MaxHeaderPad spaces, at most MaxFiles files, and file
+// and index names that are plain, valid UTF-8 base names (so nothing is
+// written outside the output directory).
+func (m *Meta) Check() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrMeta}, a...)...)
+	}
+	switch m.Kind {
+	case Safetensors, GGUF:
+	default:
+		return bad("unknown source container %q", m.Kind)
+	}
+	if len(m.Files) == 0 || len(m.Files) > MaxFiles {
+		return bad("%d source files (1-%d allowed)", len(m.Files), MaxFiles)
+	}
+	for _, f := range m.Files {
+		if !PlainName(f.Name) {
+			return bad("source file name %q is not a plain file name", f.Name)
+		}
+		if f.HeaderPad < 0 || f.HeaderPad > MaxHeaderPad {
+			return bad("file %s: header padding of %d bytes (0-%d allowed)", f.Name, f.HeaderPad, MaxHeaderPad)
+		}
+		if f.Size < 0 {
+			return bad("file %s: size %d", f.Name, f.Size)
+		}
+	}
+	if m.IndexName != "" && !PlainName(m.IndexName) {
+		return bad("index file name %q is not a plain file name", m.IndexName)
+	}
+	if m.Kind == GGUF {
+		g := m.GGUF
+		if g == nil {
+			return bad("GGUF source without GGUF metadata")
+		}
+		if len(m.Files) != 1 {
+			return bad("GGUF source of %d files", len(m.Files))
+		}
+		if g.Alignment == 0 || g.Alignment&(g.Alignment-1) != 0 || g.Alignment > MaxAlignment {
+			return bad("GGUF alignment %d (a power of two up to %d allowed)", g.Alignment, MaxAlignment)
+		}
+		if g.TailPad < 0 || g.TailPad > MaxTailPad {
+			return bad("GGUF tail padding of %d bytes (0-%d allowed)", g.TailPad, MaxTailPad)
+		}
+	} else if m.GGUF != nil {
+		return bad("safetensors source with GGUF metadata")
+	}
+	return nil
+}
+
+// PlainName reports whether name is a plain file name: valid UTF-8, not
+// empty, "." or "..", without a path separator or NUL.
+func PlainName(name string) bool {
+	return name != "" && name != "." && name != ".." && utf8.ValidString(name) &&
+		!strings.ContainsAny(name, `/\`+"\x00")
 }
 
 // ErrUnknownFormat is returned by Detect for files that are none of the

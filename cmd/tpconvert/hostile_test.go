@@ -2,14 +2,18 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tpconvert/tpconvert/fixtures/gen"
+	"github.com/tpconvert/tpconvert/formats"
+	"github.com/tpconvert/tpconvert/formats/tpk"
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
@@ -119,6 +123,79 @@ func TestFIFOInputsFailFast(t *testing.T) {
 			}
 			if _, err := os.Stat(filepath.Join(dir, "out.tpk")); err == nil {
 				t.Error("compress left out.tpk")
+			}
+		})
+	}
+}
+
+// hostileCases are crafted inputs of the second robustness round: .tpk
+// files whose source metadata asks restore to write far more than the file
+// justifies or outside the output, and sources that a .tpk could not
+// reproduce faithfully.
+func hostileCases(t testing.TB) []malformed {
+	tp := tpkFiles(t)
+	gg := ggGood()
+	meta := func(name string, f func(ix *tpk.Index)) []byte { return tpkWithIndexJSON(t, tp[name], f) }
+	ggAlign := func(align uint32) []byte {
+		kv := append(ggKVString("general.architecture", "llama"), ggKVU32("general.alignment", align)...)
+		return ggBuild(3, 3, 2, kv, ggTensors(), 32, ggData()).b
+	}
+	good := tp["int4"]
+	return []malformed{
+		// class 1: sizes implied by the stored source metadata
+		{name: "tpk gguf tail_pad 2^40", file: "m.tpk", data: meta("gguf", func(ix *tpk.Index) { ix.Source.GGUF.TailPad = 1 << 40 }), fail: tpkCmds, want: "tail padding"},
+		{name: "tpk gguf tail_pad negative", file: "m.tpk", data: meta("gguf", func(ix *tpk.Index) { ix.Source.GGUF.TailPad = -5 }), fail: tpkCmds, want: "tail padding"},
+		{name: "tpk gguf alignment 2^30", file: "m.tpk", data: meta("gguf", func(ix *tpk.Index) { ix.Source.GGUF.Alignment = 1 << 30 }), fail: tpkCmds, want: "alignment"},
+		{name: "tpk gguf alignment not a power of two", file: "m.tpk", data: meta("gguf", func(ix *tpk.Index) { ix.Source.GGUF.Alignment = 48 }), fail: tpkCmds, want: "alignment"},
+		{name: "tpk gguf alignment disagrees with kv", file: "m.tpk", data: meta("gguf", func(ix *tpk.Index) { ix.Source.GGUF.Alignment = 64 }), fail: tpkCmds, want: "alignment"},
+		{name: "tpk gguf without gguf metadata", file: "m.tpk", data: meta("gguf", func(ix *tpk.Index) { ix.Source.GGUF = nil }), fail: tpkCmds, want: "gguf metadata"},
+		{name: "tpk gguf two files", file: "m.tpk", data: meta("gguf", func(ix *tpk.Index) { ix.Source.Files = append(ix.Source.Files, ix.Source.Files[0]) }), fail: tpkCmds, want: "2 files"},
+		{name: "tpk gguf info order short", file: "m.tpk", data: meta("gguf", func(ix *tpk.Index) { ix.GGUFInfoOrder = []string{"a", "b"} }), fail: tpkCmds, want: "info order"},
+		{name: "tpk st header_pad 10^8", file: "m.tpk", data: meta("none", func(ix *tpk.Index) { ix.Source.Files[0].HeaderPad = 100_000_000 }), fail: tpkCmds, want: "header padding"},
+		{name: "tpk st file name with a path", file: "m.tpk", data: meta("ckpt", func(ix *tpk.Index) { ix.Source.Files[0].Name = "../../escape.safetensors" }), fail: tpkCmds, want: "plain file name"},
+		{name: "tpk st index name with a path", file: "m.tpk", data: meta("ckpt", func(ix *tpk.Index) { ix.Source.IndexName = "/tmp/x.json" }), fail: tpkCmds, want: "plain file name"},
+		{name: "tpk st 70000 files", file: "m.tpk", data: meta("none", func(ix *tpk.Index) {
+			for i := range 70000 {
+				ix.Source.Files = append(ix.Source.Files, formats.FileMeta{Name: fmt.Sprintf("f%d.safetensors", i)})
+			}
+		}), fail: tpkCmds, want: "source files"},
+		// class 9: bytes verify used to ignore
+		{name: "tpk reserved header bytes", file: "m.tpk", data: with32(good, 12, 1), fail: tpkCmds, want: "reserved"},
+		{name: "tpk bytes after the index JSON", file: "m.tpk", data: tpkWithIndex(good, func(s string) string { return s + ` {"x":1}` }), fail: tpkCmds, want: "after the index"},
+		{name: "tpk tensor name not UTF-8", file: "m.tpk", data: tpkWithIndex(good, func(s string) string {
+			return strings.Replace(s, `"model.norm.weight"`, "\"model.norm.\xff\"", 1)
+		}), fail: recCmds, ok: []string{"inspect"}, want: "record names"},
+		// class 6: GGUF files a .tpk could not reproduce byte for byte
+		{name: "gguf alignment 2^20", file: "m.gguf", data: ggAlign(1 << 20), fail: srcCmds, want: "limit"},
+		{name: "gguf non-zero tail", file: "m.gguf", data: append(slices.Clone(gg.b), 1, 2, 3), fail: []string{"compress"}, ok: []string{"inspect"}, want: "not all zero"},
+		{name: "gguf non-zero padding", file: "m.gguf", data: func() []byte {
+			b := slices.Clone(gg.b)
+			b[gg.dataAt+32+1] = 0 // inside b's data: keep
+			b[gg.dataAt-1] = 7    // padding before the data section
+			return b
+		}(), fail: []string{"compress"}, ok: []string{"inspect"}, want: "padding"},
+		{name: "gguf tail beyond 64 KiB", file: "m.gguf", data: append(slices.Clone(gg.b), make([]byte, 70000)...), fail: []string{"compress"}, ok: []string{"inspect"}, want: "tail padding"},
+		{name: "gguf tensor name not UTF-8", file: "m.gguf", data: ggBuild(3, 3, 2, ggKV(), func() []ggTensor {
+			ts := ggTensors()
+			ts[1].name = "b\xff"
+			return ts
+		}(), 32, ggData()).b, fail: []string{"compress"}, ok: []string{"inspect"}, want: "utf-8"},
+		{name: "tpk st original header garbage", file: "m.tpk", data: meta("none", func(ix *tpk.Index) { ix.Source.Files[0].Header = []byte("{garbage") }), fail: recCmds, ok: []string{"inspect"}, want: "header"},
+		{name: "tpk gguf info order on a safetensors source", file: "m.tpk", data: meta("none", func(ix *tpk.Index) { ix.Source.GGUF = &formats.GGUFMeta{Alignment: 32} }), fail: tpkCmds, want: "gguf metadata"},
+	}
+}
+
+// TestHostileInputs runs every command concerned on each hostileCases
+// input, with the checks of TestMalformedInputs: exit 1, a one-line error
+// naming the file and the problem, bounded allocation, nothing left behind.
+func TestHostileInputs(t *testing.T) {
+	for _, c := range hostileCases(t) {
+		t.Run(c.name, func(t *testing.T) {
+			for _, cmd := range c.fail {
+				checkMalformed(t, c, cmd, true)
+			}
+			for _, cmd := range c.ok {
+				checkMalformed(t, c, cmd, false)
 			}
 		})
 	}

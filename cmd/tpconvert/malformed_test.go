@@ -545,11 +545,11 @@ func malformedCases(t testing.TB) []malformed {
 		{name: "tpk int8 shape 2^16 x 2^16", file: "m.tpk", data: lie("int8", 1<<16, 1<<16), fail: []string{"restore"}, ok: []string{"inspect", "verify"}, want: "q_proj"},
 		{name: "tpk tenpak shape 2^24 x 2^24", file: "m.tpk", data: lie("tenpak_x_v1", 1<<24, 1<<24), fail: []string{"restore"}, ok: []string{"inspect", "verify"}, want: "q_proj"},
 		// source metadata the restore writer cannot use
-		{name: "tpk gguf metadata garbage", file: "m.tpk", data: tpkWithIndexJSON(t, tp["gguf"], func(ix *tpk.Index) { ix.Source.GGUF.KV = []byte("garbage") }), fail: []string{"restore"}, ok: []string{"inspect", "verify"}, want: "gguf"},
-		{name: "tpk gguf info order unknown tensor", file: "m.tpk", data: tpkWithIndexJSON(t, tp["gguf"], func(ix *tpk.Index) { ix.GGUFInfoOrder = []string{"a", "b", "zz"} }), fail: []string{"restore"}, ok: []string{"inspect", "verify"}, want: "zz"},
+		{name: "tpk gguf metadata garbage", file: "m.tpk", data: tpkWithIndexJSON(t, tp["gguf"], func(ix *tpk.Index) { ix.Source.GGUF.KV = []byte("garbage") }), fail: tpkCmds, want: "gguf"},
+		{name: "tpk gguf info order unknown tensor", file: "m.tpk", data: tpkWithIndexJSON(t, tp["gguf"], func(ix *tpk.Index) { ix.GGUFInfoOrder = []string{"a", "b", "zz"} }), fail: tpkCmds, want: "zz"},
 		{name: "tpk checkout record checksum", file: "m.tpk", data: flipBit(tp["ckpt"], tpkLastPayload(t, tp["ckpt"]), 0x04), fail: recCmds, ok: []string{"inspect"}, want: "checksum mismatch"},
-		{name: "tpk checkout index file not json", file: "m.tpk", data: tpkWithIndexJSON(t, tp["ckpt"], func(ix *tpk.Index) { ix.Source.IndexJSON = []byte(`{"weight_map":`) }), fail: []string{"restore"}, ok: []string{"inspect", "verify"}, want: "index"},
-		{name: "tpk safetensors metadata not json", file: "m.tpk", data: tpkWithIndexJSON(t, good, func(ix *tpk.Index) { ix.Source.Files[0].Metadata = []byte(`{"format":`) }), fail: []string{"restore"}, ok: []string{"inspect", "verify"}, want: "metadata"},
+		{name: "tpk checkout index file not json", file: "m.tpk", data: tpkWithIndexJSON(t, tp["ckpt"], func(ix *tpk.Index) { ix.Source.IndexJSON = []byte(`{"weight_map":`) }), fail: recCmds, ok: []string{"inspect"}, want: "index"},
+		{name: "tpk safetensors metadata not json", file: "m.tpk", data: tpkWithIndexJSON(t, good, func(ix *tpk.Index) { ix.Source.Files[0].Metadata = []byte(`{"format":`) }), fail: recCmds, ok: []string{"inspect"}, want: "metadata"},
 	}
 }
 

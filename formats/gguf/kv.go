@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"strings"
+
+	"github.com/tpconvert/tpconvert/formats"
 )
 
 // Limits on sizes read from a file. See the package documentation.
@@ -404,6 +406,9 @@ func (d *decoder) kvWalk(count uint64, m *Metadata) (align uint32, hasAlign bool
 			align = binary.LittleEndian.Uint32(d.b[valOff:])
 			if align == 0 || align&(align-1) != 0 {
 				return 0, false, d.errAt(valOff, fmt.Errorf("%w: %s %d is not a power of two", ErrFormat, AlignmentKey, align))
+			}
+			if align > formats.MaxAlignment {
+				return 0, false, d.errAt(valOff, fmt.Errorf("%w: %s %d (limit %d)", ErrLimit, AlignmentKey, align, formats.MaxAlignment))
 			}
 			hasAlign = true
 		}

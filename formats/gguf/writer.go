@@ -45,30 +45,11 @@ var _ formats.Sink = (*Writer)(nil)
 // DType and Shape are used. infoOrder lists the same names in the order the
 // tensor infos are to be written; nil means data order.
 func NewWriter(w io.Writer, meta *formats.GGUFMeta, infoOrder []string, tensors []tensor.Info) (*Writer, error) {
-	if meta == nil {
-		return nil, fmt.Errorf("gguf: NewWriter: nil metadata")
+	if err := CheckMeta(meta); err != nil {
+		return nil, fmt.Errorf("gguf: NewWriter: %w", err)
 	}
-	if meta.Version < MinVersion || meta.Version > MaxVersion {
-		return nil, fmt.Errorf("gguf: NewWriter: %w %d (supported %d-%d)", ErrUnsupportedVersion, meta.Version, MinVersion, MaxVersion)
-	}
-	d := decoder{b: meta.KV}
-	a32, hasAlign, err := d.kvWalk(meta.KVCount, nil)
-	if err != nil {
-		return nil, err // a *FormatError locating the problem in meta.KV
-	}
-	if d.off != len(meta.KV) {
-		return nil, d.errAt(d.off, fmt.Errorf("%w: %d bytes after the last of %d keys", ErrFormat, len(meta.KV)-d.off, meta.KVCount))
-	}
-	align := uint64(DefaultAlignment)
-	if hasAlign {
-		align = uint64(a32)
-	}
-	if meta.Alignment != align {
-		return nil, fmt.Errorf("gguf: NewWriter: %w: alignment %d, but the metadata gives %d", ErrFormat, meta.Alignment, align)
-	}
-	if meta.TailPad < 0 {
-		return nil, fmt.Errorf("gguf: NewWriter: %w: negative tail padding %d", ErrFormat, meta.TailPad)
-	}
+	align := meta.Alignment
+	var err error
 	if len(tensors) > MaxCount {
 		return nil, fmt.Errorf("gguf: NewWriter: %w: %d tensors (limit %d)", ErrLimit, len(tensors), MaxCount)
 	}
@@ -155,6 +136,45 @@ func NewWriter(w io.Writer, meta *formats.GGUFMeta, infoOrder []string, tensors 
 		return nil, wr.err
 	}
 	return wr, nil
+}
+
+// CheckMeta validates what NewWriter needs of meta: a supported version, a
+// well-formed key/value section, an alignment that agrees with its
+// general.alignment (32 when absent) and is at most formats.MaxAlignment,
+// and a tail padding of at most formats.MaxTailPad bytes. A .tpk reader calls it so
+// that a file restore would refuse is refused when it is opened.
+func CheckMeta(meta *formats.GGUFMeta) error {
+	if meta == nil {
+		return fmt.Errorf("%w: no GGUF metadata", ErrFormat)
+	}
+	if meta.Version < MinVersion || meta.Version > MaxVersion {
+		return fmt.Errorf("%w %d (supported %d-%d)", ErrUnsupportedVersion, meta.Version, MinVersion, MaxVersion)
+	}
+	d := decoder{b: meta.KV}
+	a32, hasAlign, err := d.kvWalk(meta.KVCount, nil)
+	if err != nil {
+		return err // a *FormatError locating the problem in meta.KV
+	}
+	if d.off != len(meta.KV) {
+		return d.errAt(d.off, fmt.Errorf("%w: %d bytes after the last of %d keys", ErrFormat, len(meta.KV)-d.off, meta.KVCount))
+	}
+	align := uint64(DefaultAlignment)
+	if hasAlign {
+		align = uint64(a32)
+	}
+	if meta.Alignment != align {
+		return fmt.Errorf("%w: alignment %d, but the metadata gives %d", ErrFormat, meta.Alignment, align)
+	}
+	if align > formats.MaxAlignment {
+		return fmt.Errorf("%w: alignment %d (limit %d)", ErrLimit, align, formats.MaxAlignment)
+	}
+	if meta.TailPad < 0 {
+		return fmt.Errorf("%w: negative tail padding %d", ErrFormat, meta.TailPad)
+	}
+	if meta.TailPad > formats.MaxTailPad {
+		return fmt.Errorf("%w: tail padding of %d bytes (limit %d)", ErrLimit, meta.TailPad, formats.MaxTailPad)
+	}
+	return nil
 }
 
 // Size returns the size of the complete file in bytes.

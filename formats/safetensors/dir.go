@@ -86,6 +86,15 @@ type shardPlan struct {
 //
 // With opts.ShardSize > 0, see DirOptions.
 func NewDirWriter(dir string, meta *formats.Meta, tensors []tensor.Info, opts DirOptions) (*DirWriter, error) {
+	dw, err := planDir(dir, meta, tensors, opts)
+	if err != nil {
+		return nil, err
+	}
+	return createDirFiles(dw, dir)
+}
+
+// planDir lays out the files of NewDirWriter without creating any.
+func planDir(dir string, meta *formats.Meta, tensors []tensor.Info, opts DirOptions) (*DirWriter, error) {
 	if opts.ShardSize < 0 {
 		return nil, fmt.Errorf("safetensors: negative shard size %d", opts.ShardSize)
 	}
@@ -148,6 +157,20 @@ func NewDirWriter(dir string, meta *formats.Meta, tensors []tensor.Info, opts Di
 			}
 		}
 	}
+	return dw, nil
+}
+
+// CheckDir reports the error NewDirWriter would return for meta and
+// tensors (default options) before creating a file, without creating
+// anything.
+func CheckDir(meta *formats.Meta, tensors []tensor.Info) error {
+	_, err := planDir("", meta, tensors, DirOptions{})
+	return err
+}
+
+// createDirFiles creates dir and every output file planned in dw.
+func createDirFiles(dw *DirWriter, dir string) (*DirWriter, error) {
+	var err error
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}

@@ -8,8 +8,10 @@ import (
 	"hash/crc32"
 	"io"
 	"path/filepath"
+	"unicode/utf8"
 
 	"github.com/tpconvert/tpconvert/formats"
+	"github.com/tpconvert/tpconvert/formats/gguf"
 	"github.com/tpconvert/tpconvert/internal/mmap"
 	"github.com/tpconvert/tpconvert/tensor"
 )
@@ -68,6 +70,9 @@ func newReader(name string, ra io.ReaderAt, size int64, data []byte) (*Reader, e
 	if binary.LittleEndian.Uint16(h[10:]) != 0 {
 		return fail(10, fmt.Errorf("%w: unknown header flags", ErrCorrupt))
 	}
+	if binary.LittleEndian.Uint32(h[12:]) != 0 {
+		return fail(12, fmt.Errorf("%w: reserved header bytes are not zero", ErrCorrupt))
+	}
 	var f [FooterSize]byte
 	footOff := size - FooterSize
 	if _, err := ra.ReadAt(f[:], footOff); err != nil {
@@ -100,6 +105,9 @@ func newReader(name string, ra io.ReaderAt, size int64, data []byte) (*Reader, e
 	if err := dec.Decode(&r.idx); err != nil {
 		return fail(idxOff, fmt.Errorf("%w: index: %v", ErrCorrupt, err))
 	}
+	if rest := bytes.TrimLeft(js[dec.InputOffset():], " \t\r\n"); len(rest) > 0 {
+		return fail(idxOff+dec.InputOffset(), fmt.Errorf("%w: %d bytes after the index's JSON value", ErrCorrupt, len(rest)))
+	}
 	r.idxOff = idxOff
 	if err := r.validate(); err != nil {
 		return nil, err
@@ -118,8 +126,17 @@ func (r *Reader) validate() error {
 	if ix.Source == nil || (ix.Source.Kind != formats.Safetensors && ix.Source.Kind != formats.GGUF) {
 		return bad("", r.idxOff, "index names no known source container")
 	}
-	if ix.Source.Kind == formats.GGUF && ix.Source.GGUF == nil {
-		return bad("", r.idxOff, "GGUF source without GGUF metadata")
+	// The source metadata says how much restore writes besides the
+	// tensors (padding, gaps) and under which names: it is checked
+	// against the limits restore enforces, so that inspect and verify
+	// refuse what restore would.
+	if err := ix.Source.Check(); err != nil {
+		return &Error{File: r.name, Offset: r.idxOff, Err: fmt.Errorf("%w: %w", ErrCorrupt, err)}
+	}
+	if ix.Source.Kind == formats.GGUF {
+		if err := gguf.CheckMeta(ix.Source.GGUF); err != nil {
+			return &Error{File: r.name, Offset: r.idxOff, Err: fmt.Errorf("%w: GGUF metadata: %w", ErrCorrupt, err)}
+		}
 	}
 	if len(ix.Tensors) > MaxTensors {
 		return bad("", r.idxOff, "%d tensors (at most %d)", len(ix.Tensors), MaxTensors)
@@ -132,8 +149,8 @@ func (r *Reader) validate() error {
 	next := int64(HeaderSize)
 	for i := range ix.Tensors {
 		e := &ix.Tensors[i]
-		if e.Name == "" || len(e.Name) > MaxNameLen {
-			return bad("", r.idxOff, "tensor %d has a name of %d bytes", i, len(e.Name))
+		if e.Name == "" || len(e.Name) > MaxNameLen || !utf8.ValidString(e.Name) {
+			return bad("", r.idxOff, "tensor %d has a name of %d bytes that is empty, too long or not UTF-8", i, len(e.Name))
 		}
 		if _, dup := r.byName[e.Name]; dup {
 			return bad(e.Name, r.idxOff, "tensor listed twice")
@@ -174,6 +191,18 @@ func (r *Reader) validate() error {
 			return bad(e.Name, e.RecordOffset, "record header too large")
 		}
 		next = e.RecordOffset + e.RecordSize
+	}
+	if o := ix.GGUFInfoOrder; o != nil {
+		seen := make(map[string]bool, len(o))
+		for _, n := range o {
+			if _, ok := r.byName[n]; !ok || seen[n] {
+				return bad(n, r.idxOff, "GGUF info order names an unknown tensor or one twice")
+			}
+			seen[n] = true
+		}
+		if len(o) != len(ix.Tensors) {
+			return bad("", r.idxOff, "GGUF info order lists %d of %d tensors", len(o), len(ix.Tensors))
+		}
 	}
 	return nil
 }

@@ -9,8 +9,10 @@ import (
 	"hash/crc32"
 	"io"
 	"math"
+	"unicode/utf8"
 
 	"github.com/tpconvert/tpconvert/formats"
+	"github.com/tpconvert/tpconvert/formats/gguf"
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
@@ -35,6 +37,15 @@ var CreatedBy = "tpconvert"
 func NewWriter(w io.Writer, meta *formats.Meta, ggufInfoOrder []string) (*Writer, error) {
 	if meta == nil {
 		return nil, errors.New("tpk: NewWriter needs the source metadata")
+	}
+	// Refuse now what a reader of the finished file would refuse.
+	if err := meta.Check(); err != nil {
+		return nil, fmt.Errorf("tpk: %w", err)
+	}
+	if meta.Kind == formats.GGUF {
+		if err := gguf.CheckMeta(meta.GGUF); err != nil {
+			return nil, fmt.Errorf("tpk: %w", err)
+		}
 	}
 	tw := &Writer{
 		bw:    bufio.NewWriterSize(w, 1<<20),
@@ -67,6 +78,8 @@ func (w *Writer) WriteRecord(e Entry, payload ...[]byte) error {
 	switch {
 	case len(e.Name) == 0 || len(e.Name) > MaxNameLen:
 		return fmt.Errorf("tpk: tensor name of %d bytes (1-%d allowed)", len(e.Name), MaxNameLen)
+	case !utf8.ValidString(e.Name):
+		return fmt.Errorf("tpk: tensor name %q is not valid UTF-8 (the index is JSON)", e.Name)
 	case w.names[e.Name]:
 		return fmt.Errorf("tpk: tensor %q written twice", e.Name)
 	case len(e.Shape) > MaxDims:

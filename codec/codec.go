@@ -68,6 +68,27 @@ type Codec interface {
 	Cost(t tensor.Info) int64
 }
 
+// ErrorBounder is implemented by codecs that state the largest relative
+// error, ||x − x'||₂ / ||x||₂, they are trusted to reach on tensor t. The
+// pipeline decodes every lossy encoding and stores the tensor unchanged
+// instead when the decoded tensor is not finite or its error exceeds the
+// bound (see MaxRelErr).
+type ErrorBounder interface {
+	MaxRelErr(t tensor.Info) float64
+}
+
+// DefaultMaxRelErr is the bound of codecs that do not state one.
+const DefaultMaxRelErr = 0.5
+
+// MaxRelErr returns c's stated error bound for t (DefaultMaxRelErr when it
+// states none).
+func MaxRelErr(c Codec, t tensor.Info) float64 {
+	if b, ok := c.(ErrorBounder); ok {
+		return b.MaxRelErr(t)
+	}
+	return DefaultMaxRelErr
+}
+
 // TensorParamser is implemented by codecs whose parameters differ per
 // tensor (tenpak_x_v2's rate control); the pipeline records
 // TensorParams(t) instead of Params for each tensor.

@@ -128,7 +128,9 @@ func planRate(ctx context.Context, src formats.Source, o *CompressOptions) (*ten
 		longest[t.Info.Name] = tenpakx2.Config{Grid: tenpakx2.GridSymmetric, Bits: 8, Group: 128}
 	}
 	probe := tenpakx2.NewPlanned(longest, nil, "")
-	over, err := stream.Overhead(src, probe, sel)
+	// Tensors the plan left out (values tenpak_x_v2 cannot hold) are
+	// stored unchanged: they count as overhead.
+	over, err := stream.Overhead(src, probe, func(t tensor.Info) bool { _, ok := longest[t.Name]; return ok && sel(t) })
 	if err != nil {
 		return nil, nil, err
 	}

@@ -13,12 +13,14 @@ package rate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"sort"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/codec/tenpakx2"
 	"github.com/tpconvert/tpconvert/formats"
 	"github.com/tpconvert/tpconvert/tensor"
@@ -157,6 +159,12 @@ func Build(ctx context.Context, src formats.Source, sel func(tensor.Info) bool, 
 				return err
 			}
 			t, err := estimate(src, i, plan.Importance[infos[i].Name], o)
+			if errors.Is(err, codec.ErrUnsupported) {
+				// Values the codec cannot hold (non-finite, beyond
+				// FP16): the tensor stays out of the plan and is
+				// stored unchanged.
+				return nil
+			}
 			if err != nil {
 				return fmt.Errorf("tensor %q: %w", infos[i].Name, err)
 			}
@@ -176,6 +184,13 @@ func Build(ctx context.Context, src formats.Source, sel func(tensor.Info) bool, 
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
+	kept := plan.Tensors[:0]
+	for _, t := range plan.Tensors {
+		if t != nil {
+			kept = append(kept, t)
+		}
+	}
+	plan.Tensors = kept
 	return plan, nil
 }
 
@@ -242,11 +257,11 @@ func estimate(src formats.Source, i int, imp []float32, o Options) (*Tensor, err
 			}
 		}
 	}
+	if err := tenpakx2.CheckRange(x); err != nil {
+		return nil, err // the tensor is stored unchanged
+	}
 	var sig float64
 	for k, v := range x {
-		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-			return nil, fmt.Errorf("element is %v: cannot compress non-finite values (exclude the tensor with --exclude)", v)
-		}
 		w := 1.0
 		if imp != nil {
 			w = float64(imp[k%cols])

@@ -55,8 +55,9 @@ type CompressOptions struct {
 	// Transpose reports tensors stored [in, out] (GPT-2 Conv1D) that are
 	// handed to the codec transposed. Nil transposes nothing.
 	Transpose func(t tensor.Info) bool
-	// NoStats skips measuring reconstruction error (which decodes every
-	// compressed tensor once more).
+	// NoStats leaves the measured reconstruction error out of the
+	// records. Every compressed tensor is still decoded once and checked
+	// against the codec's error bound (codec.MaxRelErr).
 	NoStats bool
 }
 
@@ -122,7 +123,7 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 			return encoded{payload: b, entry: e}, nil
 		}
 		p, st, transposed, err := encodeTensor(ctx, o, t, b)
-		if errors.Is(err, codec.ErrUnsupported) {
+		if errors.Is(err, codec.ErrUnsupported) || errors.Is(err, errUnfaithful) {
 			return encoded{payload: b, entry: e, note: fmt.Sprintf("%v; stored unchanged", err)}, nil
 		}
 		if err != nil {
@@ -232,7 +233,14 @@ func sameOrder(order []string, infos []tensor.Info) bool {
 	return true
 }
 
-// encodeTensor decodes b to float32, encodes it and measures the error.
+// errUnfaithful marks a tensor the codec cannot represent faithfully:
+// non-finite input, a non-finite decoded value, or an error beyond the
+// codec's stated bound. The tensor is then stored unchanged (bit-exact).
+var errUnfaithful = errors.New("not represented faithfully")
+
+// encodeTensor decodes b to float32, encodes it, decodes the payload again
+// and checks the reconstruction against the codec's error bound
+// (codec.MaxRelErr); a tensor that fails is refused with errUnfaithful.
 func encodeTensor(ctx context.Context, o CompressOptions, t tensor.Info, b []byte) ([]byte, *tpk.Stats, bool, error) {
 	n := t.Elems()
 	x := make([]float32, n)
@@ -241,7 +249,7 @@ func encodeTensor(ctx context.Context, o CompressOptions, t tensor.Info, b []byt
 	}
 	for k, v := range x {
 		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-			return nil, nil, false, fmt.Errorf("element %d is %v: cannot compress non-finite values (exclude the tensor with --exclude)", k, v)
+			return nil, nil, false, fmt.Errorf("%s: %w: element %d is %v", o.Codec.Name(), errUnfaithful, k, v)
 		}
 	}
 	ct := t.Clone()
@@ -260,16 +268,52 @@ func encodeTensor(ctx context.Context, o CompressOptions, t tensor.Info, b []byt
 		return nil, nil, false, err
 	}
 	p := buf.Bytes()
+	if err := ctx.Err(); err != nil {
+		return nil, nil, false, err
+	}
+	y := make([]float32, n)
+	if err := o.Codec.Decode(y, p, ct, o.Codec.Version()); err != nil {
+		return nil, nil, false, fmt.Errorf("decoding its own output: %w", err)
+	}
+	// Restore writes a float source's dtype: judge what it will write
+	// (an F16 source's 65504 that decodes to 65536 would be +Inf).
+	if t.DType.IsFloat() && t.DType != tensor.F32 {
+		if err := roundTo(y, t.DType); err != nil {
+			return nil, nil, false, err
+		}
+	}
+	for k, v := range y {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return nil, nil, false, fmt.Errorf("%s: %w: element %d (%g) decodes to %v", o.Codec.Name(), errUnfaithful, k, x[k], v)
+		}
+	}
+	s := Measure(x, y)
+	if bound := codec.MaxRelErr(o.Codec, ct); !(s.RelErr <= bound) {
+		return nil, nil, false, fmt.Errorf("%s: %w: relative error %.3g exceeds its bound %g", o.Codec.Name(), errUnfaithful, s.RelErr, bound)
+	}
 	var st *tpk.Stats
 	if !o.NoStats {
-		y := make([]float32, n)
-		if err := o.Codec.Decode(y, p, ct, o.Codec.Version()); err != nil {
-			return nil, nil, false, fmt.Errorf("decoding its own output: %w", err)
-		}
-		s := Measure(x, y)
 		st = &s
 	}
 	return p, st, transposed, nil
+}
+
+// roundTo rounds every element of y to dtype dt in place.
+func roundTo(y []float32, dt tensor.DType) error {
+	const chunk = 1 << 14
+	size := int(dt.BlockBytes()) // float dtypes: one element per block
+	buf := make([]byte, chunk*size)
+	for i := 0; i < len(y); i += chunk {
+		part := y[i:min(i+chunk, len(y))]
+		b := buf[:len(part)*size]
+		if err := tensor.FromFloat32(b, dt, part); err != nil {
+			return err
+		}
+		if err := tensor.ToFloat32(part, dt, b); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Measure returns the relative Frobenius error and SQNR of y against x.

@@ -3,6 +3,7 @@ package stream
 import (
 	"context"
 	"fmt"
+	"math"
 
 	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/formats"
@@ -122,6 +123,19 @@ func Restore(ctx context.Context, r *tpk.Reader, plan []tensor.Info, sink format
 		}
 		if err := codecs[e.CodecID].Decode(x, p, src, e.CodecVersion); err != nil {
 			return nil, &tpk.Error{File: r.Name(), Tensor: e.Name, Offset: e.PayloadOffset, Err: err}
+		}
+		// Compress stores a tensor whose encoding decodes to a value
+		// that is not finite unchanged instead; such a payload has
+		// damaged parameters (a NaN or infinite scale, say). Tensors
+		// stored unchanged keep whatever values the source held.
+		for k, v := range x {
+			if e.CodecID == codec.IDNone {
+				break
+			}
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				return nil, &tpk.Error{File: r.Name(), Tensor: e.Name, Offset: e.PayloadOffset,
+					Err: fmt.Errorf("%w: element %d decodes to %v (a non-finite codec parameter)", codec.ErrCorrupt, k, v)}
+			}
 		}
 		if e.Transposed {
 			x = transpose(x, int(e.Shape[1]), int(e.Shape[0]))

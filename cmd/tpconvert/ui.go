@@ -151,7 +151,7 @@ func printReport(w io.Writer, r *convert.Report, all bool) {
 	fmt.Fprintln(tw, "tensor\tdtype\tshape\tcodec\tstored\tbits/w\trel.err\tSQNR dB\t")
 	shown := 0
 	for _, t := range r.Tensors {
-		if !all && !t.Lossy {
+		if !all && !t.Lossy && t.Note == "" { // fallbacks are always shown
 			continue
 		}
 		shown++

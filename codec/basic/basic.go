@@ -100,6 +100,12 @@ func (c Cast) Encode(w io.Writer, t tensor.Info, x []float32) error {
 	return err
 }
 
+// MaxRelErr implements codec.ErrorBounder: a 16-bit float keeps 8 (bf16)
+// or 11 (f16) significant bits, a relative error below 2^-8 per element
+// inside its range; a tensor beyond it (overflow, or values flushed
+// towards zero) is stored unchanged.
+func (Cast) MaxRelErr(tensor.Info) float64 { return 0.01 }
+
 // Decode implements codec.Codec.
 func (c Cast) Decode(dst []float32, payload []byte, t tensor.Info, version uint16) error {
 	if version != 1 {

@@ -155,6 +155,11 @@ func (q *quantizer) nearest(v float32) int {
 func (q *quantizer) quantRow(x, imp []float32, codes []uint8, scales, mins []uint16, y []float32) {
 	g := q.cfg.Group
 	tc, ty := make([]uint8, min(g, len(x))), make([]float32, min(g, len(x)))
+	// A group none of whose candidate scales gives a finite error (values
+	// near the FP16 limit) keeps code 0 and scale 0, never the codes of
+	// an earlier row or configuration.
+	clear(codes)
+	clear(y)
 	for gi, lo := 0, 0; lo < len(x); gi, lo = gi+1, lo+g {
 		hi := min(lo+g, len(x))
 		tmpc, tmpy := tc[:hi-lo], ty[:hi-lo]
@@ -309,7 +314,11 @@ func (q *quantizer) normalGroup(x []float32, codes []uint8, y []float32, tmpc []
 	best := math.Inf(1)
 	var bs uint16
 	try := func(s16 uint16) {
-		if e := q.recodeGroup(x, nil, tensor.HalfToFloat(s16), 0, tmpc, tmpy, true); e < best {
+		s := tensor.HalfToFloat(s16)
+		if s < 0 || math.IsInf(float64(s), 0) || math.IsNaN(float64(s)) {
+			return
+		}
+		if e := q.recodeGroup(x, nil, s, 0, tmpc, tmpy, true); e < best {
 			best, bs = e, s16
 			copy(codes, tmpc)
 			copy(y, tmpy)

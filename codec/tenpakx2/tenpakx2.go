@@ -108,6 +108,9 @@ func (c *Codec) Params() string {
 // TensorParams returns the Config chosen for t ("uniform:4/32").
 func (c *Codec) TensorParams(t tensor.Info) string { return c.config(t).String() }
 
+// MaxRelErr implements codec.ErrorBounder: the bound of t's Config.
+func (c *Codec) MaxRelErr(t tensor.Info) float64 { return c.config(t).MaxRelErr() }
+
 func (c *Codec) config(t tensor.Info) Config {
 	if cfg, ok := c.plan[t.Name]; ok {
 		return cfg
@@ -143,6 +146,21 @@ func checkShape(t tensor.Info) (rows, cols int, err error) {
 	return int(r), int(cl), nil
 }
 
+// MaxAbs is the largest magnitude the codec accepts: its scales and
+// minimums are FP16, whose largest finite value is 65504.
+const MaxAbs = 65504
+
+// CheckRange returns an error wrapping codec.ErrUnsupported if x holds a
+// value that is not finite or exceeds MaxAbs in magnitude.
+func CheckRange(x []float32) error {
+	for k, v := range x {
+		if !(math.Abs(float64(v)) <= MaxAbs) {
+			return fmt.Errorf("%w: element %d is %g, beyond the FP16 range of the scales", codec.ErrUnsupported, k, v)
+		}
+	}
+	return nil
+}
+
 // Encode writes t's payload under its planned Config.
 func (c *Codec) Encode(w io.Writer, t tensor.Info, x []float32) error {
 	rows, cols, err := checkShape(t)
@@ -155,6 +173,9 @@ func (c *Codec) Encode(w io.Writer, t tensor.Info, x []float32) error {
 	cfg := c.config(t)
 	if err := cfg.Valid(); err != nil {
 		return err
+	}
+	if err := CheckRange(x); err != nil {
+		return fmt.Errorf("tenpak_x_v2: tensor %q: %w", t.Name, err)
 	}
 	size, err := cfg.PayloadSize(rows, cols)
 	if err != nil {

@@ -1,6 +1,7 @@
 package convert_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -227,15 +228,16 @@ func advSeeds() []advSeed {
 	}
 	f32 := func(v float32) []byte { return binary.LittleEndian.AppendUint32([]byte{0x80}, math.Float32bits(v)) }
 	return []advSeed{
-		{7, 0, []byte{idx(3.4e38), idx(-3.4e38)}},               // 8×32 of ±3.4e38 (tenpak_x_v1's SVD)
-		{7, 0, []byte{idx(1e6), idx(0.3), idx(-1e6)}},           // beyond FP16 (tenpak_x_v2)
-		{3, 0, []byte{idx(0.3)}},                                // 64×1 of 0.3 (constant groups)
-		{6, 1, []byte{idx(65504), idx(-65504), idx(1)}},         // F16 at ±max
-		{6, 0, []byte{idx(1e-9), idx(-1e-9), idx(2e-5)}},        // below FP16's range
-		{8, 0, []byte{idx(float32(math.NaN())), idx(1)}},        // NaN
-		{9, 2, []byte{idx(float32(math.Inf(1))), idx(0)}},       // +Inf
-		{10, 0, []byte{idx(math.SmallestNonzeroFloat32)}},       // denormals only
-		{11, 0, append([]byte{idx(1e30)}, make([]byte, 40)...)}, // one outlier among zeros
+		{7, 0, []byte{idx(3.4e38), idx(-3.4e38)}},                                             // 8×32 of ±3.4e38 (tenpak_x_v1's SVD)
+		{7, 0, []byte{idx(1e6), idx(0.3), idx(-1e6)}},                                         // beyond FP16 (tenpak_x_v2)
+		{3, 0, []byte{idx(0.3)}},                                                              // 64×1 of 0.3 (constant groups)
+		{6, 1, []byte{idx(65504), idx(-65504), idx(1)}},                                       // F16 at ±max
+		{6, 0, []byte{idx(1e-9), idx(-1e-9), idx(2e-5)}},                                      // below FP16's range
+		{8, 0, []byte{idx(float32(math.NaN())), idx(1)}},                                      // NaN
+		{9, 2, []byte{idx(float32(math.Inf(1))), idx(0)}},                                     // +Inf
+		{10, 0, []byte{idx(math.SmallestNonzeroFloat32)}},                                     // denormals only
+		{11, 0, append([]byte{idx(1e30)}, make([]byte, 40)...)},                               // one outlier among zeros
+		{7, 0, append([]byte{idx(3.4e38)}, bytes.Repeat([]byte{idx(0.3), idx(-0.3)}, 40)...)}, // one huge outlier (SVD)
 		{0, 0, f32(-2.5)},
 		{4, 2, append(f32(7.5), f32(-1e-30)...)},
 		{7, 0, []byte{idx(math.MaxFloat32), idx(1), idx(2), idx(3)}},

@@ -2,6 +2,7 @@ package tenpakx
 
 import (
 	"errors"
+	"math"
 	"math/rand/v2"
 
 	"github.com/tpconvert/tpconvert/codec/internal/par"
@@ -70,6 +71,12 @@ func factor(ws []float32, rows, cols, r int, isq []float64, rng *rand.Rand, work
 			for c := range cols {
 				bt[c*k+j] = float64(zt[j*cols+c])
 			}
+		}
+	}
+	// gonum's SVD iterates forever on a matrix holding NaN or ±Inf.
+	for _, v := range bt {
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return nil, nil, errRange
 		}
 	}
 	var svd mat.SVD

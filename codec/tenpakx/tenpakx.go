@@ -262,8 +262,11 @@ func (c *Codec) Encode(w io.Writer, t tensor.Info, x []float32) error {
 		return fmt.Errorf("%w: tenpak_x_v1: tensor %q: %d×%d matrix is empty or has a dimension above 2^32−1", codec.ErrUnsupported, t.Name, r64, c64)
 	}
 	for i, v := range x {
-		if v-v != 0 {
-			return fmt.Errorf("%w: tenpak_x_v1: tensor %q: element %d is %v", codec.ErrUnsupported, t.Name, i, v)
+		// Not finite, or beyond the FP16 range of the stored factors
+		// and codebooks (and large enough for the float32 products
+		// before the SVD to overflow, on which LAPACK never converges).
+		if !(math.Abs(float64(v)) <= maxAbs) {
+			return fmt.Errorf("%w: tenpak_x_v1: tensor %q: element %d is %v, beyond the FP16 range", codec.ErrUnsupported, t.Name, i, v)
 		}
 	}
 	rows, cols := int(r64), int(c64)
@@ -284,6 +287,9 @@ func (c *Codec) Encode(w io.Writer, t tensor.Info, x []float32) error {
 	_, err = w.Write(buf)
 	return err
 }
+
+// maxAbs is the largest magnitude Encode accepts: FP16's largest value.
+const maxAbs = 65504
 
 // errRange is wrapped by encode when a stored FP16 value would overflow.
 var errRange = fmt.Errorf("%w: values exceed the FP16 range", codec.ErrUnsupported)

@@ -33,6 +33,17 @@ func neighbours(s uint16, both bool) []uint16 {
 	return []uint16{s, s - 1, s + 1}
 }
 
+// halfBelow returns the largest FP16 value below the finite FP16 value h.
+func halfBelow(h uint16) uint16 {
+	switch {
+	case h == 0 || h == 0x8000:
+		return 0x8001 // the negative subnormal nearest zero
+	case h&0x8000 == 0:
+		return h - 1
+	}
+	return h + 1
+}
+
 // normalFactors scale a group's RMS into the scale of the normal grid.
 var normalFactors = []float32{0.85, 1, 1.15}
 
@@ -222,6 +233,13 @@ func (q *quantizer) uniformGroup(x, w []float32, codes []uint8, y []float32, tmp
 		}
 		m16 := tensor.FloatToHalf(lo)
 		m := tensor.HalfToFloat(m16)
+		if m > lo {
+			// Rounded up past the group's minimum (0.3 becomes
+			// 0.30005 in FP16): a constant group would get a negative
+			// scale and be coded as zeros. Take the FP16 value below.
+			m16 = halfBelow(m16)
+			m = tensor.HalfToFloat(m16)
+		}
 		s16 := tensor.FloatToHalf((hi - m) / qmax)
 		// Unclipped, the FP16 neighbours of the scale are tried too: the
 		// one a checkpoint was quantized with may round differently.

@@ -422,6 +422,11 @@ func (c *Codec) Decode(dst []float32, payload []byte, t tensor.Info, version uin
 					}
 				}
 			}
+			for i := range sc {
+				if !finite(sc[i]) || (nsc == 2 && !finite(mins[i])) {
+					return fmt.Errorf("%w: tenpak_x_v2 row %d group %d: scale %v, minimum %v", codec.ErrCorrupt, r, i, sc[i], mins[i])
+				}
+			}
 			unpackBits(codes, codesBytes, int64(r)*int64(cols)*int64(cfg.Bits), cfg.Bits)
 			y := dst[r*cols : (r+1)*cols]
 			q.decodeRow(codes, sc, mins, y)
@@ -430,6 +435,8 @@ func (c *Codec) Decode(dst []float32, payload []byte, t tensor.Info, version uin
 		return nil
 	})
 }
+
+func finite(v float32) bool { return !math.IsNaN(float64(v)) && !math.IsInf(float64(v), 0) }
 
 // Distortions codes the sample rows x (n×cols, row-major: whole rows of a
 // tensor) with each of cfgs and returns, per Config, the squared error

@@ -722,6 +722,9 @@ func (b *batchRun) convert(c *Checkout, u Unit) (*unitRecord, error) {
 	}()
 	var done int64
 	out := filepath.Join(tmp, u.Weight.Output)
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil { // inside this unit's temporary directory
+		return nil, err
+	}
 	rep, err := CompressFile(b.ctx, src, out, CompressOptions{
 		Options: stream.Options{Workers: b.o.Workers, MaxMemory: b.o.MaxMemory, Progress: func(_ tensor.Info, n int64) {
 			done += n

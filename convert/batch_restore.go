@@ -195,6 +195,9 @@ func restoreModel(ctx context.Context, in, out string, m *Manifest, o RestoreOpt
 		if st.Size() != w.OutputSize {
 			return nil, fmt.Errorf("%s: %d bytes, the manifest records %d: damaged or replaced", p, st.Size(), w.OutputSize)
 		}
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(tmp, w.Source)), 0o755); err != nil { // inside the temporary directory
+			return nil, err
+		}
 		r, err := RestoreFile(ctx, p, filepath.Join(tmp, w.Source), ro)
 		if err != nil {
 			return nil, err

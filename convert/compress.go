@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
 	"unicode/utf8"
 
@@ -71,6 +70,9 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 	if err := checkNotInput(out, in); err != nil {
 		return nil, err
 	}
+	if err := checkOutputFile(out); err != nil {
+		return nil, err
+	}
 	src, err := OpenSource(in)
 	if err != nil {
 		return nil, err
@@ -93,9 +95,6 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 	}
 	if o.OnStart != nil {
 		o.OnStart(total)
-	}
-	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-		return nil, err
 	}
 	f, err := atomicfile.Create(out, o.Overwrite)
 	if err != nil {

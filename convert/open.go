@@ -5,7 +5,9 @@
 package convert
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -100,6 +102,30 @@ func inputFiles(path string) []string {
 		}
 	}
 	return out
+}
+
+// checkOutputFile refuses an output file path that cannot name a new
+// file: one ending in a path separator, one naming an existing directory,
+// or one whose directory does not exist (it is never created: a typo in
+// -o must not make a directory tree).
+func checkOutputFile(out string) error {
+	if strings.HasSuffix(out, string(os.PathSeparator)) {
+		return fmt.Errorf("%s: names a directory; give the output file's name", out)
+	}
+	if st, err := os.Stat(out); err == nil && st.IsDir() {
+		return fmt.Errorf("%s: is a directory", out)
+	}
+	parent := filepath.Dir(out)
+	st, err := os.Stat(parent)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("%s: directory %s does not exist", out, parent)
+	case err != nil:
+		return err
+	case !st.IsDir():
+		return fmt.Errorf("%s: %s is not a directory", out, parent)
+	}
+	return nil
 }
 
 // checkNotInput refuses an output path that is one of the input's files.

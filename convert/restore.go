@@ -132,7 +132,7 @@ func RestoreFile(ctx context.Context, in, out string, o RestoreOptions) (*Restor
 		}
 		rep.Files = dirFiles(out)
 	default:
-		if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		if err := checkOutputFile(out); err != nil {
 			return nil, err
 		}
 		f, err := atomicfile.Create(out, o.Overwrite)

@@ -14,6 +14,8 @@ import (
 	"github.com/tpconvert/tpconvert/fixtures/gen"
 	"github.com/tpconvert/tpconvert/formats"
 	"github.com/tpconvert/tpconvert/formats/tpk"
+	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/internal/tmpfs"
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
@@ -198,5 +200,100 @@ func TestHostileInputs(t *testing.T) {
 				checkMalformed(t, c, cmd, false)
 			}
 		})
+	}
+}
+
+// TestOutputPaths checks the messages and exit codes for output paths
+// that cannot name a new file, and that none of them creates a directory.
+func TestOutputPaths(t *testing.T) {
+	dir, in := fixture(t)
+	existing := filepath.Join(dir, "existing")
+	if err := os.Mkdir(existing, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tpkPath := filepath.Join(dir, "m.tpk")
+	if code, _, stderr := runCLI(t, "compress", in, "-o", tpkPath); code != 0 {
+		t.Fatalf("compress: %s", stderr)
+	}
+	missing := filepath.Join(dir, "nonexistent-dir")
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"compress", in, "-o", filepath.Join(missing, "x.tpk")}, "does not exist"},
+		{[]string{"compress", in, "-o", existing, "--force"}, "is a directory"},
+		{[]string{"compress", in, "-o", existing}, "is a directory"},
+		{[]string{"compress", in, "-o", filepath.Join(dir, "newdir") + "/"}, "names a directory"},
+		{[]string{"compress", in, "-o", filepath.Join(in, "x.tpk")}, "not a directory"},
+		{[]string{"restore", tpkPath, "-o", filepath.Join(missing, "x.safetensors")}, "does not exist"},
+		{[]string{"restore", tpkPath, "-o", existing, "--force"}, "is a directory"},
+		{[]string{"restore", tpkPath, "-o", filepath.Join(dir, "newdir") + "/"}, "names a directory"},
+	}
+	for _, c := range cases {
+		code, _, stderr := runCLI(t, c.args...)
+		if code != 1 || !strings.Contains(stderr, c.want) {
+			t.Errorf("%v: exit %d, want 1 with %q: %q", c.args, code, c.want, stderr)
+		}
+	}
+	for _, p := range []string{missing, filepath.Join(dir, "newdir")} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s was created", p)
+		}
+	}
+	if es, _ := os.ReadDir(existing); len(es) != 0 {
+		t.Errorf("files written into %s", existing)
+	}
+}
+
+// TestConcurrentOutputsDoNotReplace runs two compressions to the same new
+// output without --force at once: exactly one succeeds and the other
+// says the output exists (a check before the final rename let both exit
+// 0, the second silently replacing the first).
+func TestConcurrentOutputsDoNotReplace(t *testing.T) {
+	for round := range 3 {
+		dir, in := fixture(t)
+		out := filepath.Join(dir, "m.tpk")
+		codes := make(chan string, 2)
+		for range 2 {
+			go func() {
+				var o, e bytes.Buffer
+				code := run([]string{"compress", in, "-o", out, "--codec", "none", "--workers", "1"}, &o, &e)
+				codes <- fmt.Sprintf("%d %s", code, e.String())
+			}()
+		}
+		a, b := <-codes, <-codes
+		ok := 0
+		for _, r := range []string{a, b} {
+			switch {
+			case strings.HasPrefix(r, "0 "):
+				ok++
+			case !strings.HasPrefix(r, "1 ") || !strings.Contains(r, "output exists"):
+				t.Errorf("round %d: %q, want exit 0 or exit 1 saying the output exists", round, r)
+			}
+		}
+		if ok != 1 {
+			t.Errorf("round %d: %d of 2 compressions succeeded, want 1: %q, %q", round, ok, a, b)
+		}
+		noTempsIn(t, dir)
+	}
+}
+
+// TestOutputErrorsNameTheOutput fills a small file system and makes one
+// read-only, and checks that compress's error names the output path the
+// user gave, not a temporary file.
+func TestOutputErrorsNameTheOutput(t *testing.T) {
+	_, in := fixture(t)
+	full := tmpfs.Mount(t, 64<<10, "; convert's disk-full tests cover the same path")
+	ro := tmpfs.Mount(t, 1<<20, "")
+	if err := syscall.Mount("", ro, "", syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
+		t.Skipf("cannot remount read-only: %v", err)
+	}
+	for _, c := range []struct{ dir, want string }{{full, "no space left"}, {ro, "read-only file system"}} {
+		out := filepath.Join(c.dir, "m.tpk")
+		code, _, stderr := runCLI(t, "compress", in, "-o", out, "--codec", "none")
+		if code != 1 || !strings.Contains(stderr, out) || !strings.Contains(stderr, c.want) || strings.Contains(stderr, atomicfile.TempPrefix) {
+			t.Errorf("exit %d, want 1 with an error naming %s (%s): %q", code, out, c.want, stderr)
+		}
+		noTempsIn(t, c.dir)
 	}
 }

@@ -80,6 +80,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case ctx.Err() != nil:
 		atomicfile.RemoveAll()
+		defer atomicfile.Resume() // tests run further commands in this process
 		fmt.Fprintln(stderr, "tpconvert: interrupted; no partial output file was left")
 		return 130
 	}

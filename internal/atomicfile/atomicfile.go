@@ -7,6 +7,7 @@ package atomicfile
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,10 +27,11 @@ var ErrExists = errors.New("output exists (use --force to overwrite)")
 // File is a temporary file that becomes Path on Commit.
 type File struct {
 	*os.File
-	Path    string // final name
-	done    bool
-	written int64 // bytes written through Write
-	kicked  int64 // bytes handed to the kernel's writeback
+	Path      string // final name
+	overwrite bool
+	done      bool
+	written   int64 // bytes written through Write
+	kicked    int64 // bytes handed to the kernel's writeback
 }
 
 // writebackChunk is how many written bytes accumulate before File asks the
@@ -42,6 +44,9 @@ const writebackChunk = 32 << 20
 // wait). The standard library has no portable call for this.
 func (f *File) Write(p []byte) (int, error) {
 	n, err := f.File.Write(p)
+	if err != nil {
+		err = f.named(err)
+	}
 	f.written += int64(n)
 	if f.written-f.kicked >= writebackChunk {
 		_ = unix.SyncFileRange(int(f.Fd()), f.kicked, f.written-f.kicked, unix.SYNC_FILE_RANGE_WRITE)
@@ -51,9 +56,15 @@ func (f *File) Write(p []byte) (int, error) {
 }
 
 var (
-	liveMu sync.Mutex
-	live   = map[string]struct{}{}
+	liveMu      sync.Mutex
+	live        = map[string]struct{}{}
+	liveDirs    = map[string]struct{}{} // temporary directories, removed with their contents
+	createdDirs []string                // directories made by MkdirAll, removed if empty
+	interrupted bool                    // set by RemoveAll: no Commit may rename any more
 )
+
+// ErrInterrupted is returned by Commit after RemoveAll was called.
+var ErrInterrupted = errors.New("atomicfile: interrupted")
 
 // Create opens a temporary file in path's directory. Unless overwrite is
 // set, it refuses when path already exists.
@@ -69,7 +80,7 @@ func Create(path string, overwrite bool) (*File, error) {
 	}
 	f, err := os.CreateTemp(dir, TempPrefix+strings.ReplaceAll(base, "*", "_")+"-*")
 	if err != nil {
-		return nil, err
+		return nil, withPath(err, path)
 	}
 	// CreateTemp makes the file private (0600); outputs are ordinary files.
 	if err := f.Chmod(0o644); err != nil {
@@ -80,8 +91,20 @@ func Create(path string, overwrite bool) (*File, error) {
 	liveMu.Lock()
 	live[f.Name()] = struct{}{}
 	liveMu.Unlock()
-	return &File{File: f, Path: path}, nil
+	return &File{File: f, Path: path, overwrite: overwrite}, nil
 }
+
+// withPath replaces the temporary name in a *fs.PathError by the final
+// path the user asked for ("out.tpk: write: no space left on device").
+func withPath(err error, path string) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return &fs.PathError{Op: pe.Op, Path: path, Err: pe.Err}
+	}
+	return fmt.Errorf("%s: %w", path, err)
+}
+
+func (f *File) named(err error) error { return withPath(err, f.Path) }
 
 // Commit syncs the file, closes it and renames it to its final name.
 func (f *File) Commit() error {
@@ -94,18 +117,108 @@ func (f *File) Commit() error {
 	if err := f.Sync(); err != nil {
 		f.File.Close()
 		os.Remove(tmp)
-		return fmt.Errorf("%s: %w", f.Path, err)
+		return f.named(err)
 	}
 	if err := f.File.Close(); err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("%s: %w", f.Path, err)
+		return f.named(err)
 	}
-	if err := os.Rename(tmp, f.Path); err != nil {
+	// The rename happens under the lock RemoveAll takes: an interrupt
+	// either comes first (nothing is renamed) or after (the output is
+	// complete).
+	liveMu.Lock()
+	if interrupted {
+		liveMu.Unlock()
 		os.Remove(tmp)
-		return err
+		return fmt.Errorf("%s: %w", f.Path, ErrInterrupted)
+	}
+	var err error
+	if f.overwrite {
+		err = os.Rename(tmp, f.Path)
+	} else {
+		err = renameNoReplace(tmp, f.Path)
+	}
+	liveMu.Unlock()
+	if err != nil {
+		os.Remove(tmp)
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("%s: %w", f.Path, ErrExists)
+		}
+		return f.named(err)
 	}
 	syncDir(filepath.Dir(f.Path))
 	return nil
+}
+
+// renameNoReplace renames oldpath to newpath unless newpath exists, in one
+// step: renameat2(2) with RENAME_NOREPLACE, or, on file systems without
+// it, link(2) (which fails on an existing name) and unlink(2). A check
+// before a plain rename would let two writers both succeed, the second
+// silently replacing the first.
+func renameNoReplace(oldpath, newpath string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, oldpath, unix.AT_FDCWD, newpath, unix.RENAME_NOREPLACE)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.EEXIST):
+		return &fs.PathError{Op: "rename", Path: newpath, Err: fs.ErrExist}
+	case !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.ENOTSUP):
+		return &fs.PathError{Op: "rename", Path: newpath, Err: err}
+	}
+	if err := os.Link(oldpath, newpath); err != nil {
+		return err // *LinkError wrapping EEXIST when newpath exists
+	}
+	return os.Remove(oldpath)
+}
+
+// Resume lets Commit succeed again after RemoveAll, for a program that
+// carries on after an interrupted command (tests run several in one
+// process).
+func Resume() {
+	liveMu.Lock()
+	interrupted = false
+	liveMu.Unlock()
+}
+
+// MkdirTemp is os.MkdirTemp, and RemoveAll deletes the directory with its
+// contents while it still exists under its temporary name.
+func MkdirTemp(dir, pattern string) (string, error) {
+	p, err := os.MkdirTemp(dir, pattern)
+	if err != nil {
+		return "", err
+	}
+	liveMu.Lock()
+	liveDirs[p] = struct{}{}
+	liveMu.Unlock()
+	return p, nil
+}
+
+// MkdirAll is os.MkdirAll(path, 0o755) that remembers the directories it
+// created. Undo removes them again (innermost first, each only if empty),
+// as RemoveAll does; a caller calls Undo when it fails, so that a failed
+// or interrupted command leaves no empty output directory behind.
+func MkdirAll(path string) (undo func(), err error) {
+	var made []string
+	for p := filepath.Clean(path); ; p = filepath.Dir(p) {
+		if _, err := os.Lstat(p); err == nil {
+			break
+		}
+		made = append(made, p)
+		if filepath.Dir(p) == p {
+			break
+		}
+	}
+	if err := os.MkdirAll(path, 0o755); err != nil {
+		return func() {}, err
+	}
+	liveMu.Lock()
+	createdDirs = append(createdDirs, made...)
+	liveMu.Unlock()
+	return func() {
+		for _, d := range made {
+			os.Remove(d) // fails, harmlessly, when not empty
+		}
+	}, nil
 }
 
 // Abort closes and removes the temporary file. It is safe to call after
@@ -126,15 +239,26 @@ func forget(name string) {
 	liveMu.Unlock()
 }
 
-// RemoveAll deletes every temporary file still open in this process. A
-// signal handler calls it before exiting.
+// RemoveAll deletes every temporary file still open in this process and
+// every directory made by MkdirTemp, then the empty directories MkdirAll
+// made; Commit fails from then on. A signal handler calls it before
+// exiting.
 func RemoveAll() {
 	liveMu.Lock()
 	defer liveMu.Unlock()
+	interrupted = true
 	for name := range live {
 		os.Remove(name)
 		delete(live, name)
 	}
+	for name := range liveDirs {
+		os.RemoveAll(name)
+		delete(liveDirs, name)
+	}
+	for _, d := range createdDirs {
+		os.Remove(d)
+	}
+	createdDirs = nil
 }
 
 func syncDir(dir string) {

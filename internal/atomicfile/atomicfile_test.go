@@ -162,6 +162,7 @@ func TestRemoveAll(t *testing.T) {
 		t.Fatalf("temporary files %v, want 2", ts)
 	}
 	RemoveAll()
+	defer Resume()
 	if ts := temps(t, dir); len(ts) != 0 {
 		t.Errorf("RemoveAll left %v", ts)
 	}
@@ -252,6 +253,9 @@ func TestDiskFull(t *testing.T) {
 	if !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), "no space left on device") {
 		t.Fatalf("after %d bytes: err = %v, want ENOSPC", total, err)
 	}
+	if !strings.Contains(err.Error(), path) || strings.Contains(err.Error(), TempPrefix) {
+		t.Errorf("error %q should name %s, not the temporary file", err, path)
+	}
 	if total > 1<<20 {
 		t.Errorf("wrote %d bytes to a 1 MiB file system", total)
 	}
@@ -279,5 +283,90 @@ func TestDiskFull(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(path); !bytes.Equal(got, chunk) {
 		t.Error("committed file differs")
+	}
+}
+
+// TestCommitDoesNotReplace checks that of two writers to the same new path
+// without overwrite, the second's Commit fails with ErrExists and leaves
+// the first's file (a check before a plain rename let both succeed).
+func TestCommitDoesNotReplace(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "out.tpk")
+	a, err := Create(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Abort()
+	b, err := Create(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Abort()
+	a.Write([]byte("first"))
+	b.Write([]byte("second"))
+	if err := a.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(); !errors.Is(err, ErrExists) {
+		t.Errorf("second Commit: %v, want ErrExists", err)
+	}
+	if got, _ := os.ReadFile(path); string(got) != "first" {
+		t.Errorf("file holds %q, want the first writer's", got)
+	}
+	if ts := temps(t, filepath.Dir(path)); len(ts) != 0 {
+		t.Errorf("temporary files left: %v", ts)
+	}
+	// With overwrite, a commit replaces the file.
+	c, err := Create(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("third"))
+	if err := c.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(path); string(got) != "third" {
+		t.Errorf("file holds %q after an overwriting commit", got)
+	}
+}
+
+// TestReadOnlyNamesOutput checks that creating an output on a read-only
+// file system fails with an error naming the output, not a temporary name.
+func TestReadOnlyNamesOutput(t *testing.T) {
+	dir := tmpfs.Mount(t, 1<<20, "")
+	if err := syscall.Mount("", dir, "", syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
+		t.Skipf("cannot remount %s read-only: %v", dir, err)
+	}
+	path := filepath.Join(dir, "out.tpk")
+	_, err := Create(path, false)
+	if !errors.Is(err, syscall.EROFS) || !strings.Contains(err.Error(), path) || strings.Contains(err.Error(), TempPrefix) {
+		t.Errorf("Create on a read-only file system: %v; want EROFS naming %s", err, path)
+	}
+}
+
+// TestInterruptStopsCommit checks that after RemoveAll no Commit renames.
+func TestInterruptStopsCommit(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "out.tpk")
+	f, err := Create(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpDir, err := MkdirTemp(dir, TempPrefix+"d-*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(tmpDir, "x"), []byte("x"), 0o644)
+	undo, err := MkdirAll(filepath.Join(dir, "a", "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = undo
+	RemoveAll()
+	defer Resume()
+	if err := f.Commit(); !errors.Is(err, ErrInterrupted) {
+		t.Errorf("Commit after RemoveAll: %v, want ErrInterrupted", err)
+	}
+	if es, _ := os.ReadDir(dir); len(es) != 0 {
+		t.Errorf("left behind: %v", es)
 	}
 }

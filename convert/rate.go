@@ -128,7 +128,7 @@ func planRate(ctx context.Context, src formats.Source, o *CompressOptions) (*ten
 		longest[t.Info.Name] = tenpakx2.Config{Grid: tenpakx2.GridSymmetric, Bits: 8, Group: 128}
 	}
 	probe := tenpakx2.NewPlanned(longest, nil, "")
-	over, err := stream.Overhead(src, probe, sel)
+	over, err := stream.OverheadWith(src, probe, sel, o.PassThrough)
 	if err != nil {
 		return nil, nil, err
 	}

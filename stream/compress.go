@@ -163,21 +163,36 @@ type encoded struct {
 	note    string
 }
 
+// appender is implemented by byte codecs that append a payload to a
+// slice (lossless.Codec), saving the copy through an io.Writer.
+type appender interface {
+	Append(dst []byte, t tensor.Info, src []byte) ([]byte, error)
+}
+
 // passThrough stores the source bytes b of t with the lossless codec pc
 // when that is smaller than b, else unchanged (entry e, the none codec).
 func passThrough(pc codec.ByteCodec, t tensor.Info, b []byte, e tpk.Entry, note string) (encoded, error) {
 	if pc == nil || len(b) == 0 {
 		return encoded{payload: b, entry: e, note: note}, nil
 	}
-	var buf bytes.Buffer
-	if err := pc.EncodeBytes(&buf, t, b); err != nil {
-		return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
+	var p []byte
+	if a, ok := pc.(appender); ok {
+		var err error
+		if p, err = a.Append(nil, t, b); err != nil {
+			return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
+		}
+	} else {
+		var buf bytes.Buffer
+		if err := pc.EncodeBytes(&buf, t, b); err != nil {
+			return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
+		}
+		p = buf.Bytes()
 	}
-	if buf.Len() >= len(b) {
+	if len(p) >= len(b) {
 		return encoded{payload: b, entry: e, note: note}, nil
 	}
 	e.Codec, e.CodecID, e.CodecVersion, e.Params = pc.Name(), pc.ID(), pc.Version(), pc.Params()
-	return encoded{payload: buf.Bytes(), entry: e, note: note}, nil
+	return encoded{payload: p, entry: e, note: note}, nil
 }
 
 // rawEntry is t's record entry when it is stored unchanged (the none

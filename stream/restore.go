@@ -95,6 +95,9 @@ func Restore(ctx context.Context, r *tpk.Reader, plan []tensor.Info, sink format
 	cost := func(i int) int64 {
 		e := &es[i]
 		c := e.RecordSize
+		if _, ok := codecs[e.CodecID].(codec.ByteDecoder); ok && plan[i].DType == e.DType {
+			return c + plan[i].Size + codecs[e.CodecID].Cost(plan[i])
+		}
 		if e.CodecID != codec.IDNone || plan[i].DType != e.DType {
 			n := plan[i].Elems()
 			c += 4*n + plan[i].Size + codecs[e.CodecID].Cost(plan[i])

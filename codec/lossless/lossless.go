@@ -306,6 +306,9 @@ func (c *Codec) Append(dst []byte, t tensor.Info, src []byte) ([]byte, error) {
 			return nil, err
 		}
 	}
+	if dst == nil {
+		dst = make([]byte, 0, size+maxOverhead(size))
+	}
 	start := len(dst)
 	dst = append(dst, layout, byte(form))
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(chunk))

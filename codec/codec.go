@@ -24,6 +24,7 @@ const (
 	IDBF16      uint16 = 2  // bfloat16
 	IDInt8      uint16 = 3  // per-row symmetric INT8
 	IDInt4      uint16 = 4  // grouped asymmetric INT4
+	IDLossless  uint16 = 5  // bit-exact entropy coding
 	IDTenpakXV1 uint16 = 16 // TenPak-X v1
 	IDTenpakXV2 uint16 = 17 // TenPak-X v2
 )
@@ -102,6 +103,31 @@ type TensorParamser interface {
 type ByteCodec interface {
 	Codec
 	EncodeBytes(w io.Writer, t tensor.Info, src []byte) error
+}
+
+// ByteDecoder is implemented by lossless codecs other than "none": they
+// restore a record's source bytes exactly (for every dtype, ggml blocks
+// included), and the pipeline writes those bytes instead of decoding to
+// float32. A record of such a codec restores like one stored with "none".
+type ByteDecoder interface {
+	ByteCodec
+	// DecodeBytes checks payload against t and returns t's source bytes
+	// (len == the byte size of t.DType and t.Shape).
+	DecodeBytes(payload []byte, t tensor.Info, version uint16) ([]byte, error)
+}
+
+// IsByteDecoder reports whether the codec registered under id restores
+// source bytes exactly (the none codec, or a ByteDecoder).
+func IsByteDecoder(id uint16) bool {
+	if id == IDNone {
+		return true
+	}
+	c, err := ByID(id)
+	if err != nil {
+		return false
+	}
+	_, ok := c.(ByteDecoder)
+	return ok
 }
 
 // ErrUnsupported is returned (wrapped) by Encode for tensors a codec cannot

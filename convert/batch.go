@@ -37,6 +37,9 @@ type BatchOptions struct {
 	Selector stream.Selector
 	// NoStats skips measuring reconstruction error.
 	NoStats bool
+	// PassThrough stores the tensors Codec leaves alone
+	// (CompressOptions.PassThrough).
+	PassThrough codec.ByteCodec
 	// BPW, if positive, sizes each weight file to BPW bits per parameter
 	// with tenpak_x_v2's rate control (CompressOptions.Rate).
 	BPW float64
@@ -734,6 +737,8 @@ func (b *batchRun) convert(c *Checkout, u Unit) (*unitRecord, error) {
 		Selector: b.o.Selector,
 		NoStats:  b.o.NoStats,
 		Rate:     b.rateOptions(),
+
+		PassThrough: b.o.PassThrough,
 	})
 	if err != nil {
 		cancel()

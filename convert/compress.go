@@ -24,6 +24,9 @@ type CompressOptions struct {
 	Codec codec.Codec
 	// Selector chooses the tensors to compress.
 	Selector stream.Selector
+	// PassThrough, if set, stores the tensors that Codec leaves alone
+	// with this lossless codec when that is smaller (stream.CompressOptions).
+	PassThrough codec.ByteCodec
 	// Overwrite allows replacing an existing output file.
 	Overwrite bool
 	// NoStats skips measuring reconstruction error.
@@ -107,6 +110,8 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 		Select:    o.Selector.Select,
 		Transpose: func(t tensor.Info) bool { return stream.IsConv1D(t.Name) },
 		NoStats:   o.NoStats,
+
+		PassThrough: o.PassThrough,
 	})
 	if err != nil {
 		return nil, err

@@ -13,6 +13,7 @@ import (
 	"github.com/tpconvert/tpconvert/codec"
 	_ "github.com/tpconvert/tpconvert/codec/basic"
 	_ "github.com/tpconvert/tpconvert/codec/intq"
+	_ "github.com/tpconvert/tpconvert/codec/lossless"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/fixtures/gen"

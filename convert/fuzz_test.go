@@ -18,6 +18,7 @@ import (
 
 	"github.com/tpconvert/tpconvert/codec"
 	_ "github.com/tpconvert/tpconvert/codec/intq"
+	_ "github.com/tpconvert/tpconvert/codec/lossless"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
 	"github.com/tpconvert/tpconvert/formats"
 	_ "github.com/tpconvert/tpconvert/formats/gguf" // ggml dequantizers
@@ -94,11 +95,12 @@ func seedTPK(tb testing.TB, kind formats.Kind) []byte {
 			tb.Fatal(err)
 		}
 	}
-	for _, c := range []string{"none", "f16", "bf16", "int8", "int4", "tenpak_x_v1", "tenpak_x_v2"} {
+	for _, c := range []string{"none", "f16", "bf16", "int8", "int4", "tenpak_x_v1", "tenpak_x_v2", "lossless"} {
 		add("w."+c, tensor.F32, []int64{4, 8}, c, false, x)
 	}
 	add("conv.int4", tensor.F32, []int64{8, 4}, "int4", true, x)
 	add("bf16.int8", tensor.BF16, []int64{4, 8}, "int8", false, x)
+	add("bf16.lossless", tensor.BF16, []int64{4, 8}, "lossless", false, x)
 	q := make([]byte, 34) // one Q8_0 block: FP16 scale 0.5, codes -16..15
 	binary.LittleEndian.PutUint16(q, 0x3800)
 	for k := range 32 {
@@ -159,6 +161,10 @@ func restoreSeeds(tb testing.TB) map[string][]byte {
 		}),
 		"transposed_vector": seedRecordEdit(tb, st, "w.f16", func(e *tpk.Entry, p []byte) []byte {
 			e.Shape, e.SourceSize, e.Transposed = []int64{32}, 128, true
+			return p
+		}),
+		"lie_lossless": seedRecordEdit(tb, st, "w.lossless", func(e *tpk.Entry, p []byte) []byte {
+			e.Shape, e.SourceSize = []int64{1 << 20, 1 << 20}, 1<<42
 			return p
 		}),
 		"none_short": seedRecordEdit(tb, st, "w.none", func(e *tpk.Entry, p []byte) []byte { return p[:len(p)-4] }),

@@ -49,7 +49,7 @@ func Inspect(path string) (*Report, error) {
 	}
 	for _, t := range src.Tensors() {
 		n := t.Elems()
-		tr := TensorReport{Name: t.Name, DType: t.DType.String(), Shape: t.Shape, SourceBytes: t.Size, StoredBytes: t.Size, Elems: n}
+		tr := TensorReport{Name: t.Name, DType: t.DType.String(), Shape: t.Shape, SourceBytes: t.Size, StoredBytes: t.Size, Elems: n, Ratio: 1}
 		if n > 0 {
 			tr.BPW = float64(t.Size) * 8 / float64(n)
 		}

@@ -129,8 +129,8 @@ func planRate(ctx context.Context, src formats.Source, o *CompressOptions) (*ten
 	}
 	probe := tenpakx2.NewPlanned(longest, nil, "")
 	// Tensors the plan left out (values tenpak_x_v2 cannot hold) are
-	// stored unchanged: they count as overhead.
-	over, err := stream.Overhead(src, probe, func(t tensor.Info) bool { _, ok := longest[t.Name]; return ok && sel(t) })
+	// stored unchanged or losslessly: they count as overhead.
+	over, err := stream.OverheadWith(src, probe, func(t tensor.Info) bool { _, ok := longest[t.Name]; return ok && sel(t) }, o.PassThrough)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -23,7 +23,9 @@ type TensorReport struct {
 	SourceBytes int64 `json:"source_bytes"`
 	StoredBytes int64 `json:"stored_bytes"`
 	// BPW is StoredBytes·8 / elements: bits per weight, all-in.
-	BPW     float64  `json:"bpw"`
+	BPW float64 `json:"bpw"`
+	// Ratio is StoredBytes / SourceBytes.
+	Ratio   float64  `json:"ratio"`
 	RelErr  *float64 `json:"rel_err,omitempty"`
 	SQNRdB  *float64 `json:"sqnr_db,omitempty"`
 	Note    string   `json:"note,omitempty"`
@@ -39,6 +41,12 @@ type Totals struct {
 	Compressed    int   `json:"compressed"`
 	PassedThrough int   `json:"passed_through"`
 	Params        int64 `json:"params"`
+	// Lossless counts the tensors stored by a lossless codec other than
+	// none (bit-exact, counted in PassedThrough too), with their source
+	// and stored bytes.
+	Lossless            int   `json:"lossless"`
+	LosslessSourceBytes int64 `json:"lossless_source_bytes"`
+	LosslessStoredBytes int64 `json:"lossless_stored_bytes"`
 	// CompressedParams counts the elements of compressed tensors.
 	CompressedParams int64 `json:"compressed_params"`
 	// BytesIn is the size of the source file(s); BytesOut of the .tpk.
@@ -78,7 +86,10 @@ func newReport(in, out string, inBytes, outBytes int64, es []tpk.Entry, notes []
 		e := &es[i]
 		n := e.Info().Elems()
 		tr := TensorReport{Name: e.Name, DType: e.DType.String(), Shape: e.Shape, Codec: e.Codec, Params: e.Params,
-			SourceBytes: e.SourceSize, StoredBytes: e.RecordSize, Elems: n, Lossy: e.CodecID != codec.IDNone, Transp: e.Transposed}
+			SourceBytes: e.SourceSize, StoredBytes: e.RecordSize, Elems: n, Lossy: !codec.IsByteDecoder(e.CodecID), Transp: e.Transposed}
+		if e.SourceSize > 0 {
+			tr.Ratio = float64(e.RecordSize) / float64(e.SourceSize)
+		}
 		if notes != nil {
 			tr.Note = notes[i]
 		}
@@ -98,6 +109,11 @@ func newReport(in, out string, inBytes, outBytes int64, es []tpk.Entry, notes []
 			stored += float64(e.RecordSize)
 		} else {
 			r.Totals.PassedThrough++
+		}
+		if !tr.Lossy && e.CodecID != codec.IDNone {
+			r.Totals.Lossless++
+			r.Totals.LosslessSourceBytes += e.SourceSize
+			r.Totals.LosslessStoredBytes += e.RecordSize
 		}
 	}
 	t := &r.Totals

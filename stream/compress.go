@@ -59,6 +59,11 @@ type CompressOptions struct {
 	// records. Every compressed tensor is still decoded once and checked
 	// against the codec's error bound (codec.MaxRelErr).
 	NoStats bool
+	// PassThrough, if set, stores the tensors that Codec does not
+	// compress (or cannot) with this lossless codec instead of none,
+	// whenever that is smaller. A Codec that is itself a lossless
+	// ByteCodec other than none is used this way for every tensor.
+	PassThrough codec.ByteCodec
 }
 
 // Result describes what happened to one tensor.
@@ -92,15 +97,13 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 	if err != nil {
 		return nil, err
 	}
-	_, raw := o.Codec.(codec.ByteCodec)
+	bc, raw := o.Codec.(codec.ByteCodec)
+	if raw && bc.ID() != codec.IDNone {
+		o.PassThrough = bc
+	}
 	selected := make([]bool, len(infos))
 	for i, t := range infos {
 		selected[i] = !raw && o.Select != nil && o.Select(t)
-	}
-	type encoded struct {
-		payload []byte
-		entry   tpk.Entry
-		note    string
 	}
 	results := make([]Result, len(infos))
 	cost := func(i int) int64 {
@@ -109,6 +112,8 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 		if selected[i] {
 			n := t.Elems()
 			c += 8*n + 2*n + o.Codec.Cost(t) // x, decoded copy, payload, codec
+		} else if o.PassThrough != nil {
+			c += o.PassThrough.Cost(t)
 		}
 		return c
 	}
@@ -120,11 +125,11 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 		}
 		e := rawEntry(t)
 		if !selected[i] {
-			return encoded{payload: b, entry: e}, nil
+			return passThrough(o.PassThrough, t, b, e, "")
 		}
 		p, st, transposed, err := encodeTensor(ctx, o, t, b)
 		if errors.Is(err, codec.ErrUnsupported) || errors.Is(err, errUnfaithful) {
-			return encoded{payload: b, entry: e, note: fmt.Sprintf("%v; stored unchanged", err)}, nil
+			return passThrough(o.PassThrough, t, b, e, fmt.Sprintf("%v; stored unchanged", err))
 		}
 		if err != nil {
 			return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
@@ -153,6 +158,44 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 	return results, nil
 }
 
+type encoded struct {
+	payload []byte
+	entry   tpk.Entry
+	note    string
+}
+
+// appender is implemented by byte codecs that append a payload to a
+// slice (lossless.Codec), saving the copy through an io.Writer.
+type appender interface {
+	Append(dst []byte, t tensor.Info, src []byte) ([]byte, error)
+}
+
+// passThrough stores the source bytes b of t with the lossless codec pc
+// when that is smaller than b, else unchanged (entry e, the none codec).
+func passThrough(pc codec.ByteCodec, t tensor.Info, b []byte, e tpk.Entry, note string) (encoded, error) {
+	if pc == nil || len(b) == 0 {
+		return encoded{payload: b, entry: e, note: note}, nil
+	}
+	var p []byte
+	if a, ok := pc.(appender); ok {
+		var err error
+		if p, err = a.Append(nil, t, b); err != nil {
+			return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
+		}
+	} else {
+		var buf bytes.Buffer
+		if err := pc.EncodeBytes(&buf, t, b); err != nil {
+			return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
+		}
+		p = buf.Bytes()
+	}
+	if len(p) >= len(b) {
+		return encoded{payload: b, entry: e, note: note}, nil
+	}
+	e.Codec, e.CodecID, e.CodecVersion, e.Params = pc.Name(), pc.ID(), pc.Version(), pc.Params()
+	return encoded{payload: p, entry: e, note: note}, nil
+}
+
 // rawEntry is t's record entry when it is stored unchanged (the none
 // codec); a lossy codec overwrites the codec fields.
 func rawEntry(t tensor.Info) tpk.Entry {
@@ -176,6 +219,14 @@ func tensorParams(c codec.Codec, t tensor.Info) string {
 // plus the unselected tensors stored unchanged. Rate control subtracts it
 // from a whole-file budget. It reads no tensor data.
 func Overhead(src formats.Source, c codec.Codec, sel func(tensor.Info) bool) (int64, error) {
+	return OverheadWith(src, c, sel, nil)
+}
+
+// OverheadWith is Overhead for a Compress whose PassThrough is pass: each
+// unselected tensor counts with the size it will really be stored at,
+// which OverheadWith finds by encoding it (one tensor at a time) when pass
+// is set.
+func OverheadWith(src formats.Source, c codec.Codec, sel func(tensor.Info) bool, pass codec.ByteCodec) (int64, error) {
 	infos := src.Tensors()
 	order := ggufInfoOrder(src, infos)
 	var cw countWriter
@@ -184,12 +235,23 @@ func Overhead(src formats.Source, c codec.Codec, sel func(tensor.Info) bool) (in
 		return 0, err
 	}
 	var raw int64
-	for _, t := range infos {
+	for i, t := range infos {
 		e := rawEntry(t)
 		if sel != nil && sel(t) {
 			e.Codec, e.CodecID, e.CodecVersion, e.Params = c.Name(), c.ID(), c.Version(), tensorParams(c, t)
 			// The longest statistics JSON can hold.
 			e.Stats = &tpk.Stats{RelErr: 0.012345678901234567, SQNRdB: -12.345678901234567}
+		} else if pass != nil {
+			b, err := src.Bytes(i)
+			if err != nil {
+				return 0, err
+			}
+			v, err := passThrough(pass, t, b, e, "")
+			src.Release(i)
+			if err != nil {
+				return 0, err
+			}
+			e, raw = v.entry, raw+int64(len(v.payload))
 		} else {
 			raw += t.Size
 		}

@@ -38,7 +38,7 @@ func Plan(r *tpk.Reader, o RestoreOptions) ([]tensor.Info, error) {
 		e := &es[i]
 		t := e.Info()
 		switch {
-		case e.CodecID != codec.IDNone:
+		case !codec.IsByteDecoder(e.CodecID):
 			switch {
 			case o.DType != tensor.Invalid:
 				t.DType = o.DType
@@ -96,6 +96,9 @@ func Restore(ctx context.Context, r *tpk.Reader, plan []tensor.Info, sink format
 	cost := func(i int) int64 {
 		e := &es[i]
 		c := e.RecordSize
+		if _, ok := codecs[e.CodecID].(codec.ByteDecoder); ok && plan[i].DType == e.DType {
+			return c + plan[i].Size + codecs[e.CodecID].Cost(plan[i])
+		}
 		if e.CodecID != codec.IDNone || plan[i].DType != e.DType {
 			n := plan[i].Elems()
 			c += 4*n + plan[i].Size + codecs[e.CodecID].Cost(plan[i])
@@ -115,6 +118,13 @@ func Restore(ctx context.Context, r *tpk.Reader, plan []tensor.Info, sink format
 		if n > maxElemsPerPayloadByte*int64(len(p)) {
 			return nil, &tpk.Error{File: r.Name(), Tensor: e.Name, Offset: e.PayloadOffset,
 				Err: fmt.Errorf("%w: %d elements declared for a payload of %d bytes", tpk.ErrCorrupt, n, len(p))}
+		}
+		if bd, ok := codecs[e.CodecID].(codec.ByteDecoder); ok && plan[i].DType == e.DType {
+			b, err := bd.DecodeBytes(p, e.Info(), e.CodecVersion)
+			if err != nil {
+				return nil, &tpk.Error{File: r.Name(), Tensor: e.Name, Offset: e.PayloadOffset, Err: err}
+			}
+			return b, nil
 		}
 		x := make([]float32, n)
 		src := e.Info()

@@ -81,6 +81,9 @@ func cmdBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if o.Codec, o.CodecOptions, o.Selector, o.Options, err = cf.build(); err != nil {
 		return err
 	}
+	if o.PassThrough, err = passThrough(o.Codec); err != nil {
+		return err
+	}
 	debug.SetMemoryLimit(o.MaxMemory + 256<<20)
 	ui := newBatchUI(stderr, *asJSON || *dryRun)
 	o.OnEvent = ui.event

@@ -43,6 +43,10 @@ func cmdCompress(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
+	pass, err := passThrough(c)
+	if err != nil {
+		return err
+	}
 	debug.SetMemoryLimit(so.MaxMemory + 256<<20)
 	prog := newProgress(stderr, "compress", *asJSON)
 	so.Progress = prog.add
@@ -62,6 +66,8 @@ func cmdCompress(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		NoStats:   *cf.noStats,
 		Rate:      ro,
 		OnStart:   onStart,
+
+		PassThrough: pass,
 	})
 	prog.finish()
 	if err != nil {

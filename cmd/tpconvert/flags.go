@@ -23,6 +23,7 @@ type convFlags struct {
 	bpw                             *float64
 	sampleRows                      *int
 	targetSize                      sizeFlag
+	lossless                        *bool
 	set                             map[string]bool
 }
 
@@ -39,6 +40,7 @@ func addConvFlags(fs *flag.FlagSet, workersDoc, memDoc string) *convFlags {
 	fs.Var(&f.maxMem, "max-memory", memDoc)
 	f.noStats = fs.Bool("no-stats", false, "skip measuring reconstruction error (saves one decode per tensor)")
 	f.sampleRows = fs.Int("sample-rows", 0, "rows per tensor that --bpw/--target-size code with every candidate grid to estimate its error (default: enough for 32768 weights, 16-128 rows)")
+	f.lossless = fs.Bool("lossless", false, "store every tensor bit-exact with the lossless codec (same as --codec lossless); the other codecs store the tensors they leave alone with it too, unless --codec none")
 	f.bpw = fs.Float64("bpw", 0, "make the whole output file this many bits per parameter (e.g. 3 or 4.5): tenpak_x_v2 with rate control over every weight matrix, embeddings and output head included")
 	return f
 }
@@ -68,6 +70,8 @@ func (f *convFlags) rate() (*convert.RateOptions, error) {
 		return nil, errUsage{fmt.Errorf("--bpw %v: want a number of bits per parameter above 0 (and at most 64)", bpw)}
 	case size < 0:
 		return nil, errUsage{errors.New("--target-size must be positive")}
+	case *f.lossless:
+		return nil, errUsage{errors.New("--lossless keeps every tensor exact; it cannot be combined with --bpw or --target-size")}
 	}
 	if f.set["codec"] && *f.codec != "tenpak_x_v2" {
 		return nil, errUsage{fmt.Errorf("--bpw and --target-size use tenpak_x_v2's rate control; --codec %s cannot be sized (drop --codec, or use --codec tenpak_x_v2)", *f.codec)}
@@ -106,9 +110,28 @@ func (f *convFlags) build() (codec.Codec, codec.Options, stream.Selector, stream
 	if *f.workers < 1 {
 		return fail(errUsage{errors.New("--workers must be at least 1")})
 	}
+	if *f.lossless {
+		if f.set["codec"] && *f.codec != "lossless" {
+			return fail(errUsage{fmt.Errorf("--lossless stores every tensor with the lossless codec; drop --codec %s", *f.codec)})
+		}
+		*f.codec = "lossless"
+	}
 	c, err := codec.New(*f.codec, co)
 	if err != nil {
 		return fail(errUsage{err})
 	}
 	return c, co, sel, stream.Options{Workers: *f.workers, MaxMemory: int64(f.maxMem)}, nil
+}
+
+// passThrough returns the codec for the tensors that c leaves alone: the
+// lossless codec, or nil (stored unchanged) when c is none.
+func passThrough(c codec.Codec) (codec.ByteCodec, error) {
+	if c.ID() == codec.IDNone {
+		return nil, nil
+	}
+	l, err := codec.New("lossless", codec.Options{})
+	if err != nil {
+		return nil, err
+	}
+	return l.(codec.ByteCodec), nil
 }

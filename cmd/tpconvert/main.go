@@ -30,6 +30,7 @@ import (
 	// Codecs register themselves.
 	_ "github.com/tpconvert/tpconvert/codec/basic"
 	_ "github.com/tpconvert/tpconvert/codec/intq"
+	_ "github.com/tpconvert/tpconvert/codec/lossless"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx2"
 )

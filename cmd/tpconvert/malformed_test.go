@@ -28,6 +28,7 @@ import (
 
 	// The crafted .tpk files hold records of every codec.
 	_ "github.com/tpconvert/tpconvert/codec/intq"
+	_ "github.com/tpconvert/tpconvert/codec/lossless"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
 )
 

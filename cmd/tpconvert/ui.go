@@ -148,7 +148,7 @@ func fmtShape(s []int64) string {
 // printReport renders a conversion or inspection summary as text.
 func printReport(w io.Writer, r *convert.Report, all bool) {
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "tensor\tdtype\tshape\tcodec\tstored\tbits/w\trel.err\tSQNR dB\t")
+	fmt.Fprintln(tw, "tensor\tdtype\tshape\tcodec\tstored\tbits/w\tratio\trel.err\tSQNR dB\t")
 	shown := 0
 	for _, t := range r.Tensors {
 		if !all && !t.Lossy && t.Note == "" { // fallbacks are always shown
@@ -170,7 +170,7 @@ func printReport(w io.Writer, r *convert.Report, all bool) {
 		if t.Note != "" {
 			c += " (" + t.Note + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.3f\t%s\t%s\t\n", t.Name, t.DType, fmtShape(t.Shape), c, human(t.StoredBytes), t.BPW, re, sq)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.3f\t%.1f%%\t%s\t%s\t\n", t.Name, t.DType, fmtShape(t.Shape), c, human(t.StoredBytes), t.BPW, 100*t.Ratio, re, sq)
 	}
 	if shown > 0 {
 		tw.Flush()
@@ -213,6 +213,10 @@ func printReport(w io.Writer, r *convert.Report, all bool) {
 	if r.Output != "" || strings.HasPrefix(r.Kind, "tpk") {
 		fmt.Fprintf(w, "  tensors          %d (%d compressed, %d stored unchanged)\n", tt.Tensors, tt.Compressed, tt.PassedThrough)
 		fmt.Fprintf(w, "  parameters       %d (%d in compressed tensors)\n", tt.Params, tt.CompressedParams)
+		if tt.Lossless > 0 {
+			fmt.Fprintf(w, "  lossless         %d tensors bit-exact, %s -> %s (%.1f%%)\n", tt.Lossless,
+				human(tt.LosslessSourceBytes), human(tt.LosslessStoredBytes), 100*float64(tt.LosslessStoredBytes)/float64(max(tt.LosslessSourceBytes, 1)))
+		}
 	} else {
 		fmt.Fprintf(w, "  tensors          %d\n", tt.Tensors)
 		fmt.Fprintf(w, "  parameters       %d\n", tt.Params)
@@ -228,7 +232,7 @@ func printReport(w io.Writer, r *convert.Report, all bool) {
 	}
 	fmt.Fprintln(w)
 	if r.Output != "" || strings.HasPrefix(r.Kind, "tpk") {
-		fmt.Fprintf(w, "  ratio            %.2fx vs FP16, %.2fx vs source\n", tt.RatioFP16, tt.RatioSource)
+		fmt.Fprintf(w, "  ratio            %.2fx vs FP16, %.2fx vs source (%.1f%% of the source)\n", tt.RatioFP16, tt.RatioSource, 100/max(tt.RatioSource, 1e-300))
 	} else {
 		fmt.Fprintf(w, "  ratio            %.2fx vs FP16\n", tt.RatioFP16)
 	}

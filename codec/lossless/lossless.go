@@ -1,0 +1,647 @@
+// Package lossless registers the lossless codec (ID 5): every tensor comes
+// back bit-exact, in its source dtype.
+//
+// Floating-point values (F16, BF16, F32, F64) are rotated left by one bit,
+// so that the sign sits in bit 0 and the exponent fills the top byte, and
+// split into byte planes; each plane of each chunk of 65536 values is
+// Huffman-coded with github.com/klauspost/compress/huff0, or stored raw
+// when that does not pay, or as one byte when the plane is constant. An
+// F32 tensor whose values are all exactly BF16 (or F16) is stored as BF16
+// (F16) and widened back bit for bit. Other dtypes (integers, bool, FP8,
+// ggml blocks) are cut into chunks of 256 KiB, each stored raw or with
+// zstd, whichever is smaller. Chunks are encoded and decoded in parallel;
+// the payload layout is in formats/tpk/CODECS.md.
+package lossless
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/bits"
+	"runtime"
+	"sync"
+
+	"github.com/klauspost/compress/huff0"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/tpconvert/tpconvert/codec"
+	"github.com/tpconvert/tpconvert/codec/internal/par"
+	"github.com/tpconvert/tpconvert/tensor"
+)
+
+func init() {
+	codec.Register(codec.IDLossless, "lossless", "bit-exact: entropy-coded byte planes (floats), zstd or raw (other dtypes)", func(codec.Options) (codec.Codec, error) {
+		return &Codec{}, nil
+	})
+}
+
+// Forms: how the values of a payload are stored.
+const (
+	FormBytes    = 0 // the source bytes, chunked, zstd or raw
+	FormF16      = 1 // F16 source, byte planes
+	FormBF16     = 2 // BF16 source, byte planes
+	FormF32      = 3 // F32 source, byte planes
+	FormF64      = 4 // F64 source, byte planes
+	FormF32AsB16 = 5 // F32 source whose values are all BF16: their top halves, byte planes
+	FormF32AsF16 = 6 // F32 source whose values are all F16: as F16, byte planes
+	numForms     = 7
+)
+
+// Plane modes.
+const (
+	modeRaw   = 0 // the plane's bytes as they are
+	modeHuff  = 1 // huff0 4-stream block with its table
+	modeConst = 2 // one byte, repeated for every value of the chunk
+	modeZstd  = 3 // one zstd frame (FormBytes only)
+)
+
+const (
+	layout = 1
+	// FloatChunk is the number of values in every chunk of a float form
+	// but the last; BytesChunk the bytes in every chunk of FormBytes.
+	FloatChunk = 1 << 16
+	BytesChunk = 1 << 18
+	headerSize = 14
+	planeHead  = 5
+	// MaxElemsPerByte is the densest payload: an encoder pads with zero
+	// bytes to at least ceil(elements/MaxElemsPerByte) bytes, the bound
+	// that tpk decoders apply to every record before allocating.
+	MaxElemsPerByte = 64
+)
+
+var (
+	zenc     *zstd.Encoder
+	zdec     *zstd.Decoder
+	zoneInit sync.Once
+	zerr     error
+)
+
+func zstdCoders() (*zstd.Encoder, *zstd.Decoder, error) {
+	zoneInit.Do(func() {
+		zenc, zerr = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false))
+		if zerr != nil {
+			return
+		}
+		zdec, zerr = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(BytesChunk), zstd.WithDecodeAllCapLimit(true))
+	})
+	return zenc, zdec, zerr
+}
+
+// Codec is the lossless codec. The zero value is ready to use.
+type Codec struct {
+	workers int
+}
+
+// SetWorkers sets the number of goroutines that code the chunks of one
+// tensor (default GOMAXPROCS). The payload does not depend on it.
+func (c *Codec) SetWorkers(n int) { c.workers = n }
+
+func (c *Codec) nworkers() int {
+	if c.workers > 0 {
+		return c.workers
+	}
+	return runtime.GOMAXPROCS(0)
+}
+
+// ID implements codec.Codec.
+func (*Codec) ID() uint16 { return codec.IDLossless }
+
+// Name implements codec.Codec.
+func (*Codec) Name() string { return "lossless" }
+
+// Version implements codec.Codec.
+func (*Codec) Version() uint16 { return 1 }
+
+// Params implements codec.Codec.
+func (*Codec) Params() string { return "" }
+
+// Cost implements codec.Codec: the payload or decoded buffer (at most the
+// source size plus the headers) and each worker's chunk scratch.
+func (c *Codec) Cost(t tensor.Info) int64 {
+	size := t.Size
+	if size <= 0 {
+		if s, err := tensor.ByteSize(t.DType, t.Shape); err == nil {
+			size = s
+		}
+	}
+	return size + maxOverhead(size) + int64(c.nworkers())*4*BytesChunk
+}
+
+// maxOverhead bounds the bytes a payload of a size-byte tensor has beyond
+// size: the header and one 5-byte plane header per plane of every chunk
+// (8 planes of FloatChunk values at most, one of BytesChunk).
+func maxOverhead(size int64) int64 {
+	return headerSize + 8*planeHead*(size/FloatChunk+1) + size/MaxElemsPerByte + 1
+}
+
+func width(form int) int {
+	switch form {
+	case FormBytes:
+		return 1
+	case FormF32:
+		return 4
+	case FormF64:
+		return 8
+	}
+	return 2
+}
+
+func chunkOf(form int) int {
+	if form == FormBytes {
+		return BytesChunk
+	}
+	return FloatChunk
+}
+
+// chooseForm picks the form for src of dtype d.
+func chooseForm(d tensor.DType, src []byte) int {
+	switch d {
+	case tensor.F16:
+		return FormF16
+	case tensor.BF16:
+		return FormBF16
+	case tensor.F64:
+		return FormF64
+	case tensor.F32:
+		if allBF16(src) {
+			return FormF32AsB16
+		}
+		if allF16(src) {
+			return FormF32AsF16
+		}
+		return FormF32
+	}
+	return FormBytes
+}
+
+func allBF16(src []byte) bool {
+	for i := 0; i+4 <= len(src); i += 4 {
+		if src[i]|src[i+1] != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func allF16(src []byte) bool {
+	for i := 0; i+4 <= len(src); i += 4 {
+		u := binary.LittleEndian.Uint32(src[i:])
+		if widen[tensor.FloatToHalf(math.Float32frombits(u))] != u {
+			return false
+		}
+	}
+	return true
+}
+
+// widen maps binary16 bits to the binary32 bits of the same value, NaN
+// payloads included (signalling NaNs stay signalling): CODECS.md's rule.
+var widen = func() *[1 << 16]uint32 {
+	var t [1 << 16]uint32
+	for h := range 1 << 16 {
+		s, e, m := uint32(h>>15), uint32(h>>10)&31, uint32(h)&1023
+		switch {
+		case e == 31:
+			t[h] = s<<31 | 255<<23 | m<<13
+		case e == 0:
+			t[h] = s<<31 | math.Float32bits(float32(m)*0x1p-24)
+		default:
+			t[h] = s<<31 | (e+112)<<23 | m<<13
+		}
+	}
+	return &t
+}()
+
+// load returns value i of src (in the source dtype) as form stores it,
+// an unsigned integer of width(form) bytes; store is its inverse.
+func load(form int, src []byte, i int) uint64 {
+	switch form {
+	case FormF16, FormBF16:
+		return uint64(binary.LittleEndian.Uint16(src[2*i:]))
+	case FormF32:
+		return uint64(binary.LittleEndian.Uint32(src[4*i:]))
+	case FormF64:
+		return binary.LittleEndian.Uint64(src[8*i:])
+	case FormF32AsB16:
+		return uint64(binary.LittleEndian.Uint32(src[4*i:]) >> 16)
+	case FormF32AsF16:
+		return uint64(tensor.FloatToHalf(math.Float32frombits(binary.LittleEndian.Uint32(src[4*i:]))))
+	}
+	return uint64(src[i])
+}
+
+func store(form int, dst []byte, i int, v uint64) {
+	switch form {
+	case FormF16, FormBF16:
+		binary.LittleEndian.PutUint16(dst[2*i:], uint16(v))
+	case FormF32:
+		binary.LittleEndian.PutUint32(dst[4*i:], uint32(v))
+	case FormF64:
+		binary.LittleEndian.PutUint64(dst[8*i:], v)
+	case FormF32AsB16:
+		binary.LittleEndian.PutUint32(dst[4*i:], uint32(v)<<16)
+	case FormF32AsF16:
+		binary.LittleEndian.PutUint32(dst[4*i:], widen[uint16(v)])
+	default:
+		dst[i] = byte(v)
+	}
+}
+
+// rotl rotates the w-byte value v left by one bit; rotr undoes it.
+func rotl(v uint64, w int) uint64 {
+	n := uint(8 * w)
+	return (v<<1 | v>>(n-1)) & (1<<n - 1)
+}
+
+func rotr(v uint64, w int) uint64 {
+	n := uint(8 * w)
+	return (v>>1 | v<<(n-1)) & (1<<n - 1)
+}
+
+// scratch holds one worker's buffers.
+type scratch struct {
+	planes [8][]byte
+	out    []byte
+	huff   huff0.Scratch
+}
+
+var pool = sync.Pool{New: func() any { return new(scratch) }}
+
+func (s *scratch) plane(k, n int) []byte {
+	if cap(s.planes[k]) < n {
+		s.planes[k] = make([]byte, n, max(n, FloatChunk))
+	}
+	return s.planes[k][:n]
+}
+
+// EncodeBytes implements codec.ByteCodec: it writes the payload for the
+// source bytes src of tensor t.
+func (c *Codec) EncodeBytes(w io.Writer, t tensor.Info, src []byte) error {
+	p, err := c.Append(nil, t, src)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(p)
+	return err
+}
+
+// Append appends the payload for the source bytes src of tensor t to dst.
+func (c *Codec) Append(dst []byte, t tensor.Info, src []byte) ([]byte, error) {
+	size, err := tensor.ByteSize(t.DType, t.Shape)
+	if err != nil {
+		return nil, fmt.Errorf("lossless: tensor %q: %w", t.Name, err)
+	}
+	if int64(len(src)) != size {
+		return nil, fmt.Errorf("lossless: tensor %q: %d source bytes for a %s tensor of %d bytes", t.Name, len(src), t.DType, size)
+	}
+	form := chooseForm(t.DType, src)
+	n := len(src)
+	if form != FormBytes {
+		n = int(t.Elems())
+	}
+	chunk := chunkOf(form)
+	if form == FormBytes {
+		if _, _, err := zstdCoders(); err != nil {
+			return nil, err
+		}
+	}
+	if dst == nil {
+		dst = make([]byte, 0, size+maxOverhead(size))
+	}
+	start := len(dst)
+	dst = append(dst, layout, byte(form))
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(chunk))
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(n))
+	nchunks := (n + chunk - 1) / chunk
+	// Code a batch of chunks in parallel, append it in order, go on: the
+	// memory beyond the payload is one batch of chunk outputs.
+	batch := max(1, c.nworkers()) * 4
+	outs := make([][]byte, batch)
+	for b0 := 0; b0 < nchunks; b0 += batch {
+		b1 := min(b0+batch, nchunks)
+		err := par.For(b1-b0, 1, 1, c.nworkers(), func(lo, hi int) error {
+			for j := lo; hi > j; j++ {
+				k := b0 + j
+				v0, v1 := k*chunk, min((k+1)*chunk, n)
+				var err error
+				outs[j], err = encodeChunk(outs[j][:0], form, src, v0, v1)
+				if err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		for j := 0; j < b1-b0; j++ {
+			dst = append(dst, outs[j]...)
+		}
+	}
+	if m := minLen(t.Elems()); int64(len(dst)-start) < m {
+		dst = append(dst, make([]byte, m-int64(len(dst)-start))...)
+	}
+	return dst, nil
+}
+
+// minLen is the smallest payload for a tensor of elems elements.
+func minLen(elems int64) int64 {
+	return (elems + MaxElemsPerByte - 1) / MaxElemsPerByte
+}
+
+// encodeChunk appends the planes of values [v0, v1) to out.
+func encodeChunk(out []byte, form int, src []byte, v0, v1 int) ([]byte, error) {
+	s := pool.Get().(*scratch)
+	defer pool.Put(s)
+	m := v1 - v0
+	if form == FormBytes {
+		zenc, _, _ := zstdCoders()
+		in := src[v0:v1]
+		s.out = zenc.EncodeAll(in, s.out[:0])
+		if len(s.out) < m {
+			return appendPlane(out, modeZstd, s.out), nil
+		}
+		return appendPlane(out, modeRaw, in), nil
+	}
+	w := width(form)
+	var planes [8][]byte
+	for k := range w {
+		planes[k] = s.plane(k, m)
+	}
+	if form == FormF16 || form == FormBF16 {
+		p0, p1, b := planes[0][:m], planes[1][:m], src[2*v0:2*v1]
+		for i := range m {
+			r := bits.RotateLeft16(uint16(b[2*i])|uint16(b[2*i+1])<<8, 1)
+			p0[i], p1[i] = byte(r), byte(r>>8)
+		}
+	} else {
+		for i := range m {
+			v := rotl(load(form, src, v0+i), w)
+			for k := range w {
+				planes[k][i] = byte(v >> (8 * k))
+			}
+		}
+	}
+	for k := range w {
+		out = appendCoded(out, planes[k], &s.huff)
+	}
+	return out, nil
+}
+
+// appendCoded appends plane p in the smallest of its modes.
+func appendCoded(out, p []byte, hs *huff0.Scratch) []byte {
+	hs.Reuse = huff0.ReusePolicyNone
+	hs.Out = hs.Out[:0]
+	enc, _, err := huff0.Compress4X(p, hs)
+	switch {
+	case errors.Is(err, huff0.ErrUseRLE):
+		return appendPlane(out, modeConst, p[:1])
+	case err == nil && len(enc) < len(p):
+		return appendPlane(out, modeHuff, enc)
+	}
+	// huff0.ErrIncompressible, or no gain.
+	return appendPlane(out, modeRaw, p)
+}
+
+func appendPlane(out []byte, mode byte, data []byte) []byte {
+	out = append(out, mode)
+	out = binary.LittleEndian.AppendUint32(out, uint32(len(data)))
+	return append(out, data...)
+}
+
+// Encode implements codec.Codec for float tensors: x is stored in
+// t.DType, losslessly.
+func (c *Codec) Encode(w io.Writer, t tensor.Info, x []float32) error {
+	if !t.DType.IsFloat() {
+		return fmt.Errorf("%w: lossless.Encode of %s values", codec.ErrUnsupported, t.DType)
+	}
+	b := make([]byte, int64(len(x))*t.DType.BlockBytes())
+	if err := tensor.FromFloat32(b, t.DType, x); err != nil {
+		return err
+	}
+	return c.EncodeBytes(w, t, b)
+}
+
+// Decode implements codec.Codec: it restores the source bytes and decodes
+// them to float32.
+func (c *Codec) Decode(dst []float32, payload []byte, t tensor.Info, version uint16) error {
+	b, err := c.DecodeBytes(payload, t, version)
+	if err != nil {
+		return err
+	}
+	if err := tensor.ToFloat32(dst, t.DType, b); err != nil {
+		return fmt.Errorf("%w: %v", codec.ErrCorrupt, err)
+	}
+	return nil
+}
+
+type plane struct {
+	mode byte
+	data []byte
+}
+
+func corrupt(format string, args ...any) error {
+	return fmt.Errorf("%w: lossless: %s", codec.ErrCorrupt, fmt.Sprintf(format, args...))
+}
+
+// DecodeBytes implements codec.ByteDecoder: it checks the whole payload's
+// structure against t, then returns t's source bytes.
+func (c *Codec) DecodeBytes(payload []byte, t tensor.Info, version uint16) ([]byte, error) {
+	if version != 1 {
+		return nil, corrupt("version %d (supported 1)", version)
+	}
+	size, err := tensor.ByteSize(t.DType, t.Shape)
+	if err != nil {
+		return nil, corrupt("%v", err)
+	}
+	if len(payload) < headerSize {
+		return nil, corrupt("payload of %d bytes is shorter than its header", len(payload))
+	}
+	if payload[0] != layout {
+		return nil, corrupt("layout %d (supported %d)", payload[0], layout)
+	}
+	form := int(payload[1])
+	if form >= numForms {
+		return nil, corrupt("unknown form %d", form)
+	}
+	if want := formFor(t.DType, form); want != form {
+		return nil, corrupt("form %d for a %s tensor", form, t.DType)
+	}
+	chunk := int64(binary.LittleEndian.Uint32(payload[2:]))
+	n := binary.LittleEndian.Uint64(payload[6:])
+	if chunk != int64(chunkOf(form)) {
+		return nil, corrupt("chunk of %d values (want %d)", chunk, chunkOf(form))
+	}
+	wantN := uint64(t.Elems())
+	if form == FormBytes {
+		wantN = uint64(size)
+	}
+	if n != wantN {
+		return nil, corrupt("%d values for a tensor of %d", n, wantN)
+	}
+	if int64(len(payload)) < minLen(t.Elems()) {
+		return nil, corrupt("payload of %d bytes for %d elements (at least %d)", len(payload), t.Elems(), minLen(t.Elems()))
+	}
+	w := width(form)
+	nchunks := int((int64(n) + chunk - 1) / chunk)
+	// Walk every plane header before allocating anything from n.
+	planes := make([]plane, 0, min(nchunks*w, len(payload)/planeHead+1))
+	off := headerSize
+	for k := range nchunks {
+		m := int(min(chunk, int64(n)-int64(k)*chunk))
+		for range w {
+			if len(payload)-off < planeHead {
+				return nil, corrupt("chunk %d: truncated", k)
+			}
+			mode := payload[off]
+			l := int64(binary.LittleEndian.Uint32(payload[off+1:]))
+			off += planeHead
+			if l > int64(len(payload)-off) {
+				return nil, corrupt("chunk %d: plane of %d bytes past the payload's end", k, l)
+			}
+			switch {
+			case mode == modeRaw && l == int64(m):
+			case mode == modeConst && l == 1:
+			case mode == modeHuff && form != FormBytes && l < int64(m):
+			case mode == modeZstd && form == FormBytes && l < int64(m):
+			default:
+				return nil, corrupt("chunk %d: plane mode %d with %d bytes for %d values", k, mode, l, m)
+			}
+			planes = append(planes, plane{mode, payload[off : off+int(l)]})
+			off += int(l)
+		}
+	}
+	for _, b := range payload[off:] {
+		if b != 0 {
+			return nil, corrupt("non-zero byte after the last chunk")
+		}
+	}
+	if len(payload) > off && int64(len(payload)) != minLen(t.Elems()) {
+		return nil, corrupt("%d bytes of padding where %d make the payload's minimum length", len(payload)-off, minLen(t.Elems())-int64(off))
+	}
+	dst := make([]byte, size)
+	err = par.For(nchunks, 1, 1, c.nworkers(), func(lo, hi int) error {
+		for k := lo; k < hi; k++ {
+			v0 := k * int(chunk)
+			v1 := min(v0+int(chunk), int(n))
+			if err := decodeChunk(dst, form, planes[k*w:(k+1)*w], v0, v1); err != nil {
+				return fmt.Errorf("chunk %d: %w", k, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return dst, nil
+}
+
+// formFor returns form if it is valid for a tensor of dtype d, else -1.
+func formFor(d tensor.DType, form int) int {
+	switch d {
+	case tensor.F16:
+		if form == FormF16 {
+			return form
+		}
+	case tensor.BF16:
+		if form == FormBF16 {
+			return form
+		}
+	case tensor.F64:
+		if form == FormF64 {
+			return form
+		}
+	case tensor.F32:
+		if form == FormF32 || form == FormF32AsB16 || form == FormF32AsF16 {
+			return form
+		}
+	default:
+		if form == FormBytes {
+			return form
+		}
+	}
+	return -1
+}
+
+func decodeChunk(dst []byte, form int, ps []plane, v0, v1 int) error {
+	m := v1 - v0
+	if form == FormBytes {
+		p := ps[0]
+		out := dst[v0:v1]
+		switch p.mode {
+		case modeRaw:
+			copy(out, p.data)
+		case modeConst:
+			for i := range out {
+				out[i] = p.data[0]
+			}
+		case modeZstd:
+			_, zdec, err := zstdCoders()
+			if err != nil {
+				return err
+			}
+			got, err := zdec.DecodeAll(p.data, out[:0:m])
+			if err != nil {
+				return corrupt("zstd: %v", err)
+			}
+			if len(got) != m {
+				return corrupt("zstd frame of %d bytes (want %d)", len(got), m)
+			}
+		}
+		return nil
+	}
+	s := pool.Get().(*scratch)
+	defer pool.Put(s)
+	w := width(form)
+	var planes [8][]byte
+	for k := range w {
+		p := ps[k]
+		switch p.mode {
+		case modeRaw:
+			planes[k] = p.data
+		case modeConst:
+			b := s.plane(k, m)
+			for i := range b {
+				b[i] = p.data[0]
+			}
+			planes[k] = b
+		case modeHuff:
+			hs, rest, err := huff0.ReadTable(p.data, &s.huff)
+			if err != nil {
+				return corrupt("huffman table: %v", err)
+			}
+			b, err := hs.Decoder().Decompress4X(s.plane(k, m)[:0:m], rest)
+			if err != nil {
+				return corrupt("huffman data: %v", err)
+			}
+			if len(b) != m {
+				return corrupt("huffman plane of %d values (want %d)", len(b), m)
+			}
+			planes[k] = b
+		}
+	}
+	switch {
+	case form == FormF16 || form == FormBF16:
+		p0, p1, b := planes[0][:m], planes[1][:m], dst[2*v0:2*v1]
+		for i := range m {
+			v := bits.RotateLeft16(uint16(p0[i])|uint16(p1[i])<<8, -1)
+			b[2*i], b[2*i+1] = byte(v), byte(v>>8)
+		}
+	case w == 2:
+		p0, p1 := planes[0][:m], planes[1][:m]
+		for i := range m {
+			v := uint16(p0[i]) | uint16(p1[i])<<8
+			store(form, dst, v0+i, uint64(bits.RotateLeft16(v, -1)))
+		}
+	default:
+		for i := range m {
+			var v uint64
+			for k := range w {
+				v |= uint64(planes[k][i]) << (8 * k)
+			}
+			store(form, dst, v0+i, rotr(v, w))
+		}
+	}
+	return nil
+}

@@ -46,7 +46,7 @@ func fixture(t *testing.T) (string, string) {
 	t.Helper()
 	dir := t.TempDir()
 	in := filepath.Join(dir, "model.safetensors")
-	if err := gen.WriteSafetensors(in, gen.Presets["tiny"], tensor.BF16, 1); err != nil {
+	if err := gen.WriteSafetensors(in, gen.Presets["small"], tensor.BF16, 1); err != nil {
 		t.Fatal(err)
 	}
 	return dir, in

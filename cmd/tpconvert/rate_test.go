@@ -91,7 +91,7 @@ func TestBatchBPW(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := filepath.Join(dir, "out")
-	code, _, stderr := runCLI(t, "batch", src, "-o", out, "--bpw", "4")
+	code, _, stderr := runCLI(t, "batch", src, "-o", out, "--bpw", "4", "--sample-rows", "8")
 	if code != 0 {
 		t.Fatalf("batch --bpw 4: exit %d: %s", code, stderr)
 	}

@@ -25,6 +25,9 @@ type CompressOptions struct {
 	Overwrite bool
 	// NoStats skips measuring reconstruction error.
 	NoStats bool
+	// AllowLarger keeps codec payloads that are not smaller than their
+	// source tensors (stream.CompressOptions.AllowLarger).
+	AllowLarger bool
 	// Rate, if set, replaces Codec by tenpak_x_v2 with a plan that makes
 	// the whole file the requested size.
 	Rate *RateOptions
@@ -74,11 +77,12 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 	}
 	defer f.Abort()
 	results, err := stream.Compress(ctx, src, outputWriter(f), stream.CompressOptions{
-		Options:   o.Options,
-		Codec:     o.Codec,
-		Select:    o.Selector.Select,
-		Transpose: func(t tensor.Info) bool { return stream.IsConv1D(t.Name) },
-		NoStats:   o.NoStats,
+		Options:     o.Options,
+		Codec:       o.Codec,
+		Select:      o.Selector.Select,
+		Transpose:   func(t tensor.Info) bool { return stream.IsConv1D(t.Name) },
+		NoStats:     o.NoStats,
+		AllowLarger: o.AllowLarger,
 	})
 	if err != nil {
 		return nil, err

@@ -197,7 +197,9 @@ func TestLossyRestoreKeepsUntouchedTensors(t *testing.T) {
 				t.Fatal(err)
 			}
 			tpkPath := filepath.Join(dir, "m.tpk")
-			rep, err := convert.CompressFile(context.Background(), in, tpkPath, opts(t, "f16", 2))
+			o := opts(t, "f16", 2)
+			o.AllowLarger = true // f16 of the GGUF's 4-bit tensors is larger
+			rep, err := convert.CompressFile(context.Background(), in, tpkPath, o)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -429,5 +431,54 @@ func TestRestoredEqualsCodecDecode(t *testing.T) {
 				t.Errorf("%d compressed tensors, want %d", compressed, 7*small.Layers)
 			}
 		})
+	}
+}
+
+// TestNoTensorGrows: whatever the codec and source dtype, a compressed
+// tensor's payload is smaller than its source bytes; a codec that cannot
+// shrink a tensor leaves it stored unchanged, bit-exact, with a note.
+func TestNoTensorGrows(t *testing.T) {
+	dir := t.TempDir()
+	sources := map[string]func(string) error{
+		"f32.safetensors":  func(p string) error { return gen.WriteSafetensors(p, small, tensor.F32, 1) },
+		"bf16.safetensors": func(p string) error { return gen.WriteSafetensors(p, small, tensor.BF16, 1) },
+		"q.gguf":           func(p string) error { return gen.WriteGGUF(p, small, 1) },
+	}
+	for name, write := range sources {
+		in := filepath.Join(dir, name)
+		if err := write(in); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range codec.Names() {
+			out := filepath.Join(dir, name+"."+c+".tpk")
+			o := opts(t, c, 2)
+			o.Selector.Layers = stream.LayersWeights
+			rep, err := convert.CompressFile(context.Background(), in, out, o)
+			if err != nil {
+				t.Fatalf("%s %s: %v", name, c, err)
+			}
+			r, err := tpk.Open(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			unchanged := 0
+			for i, e := range r.Entries() {
+				if e.CodecID != codec.IDNone && e.PayloadSize >= e.SourceSize {
+					t.Errorf("%s %s: %s stored in %d bytes from %d", name, c, e.Name, e.PayloadSize, e.SourceSize)
+				}
+				if strings.HasSuffix(rep.Tensors[i].Note, stream.NoteNotSmaller) {
+					unchanged++
+					if e.CodecID != codec.IDNone || e.PayloadSize != e.SourceSize {
+						t.Errorf("%s %s: %s noted as unchanged but stored with %s", name, c, e.Name, e.Codec)
+					}
+				}
+			}
+			r.Close()
+			// f16 and bf16 cannot shrink a BF16 file: every selected
+			// tensor must be noted, not silently passed over.
+			if name == "bf16.safetensors" && (c == "f16" || c == "bf16") && unchanged != 7*small.Layers+2 {
+				t.Errorf("%s %s: %d tensors noted as not smaller, want %d", name, c, unchanged, 7*small.Layers+2)
+			}
+		}
 	}
 }

@@ -58,14 +58,26 @@ type CompressOptions struct {
 	// NoStats skips measuring reconstruction error (which decodes every
 	// compressed tensor once more).
 	NoStats bool
+	// AllowLarger stores the codec's payload even when it is not smaller
+	// than the tensor's source bytes (for measuring a codec). By default
+	// such a tensor is stored unchanged, with a Note ending in
+	// NoteNotSmaller.
+	AllowLarger bool
 }
 
 // Result describes what happened to one tensor.
 type Result struct {
 	Entry tpk.Entry
-	// Note explains a fallback ("codec: ... not supported; stored as none").
+	// Note explains a fallback: the codec does not support the tensor, or
+	// its payload would not be smaller than the source bytes; either way
+	// the tensor is stored unchanged (codec none).
 	Note string
 }
+
+// NoteNotSmaller ends the Note of a selected tensor stored unchanged
+// because the codec's payload would not have been smaller than its source
+// bytes.
+const NoteNotSmaller = "not smaller than the source; stored unchanged"
 
 // Compressed reports whether the tensor was stored by a lossy codec.
 func (r *Result) Compressed() bool { return r.Entry.CodecID != codec.IDNone }
@@ -127,6 +139,11 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 		}
 		if err != nil {
 			return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
+		}
+		if !o.AllowLarger && len(p) >= len(b) {
+			// A compressor never makes a tensor larger than its source
+			// (as zip stores what it cannot shrink).
+			return encoded{payload: b, entry: e, note: fmt.Sprintf("%s: %d bytes for %d source bytes, %s", o.Codec.Name(), len(p), len(b), NoteNotSmaller)}, nil
 		}
 		e.Codec, e.CodecID, e.CodecVersion, e.Params = o.Codec.Name(), o.Codec.ID(), o.Codec.Version(), tensorParams(o.Codec, t)
 		e.Transposed, e.Stats = transposed, st

@@ -29,7 +29,7 @@ type convFlags struct {
 func addConvFlags(fs *flag.FlagSet, workersDoc, memDoc string) *convFlags {
 	f := &convFlags{maxMem: sizeFlag(defaultMaxMemory())}
 	f.codec = fs.String("codec", defaultCodec, "codec for the selected tensors: "+strings.Join(codec.Names(), ", "))
-	f.layers = fs.String("layers", "all", "weight matrices to compress: all (attention and MLP projections), mlp, attn, weights (every 2-D weight: also embeddings and output head; the default with --bpw, --target-size and tenpak_x_v2), none")
+	f.layers = fs.String("layers", "", "weight matrices to compress: all (attention and MLP projections), mlp, attn, weights (every 2-D weight: also embeddings and output head), none (default: weights for tenpak_x_v2, the default codec, and with --bpw or --target-size; all for the other codecs)")
 	f.include = fs.String("include", "", "also compress tensors whose name matches this regular expression")
 	f.exclude = fs.String("exclude", "", "never compress tensors whose name matches this regular expression")
 	f.rank = fs.Int("rank", 0, "rank of the low-rank factors (tenpak_x_v1; default 32)")
@@ -87,8 +87,11 @@ func (f *convFlags) rate() (*convert.RateOptions, error) {
 func (f *convFlags) build() (codec.Codec, codec.Options, stream.Selector, stream.Options, error) {
 	var sel stream.Selector
 	var err error
-	if f.set != nil && f.set["codec"] && *f.codec == "tenpak_x_v2" && !f.set["layers"] {
-		*f.layers = string(stream.LayersWeights)
+	if *f.layers == "" && !f.set["layers"] {
+		*f.layers = string(stream.LayersAll)
+		if *f.codec == "tenpak_x_v2" {
+			*f.layers = string(stream.LayersWeights)
+		}
 	}
 	co := codec.Options{Rank: *f.rank, GroupSize: *f.group, Seed: *f.seed}
 	fail := func(err error) (codec.Codec, codec.Options, stream.Selector, stream.Options, error) {

@@ -92,7 +92,7 @@ func TestExitCodes(t *testing.T) {
 
 func TestCompressRestoreInspectVerify(t *testing.T) {
 	dir, in := fixture(t)
-	code, out, stderr := runCLI(t, in, "--codec", "f16", "--json")
+	code, out, stderr := runCLI(t, in, "--codec", "int8", "--json")
 	if code != 0 {
 		t.Fatalf("compress: %d %s", code, stderr)
 	}

@@ -14,7 +14,7 @@ import (
 func TestBPWFlags(t *testing.T) {
 	dir, in := fixture(t)
 	out := filepath.Join(dir, "m.tpk")
-	code, stdout, stderr := runCLI(t, in, "--bpw", "3", "--sample-rows", "8", "-o", out)
+	code, stdout, stderr := runCLI(t, in, "--bpw", "3", "--sample-rows", "8", "-v", "-o", out)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -75,7 +75,7 @@ func TestBPWFlags(t *testing.T) {
 		}
 	}
 	// --codec tenpak_x_v2 without a size: every weight, default grid.
-	code, stdout, stderr = runCLI(t, in, "--codec", "tenpak_x_v2", "-o", filepath.Join(dir, "d.tpk"))
+	code, stdout, stderr = runCLI(t, in, "--codec", "tenpak_x_v2", "-v", "-o", filepath.Join(dir, "d.tpk"))
 	if code != 0 || !strings.Contains(stdout, "uniform:4/32") || !strings.Contains(stdout, "lm_head.weight") {
 		t.Errorf("--codec tenpak_x_v2: exit %d\n%s%s", code, stdout, stderr)
 	}

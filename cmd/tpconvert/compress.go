@@ -22,7 +22,7 @@ import (
 var defaultCodec = "tenpak_x_v2"
 
 func cmdCompress(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("compress", "tpconvert [compress] INPUT [-o OUT.tpk] [flags]", stderr)
+	fs := newFlagSet("compress", "tpconvert [compress] INPUT [-o OUT.tpk] [flags]", stdout)
 	out := fs.String("o", "", "output .tpk file (default: INPUT with its extension replaced by .tpk; a directory m/ gives m.tpk)")
 	cf := addConvFlags(fs, "tensors processed in parallel", "bound on working memory, e.g. 512MiB or 4GiB; the default is a quarter of RAM")
 	cf.addTargetSize(fs)
@@ -41,7 +41,7 @@ func cmdCompress(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		*out = convert.DefaultCompressOutput(in)
 	}
 	cf.visit(fs)
-	ro, err := cf.rate()
+	ro, err := cf.rate(fs)
 	if err != nil {
 		return err
 	}

@@ -86,3 +86,95 @@ func TestSummary(t *testing.T) {
 		t.Errorf("no warning for a larger output:\n%s", stdout)
 	}
 }
+
+// TestUsageErrors: zero and malformed flag values, unknown flags and
+// missing values are one message and exit 2, never a default silently
+// taken or the whole usage printed; no output is written.
+func TestUsageErrors(t *testing.T) {
+	dir, in := fixture(t)
+	out := filepath.Join(dir, "bad.tpk")
+	for _, c := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"--bpw", "0"}, "--bpw 0: want above 0"},
+		{[]string{"--target-size", "0"}, "--target-size 0 B: want above 0"},
+		{[]string{"--rank", "0"}, "--rank 0: want above 0"},
+		{[]string{"--group-size", "0"}, "--group-size 0: want above 0"},
+		{[]string{"--workers", "0"}, "--workers 0: want above 0"},
+		{[]string{"--max-memory", "0"}, "--max-memory 0 B: want above 0"},
+		{[]string{"--bpw", "abc"}, `--bpw "abc": not a number`},
+		{[]string{"--max-memory", "abc"}, `--max-memory "abc": invalid size "abc" (want e.g. 512MiB, 4GiB, 5GB)`},
+		{[]string{"--frobnicate"}, "unknown flag --frobnicate"},
+		{[]string{"--no-stats=maybe"}, `--no-stats "maybe": want true or false`},
+		{[]string{"-o"}, "-o needs a value"},
+	} {
+		args := append([]string{in}, c.args...)
+		if c.args[0] != "-o" {
+			args = append(args, "-o", out)
+		}
+		code, stdout, stderr := runCLI(t, args...)
+		lines := strings.Split(strings.TrimSpace(stderr), "\n")
+		if code != 2 || len(lines) != 2 || lines[0] != "tpconvert: "+c.msg || !strings.HasPrefix(lines[1], "Run 'tpconvert help'") || stdout != "" {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want exit 2 and %q", c.args, code, stdout, stderr, c.msg)
+		}
+		if _, err := os.Stat(out); !os.IsNotExist(err) {
+			t.Errorf("%v: wrote an output", c.args)
+		}
+	}
+	// batch refuses zero too.
+	if code, _, stderr := runCLI(t, "batch", dir, "-o", filepath.Join(dir, "o"), "--bpw", "0"); code != 2 || !strings.Contains(stderr, "want above 0") {
+		t.Errorf("batch --bpw 0: exit %d %q", code, stderr)
+	}
+}
+
+// TestHelpVersionVerifyJSON: "help COMMAND" prints that command's flags,
+// "version" the build's module information, "verify --json" a document;
+// a batch that finds nothing leaves no output directory.
+func TestHelpVersionVerifyJSON(t *testing.T) {
+	for _, cmd := range []string{"compress", "restore", "batch", "inspect", "verify"} {
+		code, stdout, stderr := runCLI(t, "help", cmd)
+		code2, stdout2, _ := runCLI(t, cmd, "--help")
+		if code != 0 || code2 != 0 || !strings.HasPrefix(stdout, "Usage: tpconvert ") || !strings.Contains(stdout, cmd) || stdout != stdout2 || stderr != "" {
+			t.Errorf("help %s: exit %d, %q; %s --help: exit %d", cmd, code, stdout, cmd, code2)
+		}
+	}
+	if code, _, _ := runCLI(t, "help", "frob"); code != 2 {
+		t.Errorf("help frob: exit %d", code)
+	}
+	code, stdout, _ := runCLI(t, "version")
+	if want := "tpconvert " + buildVersion() + "\n"; code != 0 || stdout != want || strings.Contains(stdout, "dev\n") {
+		t.Errorf("version: %q, want %q", stdout, want)
+	}
+
+	dir, in := fixture(t)
+	p := filepath.Join(dir, "m.tpk")
+	if code, _, stderr := runCLI(t, in, "-o", p); code != 0 {
+		t.Fatal(stderr)
+	}
+	var res struct {
+		OK      bool
+		Records int
+		Errors  []string
+	}
+	code, stdout, _ = runCLI(t, "verify", "--json", p)
+	if code != 0 || json.Unmarshal([]byte(stdout), &res) != nil || !res.OK || res.Records != 21 || len(res.Errors) != 0 {
+		t.Errorf("verify --json: exit %d %q", code, stdout)
+	}
+	b, _ := os.ReadFile(p)
+	b[100] ^= 1
+	os.WriteFile(p, b, 0o644)
+	code, stdout, _ = runCLI(t, "verify", "--json", p)
+	if code != 1 || json.Unmarshal([]byte(stdout), &res) != nil || res.OK || len(res.Errors) != 1 || !strings.Contains(res.Errors[0], "checksum") {
+		t.Errorf("verify --json of a damaged file: exit %d %q", code, stdout)
+	}
+
+	empty, out := filepath.Join(dir, "empty"), filepath.Join(dir, "out")
+	os.Mkdir(empty, 0o755)
+	if code, _, _ := runCLI(t, "batch", empty, "-o", out); code != 1 {
+		t.Errorf("batch of an empty directory: exit %d", code)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Error("batch of an empty directory left an output directory")
+	}
+}

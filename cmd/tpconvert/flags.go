@@ -57,8 +57,21 @@ func (f *convFlags) visit(fs *flag.FlagSet) {
 // rate returns the rate-control request, or nil. --bpw and --target-size
 // choose tenpak_x_v2 and, unless --layers is given, every weight matrix
 // (stream.LayersWeights).
-func (f *convFlags) rate() (*convert.RateOptions, error) {
+func (f *convFlags) rate(fs *flag.FlagSet) (*convert.RateOptions, error) {
 	bpw, size := *f.bpw, int64(f.targetSize)
+	// A value given as 0 is refused, not taken as "the default".
+	for _, c := range []struct {
+		name string
+		zero bool
+	}{
+		{"bpw", bpw <= 0}, {"target-size", size <= 0}, {"rank", *f.rank <= 0}, {"group-size", *f.group <= 0},
+		{"workers", *f.workers <= 0}, {"max-memory", f.maxMem <= 0},
+	} {
+		if f.set[c.name] && c.zero {
+			v := fs.Lookup(c.name).Value.String()
+			return nil, errUsage{fmt.Errorf("--%s %s: want above 0", c.name, v)}
+		}
+	}
 	switch {
 	case bpw == 0 && size == 0:
 		return nil, nil

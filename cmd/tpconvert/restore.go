@@ -16,7 +16,7 @@ import (
 )
 
 func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("restore", "tpconvert restore IN.tpk [-o OUT] [flags]", stderr)
+	fs := newFlagSet("restore", "tpconvert restore IN.tpk [-o OUT] [flags]", stdout)
 	out := fs.String("o", "", "output file, or directory for a sharded checkout (default: IN.restored.safetensors, IN.restored.gguf or IN.restored/)")
 	dtype := fs.String("dtype", "source", "dtype of decoded tensors: source, f32, f16, bf16 (source: the original float type; F16 for block-quantized sources)")
 	deq := fs.String("dequantize", "", "also convert tensors stored in GGUF block-quantized types (Q4_K, ...) to f32, f16 or bf16")
@@ -91,7 +91,7 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 }
 
 func cmdInspect(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("inspect", "tpconvert inspect FILE [--json]", stderr)
+	fs := newFlagSet("inspect", "tpconvert inspect FILE [--json]", stdout)
 	asJSON := fs.Bool("json", false, "print machine-readable output")
 	pos, err := parse(fs, args)
 	if err != nil {
@@ -114,7 +114,8 @@ func cmdInspect(args []string, stdout, stderr io.Writer) error {
 }
 
 func cmdVerify(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("verify", "tpconvert verify FILE.tpk", stderr)
+	fs := newFlagSet("verify", "tpconvert verify FILE.tpk [--json]", stdout)
+	asJSON := fs.Bool("json", false, "print the result as JSON on stdout (exit status 1 still marks damage)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -123,6 +124,22 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 		return errUsage{fmt.Errorf("verify takes one FILE.tpk, got %d", len(pos))}
 	}
 	n, errs := convert.Verify(pos[0])
+	if *asJSON {
+		res := struct {
+			File    string   `json:"file"`
+			OK      bool     `json:"ok"`
+			Records int      `json:"records"`
+			Errors  []string `json:"errors"`
+		}{File: pos[0], OK: len(errs) == 0, Records: n, Errors: []string{}}
+		for _, e := range errs {
+			res.Errors = append(res.Errors, e.Error())
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(res); err != nil {
+			return err
+		}
+	}
 	if len(errs) > 0 {
 		for _, e := range errs[1:] {
 			fmt.Fprintf(stderr, "tpconvert: %s\n", oneLine(e))
@@ -132,6 +149,8 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 		}
 		return errs[0]
 	}
-	fmt.Fprintf(stdout, "%s: OK (%d records, all checksums match)\n", pos[0], n)
+	if !*asJSON {
+		fmt.Fprintf(stdout, "%s: OK (%d records, all checksums match)\n", pos[0], n)
+	}
 	return nil
 }

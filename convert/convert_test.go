@@ -8,12 +8,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/tpconvert/tpconvert/codec"
 	_ "github.com/tpconvert/tpconvert/codec/basic"
 	_ "github.com/tpconvert/tpconvert/codec/intq"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
+	_ "github.com/tpconvert/tpconvert/codec/tenpakx2"
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/fixtures/gen"
 	"github.com/tpconvert/tpconvert/formats"
@@ -480,5 +482,56 @@ func TestNoTensorGrows(t *testing.T) {
 				t.Errorf("%s %s: %d tensors noted as not smaller, want %d", name, c, unchanged, 7*small.Layers+2)
 			}
 		}
+	}
+}
+
+// TestProgressWithinTensor: the progress callback advances while a large
+// tensor is being encoded (not only when it is written), and every
+// tensor's calls add up to its size.
+func TestProgressWithinTensor(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "m.safetensors")
+	if err := gen.WriteSafetensors(in, tiny, tensor.F32, 1); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	calls := map[string][]int64{}
+	o := opts(t, "tenpak_x_v2", 2)
+	o.Progress = func(ti tensor.Info, n int64) {
+		mu.Lock()
+		calls[ti.Name] = append(calls[ti.Name], n)
+		mu.Unlock()
+	}
+	var total int64
+	o.OnStart = func(n int64) { total = n }
+	rep, err := convert.CompressFile(context.Background(), in, filepath.Join(dir, "m.tpk"), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum int64
+	within := 0
+	for _, tr := range rep.Tensors {
+		var s int64
+		for _, n := range calls[tr.Name] {
+			if n <= 0 {
+				t.Errorf("%s: progress call of %d bytes", tr.Name, n)
+			}
+			s += n
+		}
+		if s != tr.SourceBytes {
+			t.Errorf("%s: progress adds up to %d bytes, want %d", tr.Name, s, tr.SourceBytes)
+		}
+		sum += s
+		// 704×256 weights are coded in blocks of 128 rows: 6 calls
+		// during the encoding, one when written.
+		if tr.Elems == 704*256 {
+			if len(calls[tr.Name]) < 6 {
+				t.Errorf("%s: %d progress calls, want one per block of rows and one at the end", tr.Name, len(calls[tr.Name]))
+			}
+			within++
+		}
+	}
+	if within == 0 || sum != total {
+		t.Errorf("%d large tensors seen; progress %d bytes of %d", within, sum, total)
 	}
 }

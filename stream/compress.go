@@ -30,8 +30,11 @@ type Options struct {
 	// MaxMemory bounds the working memory reserved by tensors in flight,
 	// in bytes (default 1 GiB). A tensor needing more runs alone.
 	MaxMemory int64
-	// Progress, if set, is called from the writer goroutine after each
-	// tensor with the number of source bytes it covered.
+	// Progress, if set, is told how many more source bytes of tensor t
+	// have been processed: during a tensor's work as the codec advances
+	// (codec.ProgressEncoder) or as it is decoded, and when it is written
+	// with what remains, so the calls for t add up to its size. Calls are
+	// serialized (never two at once) but come from several goroutines.
 	Progress func(t tensor.Info, bytes int64)
 }
 
@@ -114,6 +117,7 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 		note    string
 	}
 	results := make([]Result, len(infos))
+	prog := newTracker(o.Progress, len(infos))
 	cost := func(i int) int64 {
 		t := infos[i]
 		c := t.Size
@@ -133,7 +137,7 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 		if !selected[i] {
 			return encoded{payload: b, entry: e}, nil
 		}
-		p, st, transposed, err := encodeTensor(ctx, o, t, b)
+		p, st, transposed, err := encodeTensor(ctx, o, t, b, prog.within(i, t, t.Size))
 		if errors.Is(err, codec.ErrUnsupported) {
 			return encoded{payload: b, entry: e, note: fmt.Sprintf("%v; stored unchanged", err)}, nil
 		}
@@ -155,9 +159,7 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 		}
 		src.Release(i)
 		results[i] = Result{Entry: w.Last(), Note: v.note}
-		if o.Progress != nil {
-			o.Progress(infos[i], infos[i].Size)
-		}
+		prog.written(i, infos[i], infos[i].Size)
 		return nil
 	}
 	if err := ordered(ctx, len(infos), o.Workers, o.MaxMemory, cost, work, write); err != nil {
@@ -250,10 +252,12 @@ func sameOrder(order []string, infos []tensor.Info) bool {
 }
 
 // encodeTensor decodes b to float32, encodes it and measures the error.
-func encodeTensor(ctx context.Context, o CompressOptions, t tensor.Info, b []byte) ([]byte, *tpk.Stats, bool, error) {
+// done, if not nil, hears of the elements encoded so far.
+func encodeTensor(ctx context.Context, o CompressOptions, t tensor.Info, b []byte, done func(elems int64)) ([]byte, *tpk.Stats, bool, error) {
 	n := t.Elems()
 	x := make([]float32, n)
-	if err := tensor.ToFloat32(x, t.DType, b); err != nil {
+	err := tensor.ToFloat32(x, t.DType, b)
+	if err != nil {
 		return nil, nil, false, err
 	}
 	for k, v := range x {
@@ -273,7 +277,12 @@ func encodeTensor(ctx context.Context, o CompressOptions, t tensor.Info, b []byt
 		return nil, nil, false, err
 	}
 	var buf bytes.Buffer
-	if err := o.Codec.Encode(&buf, ct, x); err != nil {
+	if pe, ok := o.Codec.(codec.ProgressEncoder); ok && done != nil {
+		err = pe.EncodeProgress(&buf, ct, x, done)
+	} else {
+		err = o.Codec.Encode(&buf, ct, x)
+	}
+	if err != nil {
 		return nil, nil, false, err
 	}
 	p := buf.Bytes()

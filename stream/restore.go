@@ -101,6 +101,7 @@ func Restore(ctx context.Context, r *tpk.Reader, plan []tensor.Info, sink format
 		}
 		return c
 	}
+	prog := newTracker(o.Progress, len(es))
 	work := func(ctx context.Context, i int) ([]byte, error) {
 		e := &es[i]
 		p, err := r.Payload(i)
@@ -123,6 +124,9 @@ func Restore(ctx context.Context, r *tpk.Reader, plan []tensor.Info, sink format
 		if err := codecs[e.CodecID].Decode(x, p, src, e.CodecVersion); err != nil {
 			return nil, &tpk.Error{File: r.Name(), Tensor: e.Name, Offset: e.PayloadOffset, Err: err}
 		}
+		if done := prog.within(i, plan[i], e.SourceSize); done != nil {
+			done(n) // decoded; the rest when written
+		}
 		if e.Transposed {
 			x = transpose(x, int(e.Shape[1]), int(e.Shape[0]))
 		}
@@ -137,9 +141,7 @@ func Restore(ctx context.Context, r *tpk.Reader, plan []tensor.Info, sink format
 			return err
 		}
 		r.Release(i)
-		if o.Progress != nil {
-			o.Progress(plan[i], es[i].SourceSize)
-		}
+		prog.written(i, plan[i], es[i].SourceSize)
 		return nil
 	}
 	return ordered(ctx, len(es), o.Workers, o.MaxMemory, cost, work, write)

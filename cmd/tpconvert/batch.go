@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"text/tabwriter"
-	"time"
 
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
@@ -215,14 +214,7 @@ func (u *batchUI) event(e convert.BatchEvent) {
 	case convert.EventPlanned:
 		u.models, u.units = e.Models, e.Units
 		if u.tty && !u.quiet && e.Units > 0 {
-			u.bar = progressbar.NewOptions64(e.Bytes,
-				progressbar.OptionSetWriter(u.w),
-				progressbar.OptionShowBytes(true),
-				progressbar.OptionSetWidth(30),
-				progressbar.OptionThrottle(100*time.Millisecond),
-				progressbar.OptionClearOnFinish(),
-				progressbar.OptionSetPredictTime(true),
-			)
+			u.bar = newBar(u.w, e.Bytes, "")
 			u.describe()
 		}
 	case convert.EventUnitStart:

@@ -102,6 +102,9 @@ func TestBatchBPW(t *testing.T) {
 	if !strings.Contains(string(b), `"bpw": 4`) || !strings.Contains(string(b), "tenpak_x_v2") {
 		t.Errorf("manifest does not record tenpak_x_v2 at 4 bits/parameter:\n%s", b)
 	}
+	if v := `"tpconvert_version": "` + buildVersion() + `"`; !strings.Contains(string(b), v) {
+		t.Errorf("manifest does not record %s:\n%s", v, b)
+	}
 	code, _, stderr = runCLI(t, "batch", src, "-o", out, "--target-size", "1MiB")
 	if code != 2 {
 		t.Errorf("batch --target-size: exit %d (%s), want a usage error", code, stderr)

@@ -110,15 +110,23 @@ func (p *progress) start(total int64) {
 	if !p.on {
 		return
 	}
-	p.bar = progressbar.NewOptions64(total,
-		progressbar.OptionSetWriter(p.w),
-		progressbar.OptionSetDescription(p.job),
+	p.bar = newBar(p.w, total, p.job)
+}
+
+// newBar is the progress bar of every phase: bytes in MiB like the
+// summary, rate and time left, drawn (and its clock started) at once.
+func newBar(w io.Writer, total int64, desc string) *progressbar.ProgressBar {
+	return progressbar.NewOptions64(total,
+		progressbar.OptionSetWriter(w),
+		progressbar.OptionSetDescription(desc),
 		progressbar.OptionShowBytes(true),
 		progressbar.OptionShowCount(),
 		progressbar.OptionSetWidth(30),
+		progressbar.OptionUseIECUnits(true),
 		progressbar.OptionThrottle(100*time.Millisecond),
 		progressbar.OptionClearOnFinish(),
 		progressbar.OptionSetPredictTime(true),
+		progressbar.OptionSetRenderBlankState(true),
 	)
 }
 

@@ -13,9 +13,12 @@ import (
 // RestoreOptions configure Restore.
 type RestoreOptions struct {
 	Options
-	// DType is the element type written for tensors stored by a lossy
-	// codec. Invalid (zero) means the source dtype when that is a float
-	// type, F16 otherwise (a block-quantized source).
+	// DType is the element type written for every floating-point tensor:
+	// those stored by a lossy codec and those stored unchanged in a float
+	// type (norms, embeddings), which then come back converted rather
+	// than bit-exact. Invalid (zero) means the source dtype: unchanged
+	// tensors bit-exact, decoded ones in their source float type, F16 for
+	// a block-quantized source.
 	DType tensor.DType
 	// Dequantize, when set (F32, F16 or BF16), also converts tensors
 	// stored unchanged in a ggml block-quantized type to this dtype.
@@ -49,6 +52,8 @@ func Plan(r *tpk.Reader, o RestoreOptions) ([]tensor.Info, error) {
 				return nil, fmt.Errorf("restore: tensor %q: cannot dequantize %s", t.Name, t.DType)
 			}
 			t.DType = o.Dequantize
+		case o.DType != tensor.Invalid && t.DType.IsFloat():
+			t.DType = o.DType
 		}
 		sz, err := tensor.ByteSize(t.DType, t.Shape)
 		if err != nil {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/fixtures/gen"
 	"github.com/tpconvert/tpconvert/tensor"
 )
@@ -176,5 +177,58 @@ func TestHelpVersionVerifyJSON(t *testing.T) {
 	}
 	if _, err := os.Stat(out); !os.IsNotExist(err) {
 		t.Error("batch of an empty directory left an output directory")
+	}
+}
+
+// TestRestoreOutputKindAndDType: -o's extension chooses the container (or
+// is refused, writing nothing, when the conversion is impossible), and
+// --dtype converts every floating-point tensor, not only decoded ones.
+func TestRestoreOutputKindAndDType(t *testing.T) {
+	dir, in := fixture(t) // BF16 safetensors
+	p := filepath.Join(dir, "m.tpk")
+	if code, _, stderr := runCLI(t, in, "-o", p); code != 0 {
+		t.Fatal(stderr)
+	}
+	bad := filepath.Join(dir, "m.gguf")
+	code, _, stderr := runCLI(t, "restore", p, "-o", bad)
+	if code != 1 || !strings.Contains(stderr, "-o "+bad+": cannot restore: a safetensors checkpoint as gguf") {
+		t.Errorf("restore of safetensors to .gguf: exit %d %q", code, stderr)
+	}
+	if _, err := os.Stat(bad); !os.IsNotExist(err) {
+		t.Error("restore to .gguf left a file")
+	}
+	if code, _, stderr := runCLI(t, "restore", p, "-o", filepath.Join(dir, "x.gguf"), "--to", "safetensors"); code != 2 || !strings.Contains(stderr, "names a gguf file") {
+		t.Errorf("--to disagreeing with -o: exit %d %q", code, stderr)
+	}
+
+	out := filepath.Join(dir, "f16.safetensors")
+	if code, _, stderr := runCLI(t, "restore", p, "-o", out, "--dtype", "f16"); code != 0 {
+		t.Fatal(stderr)
+	}
+	src, err := convert.OpenSource(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	if len(src.Tensors()) != 21 {
+		t.Errorf("%d tensors restored", len(src.Tensors()))
+	}
+	for _, ti := range src.Tensors() {
+		if ti.DType != tensor.F16 {
+			t.Errorf("--dtype f16: %s is %s", ti.Name, ti.DType)
+		}
+	}
+
+	// A GGUF source restored to a .safetensors name is safetensors.
+	g := filepath.Join(dir, "g.tpk")
+	if code, _, stderr := runCLI(t, "../../fixtures/tiny-llama.gguf", "-o", g); code != 0 {
+		t.Fatal(stderr)
+	}
+	st := filepath.Join(dir, "g.safetensors")
+	if code, _, stderr := runCLI(t, "restore", g, "-o", st, "--dequantize", "f16"); code != 0 {
+		t.Fatal(stderr)
+	}
+	if b, err := os.ReadFile(st); err != nil || len(b) < 9 || b[8] != '{' {
+		t.Errorf("%s is not a safetensors file (%v)", st, err)
 	}
 }

@@ -18,9 +18,9 @@ import (
 func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("restore", "tpconvert restore IN.tpk [-o OUT] [flags]", stdout)
 	out := fs.String("o", "", "output file, or directory for a sharded checkout (default: IN.restored.safetensors, IN.restored.gguf or IN.restored/)")
-	dtype := fs.String("dtype", "source", "dtype of decoded tensors: source, f32, f16, bf16 (source: the original float type; F16 for block-quantized sources)")
+	dtype := fs.String("dtype", "source", "dtype of every floating-point tensor, decoded or stored unchanged: source, f32, f16, bf16 (source: each tensor's own float type, F16 for decoded block-quantized ones; only source keeps unchanged tensors bit-exact)")
 	deq := fs.String("dequantize", "", "also convert tensors stored in GGUF block-quantized types (Q4_K, ...) to f32, f16 or bf16")
-	to := fs.String("to", "", "output container: safetensors or gguf (default: the source's; GGUF sources may go to safetensors)")
+	to := fs.String("to", "", "output container: safetensors or gguf (default: the one -o's extension names, .safetensors or .gguf, else the source's; GGUF sources may go to safetensors, safetensors sources only to safetensors)")
 	shard := sizeFlag(0)
 	fs.Var(&shard, "shard-size", "write a sharded safetensors checkout with shards of at most this size (e.g. 5GB)")
 	workers := fs.Int("workers", runtime.NumCPU(), "tensors decoded in parallel")
@@ -55,6 +55,13 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if *workers < 1 {
 		return errUsage{errors.New("--workers must be at least 1")}
 	}
+	// The output's extension chooses the container (--to implied).
+	if k := convert.KindOfName(*out); k != "" {
+		if o.To != "" && o.To != k {
+			return errUsage{fmt.Errorf("--to %s, but -o %s names a %s file", o.To, *out, k)}
+		}
+		o.To = k
+	}
 	if isDir(in) {
 		return restoreDir(ctx, in, *out, o, *workers, int64(maxMem), *asJSON, stdout, stderr)
 	}
@@ -73,6 +80,9 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	o.OnStart = prog.start
 	rep, err := convert.RestoreFile(ctx, in, *out, o)
 	prog.finish()
+	if errors.Is(err, convert.ErrCannotConvert) && convert.KindOfName(*out) != "" {
+		return fmt.Errorf("-o %s: %w", *out, err)
+	}
 	if err != nil {
 		return err
 	}

@@ -29,6 +29,7 @@ func cmdCompress(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	asJSON := fs.Bool("json", false, "print a machine-readable summary on stdout")
 	verbose := fs.Bool("v", false, "list every tensor in the summary (codec, size, error)")
 	force := fs.Bool("force", false, "overwrite an existing output file")
+	weightsOnly := fs.Bool("weights-only", false, "compress a checkout directory that also holds other files (config.json, tokenizer, README) without them; 'tpconvert batch' keeps them")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -61,13 +62,14 @@ func cmdCompress(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		onStart = func(total int64) { plan.finish(); prog.start(total) }
 	}
 	rep, err := convert.CompressFile(ctx, in, *out, convert.CompressOptions{
-		Options:   so,
-		Codec:     c,
-		Selector:  sel,
-		Overwrite: *force,
-		NoStats:   *cf.noStats,
-		Rate:      ro,
-		OnStart:   onStart,
+		Options:     so,
+		Codec:       c,
+		Selector:    sel,
+		Overwrite:   *force,
+		NoStats:     *cf.noStats,
+		Rate:        ro,
+		OnStart:     onStart,
+		WeightsOnly: *weightsOnly,
 	})
 	prog.finish()
 	if err != nil {

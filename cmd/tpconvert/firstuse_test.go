@@ -232,3 +232,28 @@ func TestRestoreOutputKindAndDType(t *testing.T) {
 		t.Errorf("%s is not a safetensors file (%v)", st, err)
 	}
 }
+
+// TestCheckoutSideFiles: compressing a checkout directory never drops its
+// other files silently: it refuses, naming them and pointing to batch,
+// unless --weights-only says to leave them out.
+func TestCheckoutSideFiles(t *testing.T) {
+	dir := t.TempDir()
+	ck := filepath.Join(dir, "Llama-tiny")
+	if err := gen.WriteCheckout(ck, gen.Presets["small"], tensor.BF16, 1, 300<<10); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "m.tpk")
+	if code, _, stderr := runCLI(t, ck, "-o", out); code != 0 {
+		t.Fatalf("a checkout of weights and index only: exit %d %s", code, stderr)
+	}
+	os.WriteFile(filepath.Join(ck, "config.json"), []byte(`{}`), 0o644)
+	os.MkdirAll(filepath.Join(ck, "sub"), 0o755)
+	os.WriteFile(filepath.Join(ck, "sub", "tokenizer.json"), []byte(`{}`), 0o644)
+	code, _, stderr := runCLI(t, ck, "-o", out, "--force")
+	if code != 1 || !strings.Contains(stderr, "config.json, sub/tokenizer.json") || !strings.Contains(stderr, "tpconvert batch "+ck) {
+		t.Errorf("checkout with side files: exit %d %q", code, stderr)
+	}
+	if code, _, stderr := runCLI(t, ck, "-o", out, "--force", "--weights-only"); code != 0 {
+		t.Errorf("--weights-only: exit %d %q", code, stderr)
+	}
+}

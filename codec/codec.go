@@ -130,6 +130,14 @@ func IsByteDecoder(id uint16) bool {
 	return ok
 }
 
+// ProgressEncoder is implemented by codecs that report progress within a
+// tensor. EncodeProgress is Encode that calls done(n) each time it has
+// encoded n more elements of x (the calls add up to len(x) at most); done
+// may be called from several goroutines at once.
+type ProgressEncoder interface {
+	EncodeProgress(w io.Writer, t tensor.Info, x []float32, done func(elems int64)) error
+}
+
 // ErrUnsupported is returned (wrapped) by Encode for tensors a codec cannot
 // represent; the pipeline then stores them with the "none" codec and says so.
 var ErrUnsupported = errors.New("codec: tensor not supported by this codec")

@@ -213,17 +213,19 @@ func Batch(ctx context.Context, srcs []string, outDir string, o BatchOptions) (*
 	if len(srcs) == 0 {
 		return nil, errors.New("convert: batch without sources")
 	}
-	if !o.DryRun {
-		if err := os.MkdirAll(outDir, 0o755); err != nil {
-			return nil, err
-		}
-	}
 	cs, notes, err := FindCheckouts(srcs, outDir)
 	if err != nil {
 		return nil, err
 	}
 	for _, c := range cs {
 		if err := checkOutsideSource(outDir, c.Dir); err != nil {
+			return nil, err
+		}
+	}
+	// Created only once there is something to convert: a batch that finds
+	// no model leaves no empty output directory.
+	if !o.DryRun {
+		if err := os.MkdirAll(outDir, 0o755); err != nil {
 			return nil, err
 		}
 	}

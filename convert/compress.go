@@ -2,9 +2,11 @@ package convert
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -31,12 +33,50 @@ type CompressOptions struct {
 	Overwrite bool
 	// NoStats skips measuring reconstruction error.
 	NoStats bool
+	// AllowLarger keeps codec payloads that are not smaller than their
+	// source tensors (stream.CompressOptions.AllowLarger).
+	AllowLarger bool
 	// Rate, if set, replaces Codec by tenpak_x_v2 with a plan that makes
 	// the whole file the requested size.
 	Rate *RateOptions
 	// OnStart, if set, is called once the source is open, with the total
 	// number of source bytes to process.
 	OnStart func(total int64)
+	// WeightsOnly allows compressing a checkout directory that holds files
+	// besides the weights the .tpk carries (config.json, tokenizer files,
+	// README): they are left out. Without it CompressFile refuses such a
+	// directory with ErrSideFiles; Batch keeps them.
+	WeightsOnly bool
+}
+
+// ErrSideFiles is returned by CompressFile for a checkout directory that
+// holds files a .tpk does not carry, unless WeightsOnly is set.
+var ErrSideFiles = errors.New("holds files besides the weights")
+
+// sideFiles lists the files of the checkout directory dir that src (opened
+// from it) does not carry: everything but its weight files and its index,
+// as batch would find them.
+func sideFiles(dir string, src formats.Source) []string {
+	cs, _, err := FindCheckouts([]string{dir}, "")
+	if err != nil || len(cs) != 1 {
+		return nil
+	}
+	carried := map[string]bool{src.Meta().IndexName: true}
+	for _, f := range src.Meta().Files {
+		carried[f.Name] = true
+	}
+	var side []string
+	for _, w := range cs[0].Weights {
+		if !carried[w.Name] {
+			side = append(side, w.Name)
+		}
+	}
+	for _, f := range cs[0].Files {
+		if !carried[f] {
+			side = append(side, f)
+		}
+	}
+	return side
 }
 
 // checkStorable refuses, before any work, a source that a .tpk file could
@@ -84,6 +124,16 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 	if err := checkStorable(in, src); err != nil {
 		return nil, err
 	}
+	if st, err := os.Stat(in); err == nil && st.IsDir() && !o.WeightsOnly {
+		if side := sideFiles(in, src); len(side) > 0 {
+			list := strings.Join(side[:min(len(side), 4)], ", ")
+			if len(side) > 4 {
+				list += fmt.Sprintf(" and %d more", len(side)-4)
+			}
+			return nil, fmt.Errorf("%s %w that a .tpk does not carry (%s): 'tpconvert batch %s -o OUTDIR' keeps them beside the compressed weights; --weights-only compresses the weights alone",
+				in, ErrSideFiles, list, in)
+		}
+	}
 	var total int64
 	for _, t := range src.Tensors() {
 		total += t.Size
@@ -105,12 +155,12 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 	}
 	defer f.Abort()
 	results, err := stream.Compress(ctx, src, outputWriter(f), stream.CompressOptions{
-		Options:   o.Options,
-		Codec:     o.Codec,
-		Select:    o.Selector.Select,
-		Transpose: func(t tensor.Info) bool { return stream.IsConv1D(t.Name) },
-		NoStats:   o.NoStats,
-
+		Options:     o.Options,
+		Codec:       o.Codec,
+		Select:      o.Selector.Select,
+		Transpose:   func(t tensor.Info) bool { return stream.IsConv1D(t.Name) },
+		NoStats:     o.NoStats,
+		AllowLarger: o.AllowLarger,
 		PassThrough: o.PassThrough,
 	})
 	if err != nil {

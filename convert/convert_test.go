@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/tpconvert/tpconvert/codec"
@@ -15,6 +16,7 @@ import (
 	_ "github.com/tpconvert/tpconvert/codec/intq"
 	_ "github.com/tpconvert/tpconvert/codec/lossless"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
+	_ "github.com/tpconvert/tpconvert/codec/tenpakx2"
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/fixtures/gen"
 	"github.com/tpconvert/tpconvert/formats"
@@ -25,6 +27,10 @@ import (
 )
 
 var tiny = gen.Presets["tiny"]
+
+// small has tiny's tensors at a fifth of its size: for tests that convert
+// with every codec or many times.
+var small = gen.Presets["small"]
 
 func mustCodec(t *testing.T, name string) codec.Codec {
 	t.Helper()
@@ -194,7 +200,9 @@ func TestLossyRestoreKeepsUntouchedTensors(t *testing.T) {
 				t.Fatal(err)
 			}
 			tpkPath := filepath.Join(dir, "m.tpk")
-			rep, err := convert.CompressFile(context.Background(), in, tpkPath, opts(t, "f16", 2))
+			o := opts(t, "f16", 2)
+			o.AllowLarger = true // f16 of the GGUF's 4-bit tensors is larger
+			rep, err := convert.CompressFile(context.Background(), in, tpkPath, o)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -235,7 +243,7 @@ func TestLossyRestoreKeepsUntouchedTensors(t *testing.T) {
 func TestWorkersGiveIdenticalFiles(t *testing.T) {
 	dir := t.TempDir()
 	in := filepath.Join(dir, "m.safetensors")
-	if err := gen.WriteSafetensors(in, tiny, tensor.F32, 4); err != nil {
+	if err := gen.WriteSafetensors(in, small, tensor.F32, 4); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range codec.Names() {
@@ -355,7 +363,7 @@ func TestBadInputs(t *testing.T) {
 func TestRestoredEqualsCodecDecode(t *testing.T) {
 	dir := t.TempDir()
 	in := filepath.Join(dir, "m.safetensors")
-	if err := gen.WriteSafetensors(in, tiny, tensor.F32, 5); err != nil {
+	if err := gen.WriteSafetensors(in, small, tensor.F32, 5); err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"tenpak_x_v1", "int4", "int8"} {
@@ -422,9 +430,109 @@ func TestRestoredEqualsCodecDecode(t *testing.T) {
 					t.Errorf("%s: a lossy codec reproduced the source exactly; was it applied?", e.Name)
 				}
 			}
-			if compressed != 7*tiny.Layers {
-				t.Errorf("%d compressed tensors, want %d", compressed, 7*tiny.Layers)
+			if compressed != 7*small.Layers {
+				t.Errorf("%d compressed tensors, want %d", compressed, 7*small.Layers)
 			}
 		})
+	}
+}
+
+// TestNoTensorGrows: whatever the codec and source dtype, a compressed
+// tensor's payload is smaller than its source bytes; a codec that cannot
+// shrink a tensor leaves it stored unchanged, bit-exact, with a note.
+func TestNoTensorGrows(t *testing.T) {
+	dir := t.TempDir()
+	sources := map[string]func(string) error{
+		"f32.safetensors":  func(p string) error { return gen.WriteSafetensors(p, small, tensor.F32, 1) },
+		"bf16.safetensors": func(p string) error { return gen.WriteSafetensors(p, small, tensor.BF16, 1) },
+		"q.gguf":           func(p string) error { return gen.WriteGGUF(p, small, 1) },
+	}
+	for name, write := range sources {
+		in := filepath.Join(dir, name)
+		if err := write(in); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range codec.Names() {
+			out := filepath.Join(dir, name+"."+c+".tpk")
+			o := opts(t, c, 2)
+			o.Selector.Layers = stream.LayersWeights
+			rep, err := convert.CompressFile(context.Background(), in, out, o)
+			if err != nil {
+				t.Fatalf("%s %s: %v", name, c, err)
+			}
+			r, err := tpk.Open(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			unchanged := 0
+			for i, e := range r.Entries() {
+				if e.CodecID != codec.IDNone && e.PayloadSize >= e.SourceSize {
+					t.Errorf("%s %s: %s stored in %d bytes from %d", name, c, e.Name, e.PayloadSize, e.SourceSize)
+				}
+				if strings.Contains(rep.Tensors[i].Note, stream.NoteNotSmaller) {
+					unchanged++
+					if e.CodecID != codec.IDNone || e.PayloadSize != e.SourceSize {
+						t.Errorf("%s %s: %s noted as unchanged but stored with %s", name, c, e.Name, e.Codec)
+					}
+				}
+			}
+			r.Close()
+			// f16 and bf16 cannot shrink a BF16 file: every selected
+			// tensor must be noted, not silently passed over.
+			if name == "bf16.safetensors" && (c == "f16" || c == "bf16") && unchanged != 7*small.Layers+2 {
+				t.Errorf("%s %s: %d tensors noted as not smaller, want %d", name, c, unchanged, 7*small.Layers+2)
+			}
+		}
+	}
+}
+
+// TestProgressWithinTensor: the progress callback advances while a large
+// tensor is being encoded (not only when it is written), and every
+// tensor's calls add up to its size.
+func TestProgressWithinTensor(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "m.safetensors")
+	if err := gen.WriteSafetensors(in, tiny, tensor.F32, 1); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	calls := map[string][]int64{}
+	o := opts(t, "tenpak_x_v2", 2)
+	o.Progress = func(ti tensor.Info, n int64) {
+		mu.Lock()
+		calls[ti.Name] = append(calls[ti.Name], n)
+		mu.Unlock()
+	}
+	var total int64
+	o.OnStart = func(n int64) { total = n }
+	rep, err := convert.CompressFile(context.Background(), in, filepath.Join(dir, "m.tpk"), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum int64
+	within := 0
+	for _, tr := range rep.Tensors {
+		var s int64
+		for _, n := range calls[tr.Name] {
+			if n <= 0 {
+				t.Errorf("%s: progress call of %d bytes", tr.Name, n)
+			}
+			s += n
+		}
+		if s != tr.SourceBytes {
+			t.Errorf("%s: progress adds up to %d bytes, want %d", tr.Name, s, tr.SourceBytes)
+		}
+		sum += s
+		// 704×256 weights are coded in blocks of 128 rows: 6 calls
+		// during the encoding, one when written.
+		if tr.Elems == 704*256 {
+			if len(calls[tr.Name]) < 6 {
+				t.Errorf("%s: %d progress calls, want one per block of rows and one at the end", tr.Name, len(calls[tr.Name]))
+			}
+			within++
+		}
+	}
+	if within == 0 || sum != total {
+		t.Errorf("%d large tensors seen; progress %d bytes of %d", within, sum, total)
 	}
 }

@@ -31,15 +31,15 @@ func TestRateHitsBudget(t *testing.T) {
 		in := filepath.Join(dir, "m."+kind)
 		var err error
 		if kind == "gguf" {
-			err = gen.WriteGGUF(in, tiny, 5)
+			err = gen.WriteGGUF(in, small, 5)
 		} else {
-			err = gen.WriteSafetensors(in, tiny, tensor.BF16, 5)
+			err = gen.WriteSafetensors(in, small, tensor.BF16, 5)
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
 		prevErr := 2.0
-		budgets := []float64{2.5, 4, 6}
+		budgets := []float64{3, 4, 6}
 		if kind == "gguf" {
 			budgets = []float64{3}
 		}
@@ -98,11 +98,11 @@ func TestRateHitsBudget(t *testing.T) {
 func TestRateTargetSizeAndErrors(t *testing.T) {
 	dir := t.TempDir()
 	in := filepath.Join(dir, "m.safetensors")
-	if err := gen.WriteSafetensors(in, tiny, tensor.F32, 1); err != nil {
+	if err := gen.WriteSafetensors(in, small, tensor.F32, 1); err != nil {
 		t.Fatal(err)
 	}
 	out := filepath.Join(dir, "m.tpk")
-	const target = 900_000
+	const target = 200_000
 	rep, err := convert.CompressFile(context.Background(), in, out, rateOpts(&convert.RateOptions{TargetBytes: target}, 1))
 	if err != nil {
 		t.Fatal(err)

@@ -26,6 +26,22 @@ func (e errBadDType) Error() string {
 	return fmt.Sprintf("unknown dtype %q (want source, f32, f16 or bf16)", string(e))
 }
 
+// ErrCannotConvert is returned by RestoreFile for a container conversion
+// it cannot make (safetensors to GGUF).
+var ErrCannotConvert = errors.New("cannot restore")
+
+// KindOfName returns the container a file name's extension names
+// (.safetensors or .gguf, any case), or "" for any other name.
+func KindOfName(name string) formats.Kind {
+	switch strings.ToLower(filepath.Ext(name)) {
+	case ".safetensors":
+		return formats.Safetensors
+	case ".gguf":
+		return formats.GGUF
+	}
+	return ""
+}
+
 // RestoreOptions configure RestoreFile.
 type RestoreOptions struct {
 	stream.RestoreOptions
@@ -80,7 +96,7 @@ func RestoreFile(ctx context.Context, in, out string, o RestoreOptions) (*Restor
 		to = meta.Kind
 	}
 	if to != meta.Kind && !(meta.Kind == formats.GGUF && to == formats.Safetensors) {
-		return nil, fmt.Errorf("cannot restore a %s checkpoint as %s (GGUF needs model metadata a safetensors file does not carry)", meta.Kind, to)
+		return nil, fmt.Errorf("%w: a %s checkpoint as %s (GGUF needs model metadata a safetensors file does not carry; restore to .safetensors)", ErrCannotConvert, meta.Kind, to)
 	}
 	plan, err := stream.Plan(r, o.RestoreOptions)
 	if err != nil {

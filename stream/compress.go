@@ -16,6 +16,7 @@ import (
 	"io"
 	"math"
 	"runtime"
+	"strings"
 
 	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/formats"
@@ -30,8 +31,11 @@ type Options struct {
 	// MaxMemory bounds the working memory reserved by tensors in flight,
 	// in bytes (default 1 GiB). A tensor needing more runs alone.
 	MaxMemory int64
-	// Progress, if set, is called from the writer goroutine after each
-	// tensor with the number of source bytes it covered.
+	// Progress, if set, is told how many more source bytes of tensor t
+	// have been processed: during a tensor's work as the codec advances
+	// (codec.ProgressEncoder) or as it is decoded, and when it is written
+	// with what remains, so the calls for t add up to its size. Calls are
+	// serialized (never two at once) but come from several goroutines.
 	Progress func(t tensor.Info, bytes int64)
 }
 
@@ -64,14 +68,26 @@ type CompressOptions struct {
 	// whenever that is smaller. A Codec that is itself a lossless
 	// ByteCodec other than none is used this way for every tensor.
 	PassThrough codec.ByteCodec
+	// AllowLarger stores the codec's payload even when it is not smaller
+	// than the tensor's source bytes (for measuring a codec). By default
+	// such a tensor is stored unchanged, with a Note ending in
+	// NoteNotSmaller.
+	AllowLarger bool
 }
 
 // Result describes what happened to one tensor.
 type Result struct {
 	Entry tpk.Entry
-	// Note explains a fallback ("codec: ... not supported; stored as none").
+	// Note explains a fallback: the codec does not support the tensor, or
+	// its payload would not be smaller than the source bytes; either way
+	// the tensor is stored unchanged (codec none).
 	Note string
 }
+
+// NoteNotSmaller is in the Note of a selected tensor stored unchanged (or
+// with the lossless PassThrough codec) because the codec's payload would
+// not have been smaller than its source bytes.
+const NoteNotSmaller = "not smaller than the source"
 
 // Compressed reports whether the tensor was stored by a lossy codec.
 func (r *Result) Compressed() bool { return r.Entry.CodecID != codec.IDNone }
@@ -106,6 +122,7 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 		selected[i] = !raw && o.Select != nil && o.Select(t)
 	}
 	results := make([]Result, len(infos))
+	prog := newTracker(o.Progress, len(infos))
 	cost := func(i int) int64 {
 		t := infos[i]
 		c := t.Size
@@ -127,12 +144,17 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 		if !selected[i] {
 			return passThrough(o.PassThrough, t, b, e, "")
 		}
-		p, st, transposed, err := encodeTensor(ctx, o, t, b)
+		p, st, transposed, err := encodeTensor(ctx, o, t, b, prog.within(i, t, t.Size))
 		if errors.Is(err, codec.ErrUnsupported) || errors.Is(err, errUnfaithful) {
 			return passThrough(o.PassThrough, t, b, e, fmt.Sprintf("%v; stored unchanged", err))
 		}
 		if err != nil {
 			return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
+		}
+		if !o.AllowLarger && len(p) >= len(b) {
+			// A compressor never makes a tensor larger than its source
+			// (as zip stores what it cannot shrink).
+			return passThrough(o.PassThrough, t, b, e, fmt.Sprintf("%s: %d bytes for %d source bytes, %s; stored unchanged", o.Codec.Name(), len(p), len(b), NoteNotSmaller))
 		}
 		e.Codec, e.CodecID, e.CodecVersion, e.Params = o.Codec.Name(), o.Codec.ID(), o.Codec.Version(), tensorParams(o.Codec, t)
 		e.Transposed, e.Stats = transposed, st
@@ -144,9 +166,7 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 		}
 		src.Release(i)
 		results[i] = Result{Entry: w.Last(), Note: v.note}
-		if o.Progress != nil {
-			o.Progress(infos[i], infos[i].Size)
-		}
+		prog.written(i, infos[i], infos[i].Size)
 		return nil
 	}
 	if err := ordered(ctx, len(infos), o.Workers, o.MaxMemory, cost, work, write); err != nil {
@@ -193,7 +213,7 @@ func passThrough(pc codec.ByteCodec, t tensor.Info, b []byte, e tpk.Entry, note 
 		return encoded{payload: b, entry: e, note: note}, nil
 	}
 	e.Codec, e.CodecID, e.CodecVersion, e.Params = pc.Name(), pc.ID(), pc.Version(), pc.Params()
-	return encoded{payload: p, entry: e, note: note}, nil
+	return encoded{payload: p, entry: e, note: strings.Replace(note, "stored unchanged", "stored with "+pc.Name(), 1)}, nil
 }
 
 // rawEntry is t's record entry when it is stored unchanged (the none
@@ -303,10 +323,12 @@ var errUnfaithful = errors.New("not represented faithfully")
 // encodeTensor decodes b to float32, encodes it, decodes the payload again
 // and checks the reconstruction against the codec's error bound
 // (codec.MaxRelErr); a tensor that fails is refused with errUnfaithful.
-func encodeTensor(ctx context.Context, o CompressOptions, t tensor.Info, b []byte) ([]byte, *tpk.Stats, bool, error) {
+// done, if not nil, hears of the elements encoded so far.
+func encodeTensor(ctx context.Context, o CompressOptions, t tensor.Info, b []byte, done func(elems int64)) ([]byte, *tpk.Stats, bool, error) {
 	n := t.Elems()
 	x := make([]float32, n)
-	if err := tensor.ToFloat32(x, t.DType, b); err != nil {
+	err := tensor.ToFloat32(x, t.DType, b)
+	if err != nil {
 		return nil, nil, false, err
 	}
 	for k, v := range x {
@@ -326,7 +348,12 @@ func encodeTensor(ctx context.Context, o CompressOptions, t tensor.Info, b []byt
 		return nil, nil, false, err
 	}
 	var buf bytes.Buffer
-	if err := o.Codec.Encode(&buf, ct, x); err != nil {
+	if pe, ok := o.Codec.(codec.ProgressEncoder); ok && done != nil {
+		err = pe.EncodeProgress(&buf, ct, x, done)
+	} else {
+		err = o.Codec.Encode(&buf, ct, x)
+	}
+	if err != nil {
 		return nil, nil, false, err
 	}
 	p := buf.Bytes()

@@ -3,9 +3,12 @@ package stream
 import (
 	"context"
 	"runtime"
+	"sync"
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/semaphore"
+
+	"github.com/tpconvert/tpconvert/tensor"
 )
 
 // ordered runs work(i) for i in [0, n) on up to workers goroutines and
@@ -106,4 +109,56 @@ func ordered[T any](ctx context.Context, n, workers int, maxMem int64,
 		return ctx.Err()
 	}
 	return err
+}
+
+// tracker turns per-element progress inside tensors into the Progress
+// calls of Options: serialized, in bytes, and adding up to each tensor's
+// size once it is written.
+type tracker struct {
+	fn   func(tensor.Info, int64)
+	mu   sync.Mutex
+	done []int64 // bytes reported per tensor
+}
+
+func newTracker(fn func(tensor.Info, int64), n int) *tracker {
+	if fn == nil {
+		return &tracker{}
+	}
+	return &tracker{fn: fn, done: make([]int64, n)}
+}
+
+// within returns the callback for tensor i's codec: elems more of its
+// elements are done, of size bytes in all. Nil without a Progress
+// function.
+func (p *tracker) within(i int, t tensor.Info, size int64) func(elems int64) {
+	n := t.Elems()
+	if p.fn == nil || n == 0 {
+		return nil
+	}
+	var elems int64
+	return func(k int64) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		elems = min(elems+k, n)
+		// Up to but not including the whole size: the last bytes are
+		// reported when the tensor is written.
+		b := min(size*elems/n, size-1)
+		if d := b - p.done[i]; d > 0 {
+			p.done[i] = b
+			p.fn(t, d)
+		}
+	}
+}
+
+// written reports the rest of tensor i's size bytes.
+func (p *tracker) written(i int, t tensor.Info, size int64) {
+	if p.fn == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if d := size - p.done[i]; d > 0 {
+		p.done[i] = size
+		p.fn(t, d)
+	}
 }

@@ -14,9 +14,12 @@ import (
 // RestoreOptions configure Restore.
 type RestoreOptions struct {
 	Options
-	// DType is the element type written for tensors stored by a lossy
-	// codec. Invalid (zero) means the source dtype when that is a float
-	// type, F16 otherwise (a block-quantized source).
+	// DType is the element type written for every floating-point tensor:
+	// those stored by a lossy codec and those stored unchanged in a float
+	// type (norms, embeddings), which then come back converted rather
+	// than bit-exact. Invalid (zero) means the source dtype: unchanged
+	// tensors bit-exact, decoded ones in their source float type, F16 for
+	// a block-quantized source.
 	DType tensor.DType
 	// Dequantize, when set (F32, F16 or BF16), also converts tensors
 	// stored unchanged in a ggml block-quantized type to this dtype.
@@ -50,6 +53,8 @@ func Plan(r *tpk.Reader, o RestoreOptions) ([]tensor.Info, error) {
 				return nil, fmt.Errorf("restore: tensor %q: cannot dequantize %s", t.Name, t.DType)
 			}
 			t.DType = o.Dequantize
+		case o.DType != tensor.Invalid && t.DType.IsFloat():
+			t.DType = o.DType
 		}
 		sz, err := tensor.ByteSize(t.DType, t.Shape)
 		if err != nil {
@@ -105,6 +110,7 @@ func Restore(ctx context.Context, r *tpk.Reader, plan []tensor.Info, sink format
 		}
 		return c
 	}
+	prog := newTracker(o.Progress, len(es))
 	work := func(ctx context.Context, i int) ([]byte, error) {
 		e := &es[i]
 		p, err := r.Payload(i)
@@ -139,13 +145,16 @@ func Restore(ctx context.Context, r *tpk.Reader, plan []tensor.Info, sink format
 		// damaged parameters (a NaN or infinite scale, say). Tensors
 		// stored unchanged keep whatever values the source held.
 		for k, v := range x {
-			if e.CodecID == codec.IDNone {
+			if codec.IsByteDecoder(e.CodecID) {
 				break
 			}
 			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
 				return nil, &tpk.Error{File: r.Name(), Tensor: e.Name, Offset: e.PayloadOffset,
 					Err: fmt.Errorf("%w: element %d decodes to %v (a non-finite codec parameter)", codec.ErrCorrupt, k, v)}
 			}
+		}
+		if done := prog.within(i, plan[i], e.SourceSize); done != nil {
+			done(n) // decoded; the rest when written
 		}
 		if e.Transposed {
 			x = transpose(x, int(e.Shape[1]), int(e.Shape[0]))
@@ -161,9 +170,7 @@ func Restore(ctx context.Context, r *tpk.Reader, plan []tensor.Info, sink format
 			return err
 		}
 		r.Release(i)
-		if o.Progress != nil {
-			o.Progress(plan[i], es[i].SourceSize)
-		}
+		prog.written(i, plan[i], es[i].SourceSize)
 		return nil
 	}
 	return ordered(ctx, len(es), o.Workers, o.MaxMemory, cost, work, write)

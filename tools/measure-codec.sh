@@ -22,7 +22,7 @@ timeit() { # timeit OUTVAR_PREFIX cmd...: appends wall seconds and peak KiB
 for model in "$tl" "$smol"; do
 	ws=() ks=()
 	for i in 1 2 3; do
-		read -r s k < <(timeit bin/tpconvert "$model" --force -o "$work/out.tpk")
+		read -r s k < <(timeit bin/tpconvert "$model" --codec tenpak_x_v1 --force -o "$work/out.tpk")
 		ws+=("$s"); ks+=("$k")
 	done
 	echo "compress $(basename "$model") (tenpak_x_v1 defaults): runs ${ws[*]} s; median $(printf '%s\n' "${ws[@]}" | median) s; peak RSS median $(( $(printf '%s\n' "${ks[@]}" | median) / 1024 )) MiB"

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"text/tabwriter"
-	"time"
 
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
@@ -25,7 +24,7 @@ import (
 const batchSynopsis = "tpconvert batch SRC... -o OUTDIR [flags]"
 
 func cmdBatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("batch", batchSynopsis, stderr)
+	fs := newFlagSet("batch", batchSynopsis, stdout)
 	out := fs.String("o", "", "output directory: one subdirectory per model (required)")
 	cf := addConvFlags(fs, "tensors processed in parallel (weight files are converted one after another)",
 		"bound on working memory for the whole batch, e.g. 512MiB or 4GiB; the default is a quarter of RAM")
@@ -48,7 +47,7 @@ func cmdBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *out == "" {
 		return errUsage{errors.New("batch needs -o OUTDIR")}
 	}
-	o := convert.BatchOptions{NoStats: *cf.noStats, Force: *force || !*resume, Merge: *merge, DryRun: *dryRun, Version: version}
+	o := convert.BatchOptions{NoStats: *cf.noStats, Force: *force || !*resume, Merge: *merge, DryRun: *dryRun, Version: buildVersion()}
 	switch {
 	case *shard != "" && *fromEnv:
 		return errUsage{errors.New("give --shard or --shard-from-env, not both")}
@@ -71,7 +70,7 @@ func cmdBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return errUsage{errors.New("--merge runs once, after every shard: it takes no --shard")}
 	}
 	cf.visit(fs)
-	ro, err := cf.rate()
+	ro, err := cf.rate(fs)
 	if err != nil {
 		return err
 	}
@@ -218,14 +217,7 @@ func (u *batchUI) event(e convert.BatchEvent) {
 	case convert.EventPlanned:
 		u.models, u.units = e.Models, e.Units
 		if u.tty && !u.quiet && e.Units > 0 {
-			u.bar = progressbar.NewOptions64(e.Bytes,
-				progressbar.OptionSetWriter(u.w),
-				progressbar.OptionShowBytes(true),
-				progressbar.OptionSetWidth(30),
-				progressbar.OptionThrottle(100*time.Millisecond),
-				progressbar.OptionClearOnFinish(),
-				progressbar.OptionSetPredictTime(true),
-			)
+			u.bar = newBar(u.w, e.Bytes, "")
 			u.describe()
 		}
 	case convert.EventUnitStart:
@@ -320,7 +312,10 @@ func printBatch(w io.Writer, r *convert.BatchReport, all bool) {
 	}
 	t := r.Totals
 	shard := ""
-	if r.Shards > 1 {
+	switch {
+	case r.Merge:
+		shard = " (merge)"
+	case r.Shards > 1:
 		shard = fmt.Sprintf(" (shard %d/%d)", r.Shard, r.Shards)
 	}
 	fmt.Fprintf(w, "%d models%s: %d converted, %d up to date, %d waiting for other shards, %d failed\n",

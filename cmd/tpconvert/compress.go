@@ -12,17 +12,24 @@ import (
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
-// defaultCodec is the codec used when --codec is not given.
-var defaultCodec = "tenpak_x_v1"
+// defaultCodec is the codec used when --codec is not given: tenpak_x_v2's
+// default grid (asymmetric 4-bit, FP16 scale and minimum per 32 weights,
+// 5 bits/weight) on every weight matrix. It shrinks every checkpoint whose
+// weights take more than 5 bits (F32, F16, BF16, Q8_0, ...) at the quality
+// of llama.cpp's Q4_1 grid; weights already at 5 bits or fewer (Q4_1, Q4_0,
+// k-quants) are stored unchanged, since no tensor is ever stored larger
+// than its source. CONVERTING.md explains the choice.
+var defaultCodec = "tenpak_x_v2"
 
 func cmdCompress(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("compress", "tpconvert [compress] INPUT [-o OUT.tpk] [flags]", stderr)
+	fs := newFlagSet("compress", "tpconvert [compress] INPUT [-o OUT.tpk] [flags]", stdout)
 	out := fs.String("o", "", "output .tpk file (default: INPUT with its extension replaced by .tpk; a directory m/ gives m.tpk)")
 	cf := addConvFlags(fs, "tensors processed in parallel", "bound on working memory, e.g. 512MiB or 4GiB; the default is a quarter of RAM")
 	cf.addTargetSize(fs)
 	asJSON := fs.Bool("json", false, "print a machine-readable summary on stdout")
-	verbose := fs.Bool("v", false, "list every tensor in the summary, not only compressed ones")
+	verbose := fs.Bool("v", false, "list every tensor in the summary (codec, size, error)")
 	force := fs.Bool("force", false, "overwrite an existing output file")
+	weightsOnly := fs.Bool("weights-only", false, "compress a checkout directory that also holds other files (config.json, tokenizer, README) without them; 'tpconvert batch' keeps them")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -35,7 +42,7 @@ func cmdCompress(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		*out = convert.DefaultCompressOutput(in)
 	}
 	cf.visit(fs)
-	ro, err := cf.rate()
+	ro, err := cf.rate(fs)
 	if err != nil {
 		return err
 	}
@@ -59,14 +66,14 @@ func cmdCompress(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		onStart = func(total int64) { plan.finish(); prog.start(total) }
 	}
 	rep, err := convert.CompressFile(ctx, in, *out, convert.CompressOptions{
-		Options:   so,
-		Codec:     c,
-		Selector:  sel,
-		Overwrite: *force,
-		NoStats:   *cf.noStats,
-		Rate:      ro,
-		OnStart:   onStart,
-
+		Options:     so,
+		Codec:       c,
+		Selector:    sel,
+		Overwrite:   *force,
+		NoStats:     *cf.noStats,
+		Rate:        ro,
+		OnStart:     onStart,
+		WeightsOnly: *weightsOnly,
 		PassThrough: pass,
 	})
 	prog.finish()

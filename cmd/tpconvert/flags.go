@@ -30,7 +30,7 @@ type convFlags struct {
 func addConvFlags(fs *flag.FlagSet, workersDoc, memDoc string) *convFlags {
 	f := &convFlags{maxMem: sizeFlag(defaultMaxMemory())}
 	f.codec = fs.String("codec", defaultCodec, "codec for the selected tensors: "+strings.Join(codec.Names(), ", "))
-	f.layers = fs.String("layers", "all", "weight matrices to compress: all (attention and MLP projections), mlp, attn, weights (every 2-D weight: also embeddings and output head; the default with --bpw, --target-size and tenpak_x_v2), none")
+	f.layers = fs.String("layers", "", "weight matrices to compress: all (attention and MLP projections), mlp, attn, weights (every 2-D weight: also embeddings and output head), none (default: weights for tenpak_x_v2, the default codec, and with --bpw or --target-size; all for the other codecs)")
 	f.include = fs.String("include", "", "also compress tensors whose name matches this regular expression")
 	f.exclude = fs.String("exclude", "", "never compress tensors whose name matches this regular expression")
 	f.rank = fs.Int("rank", 0, "rank of the low-rank factors (tenpak_x_v1; default 32)")
@@ -59,8 +59,21 @@ func (f *convFlags) visit(fs *flag.FlagSet) {
 // rate returns the rate-control request, or nil. --bpw and --target-size
 // choose tenpak_x_v2 and, unless --layers is given, every weight matrix
 // (stream.LayersWeights).
-func (f *convFlags) rate() (*convert.RateOptions, error) {
+func (f *convFlags) rate(fs *flag.FlagSet) (*convert.RateOptions, error) {
 	bpw, size := *f.bpw, int64(f.targetSize)
+	// A value given as 0 is refused, not taken as "the default".
+	for _, c := range []struct {
+		name string
+		zero bool
+	}{
+		{"bpw", bpw <= 0}, {"target-size", size <= 0}, {"rank", *f.rank <= 0}, {"group-size", *f.group <= 0},
+		{"workers", *f.workers <= 0}, {"max-memory", f.maxMem <= 0},
+	} {
+		if f.set[c.name] && c.zero {
+			v := fs.Lookup(c.name).Value.String()
+			return nil, errUsage{fmt.Errorf("--%s %s: want above 0", c.name, v)}
+		}
+	}
 	switch {
 	case bpw == 0 && size == 0:
 		return nil, nil
@@ -91,8 +104,11 @@ func (f *convFlags) rate() (*convert.RateOptions, error) {
 func (f *convFlags) build() (codec.Codec, codec.Options, stream.Selector, stream.Options, error) {
 	var sel stream.Selector
 	var err error
-	if f.set != nil && f.set["codec"] && *f.codec == "tenpak_x_v2" && !f.set["layers"] {
-		*f.layers = string(stream.LayersWeights)
+	if *f.layers == "" && !f.set["layers"] {
+		*f.layers = string(stream.LayersAll)
+		if *f.codec == "tenpak_x_v2" {
+			*f.layers = string(stream.LayersWeights)
+		}
 	}
 	co := codec.Options{Rank: *f.rank, GroupSize: *f.group, Seed: *f.seed}
 	fail := func(err error) (codec.Codec, codec.Options, stream.Selector, stream.Options, error) {

@@ -9,7 +9,7 @@
 //	tpconvert restore IN.tpk|DIR [-o OUT] [flags]
 //	tpconvert batch SRC... -o OUTDIR [flags]
 //	tpconvert inspect FILE [--json]
-//	tpconvert verify FILE.tpk
+//	tpconvert verify FILE.tpk [--json]
 //
 // Run "tpconvert help" or "tpconvert COMMAND --help" for the flags.
 package main
@@ -22,6 +22,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"regexp"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -35,8 +37,54 @@ import (
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx2"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version, if set at build time with -ldflags "-X main.version=...",
+// overrides the module's build information (buildVersion).
+var version = ""
+
+// buildVersion returns the version this binary reports and batch
+// manifests record: main.version if set, else the main module's version
+// from its build information ("v1.2.3" for go install m@v1.2.3), else the
+// VCS revision it was built from (with "+dirty" for a modified tree), else
+// "(devel)".
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "(unknown)"
+	}
+	v := bi.Main.Version
+	if v != "" && v != "(devel)" {
+		return v
+	}
+	var rev, t string
+	dirty := false
+	for _, st := range bi.Settings {
+		switch st.Key {
+		case "vcs.revision":
+			rev = st.Value
+		case "vcs.time":
+			t = st.Value
+		case "vcs.modified":
+			dirty = st.Value == "true"
+		}
+	}
+	if rev == "" {
+		return "(devel)"
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	v = "(devel) " + rev
+	if dirty {
+		v += "+dirty"
+	}
+	if t != "" {
+		v += " " + t
+	}
+	return v
+}
 
 const usage = `tpconvert: compress LLM checkpoints without calibration data
 
@@ -45,9 +93,9 @@ Usage:
   tpconvert restore IN.tpk|DIR [-o OUT] [flags]     rebuild safetensors/GGUF
   tpconvert batch SRC... -o OUTDIR [flags]          convert many checkouts
   tpconvert inspect FILE [--json]                   list tensors, codecs, sizes
-  tpconvert verify FILE.tpk                         check structure and checksums
+  tpconvert verify FILE.tpk [--json]                check structure and checksums
   tpconvert codecs                                  list the codecs
-  tpconvert version
+  tpconvert version                                 the module version this binary was built from
 
 INPUT is a .safetensors file, a .gguf file, or a Hugging Face checkout
 directory (model.safetensors.index.json and its shards). Formats are
@@ -57,7 +105,7 @@ Choose the size with --bpw (bits per parameter, whole file) or
 --target-size (bytes, e.g. 1GiB): tenpak_x_v2 then allocates the bits
 over every weight matrix. Example: tpconvert model.safetensors --bpw 4
 
-Run 'tpconvert COMMAND --help' for a command's flags. The user's guide is
+Run 'tpconvert help COMMAND' or 'tpconvert COMMAND --help' for a command's flags. The user's guide is
 CONVERTING.md.
 
 Exit status: 0 success, 1 error, 2 usage error, 130 interrupted.
@@ -105,10 +153,17 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	switch args[0] {
 	case "help", "-h", "-help", "--help":
+		switch {
+		case len(args) == 1:
+		case args[1] == "compress" || args[1] == "restore" || args[1] == "batch" || args[1] == "inspect" || args[1] == "verify":
+			return dispatch(ctx, []string{args[1], "--help"}, stdout, stderr)
+		case args[1] != "codecs" && args[1] != "version":
+			return errUsage{fmt.Errorf("help: unknown command %q", args[1])}
+		}
 		fmt.Fprint(stdout, usage)
 		return nil
 	case "version", "--version":
-		fmt.Fprintln(stdout, "tpconvert", version)
+		fmt.Fprintln(stdout, "tpconvert", buildVersion())
 		return nil
 	case "compress":
 		return cmdCompress(ctx, args[1:], stdout, stderr)
@@ -138,12 +193,17 @@ func fileExists(p string) bool {
 // arguments ("tpconvert model.safetensors -o out.tpk").
 func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
+	// The flag package calls Usage on every error; only -h/--help shows it.
+	help := fs.Usage
+	fs.Usage = func() {}
+	defer func() { fs.Usage = help }()
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
+				help()
 				return nil, err
 			}
-			return nil, errUsage{err}
+			return nil, errUsage{flagError(err)}
 		}
 		args = fs.Args()
 		if len(args) == 0 {
@@ -157,12 +217,54 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+// newFlagSet returns a flag set whose -h/--help prints the command's
+// synopsis and flags on help (stdout) and whose errors are reported once,
+// by run, as usage errors.
+func newFlagSet(name, synopsis string, help io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: %s\n\nFlags:\n", synopsis)
+		fmt.Fprintf(help, "Usage: %s\n\nFlags:\n", synopsis)
+		fs.SetOutput(help)
 		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
 	}
 	return fs
+}
+
+var flagValueRE = regexp.MustCompile(`^invalid (?:boolean )?value "(.*)" for (?:flag )?-([^:]+): (.*)$`)
+
+// flagName spells a flag as the help does for one letter (-o) and as the
+// documentation does for words (--bpw).
+func flagName(name string) string {
+	name = strings.TrimLeft(name, "-")
+	if len(name) == 1 {
+		return "-" + name
+	}
+	return "--" + name
+}
+
+// flagError rewrites the flag package's messages in the words of the
+// other usage errors: `--bpw "abc": not a number`.
+func flagError(err error) error {
+	msg := err.Error()
+	if m := flagValueRE.FindStringSubmatch(msg); m != nil {
+		why := m[3]
+		switch {
+		case strings.HasPrefix(msg, "invalid boolean"):
+			why = "want true or false"
+		case strings.HasSuffix(why, "parse error"):
+			why = "not a number"
+		case strings.HasSuffix(why, "value out of range"):
+			why = "out of range"
+		}
+		return fmt.Errorf("%s %q: %s", flagName(m[2]), m[1], why)
+	}
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		return fmt.Errorf("unknown flag %s", flagName(name))
+	}
+	if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
+		return fmt.Errorf("%s needs a value", flagName(name))
+	}
+	return err
 }

@@ -46,7 +46,7 @@ func fixture(t *testing.T) (string, string) {
 	t.Helper()
 	dir := t.TempDir()
 	in := filepath.Join(dir, "model.safetensors")
-	if err := gen.WriteSafetensors(in, gen.Presets["tiny"], tensor.BF16, 1); err != nil {
+	if err := gen.WriteSafetensors(in, gen.Presets["small"], tensor.BF16, 1); err != nil {
 		t.Fatal(err)
 	}
 	return dir, in
@@ -92,7 +92,7 @@ func TestExitCodes(t *testing.T) {
 
 func TestCompressRestoreInspectVerify(t *testing.T) {
 	dir, in := fixture(t)
-	code, out, stderr := runCLI(t, in, "--codec", "f16", "--json")
+	code, out, stderr := runCLI(t, in, "--codec", "int8", "--json")
 	if code != 0 {
 		t.Fatalf("compress: %d %s", code, stderr)
 	}

@@ -227,7 +227,7 @@ func tpkFiles(t testing.TB) map[string][]byte {
 		}
 		p := filepath.Join(dir, name+".tpk")
 		rep, err := convert.CompressFile(context.Background(), in, p, convert.CompressOptions{
-			Options: stream.Options{Workers: 1}, Codec: c, Selector: stream.Selector{Layers: stream.LayersAll}})
+			Options: stream.Options{Workers: 1}, Codec: c, Selector: stream.Selector{Layers: stream.LayersAll}, AllowLarger: true})
 		if err != nil {
 			t.Fatalf("compress with %s: %v", name, err)
 		}

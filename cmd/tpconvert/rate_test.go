@@ -14,7 +14,7 @@ import (
 func TestBPWFlags(t *testing.T) {
 	dir, in := fixture(t)
 	out := filepath.Join(dir, "m.tpk")
-	code, stdout, stderr := runCLI(t, in, "--bpw", "3", "--sample-rows", "8", "-o", out)
+	code, stdout, stderr := runCLI(t, in, "--bpw", "3", "--sample-rows", "8", "-v", "-o", out)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -75,7 +75,7 @@ func TestBPWFlags(t *testing.T) {
 		}
 	}
 	// --codec tenpak_x_v2 without a size: every weight, default grid.
-	code, stdout, stderr = runCLI(t, in, "--codec", "tenpak_x_v2", "-o", filepath.Join(dir, "d.tpk"))
+	code, stdout, stderr = runCLI(t, in, "--codec", "tenpak_x_v2", "-v", "-o", filepath.Join(dir, "d.tpk"))
 	if code != 0 || !strings.Contains(stdout, "uniform:4/32") || !strings.Contains(stdout, "lm_head.weight") {
 		t.Errorf("--codec tenpak_x_v2: exit %d\n%s%s", code, stdout, stderr)
 	}
@@ -91,7 +91,7 @@ func TestBatchBPW(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := filepath.Join(dir, "out")
-	code, _, stderr := runCLI(t, "batch", src, "-o", out, "--bpw", "4")
+	code, _, stderr := runCLI(t, "batch", src, "-o", out, "--bpw", "4", "--sample-rows", "8")
 	if code != 0 {
 		t.Fatalf("batch --bpw 4: exit %d: %s", code, stderr)
 	}
@@ -101,6 +101,9 @@ func TestBatchBPW(t *testing.T) {
 	}
 	if !strings.Contains(string(b), `"bpw": 4`) || !strings.Contains(string(b), "tenpak_x_v2") {
 		t.Errorf("manifest does not record tenpak_x_v2 at 4 bits/parameter:\n%s", b)
+	}
+	if v := `"tpconvert_version": "` + buildVersion() + `"`; !strings.Contains(string(b), v) {
+		t.Errorf("manifest does not record %s:\n%s", v, b)
 	}
 	code, _, stderr = runCLI(t, "batch", src, "-o", out, "--target-size", "1MiB")
 	if code != 2 {

@@ -16,11 +16,11 @@ import (
 )
 
 func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("restore", "tpconvert restore IN.tpk [-o OUT] [flags]", stderr)
+	fs := newFlagSet("restore", "tpconvert restore IN.tpk [-o OUT] [flags]", stdout)
 	out := fs.String("o", "", "output file, or directory for a sharded checkout (default: IN.restored.safetensors, IN.restored.gguf or IN.restored/)")
-	dtype := fs.String("dtype", "source", "dtype of decoded tensors: source, f32, f16, bf16 (source: the original float type; F16 for block-quantized sources)")
+	dtype := fs.String("dtype", "source", "dtype of every floating-point tensor, decoded or stored unchanged: source, f32, f16, bf16 (source: each tensor's own float type, F16 for decoded block-quantized ones; only source keeps unchanged tensors bit-exact)")
 	deq := fs.String("dequantize", "", "also convert tensors stored in GGUF block-quantized types (Q4_K, ...) to f32, f16 or bf16")
-	to := fs.String("to", "", "output container: safetensors or gguf (default: the source's; GGUF sources may go to safetensors)")
+	to := fs.String("to", "", "output container: safetensors or gguf (default: the one -o's extension names, .safetensors or .gguf, else the source's; GGUF sources may go to safetensors, safetensors sources only to safetensors)")
 	shard := sizeFlag(0)
 	fs.Var(&shard, "shard-size", "write a sharded safetensors checkout with shards of at most this size (e.g. 5GB)")
 	workers := fs.Int("workers", runtime.NumCPU(), "tensors decoded in parallel")
@@ -55,6 +55,13 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if *workers < 1 {
 		return errUsage{errors.New("--workers must be at least 1")}
 	}
+	// The output's extension chooses the container (--to implied).
+	if k := convert.KindOfName(*out); k != "" {
+		if o.To != "" && o.To != k {
+			return errUsage{fmt.Errorf("--to %s, but -o %s names a %s file", o.To, *out, k)}
+		}
+		o.To = k
+	}
 	if isDir(in) {
 		return restoreDir(ctx, in, *out, o, *workers, int64(maxMem), *asJSON, stdout, stderr)
 	}
@@ -73,6 +80,9 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	o.OnStart = prog.start
 	rep, err := convert.RestoreFile(ctx, in, *out, o)
 	prog.finish()
+	if errors.Is(err, convert.ErrCannotConvert) && convert.KindOfName(*out) != "" {
+		return fmt.Errorf("-o %s: %w", *out, err)
+	}
 	if err != nil {
 		return err
 	}
@@ -91,7 +101,7 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 }
 
 func cmdInspect(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("inspect", "tpconvert inspect FILE [--json]", stderr)
+	fs := newFlagSet("inspect", "tpconvert inspect FILE [--json]", stdout)
 	asJSON := fs.Bool("json", false, "print machine-readable output")
 	pos, err := parse(fs, args)
 	if err != nil {
@@ -114,7 +124,8 @@ func cmdInspect(args []string, stdout, stderr io.Writer) error {
 }
 
 func cmdVerify(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("verify", "tpconvert verify FILE.tpk", stderr)
+	fs := newFlagSet("verify", "tpconvert verify FILE.tpk [--json]", stdout)
+	asJSON := fs.Bool("json", false, "print the result as JSON on stdout (exit status 1 still marks damage)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -123,6 +134,22 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 		return errUsage{fmt.Errorf("verify takes one FILE.tpk, got %d", len(pos))}
 	}
 	n, errs := convert.Verify(pos[0])
+	if *asJSON {
+		res := struct {
+			File    string   `json:"file"`
+			OK      bool     `json:"ok"`
+			Records int      `json:"records"`
+			Errors  []string `json:"errors"`
+		}{File: pos[0], OK: len(errs) == 0, Records: n, Errors: []string{}}
+		for _, e := range errs {
+			res.Errors = append(res.Errors, e.Error())
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(res); err != nil {
+			return err
+		}
+	}
 	if len(errs) > 0 {
 		for _, e := range errs[1:] {
 			fmt.Fprintf(stderr, "tpconvert: %s\n", oneLine(e))
@@ -132,6 +159,8 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 		}
 		return errs[0]
 	}
-	fmt.Fprintf(stdout, "%s: OK (%d records, all checksums match)\n", pos[0], n)
+	if !*asJSON {
+		fmt.Fprintf(stdout, "%s: OK (%d records, all checksums match)\n", pos[0], n)
+	}
 	return nil
 }

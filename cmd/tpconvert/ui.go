@@ -16,6 +16,7 @@ import (
 
 	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/convert"
+	"github.com/tpconvert/tpconvert/stream"
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
@@ -109,15 +110,23 @@ func (p *progress) start(total int64) {
 	if !p.on {
 		return
 	}
-	p.bar = progressbar.NewOptions64(total,
-		progressbar.OptionSetWriter(p.w),
-		progressbar.OptionSetDescription(p.job),
+	p.bar = newBar(p.w, total, p.job)
+}
+
+// newBar is the progress bar of every phase: bytes in MiB like the
+// summary, rate and time left, drawn (and its clock started) at once.
+func newBar(w io.Writer, total int64, desc string) *progressbar.ProgressBar {
+	return progressbar.NewOptions64(total,
+		progressbar.OptionSetWriter(w),
+		progressbar.OptionSetDescription(desc),
 		progressbar.OptionShowBytes(true),
 		progressbar.OptionShowCount(),
 		progressbar.OptionSetWidth(30),
+		progressbar.OptionUseIECUnits(true),
 		progressbar.OptionThrottle(100*time.Millisecond),
 		progressbar.OptionClearOnFinish(),
 		progressbar.OptionSetPredictTime(true),
+		progressbar.OptionSetRenderBlankState(true),
 	)
 }
 
@@ -137,28 +146,15 @@ func (p *progress) finish() {
 	}
 }
 
-func fmtShape(s []int64) string {
-	parts := make([]string, len(s))
-	for i, d := range s {
-		parts[i] = strconv.FormatInt(d, 10)
-	}
-	return "[" + strings.Join(parts, "x") + "]"
-}
-
-// printReport renders a conversion or inspection summary as text.
-func printReport(w io.Writer, r *convert.Report, all bool) {
+// printTensors writes one line per tensor of r.
+func printTensors(w io.Writer, r *convert.Report) {
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "tensor\tdtype\tshape\tcodec\tstored\tbits/w\tratio\trel.err\tSQNR dB\t")
-	shown := 0
 	for _, t := range r.Tensors {
-		if !all && !t.Lossy && t.Note == "" { // fallbacks are always shown
-			continue
-		}
-		shown++
 		re, sq := "", ""
 		if t.RelErr != nil {
 			re = fmt.Sprintf("%.4f", *t.RelErr)
-			sq = fmt.Sprintf("%.1f", *t.SQNRdB)
+			sq = fmtSQNR(*t.SQNRdB)
 		}
 		c := t.Codec
 		if c == "" {
@@ -172,9 +168,32 @@ func printReport(w io.Writer, r *convert.Report, all bool) {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.3f\t%.1f%%\t%s\t%s\t\n", t.Name, t.DType, fmtShape(t.Shape), c, human(t.StoredBytes), t.BPW, 100*t.Ratio, re, sq)
 	}
-	if shown > 0 {
-		tw.Flush()
-		fmt.Fprintln(w)
+	tw.Flush()
+	fmt.Fprintln(w)
+}
+
+// fmtSQNR formats an SQNR in dB; an exact reconstruction (stored as
+// 999 dB, see formats/tpk) reads "exact".
+func fmtSQNR(db float64) string {
+	if db >= 999 {
+		return "exact"
+	}
+	return fmt.Sprintf("%.1f", db)
+}
+
+func fmtShape(s []int64) string {
+	parts := make([]string, len(s))
+	for i, d := range s {
+		parts[i] = strconv.FormatInt(d, 10)
+	}
+	return "[" + strings.Join(parts, "x") + "]"
+}
+
+// printReport renders a conversion or inspection summary as text: the
+// totals, and with table every tensor's line.
+func printReport(w io.Writer, r *convert.Report, table bool) {
+	if table {
+		printTensors(w, r)
 	}
 	tt := r.Totals
 	fmt.Fprintf(w, "%s", r.Input)
@@ -193,8 +212,12 @@ func printReport(w io.Writer, r *convert.Report, all bool) {
 		if rr.RequestedBPW > 0 {
 			fmt.Fprintf(w, " (%g bits/parameter)", rr.RequestedBPW)
 		}
-		fmt.Fprintf(w, "; compressed payloads %s of a %s budget; estimated mean weighted SQNR %.1f dB; planned in %.1fs\n",
-			human(rr.PayloadBytes), human(rr.BudgetBytes), rr.EstSQNRdB, rr.PlanSeconds)
+		est := fmtSQNR(rr.EstSQNRdB)
+		if est != "exact" {
+			est += " dB"
+		}
+		fmt.Fprintf(w, "; compressed payloads %s of a %s budget; estimated mean weighted SQNR %s; planned in %.1fs\n",
+			human(rr.PayloadBytes), human(rr.BudgetBytes), est, rr.PlanSeconds)
 	}
 	if len(r.Allocation) > 0 {
 		fmt.Fprintf(w, "  allocation       ")
@@ -212,6 +235,9 @@ func printReport(w io.Writer, r *convert.Report, all bool) {
 	}
 	if r.Output != "" || strings.HasPrefix(r.Kind, "tpk") {
 		fmt.Fprintf(w, "  tensors          %d (%d compressed, %d stored unchanged)\n", tt.Tensors, tt.Compressed, tt.PassedThrough)
+		if n := notShrunk(r); n > 0 {
+			fmt.Fprintf(w, "                   %d selected tensors stored unchanged: the codec would not make them smaller (-v lists them)\n", n)
+		}
 		fmt.Fprintf(w, "  parameters       %d (%d in compressed tensors)\n", tt.Params, tt.CompressedParams)
 		if tt.Lossless > 0 {
 			fmt.Fprintf(w, "  lossless         %d tensors bit-exact, %s -> %s (%.1f%%)\n", tt.Lossless,
@@ -236,9 +262,24 @@ func printReport(w io.Writer, r *convert.Report, all bool) {
 	} else {
 		fmt.Fprintf(w, "  ratio            %.2fx vs FP16\n", tt.RatioFP16)
 	}
+	if r.Output != "" && tt.BytesOut > tt.BytesIn {
+		fmt.Fprintf(w, "  warning          the output is larger than the input (%s > %s): choose a smaller size with --bpw or --target-size\n", human(tt.BytesOut), human(tt.BytesIn))
+	}
 	if tt.WallSeconds > 0 {
 		fmt.Fprintf(w, "  time             %.1fs, peak memory %s\n", tt.WallSeconds, human(tt.PeakRSSBytes))
 	}
+}
+
+// notShrunk counts the tensors r reports as stored unchanged because the
+// codec would have made them larger (stream.Result.Note).
+func notShrunk(r *convert.Report) int {
+	n := 0
+	for _, t := range r.Tensors {
+		if strings.Contains(t.Note, stream.NoteNotSmaller) {
+			n++
+		}
+	}
+	return n
 }
 
 func cmdCodecs(w io.Writer) error {

@@ -163,6 +163,12 @@ func CheckRange(x []float32) error {
 
 // Encode writes t's payload under its planned Config.
 func (c *Codec) Encode(w io.Writer, t tensor.Info, x []float32) error {
+	return c.EncodeProgress(w, t, x, nil)
+}
+
+// EncodeProgress is Encode, calling done (if not nil) as rows are coded
+// (codec.ProgressEncoder).
+func (c *Codec) EncodeProgress(w io.Writer, t tensor.Info, x []float32, done func(elems int64)) error {
 	rows, cols, err := checkShape(t)
 	if err != nil {
 		return err
@@ -186,14 +192,15 @@ func (c *Codec) Encode(w io.Writer, t tensor.Info, x []float32) error {
 	if len(imp) != cols {
 		imp = nil
 	}
-	encodeInto(buf, cfg, rows, cols, x, imp, c.seed, c.workers)
+	encodeInto(buf, cfg, rows, cols, x, imp, c.seed, c.workers, done)
 	_, err = w.Write(buf)
 	return err
 }
 
 // encodeInto writes the payload of x (rows×cols) under cfg into buf, which
-// has exactly cfg.PayloadSize bytes.
-func encodeInto(buf []byte, cfg Config, rows, cols int, x, imp []float32, seed uint32, workers int) {
+// has exactly cfg.PayloadSize bytes, calling done (if not nil) with the
+// elements of each block of rows coded.
+func encodeInto(buf []byte, cfg Config, rows, cols int, x, imp []float32, seed uint32, workers int, done func(int64)) {
 	q := newQuantizer(cfg, cols, seed)
 	buf[0], buf[1], buf[2], buf[3] = Version, byte(cfg.Grid), byte(cfg.Bits), 0
 	if cfg.S8 {
@@ -250,6 +257,9 @@ func encodeInto(buf []byte, cfg Config, rows, cols int, x, imp []float32, seed u
 					bases[rows+r] = base[1]
 				}
 			}
+		}
+		if done != nil {
+			done(int64(r1-r0) * int64(cols))
 		}
 		return nil
 	})

@@ -211,7 +211,8 @@ func Batch(ctx context.Context, srcs []string, outDir string, o BatchOptions) (*
 		return nil, errors.New("convert: batch without sources")
 	}
 	if !o.DryRun {
-		if err := os.MkdirAll(outDir, 0o755); err != nil {
+		// Removed again, if still empty, when the run is interrupted.
+		if _, err := atomicfile.MkdirAll(outDir); err != nil {
 			return nil, err
 		}
 	}
@@ -661,10 +662,12 @@ func stage(tmp, dir, output string) error {
 // unitTemp creates this process's temporary directory for a unit.
 func (b *batchRun) unitTemp(model string) (string, string, error) {
 	dir := filepath.Join(b.staging, model)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	// Removed on interrupt only if empty: staged units are kept for a
+	// resumed run.
+	if _, err := atomicfile.MkdirAll(dir); err != nil {
 		return "", "", err
 	}
-	tmp, err := os.MkdirTemp(dir, atomicfile.TempPrefix+b.tag+"-unit-*")
+	tmp, err := atomicfile.MkdirTemp(dir, atomicfile.TempPrefix+b.tag+"-unit-*")
 	return dir, tmp, err
 }
 
@@ -816,7 +819,7 @@ func (b *batchRun) tryAssemble(mw *modelWork) error {
 // copied files, and renames it into place.
 func (b *batchRun) assemble(mw *modelWork, recs []*unitRecord) (err error) {
 	c := mw.c
-	tmp, err := os.MkdirTemp(b.out, atomicfile.TempPrefix+b.tag+"-model-*")
+	tmp, err := atomicfile.MkdirTemp(b.out, atomicfile.TempPrefix+b.tag+"-model-*")
 	if err != nil {
 		return err
 	}

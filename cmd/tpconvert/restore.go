@@ -113,7 +113,7 @@ func cmdInspect(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func cmdVerify(args []string, stdout, stderr io.Writer) error {
+func cmdVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("verify", "tpconvert verify FILE.tpk", stderr)
 	pos, err := parse(fs, args)
 	if err != nil {
@@ -122,7 +122,7 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	if len(pos) != 1 {
 		return errUsage{fmt.Errorf("verify takes one FILE.tpk, got %d", len(pos))}
 	}
-	n, errs := convert.Verify(pos[0])
+	n, errs := convert.VerifyContext(ctx, pos[0])
 	if len(errs) > 0 {
 		for _, e := range errs[1:] {
 			fmt.Fprintf(stderr, "tpconvert: %s\n", oneLine(e))

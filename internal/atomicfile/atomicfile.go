@@ -212,7 +212,9 @@ func MkdirAll(path string) (undo func(), err error) {
 		return func() {}, err
 	}
 	liveMu.Lock()
-	createdDirs = append(createdDirs, made...)
+	for i := len(made) - 1; i >= 0; i-- { // outermost first: RemoveAll goes backwards
+		createdDirs = append(createdDirs, made[i])
+	}
 	liveMu.Unlock()
 	return func() {
 		for _, d := range made {
@@ -255,8 +257,8 @@ func RemoveAll() {
 		os.RemoveAll(name)
 		delete(liveDirs, name)
 	}
-	for _, d := range createdDirs {
-		os.Remove(d)
+	for i := len(createdDirs) - 1; i >= 0; i-- { // the latest, innermost, first
+		os.Remove(createdDirs[i])
 	}
 	createdDirs = nil
 }

@@ -45,10 +45,11 @@ func checkStorable(in string, src formats.Source) error {
 	if err := src.Meta().Check(); err != nil {
 		return fmt.Errorf("%s: %w", in, err)
 	}
-	if n := len(src.Tensors()); n > tpk.MaxTensors {
-		return fmt.Errorf("%s: %d tensors, more than a .tpk file holds (%d)", in, n, tpk.MaxTensors)
+	ts := src.Tensors()
+	if len(ts) > tpk.MaxTensors {
+		return fmt.Errorf("%s: %d tensors, more than a .tpk file holds (%d)", in, len(ts), tpk.MaxTensors)
 	}
-	for _, t := range src.Tensors() {
+	for _, t := range ts {
 		if !utf8.ValidString(t.Name) {
 			return fmt.Errorf("%s: tensor %q: name is not valid UTF-8 (a .tpk index is JSON, which cannot hold it)", in, t.Name)
 		}

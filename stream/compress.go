@@ -92,6 +92,7 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 	if err != nil {
 		return nil, err
 	}
+	w.Grow(len(infos))
 	_, raw := o.Codec.(codec.ByteCodec)
 	selected := make([]bool, len(infos))
 	for i, t := range infos {

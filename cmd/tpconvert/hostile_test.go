@@ -501,3 +501,23 @@ func TestManifestWithoutWeights(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchFIFOWeight checks that batch refuses a FIFO named like a weight
+// file in a checkout, at once, rather than skipping it or blocking.
+func TestBatchFIFOWeight(t *testing.T) {
+	dir := t.TempDir()
+	ck := filepath.Join(dir, "models", "m")
+	if err := os.MkdirAll(ck, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := gen.WriteSafetensors(filepath.Join(ck, "model-00001-of-00002.safetensors"), gen.Presets["tiny"], tensor.BF16, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(ck, "model-00002-of-00002.safetensors"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := runCLITimeout(t, 20*time.Second, "batch", filepath.Dir(ck), "-o", filepath.Join(dir, "out"), "--codec", "none")
+	if code != 1 || !strings.Contains(stderr, "not a regular file") {
+		t.Errorf("exit %d, want 1 naming the FIFO: %q", code, stderr)
+	}
+}

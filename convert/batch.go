@@ -213,6 +213,12 @@ func Batch(ctx context.Context, srcs []string, outDir string, o BatchOptions) (*
 	if len(srcs) == 0 {
 		return nil, errors.New("convert: batch without sources")
 	}
+	if !o.DryRun {
+		// Removed again, if still empty, when the run is interrupted.
+		if _, err := atomicfile.MkdirAll(outDir); err != nil {
+			return nil, err
+		}
+	}
 	cs, notes, err := FindCheckouts(srcs, outDir)
 	if err != nil {
 		return nil, err
@@ -666,10 +672,12 @@ func stage(tmp, dir, output string) error {
 // unitTemp creates this process's temporary directory for a unit.
 func (b *batchRun) unitTemp(model string) (string, string, error) {
 	dir := filepath.Join(b.staging, model)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	// Removed on interrupt only if empty: staged units are kept for a
+	// resumed run.
+	if _, err := atomicfile.MkdirAll(dir); err != nil {
 		return "", "", err
 	}
-	tmp, err := os.MkdirTemp(dir, atomicfile.TempPrefix+b.tag+"-unit-*")
+	tmp, err := atomicfile.MkdirTemp(dir, atomicfile.TempPrefix+b.tag+"-unit-*")
 	return dir, tmp, err
 }
 
@@ -823,7 +831,7 @@ func (b *batchRun) tryAssemble(mw *modelWork) error {
 // copied files, and renames it into place.
 func (b *batchRun) assemble(mw *modelWork, recs []*unitRecord) (err error) {
 	c := mw.c
-	tmp, err := os.MkdirTemp(b.out, atomicfile.TempPrefix+b.tag+"-model-*")
+	tmp, err := atomicfile.MkdirTemp(b.out, atomicfile.TempPrefix+b.tag+"-model-*")
 	if err != nil {
 		return err
 	}

@@ -173,7 +173,9 @@ func findWeights(dir string) ([]WeightFile, error) {
 			return nil, err
 		}
 		if !st.Mode().IsRegular() {
-			continue
+			// A FIFO or device named like weights would block or be
+			// skipped silently: refuse it, as a single compress does.
+			return nil, fmt.Errorf("%s: not a regular file (pipes, sockets, devices and directories are not read)", p)
 		}
 		kind, err := formats.Detect(p)
 		if err != nil {

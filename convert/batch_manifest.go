@@ -157,6 +157,14 @@ func ReadManifest(dir string) (*Manifest, error) {
 	if m.FormatVersion < 1 || m.FormatVersion > ManifestFormatVersion {
 		return nil, bad("unsupported format version %d (supported 1-%d)", m.FormatVersion, ManifestFormatVersion)
 	}
+	// Batch writes both lists, the weights never empty: a manifest
+	// without them would restore the side files alone and report success.
+	if len(m.Weights) == 0 {
+		return nil, bad("lists no weight file (\"weights\" is missing, null or empty)")
+	}
+	if m.Files == nil {
+		return nil, bad("\"files\" is missing or null")
+	}
 	names := map[string]bool{ManifestName: true, RunInfoName: true}
 	outs := map[string]bool{}
 	for _, w := range m.Weights {

@@ -155,26 +155,35 @@ func checkDisjoint(in, out string) error {
 	return nil
 }
 
+// restoreModel restores one model into out; the directories it creates
+// for it are removed again on failure or interrupt if they stayed empty.
 func restoreModel(ctx context.Context, in, out string, m *Manifest, o RestoreOptions) (*RestoredModel, error) {
-	rm := &RestoredModel{Model: m.Model, Output: out, Files: len(m.Files)}
-	parent := filepath.Dir(filepath.Clean(out))
-	if err := os.MkdirAll(parent, 0o755); err != nil {
+	undo, err := atomicfile.MkdirAll(filepath.Dir(filepath.Clean(out)))
+	if err != nil {
 		return nil, err
 	}
-	// A killed restore of the same output left this behind.
-	base := strings.Map(func(r rune) rune {
-		if strings.ContainsRune(`*?[]\\`, r) {
-			return '_'
-		}
-		return r
-	}, filepath.Base(out))
+	rm, err := restoreModelIn(ctx, in, out, m, o)
+	if err != nil {
+		undo()
+	}
+	return rm, err
+}
+
+func restoreModelIn(ctx context.Context, in, out string, m *Manifest, o RestoreOptions) (*RestoredModel, error) {
+	rm := &RestoredModel{Model: m.Model, Output: out, Files: len(m.Files)}
+	parent := filepath.Dir(filepath.Clean(out))
+	// A killed restore of the same output left this behind. (No part
+	// of a user's path is a glob pattern: the entries are listed.)
+	base := strings.ReplaceAll(filepath.Base(out), "*", "_") // MkdirTemp's wildcard
 	pattern := atomicfile.TempPrefix + "restore-" + base + "-"
-	if old, _ := filepath.Glob(filepath.Join(parent, pattern+"*")); len(old) > 0 {
-		for _, p := range old {
-			os.RemoveAll(p)
+	if es, err := os.ReadDir(parent); err == nil {
+		for _, e := range es {
+			if strings.HasPrefix(e.Name(), pattern) {
+				os.RemoveAll(filepath.Join(parent, e.Name()))
+			}
 		}
 	}
-	tmp, err := os.MkdirTemp(parent, pattern+"*")
+	tmp, err := atomicfile.MkdirTemp(parent, pattern+"*")
 	if err != nil {
 		return nil, err
 	}

@@ -88,7 +88,11 @@ func checkStorable(in string, src formats.Source) error {
 	if err := src.Meta().Check(); err != nil {
 		return fmt.Errorf("%s: %w", in, err)
 	}
-	for _, t := range src.Tensors() {
+	ts := src.Tensors()
+	if len(ts) > tpk.MaxTensors {
+		return fmt.Errorf("%s: %d tensors, more than a .tpk file holds (%d)", in, len(ts), tpk.MaxTensors)
+	}
+	for _, t := range ts {
 		if !utf8.ValidString(t.Name) {
 			return fmt.Errorf("%s: tensor %q: name is not valid UTF-8 (a .tpk index is JSON, which cannot hold it)", in, t.Name)
 		}

@@ -128,6 +128,11 @@ func checkOutputFile(out string) error {
 	return nil
 }
 
+func isDir(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.IsDir()
+}
+
 // checkNotInput refuses an output path that is one of the input's files.
 func checkNotInput(out string, inputs ...string) error {
 	for _, in := range inputs {

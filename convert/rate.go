@@ -117,6 +117,9 @@ func planRate(ctx context.Context, src formats.Source, o *CompressOptions) (*ten
 	if err != nil {
 		return nil, nil, err
 	}
+	if len(plan.Tensors) == 0 && plan.Unsupported > 0 {
+		return nil, nil, fmt.Errorf("tenpak_x_v2 cannot represent the %d selected tensor(s): they hold values that are not finite or exceed ±%d (compress them with --codec none, or --exclude them)", plan.Unsupported, tenpakx2.MaxAbs)
+	}
 	if len(plan.Tensors) == 0 {
 		return nil, nil, fmt.Errorf("no tensor is selected for compression (see --layers and --include)")
 	}

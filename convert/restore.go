@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -124,14 +123,18 @@ func RestoreFile(ctx context.Context, in, out string, o RestoreOptions) (*Restor
 
 	switch {
 	case to == formats.Safetensors && IsDirOutput(meta, o):
-		// A directory created here is removed again on failure (os.Remove
-		// keeps it if anything else was put in it meanwhile).
-		_, statErr := os.Lstat(out)
-		created := errors.Is(statErr, fs.ErrNotExist)
+		// The directory's parent must exist; the directory itself, if
+		// created here, is removed again on failure or interrupt (if
+		// nothing else was put in it meanwhile).
+		if parent := filepath.Dir(filepath.Clean(out)); !isDir(parent) {
+			return nil, fmt.Errorf("%s: directory %s does not exist", out, parent)
+		}
+		undo, err := atomicfile.MkdirAll(out)
+		if err != nil {
+			return nil, err
+		}
 		fail := func(err error) (*RestoreReport, error) {
-			if created {
-				os.Remove(out)
-			}
+			undo()
 			return nil, err
 		}
 		dw, err := safetensors.NewDirWriter(out, meta, plan, safetensors.DirOptions{ShardSize: o.ShardSize, Overwrite: o.Overwrite})
@@ -158,13 +161,13 @@ func RestoreFile(ctx context.Context, in, out string, o RestoreOptions) (*Restor
 		defer f.Abort()
 		var sink formats.Sink
 		if to == formats.GGUF {
-			sink, err = gguf.NewWriter(outputWriter(f), meta.GGUF, r.Index().GGUFInfoOrder, plan)
+			sink, err = gguf.NewWriter(stream.CancelWriter(ctx, outputWriter(f)), meta.GGUF, r.Index().GGUFInfoOrder, plan)
 		} else {
 			var fm *formats.FileMeta
 			if meta.Kind == formats.Safetensors {
 				fm = &meta.Files[0]
 			}
-			sink, err = safetensors.NewWriter(outputWriter(f), plan, fm)
+			sink, err = safetensors.NewWriter(stream.CancelWriter(ctx, outputWriter(f)), plan, fm)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("restoring %s: %w", in, err)
@@ -195,7 +198,11 @@ func RestoreFile(ctx context.Context, in, out string, o RestoreOptions) (*Restor
 // version are known to this build. It returns the number of records checked
 // and one error per damaged record (the index itself failing gives a single
 // error).
-func Verify(path string) (int, []error) {
+func Verify(path string) (int, []error) { return VerifyContext(context.Background(), path) }
+
+// VerifyContext is Verify that stops, returning ctx's error, when ctx is
+// cancelled.
+func VerifyContext(ctx context.Context, path string) (int, []error) {
 	r, err := tpk.Open(path)
 	if err != nil {
 		return 0, []error{err}
@@ -203,7 +210,9 @@ func Verify(path string) (int, []error) {
 	defer r.Close()
 	var errs []error
 	for i := range r.Entries() {
-		if err := r.Verify(i); err != nil {
+		if err := r.VerifyContext(ctx, i); ctx.Err() != nil {
+			return i, []error{ctx.Err()}
+		} else if err != nil {
 			errs = append(errs, err)
 		} else if err := knownCodec(r, i); err != nil {
 			errs = append(errs, err)

@@ -99,9 +99,13 @@ func (t *Tensor) Chosen() Option { return t.Options[t.Choice] }
 
 // Plan is the outcome of Build and Allocate.
 type Plan struct {
-	Tensors    []*Tensor
-	Importance map[string][]float32
-	Budget     int64 // bytes for the payloads of Tensors
+	Tensors []*Tensor
+	// Unsupported counts the selected tensors left out of the plan:
+	// their sampled rows hold values tenpak_x_v2 cannot represent
+	// (non-finite, or beyond ±65504). They are stored unchanged.
+	Unsupported int
+	Importance  map[string][]float32
+	Budget      int64 // bytes for the payloads of Tensors
 }
 
 // Configs returns the chosen Config per tensor name.
@@ -188,6 +192,8 @@ func Build(ctx context.Context, src formats.Source, sel func(tensor.Info) bool, 
 	for _, t := range plan.Tensors {
 		if t != nil {
 			kept = append(kept, t)
+		} else {
+			plan.Unsupported++
 		}
 	}
 	plan.Tensors = kept

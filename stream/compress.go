@@ -109,10 +109,11 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 	}
 	infos := src.Tensors()
 	order := ggufInfoOrder(src, infos)
-	w, err := tpk.NewWriter(out, src.Meta(), order)
+	w, err := tpk.NewWriter(CancelWriter(ctx, out), src.Meta(), order)
 	if err != nil {
 		return nil, err
 	}
+	w.Grow(len(infos))
 	bc, raw := o.Codec.(codec.ByteCodec)
 	if raw && bc.ID() != codec.IDNone {
 		o.PassThrough = bc
@@ -214,6 +215,37 @@ func passThrough(pc codec.ByteCodec, t tensor.Info, b []byte, e tpk.Entry, note 
 	}
 	e.Codec, e.CodecID, e.CodecVersion, e.Params = pc.Name(), pc.ID(), pc.Version(), pc.Params()
 	return encoded{payload: p, entry: e, note: strings.Replace(note, "stored unchanged", "stored with "+pc.Name(), 1)}, nil
+}
+
+// cancelChunk is the most CancelWriter writes between checks of its
+// context.
+const cancelChunk = 8 << 20
+
+type cancelWriter struct {
+	ctx context.Context
+	w   io.Writer
+}
+
+// CancelWriter returns a writer that writes to w in chunks of at most
+// 8 MiB and fails with ctx's error once ctx is cancelled, so that writing
+// a tensor of any size stops within one chunk of a cancellation.
+func CancelWriter(ctx context.Context, w io.Writer) io.Writer { return cancelWriter{ctx, w} }
+
+func (c cancelWriter) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		if err := c.ctx.Err(); err != nil {
+			return n, err
+		}
+		k := min(len(p), cancelChunk)
+		m, err := c.w.Write(p[:k])
+		n += m
+		if err != nil {
+			return n, err
+		}
+		p = p[k:]
+	}
+	return n, nil
 }
 
 // rawEntry is t's record entry when it is stored unchanged (the none

@@ -38,7 +38,7 @@ func addConvFlags(fs *flag.FlagSet, workersDoc, memDoc string) *convFlags {
 	f.seed = fs.Uint64("seed", 0, "seed for every random choice of the codec")
 	f.workers = fs.Int("workers", runtime.NumCPU(), workersDoc)
 	fs.Var(&f.maxMem, "max-memory", memDoc)
-	f.noStats = fs.Bool("no-stats", false, "skip measuring reconstruction error (saves one decode per tensor)")
+	f.noStats = fs.Bool("no-stats", false, "leave the measured reconstruction error out of the records (each compressed tensor is still decoded once to check it)")
 	f.sampleRows = fs.Int("sample-rows", 0, "rows per tensor that --bpw/--target-size code with every candidate grid to estimate its error (default: enough for 32768 weights, 16-128 rows)")
 	f.lossless = fs.Bool("lossless", false, "store every tensor bit-exact with the lossless codec (same as --codec lossless); the other codecs store the tensors they leave alone with it too, unless --codec none")
 	f.bpw = fs.Float64("bpw", 0, "make the whole output file this many bits per parameter (e.g. 3 or 4.5): tenpak_x_v2 with rate control over every weight matrix, embeddings and output head included")

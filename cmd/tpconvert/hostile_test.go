@@ -2,7 +2,10 @@ package main
 
 import (
 	"bytes"
+	"encoding/binary"
+	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -295,5 +298,226 @@ func TestOutputErrorsNameTheOutput(t *testing.T) {
 			t.Errorf("exit %d, want 1 with an error naming %s (%s): %q", code, out, c.want, stderr)
 		}
 		noTempsIn(t, c.dir)
+	}
+}
+
+// writeOneTensor writes a safetensors file holding one projection matrix
+// of the given dtype and values.
+func writeOneTensor(t *testing.T, path string, dt tensor.DType, rows, cols int, val func(i int) float32) {
+	t.Helper()
+	x := make([]float32, rows*cols)
+	for i := range x {
+		x[i] = val(i)
+	}
+	raw := make([]byte, len(x)*int(dt.BlockBytes()))
+	if err := tensor.FromFloat32(raw, dt, x); err != nil {
+		t.Fatal(err)
+	}
+	hdr := fmt.Sprintf(`{"model.layers.0.mlp.up_proj.weight":{"dtype":%q,"shape":[%d,%d],"data_offsets":[0,%d]}}`, dt, rows, cols, len(raw))
+	if err := os.WriteFile(path, append(stFile(hdr, nil), raw...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRateControlRefusesUnrepresentable checks that --bpw on a model whose
+// only selected tensor holds values beyond FP16 fails with a clear error
+// (it used to panic in tenpak_x_v2), and that beside a normal tensor such
+// a tensor is stored unchanged.
+func TestRateControlRefusesUnrepresentable(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "m.safetensors")
+	writeOneTensor(t, in, tensor.F32, 8, 32, func(i int) float32 { return 1e6 * float32(i%5-2) })
+	code, _, stderr := runCLI(t, "compress", in, "-o", filepath.Join(dir, "m.tpk"), "--bpw", "4")
+	if code != 1 || !strings.Contains(stderr, "cannot represent") {
+		t.Errorf("exit %d, want 1 saying tenpak_x_v2 cannot represent the tensor: %q", code, stderr)
+	}
+	onlyInputLeft(t, "compress", dir, "m.safetensors")
+
+	// Half the parameters stay F32 (32 bits each): 24 bits/parameter
+	// leaves the other half room.
+	hdr := `{"model.layers.0.mlp.up_proj.weight":{"dtype":"F32","shape":[64,256],"data_offsets":[0,65536]},` +
+		`"model.layers.0.mlp.down_proj.weight":{"dtype":"F32","shape":[64,256],"data_offsets":[65536,131072]}}`
+	var data []byte
+	for i := range 32768 {
+		v := float32(math.Sin(float64(i))) * 0.1
+		if i < 16384 {
+			v *= 1e7
+		}
+		data = binary.LittleEndian.AppendUint32(data, math.Float32bits(v))
+	}
+	if err := os.WriteFile(in, stFile(hdr, data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "m.tpk")
+	code, stdout, stderr := runCLI(t, "compress", in, "-o", out, "--bpw", "24", "--force")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	r, err := tpk.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for _, e := range r.Entries() {
+		want := "tenpak_x_v2"
+		if strings.Contains(e.Name, "up_proj") {
+			want = "none"
+		}
+		if e.Codec != want {
+			t.Errorf("%s: codec %s, want %s\n%s", e.Name, e.Codec, want, stdout)
+		}
+	}
+}
+
+// TestFallbacksAreReported compresses tensors that a codec cannot
+// represent faithfully (values beyond FP16, values below it, an F16
+// source at ±65504 that int8 would restore as ±Inf, a constant tensor)
+// and checks that each is either coded within the codec's bound or
+// stored unchanged with a note in the summary, that no command panics,
+// and that the restored file is bit-exact whenever the tensor was stored
+// unchanged.
+func TestFallbacksAreReported(t *testing.T) {
+	alt := func(v float32) func(int) float32 {
+		return func(i int) float32 { return v * float32(1-2*(i%2)) * float32(1+i%3) / 3 }
+	}
+	cases := []struct {
+		name     string
+		dt       tensor.DType
+		rows     int
+		val      func(int) float32
+		args     []string
+		fallback bool // must be stored unchanged
+	}{
+		{"f16 beyond FP16", tensor.F32, 8, alt(1e6), []string{"--codec", "f16"}, true},
+		{"bf16 at 3.4e38", tensor.F32, 8, alt(3.4e38), []string{"--codec", "bf16"}, true},
+		{"f16 below FP16", tensor.F32, 8, alt(1e-9), []string{"--codec", "f16"}, true},
+		{"int8 on F16 at 65504", tensor.F16, 8, alt(65504), []string{"--codec", "int8"}, false},
+		{"int4 beyond FP16", tensor.F32, 8, alt(1e6), []string{"--codec", "int4"}, true},
+		{"tenpak_x_v1 outlier 3.4e38", tensor.F32, 8, func(i int) float32 {
+			if i == 5 {
+				return 3.4e38
+			}
+			return float32(i%7) * 0.01
+		}, []string{"--codec", "tenpak_x_v1"}, true},
+		{"tenpak_x_v2 beyond FP16", tensor.F32, 8, alt(1e6), []string{"--codec", "tenpak_x_v2"}, true},
+		{"tenpak_x_v2 constant 64x1", tensor.F32, 64, func(int) float32 { return 0.3 }, []string{"--codec", "tenpak_x_v2"}, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			in := filepath.Join(dir, "m.safetensors")
+			cols := 32
+			if c.rows == 64 {
+				cols = 1
+			}
+			writeOneTensor(t, in, c.dt, c.rows, cols, c.val)
+			out := filepath.Join(dir, "m.tpk")
+			code, stdout, stderr := runCLI(t, append([]string{"compress", in, "-o", out, "--layers", "all"}, c.args...)...)
+			if code != 0 {
+				t.Fatalf("compress: exit %d: %s", code, stderr)
+			}
+			back := filepath.Join(dir, "back.safetensors")
+			if code, _, stderr := runCLI(t, "restore", out, "-o", back); code != 0 {
+				t.Fatalf("restore: exit %d: %s", code, stderr)
+			}
+			r, err := tpk.Open(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e := r.Entries()[0]
+			r.Close()
+			src, _ := os.ReadFile(in)
+			got, _ := os.ReadFile(back)
+			switch {
+			case e.CodecID == 0:
+				if !strings.Contains(stdout, "stored unchanged") {
+					t.Errorf("stored unchanged, but the summary does not say so:\n%s", stdout)
+				}
+				if !bytes.Equal(src, got) {
+					t.Error("stored unchanged, but the restored file differs")
+				}
+			case c.fallback:
+				t.Errorf("coded with %s (stats %+v), want stored unchanged", e.Codec, e.Stats)
+			default:
+				if e.Stats == nil || !(e.Stats.RelErr < 0.3) {
+					t.Errorf("coded with %s at stats %+v", e.Codec, e.Stats)
+				}
+				x := make([]float32, c.rows*cols)
+				tensor.ToFloat32(x, c.dt, got[len(got)-len(x)*int(c.dt.BlockBytes()):])
+				for i, v := range x {
+					if v-v != 0 {
+						t.Fatalf("restored element %d is %v", i, v)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestManifestWithoutWeights checks that a batch model directory whose
+// manifest lists no weights ("weights": null, [] or missing) is refused
+// rather than restored as its side files alone with exit 0.
+func TestManifestWithoutWeights(t *testing.T) {
+	dir := t.TempDir()
+	models := filepath.Join(dir, "models", "alpha")
+	if err := os.MkdirAll(models, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := gen.WriteSafetensors(filepath.Join(models, "model.safetensors"), gen.Presets["tiny"], tensor.BF16, 1); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(models, "config.json"), []byte(`{}`), 0o644)
+	out := filepath.Join(dir, "out")
+	if code, _, stderr := runCLI(t, "batch", filepath.Dir(models), "-o", out, "--codec", "none"); code != 0 {
+		t.Fatalf("batch: %s", stderr)
+	}
+	man := filepath.Join(out, "alpha", "manifest.json")
+	orig, err := os.ReadFile(man)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(orig, &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []any{nil, []any{}, "missing"} {
+		if w == "missing" {
+			delete(m, "weights")
+		} else {
+			m["weights"] = w
+		}
+		b, _ := json.Marshal(m)
+		if err := os.WriteFile(man, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		restored := filepath.Join(dir, "restored")
+		code, _, stderr := runCLI(t, "restore", filepath.Join(out, "alpha"), "-o", restored)
+		if code != 1 || !strings.Contains(stderr, "no weight file") {
+			t.Errorf("weights %v: exit %d, want 1 saying the manifest lists no weight file: %q", w, code, stderr)
+		}
+		if _, err := os.Stat(restored); err == nil {
+			t.Errorf("weights %v: %s was created", w, restored)
+			os.RemoveAll(restored)
+		}
+	}
+}
+
+// TestBatchFIFOWeight checks that batch refuses a FIFO named like a weight
+// file in a checkout, at once, rather than skipping it or blocking.
+func TestBatchFIFOWeight(t *testing.T) {
+	dir := t.TempDir()
+	ck := filepath.Join(dir, "models", "m")
+	if err := os.MkdirAll(ck, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := gen.WriteSafetensors(filepath.Join(ck, "model-00001-of-00002.safetensors"), gen.Presets["tiny"], tensor.BF16, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(ck, "model-00002-of-00002.safetensors"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := runCLITimeout(t, 20*time.Second, "batch", filepath.Dir(ck), "-o", filepath.Join(dir, "out"), "--codec", "none")
+	if code != 1 || !strings.Contains(stderr, "not a regular file") {
+		t.Errorf("exit %d, want 1 naming the FIFO: %q", code, stderr)
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
 
@@ -114,7 +115,25 @@ Exit status: 0 success, 1 error, 2 usage error, 130 interrupted.
 // errUsage marks errors in the command line (exit status 2).
 type errUsage struct{ error }
 
+// interruptGrace is how long a command may take to stop by itself after
+// SIGINT or SIGTERM before main removes its temporary files and exits.
+const interruptGrace = 500 * time.Millisecond
+
 func main() {
+	// Every command stops at its next cancellation point; a step that
+	// has none (one long computation) is cut short here, so that the
+	// process is gone within about a second of the signal, with nothing
+	// left behind.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		time.AfterFunc(interruptGrace, func() {
+			atomicfile.RemoveAll()
+			fmt.Fprintln(os.Stderr, "tpconvert: interrupted; no partial output file was left")
+			os.Exit(130)
+		})
+	}()
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -174,7 +193,7 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case "inspect":
 		return cmdInspect(args[1:], stdout, stderr)
 	case "verify":
-		return cmdVerify(args[1:], stdout, stderr)
+		return cmdVerify(ctx, args[1:], stdout, stderr)
 	case "codecs":
 		return cmdCodecs(stdout)
 	}

@@ -123,7 +123,7 @@ func cmdInspect(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func cmdVerify(args []string, stdout, stderr io.Writer) error {
+func cmdVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("verify", "tpconvert verify FILE.tpk [--json]", stdout)
 	asJSON := fs.Bool("json", false, "print the result as JSON on stdout (exit status 1 still marks damage)")
 	pos, err := parse(fs, args)
@@ -133,7 +133,7 @@ func cmdVerify(args []string, stdout, stderr io.Writer) error {
 	if len(pos) != 1 {
 		return errUsage{fmt.Errorf("verify takes one FILE.tpk, got %d", len(pos))}
 	}
-	n, errs := convert.Verify(pos[0])
+	n, errs := convert.VerifyContext(ctx, pos[0])
 	if *asJSON {
 		res := struct {
 			File    string   `json:"file"`

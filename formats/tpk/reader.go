@@ -2,6 +2,7 @@ package tpk
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -279,13 +280,17 @@ func (r *Reader) checkRecord(e *Entry, rec []byte) error {
 
 // Verify checks record i (header against index, CRC32C) reading it in
 // bounded chunks, so a file of any size is verified in little memory.
-func (r *Reader) Verify(i int) error {
+func (r *Reader) Verify(i int) error { return r.VerifyContext(context.Background(), i) }
+
+// VerifyContext is Verify that stops between chunks, returning ctx's
+// error, when ctx is cancelled.
+func (r *Reader) VerifyContext(ctx context.Context, i int) error {
 	e := &r.idx.Tensors[i]
 	defer r.Release(i)
-	return r.checkRecordStream(e)
+	return r.checkRecordStream(ctx, e)
 }
 
-func (r *Reader) checkRecordStream(e *Entry) error {
+func (r *Reader) checkRecordStream(ctx context.Context, e *Entry) error {
 	hl := e.PayloadOffset - e.RecordOffset
 	head := make([]byte, hl)
 	if _, err := r.r.ReadAt(head, e.RecordOffset); err != nil {
@@ -307,6 +312,9 @@ func (r *Reader) checkRecordStream(e *Entry) error {
 	// checked in about one chunk of memory.
 	buf := make([]byte, min(1<<20, e.PayloadSize))
 	for off, end := e.PayloadOffset, e.PayloadOffset+e.PayloadSize; off < end; {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		n := min(int64(len(buf)), end-off)
 		if _, err := r.r.ReadAt(buf[:n], off); err != nil {
 			return r.errAt(e, off, err)

@@ -9,6 +9,7 @@ import (
 	"hash/crc32"
 	"io"
 	"math"
+	"slices"
 	"unicode/utf8"
 
 	"github.com/tpconvert/tpconvert/formats"
@@ -141,6 +142,17 @@ func (w *Writer) WriteRecord(e Entry, payload ...[]byte) error {
 	w.names[e.Name] = true
 	w.idx.Tensors = append(w.idx.Tensors, e)
 	return nil
+}
+
+// Grow makes room for n more records, so that a writer told the count in
+// advance holds the index in one allocation.
+func (w *Writer) Grow(n int) {
+	if n > 0 && n <= MaxTensors {
+		w.idx.Tensors = slices.Grow(w.idx.Tensors, n)
+		if len(w.names) == 0 {
+			w.names = make(map[string]bool, n)
+		}
+	}
 }
 
 // Offset returns the number of bytes written so far.

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -78,7 +79,9 @@ func Create(path string, overwrite bool) (*File, error) {
 	if dir == "" {
 		dir = "."
 	}
-	f, err := os.CreateTemp(dir, TempPrefix+strings.ReplaceAll(base, "*", "_")+"-*")
+	base = strings.ReplaceAll(base, "*", "_") // CreateTemp's wildcard
+	removeStale(dir, base)
+	f, err := os.CreateTemp(dir, fmt.Sprintf("%s%d-%s-*", TempPrefix, os.Getpid(), base))
 	if err != nil {
 		return nil, withPath(err, path)
 	}
@@ -92,6 +95,36 @@ func Create(path string, overwrite bool) (*File, error) {
 	live[f.Name()] = struct{}{}
 	liveMu.Unlock()
 	return &File{File: f, Path: path, overwrite: overwrite}, nil
+}
+
+// removeStale deletes the temporary files of base in dir left by
+// processes that no longer run (killed with SIGKILL, or on a crash).
+// Temporary names are TempPrefix, the writer's process ID, "-", base, "-"
+// and CreateTemp's random digits; a name whose process is alive, or that
+// does not parse, is left alone.
+func removeStale(dir, base string) {
+	es, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range es {
+		rest, ok := strings.CutPrefix(e.Name(), TempPrefix)
+		if !ok || e.IsDir() {
+			continue
+		}
+		pidStr, rest, ok := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidStr)
+		if !ok || err != nil || pid <= 0 {
+			continue
+		}
+		rnd, ok := strings.CutPrefix(rest, base+"-")
+		if !ok || rnd == "" || strings.Trim(rnd, "0123456789") != "" {
+			continue
+		}
+		if err := unix.Kill(pid, 0); errors.Is(err, unix.ESRCH) {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
 }
 
 // withPath replaces the temporary name in a *fs.PathError by the final
@@ -212,7 +245,9 @@ func MkdirAll(path string) (undo func(), err error) {
 		return func() {}, err
 	}
 	liveMu.Lock()
-	createdDirs = append(createdDirs, made...)
+	for i := len(made) - 1; i >= 0; i-- { // outermost first: RemoveAll goes backwards
+		createdDirs = append(createdDirs, made[i])
+	}
 	liveMu.Unlock()
 	return func() {
 		for _, d := range made {
@@ -255,8 +290,8 @@ func RemoveAll() {
 		os.RemoveAll(name)
 		delete(liveDirs, name)
 	}
-	for _, d := range createdDirs {
-		os.Remove(d)
+	for i := len(createdDirs) - 1; i >= 0; i-- { // the latest, innermost, first
+		os.Remove(createdDirs[i])
 	}
 	createdDirs = nil
 }

@@ -3,7 +3,9 @@ package atomicfile
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -368,5 +370,40 @@ func TestInterruptStopsCommit(t *testing.T) {
 	}
 	if es, _ := os.ReadDir(dir); len(es) != 0 {
 		t.Errorf("left behind: %v", es)
+	}
+}
+
+// TestStaleTempsRemoved checks that Create removes the temporary file of
+// the same output left by a killed process, and nothing else: not that
+// of a live process, not that of another output.
+func TestStaleTempsRemoved(t *testing.T) {
+	dir := t.TempDir()
+	// A process that has exited: its PID is free (until reused, when the
+	// file is merely kept).
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Skip("cannot run true:", err)
+	}
+	dead := cmd.Process.Pid
+	stale := filepath.Join(dir, fmt.Sprintf("%s%d-out.tpk-123456", TempPrefix, dead))
+	live := filepath.Join(dir, fmt.Sprintf("%s%d-out.tpk-654321", TempPrefix, os.Getpid()))
+	other := filepath.Join(dir, fmt.Sprintf("%s%d-out.tpk-x-1", TempPrefix, dead))
+	for _, p := range []string{stale, live, other} {
+		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, err := Create(filepath.Join(dir, "out.tpk"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Abort()
+	if _, err := os.Stat(stale); err == nil {
+		t.Error("the killed process's temporary file is still there")
+	}
+	for _, p := range []string{live, other} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("%s was removed", p)
+		}
 	}
 }

@@ -370,11 +370,7 @@ func encodeChunk(out []byte, form int, src []byte, v0, v1 int) ([]byte, error) {
 		planes[k] = s.plane(k, m)
 	}
 	if form == FormF16 || form == FormBF16 {
-		p0, p1, b := planes[0][:m], planes[1][:m], src[2*v0:2*v1]
-		for i := range m {
-			r := bits.RotateLeft16(uint16(b[2*i])|uint16(b[2*i+1])<<8, 1)
-			p0[i], p1[i] = byte(r), byte(r>>8)
-		}
+		split16(planes[0][:m], planes[1][:m], src[2*v0:2*v1])
 	} else {
 		for i := range m {
 			v := rotl(load(form, src, v0+i), w)
@@ -623,11 +619,7 @@ func decodeChunk(dst []byte, form int, ps []plane, v0, v1 int) error {
 	}
 	switch {
 	case form == FormF16 || form == FormBF16:
-		p0, p1, b := planes[0][:m], planes[1][:m], dst[2*v0:2*v1]
-		for i := range m {
-			v := bits.RotateLeft16(uint16(p0[i])|uint16(p1[i])<<8, -1)
-			b[2*i], b[2*i+1] = byte(v), byte(v>>8)
-		}
+		join16(dst[2*v0:2*v1], planes[0][:m], planes[1][:m])
 	case w == 2:
 		p0, p1 := planes[0][:m], planes[1][:m]
 		for i := range m {
@@ -644,4 +636,46 @@ func decodeChunk(dst []byte, form int, ps []plane, v0, v1 int) error {
 		}
 	}
 	return nil
+}
+
+// split16 rotates each 16-bit value of b left by one bit and writes its
+// low and high bytes to p0 and p1 (len(b) == 2·len(p0) == 2·len(p1)),
+// four values at a time.
+func split16(p0, p1, b []byte) {
+	m := len(p0)
+	p1 = p1[:m]
+	b = b[:2*m]
+	i := 0
+	for ; i+4 <= m; i += 4 {
+		v := binary.LittleEndian.Uint64(b[2*i:])
+		// Rotate each 16-bit lane left by one.
+		r := (v<<1)&0xfffefffefffefffe | (v>>15)&0x0001000100010001
+		p0[i], p1[i] = byte(r), byte(r>>8)
+		p0[i+1], p1[i+1] = byte(r>>16), byte(r>>24)
+		p0[i+2], p1[i+2] = byte(r>>32), byte(r>>40)
+		p0[i+3], p1[i+3] = byte(r>>48), byte(r>>56)
+	}
+	for ; i < m; i++ {
+		r := bits.RotateLeft16(uint16(b[2*i])|uint16(b[2*i+1])<<8, 1)
+		p0[i], p1[i] = byte(r), byte(r>>8)
+	}
+}
+
+// join16 undoes split16.
+func join16(b, p0, p1 []byte) {
+	m := len(p0)
+	p1 = p1[:m]
+	b = b[:2*m]
+	i := 0
+	for ; i+4 <= m; i += 4 {
+		r := uint64(p0[i]) | uint64(p1[i])<<8 | uint64(p0[i+1])<<16 | uint64(p1[i+1])<<24 |
+			uint64(p0[i+2])<<32 | uint64(p1[i+2])<<40 | uint64(p0[i+3])<<48 | uint64(p1[i+3])<<56
+		// Rotate each 16-bit lane right by one.
+		v := (r>>1)&0x7fff7fff7fff7fff | (r<<15)&0x8000800080008000
+		binary.LittleEndian.PutUint64(b[2*i:], v)
+	}
+	for ; i < m; i++ {
+		v := bits.RotateLeft16(uint16(p0[i])|uint16(p1[i])<<8, -1)
+		b[2*i], b[2*i+1] = byte(v), byte(v>>8)
+	}
 }

@@ -322,3 +322,34 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func benchData(b *testing.B) (tensor.Info, []byte) {
+	n := 64 * FloatChunk
+	return info(tensor.BF16, int64(n)), weights(b, tensor.BF16, n, 1)
+}
+
+func BenchmarkEncodeBF16(b *testing.B) {
+	ti, src := benchData(b)
+	c := &Codec{}
+	b.SetBytes(int64(len(src)))
+	for b.Loop() {
+		if _, err := c.Append(nil, ti, src); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkDecodeBF16(b *testing.B) {
+	ti, src := benchData(b)
+	c := &Codec{}
+	p, err := c.Append(nil, ti, src)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(src)))
+	for b.Loop() {
+		if _, err := c.DecodeBytes(p, ti, 1); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -257,3 +257,30 @@ func TestCheckoutSideFiles(t *testing.T) {
 		t.Errorf("--weights-only: exit %d %q", code, stderr)
 	}
 }
+
+// TestMaxMemoryTooSmall: an explicit --max-memory below what the largest
+// tensor needs is refused before any work, naming the tensor and the
+// minimum, with --bpw (whose planning comes first) as without; the
+// minimum it names is enough.
+func TestMaxMemoryTooSmall(t *testing.T) {
+	dir, in := fixture(t)
+	out := filepath.Join(dir, "m.tpk")
+	for _, extra := range [][]string{nil, {"--bpw", "4", "--sample-rows", "8"}} {
+		code, _, stderr := runCLI(t, append([]string{in, "-o", out, "--max-memory", "64KiB"}, extra...)...)
+		if code != 2 || !strings.Contains(stderr, `--max-memory 64.0 KiB: tensor "model.`) || !strings.Contains(stderr, "or more") {
+			t.Errorf("%v: exit %d %q", extra, code, stderr)
+		}
+		if _, err := os.Stat(out); !os.IsNotExist(err) {
+			t.Errorf("%v: wrote an output", extra)
+		}
+	}
+	_, _, stderr := runCLI(t, in, "-o", out, "--max-memory", "64KiB")
+	i := strings.Index(stderr, "give --max-memory ")
+	if i < 0 {
+		t.Fatal(stderr)
+	}
+	min := strings.Fields(stderr[i+len("give --max-memory "):])[0]
+	if code, _, stderr := runCLI(t, in, "-o", out, "--max-memory", min); code != 0 {
+		t.Errorf("--max-memory %s: exit %d %q", min, code, stderr)
+	}
+}

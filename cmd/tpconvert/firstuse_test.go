@@ -284,3 +284,26 @@ func TestMaxMemoryTooSmall(t *testing.T) {
 		t.Errorf("--max-memory %s: exit %d %q", min, code, stderr)
 	}
 }
+
+// TestSummaryWording: an exact reconstruction reads "exact", not 999 dB;
+// a --merge summary names no shard; a batch that grew warns.
+func TestSummaryWording(t *testing.T) {
+	exact, lossy := 999.0, 31.25
+	re := 0.0
+	rep := &convert.Report{Input: "in", Output: "out", Tensors: []convert.TensorReport{
+		{Name: "a", Codec: "tenpak_x_v2", Lossy: true, RelErr: &re, SQNRdB: &exact, Shape: []int64{2}},
+		{Name: "b", Codec: "tenpak_x_v2", Lossy: true, RelErr: &re, SQNRdB: &lossy, Shape: []int64{2}},
+	}, Rate: &convert.RateReport{EstSQNRdB: 999}}
+	var b strings.Builder
+	printReport(&b, rep, true)
+	if s := b.String(); strings.Count(s, "exact") != 2 || strings.Contains(s, "999") || !strings.Contains(s, "31.2") {
+		t.Errorf("summary:\n%s", s)
+	}
+	b.Reset()
+	br := &convert.BatchReport{Merge: true, Shards: 2}
+	br.Totals.BytesIn, br.Totals.BytesOut = 10, 20
+	printBatch(&b, br, false)
+	if s := b.String(); strings.Contains(s, "shard 0/2") || !strings.Contains(s, "(merge)") || !strings.Contains(s, "warning: the output is larger") {
+		t.Errorf("merge summary:\n%s", s)
+	}
+}

@@ -75,7 +75,7 @@ func cmdBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if ro != nil {
-		o.BPW = ro.BPW
+		o.BPW, o.SampleRows = ro.BPW, ro.SampleRows
 	}
 	if o.Codec, o.CodecOptions, o.Selector, o.Options, err = cf.build(); err != nil {
 		return err

@@ -43,6 +43,9 @@ type BatchOptions struct {
 	// BPW, if positive, sizes each weight file to BPW bits per parameter
 	// with tenpak_x_v2's rate control (CompressOptions.Rate).
 	BPW float64
+	// SampleRows is rate control's rows per tensor with BPW
+	// (RateOptions.SampleRows; 0: its default).
+	SampleRows int
 	// Shard and Shards select the units this process converts: those
 	// Units assigns to shard Shard (0 <= Shard < Shards). Shards 0 means 1.
 	Shard, Shards int
@@ -360,6 +363,9 @@ func settingsOf(o BatchOptions) BatchSettings {
 		NoStats:      o.NoStats,
 		BPW:          o.BPW,
 	}
+	if o.BPW > 0 {
+		s.SampleRows = o.SampleRows
+	}
 	if o.Selector.Include != nil {
 		s.Include = o.Selector.Include.String()
 	}
@@ -371,7 +377,7 @@ func settingsOf(o BatchOptions) BatchSettings {
 
 func (b *batchRun) rateOptions() *RateOptions {
 	if b.o.BPW > 0 {
-		return &RateOptions{BPW: b.o.BPW}
+		return &RateOptions{BPW: b.o.BPW, SampleRows: b.o.SampleRows}
 	}
 	return nil
 }

@@ -44,6 +44,8 @@ type BatchSettings struct {
 	NoStats      bool   `json:"no_stats,omitempty"`
 	// BPW is tenpak_x_v2's per-file budget in bits per parameter.
 	BPW float64 `json:"bpw,omitempty"`
+	// SampleRows is rate control's --sample-rows with BPW (0: default).
+	SampleRows int `json:"sample_rows,omitempty"`
 }
 
 // Manifest is a converted model directory's manifest.json. It is a pure

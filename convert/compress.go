@@ -142,6 +142,12 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 	for _, t := range src.Tensors() {
 		total += t.Size
 	}
+	if o.StrictMemory && o.Codec != nil {
+		// Before a rate plan too: its grids change the need only slightly.
+		if err := stream.CheckMemory(src, o.Codec, o.Selector.Select, o.MaxMemory); err != nil {
+			return nil, err
+		}
+	}
 	var rr *RateReport
 	if o.Rate != nil {
 		c, r, err := planRate(ctx, src, &o)

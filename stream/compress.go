@@ -31,6 +31,10 @@ type Options struct {
 	// MaxMemory bounds the working memory reserved by tensors in flight,
 	// in bytes (default 1 GiB). A tensor needing more runs alone.
 	MaxMemory int64
+	// StrictMemory refuses, with a *MemoryError before any work, a tensor
+	// whose working memory exceeds MaxMemory, instead of running it alone
+	// above the budget.
+	StrictMemory bool
 	// Progress, if set, is told how many more source bytes of tensor t
 	// have been processed: during a tensor's work as the codec advances
 	// (codec.ProgressEncoder) or as it is decoded, and when it is written
@@ -124,16 +128,11 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 	}
 	results := make([]Result, len(infos))
 	prog := newTracker(o.Progress, len(infos))
-	cost := func(i int) int64 {
-		t := infos[i]
-		c := t.Size
-		if selected[i] {
-			n := t.Elems()
-			c += 8*n + 2*n + o.Codec.Cost(t) // x, decoded copy, payload, codec
-		} else if o.PassThrough != nil {
-			c += o.PassThrough.Cost(t)
+	cost := func(i int) int64 { return compressCost(o.Codec, o.PassThrough, infos[i], selected[i]) }
+	if o.StrictMemory {
+		if err := checkMemory(infos, cost, o.MaxMemory); err != nil {
+			return nil, err
 		}
-		return c
 	}
 	work := func(ctx context.Context, i int) (encoded, error) {
 		t := infos[i]
@@ -246,6 +245,55 @@ func (c cancelWriter) Write(p []byte) (int, error) {
 		p = p[k:]
 	}
 	return n, nil
+}
+
+// compressCost is the working memory Compress reserves for t: its source
+// bytes, and when c encodes it the float32 input, the decoded copy for
+// the statistics, the payload and the codec's own.
+func compressCost(c codec.Codec, pass codec.ByteCodec, t tensor.Info, selected bool) int64 {
+	cost := t.Size
+	if selected {
+		n := t.Elems()
+		cost += 8*n + 2*n + c.Cost(t)
+	} else if pass != nil {
+		cost += pass.Cost(t)
+	}
+	return cost
+}
+
+// MemoryError reports a tensor whose working memory exceeds the budget
+// (Options.StrictMemory).
+type MemoryError struct {
+	Tensor       string
+	Need, Budget int64
+}
+
+func (e *MemoryError) Error() string {
+	return fmt.Sprintf("tensor %q needs %d bytes of working memory, more than the budget of %d", e.Tensor, e.Need, e.Budget)
+}
+
+func checkMemory(infos []tensor.Info, cost func(int) int64, budget int64) error {
+	worst, need := -1, int64(0)
+	for i := range infos {
+		if c := cost(i); c > need {
+			worst, need = i, c
+		}
+	}
+	if budget > 0 && need > budget {
+		return &MemoryError{Tensor: infos[worst].Name, Need: need, Budget: budget}
+	}
+	return nil
+}
+
+// CheckMemory returns a *MemoryError if a tensor of src that Compress
+// would encode with c (those sel selects) needs more working memory than
+// budget bytes.
+func CheckMemory(src formats.Source, c codec.Codec, sel func(tensor.Info) bool, budget int64) error {
+	infos := src.Tensors()
+	_, raw := c.(codec.ByteCodec)
+	return checkMemory(infos, func(i int) int64 {
+		return compressCost(c, nil, infos[i], !raw && sel != nil && sel(infos[i]))
+	}, budget)
 }
 
 // rawEntry is t's record entry when it is stored unchanged (the none

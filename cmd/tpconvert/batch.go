@@ -75,7 +75,7 @@ func cmdBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if ro != nil {
-		o.BPW = ro.BPW
+		o.BPW, o.SampleRows = ro.BPW, ro.SampleRows
 	}
 	if o.Codec, o.CodecOptions, o.Selector, o.Options, err = cf.build(); err != nil {
 		return err
@@ -322,6 +322,9 @@ func printBatch(w io.Writer, r *convert.BatchReport, all bool) {
 		t.Models, shard, t.Converted, t.UpToDate, t.Waiting, t.Failed)
 	fmt.Fprintf(w, "%d weight files converted, %s in, %s out, in %.1fs (%s/s), peak memory %s\n", t.UnitsConverted,
 		human(t.BytesIn), human(t.BytesOut), t.WallSeconds, human(int64(float64(t.BytesIn)/max(t.WallSeconds, 1e-9))), human(t.PeakRSSBytes))
+	if t.BytesOut > t.BytesIn {
+		fmt.Fprintf(w, "warning: the output is larger than the input (%s > %s): choose a smaller size with --bpw\n", human(t.BytesOut), human(t.BytesIn))
+	}
 }
 
 // isDir reports whether p is a directory.

@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"regexp"
 	"runtime/debug"
 
 	"github.com/tpconvert/tpconvert/convert"
+	"github.com/tpconvert/tpconvert/stream"
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
@@ -54,6 +56,7 @@ func cmdCompress(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
+	so.StrictMemory = cf.set["max-memory"]
 	debug.SetMemoryLimit(so.MaxMemory + 256<<20)
 	prog := newProgress(stderr, "compress", *asJSON)
 	so.Progress = prog.add
@@ -77,6 +80,10 @@ func cmdCompress(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		PassThrough: pass,
 	})
 	prog.finish()
+	var me *stream.MemoryError
+	if errors.As(err, &me) {
+		return errUsage{fmt.Errorf("--max-memory %s: tensor %q needs %s of working memory; give --max-memory %dMiB or more, or --exclude it", human(me.Budget), me.Tensor, human(me.Need), (me.Need+1<<20-1)>>20)}
+	}
 	if err != nil {
 		return err
 	}

@@ -259,3 +259,53 @@ func TestCheckoutSideFiles(t *testing.T) {
 		t.Errorf("--weights-only: exit %d %q", code, stderr)
 	}
 }
+
+// TestMaxMemoryTooSmall: an explicit --max-memory below what the largest
+// tensor needs is refused before any work, naming the tensor and the
+// minimum, with --bpw (whose planning comes first) as without; the
+// minimum it names is enough.
+func TestMaxMemoryTooSmall(t *testing.T) {
+	dir, in := fixture(t)
+	out := filepath.Join(dir, "m.tpk")
+	for _, extra := range [][]string{nil, {"--bpw", "4", "--sample-rows", "8"}} {
+		code, _, stderr := runCLI(t, append([]string{in, "-o", out, "--max-memory", "64KiB"}, extra...)...)
+		if code != 2 || !strings.Contains(stderr, `--max-memory 64.0 KiB: tensor "model.`) || !strings.Contains(stderr, "or more") {
+			t.Errorf("%v: exit %d %q", extra, code, stderr)
+		}
+		if _, err := os.Stat(out); !os.IsNotExist(err) {
+			t.Errorf("%v: wrote an output", extra)
+		}
+	}
+	_, _, stderr := runCLI(t, in, "-o", out, "--max-memory", "64KiB")
+	i := strings.Index(stderr, "give --max-memory ")
+	if i < 0 {
+		t.Fatal(stderr)
+	}
+	min := strings.Fields(stderr[i+len("give --max-memory "):])[0]
+	if code, _, stderr := runCLI(t, in, "-o", out, "--max-memory", min); code != 0 {
+		t.Errorf("--max-memory %s: exit %d %q", min, code, stderr)
+	}
+}
+
+// TestSummaryWording: an exact reconstruction reads "exact", not 999 dB;
+// a --merge summary names no shard; a batch that grew warns.
+func TestSummaryWording(t *testing.T) {
+	exact, lossy := 999.0, 31.25
+	re := 0.0
+	rep := &convert.Report{Input: "in", Output: "out", Tensors: []convert.TensorReport{
+		{Name: "a", Codec: "tenpak_x_v2", Lossy: true, RelErr: &re, SQNRdB: &exact, Shape: []int64{2}},
+		{Name: "b", Codec: "tenpak_x_v2", Lossy: true, RelErr: &re, SQNRdB: &lossy, Shape: []int64{2}},
+	}, Rate: &convert.RateReport{EstSQNRdB: 999}}
+	var b strings.Builder
+	printReport(&b, rep, true)
+	if s := b.String(); strings.Count(s, "exact") != 2 || strings.Contains(s, "999") || !strings.Contains(s, "31.2") {
+		t.Errorf("summary:\n%s", s)
+	}
+	b.Reset()
+	br := &convert.BatchReport{Merge: true, Shards: 2}
+	br.Totals.BytesIn, br.Totals.BytesOut = 10, 20
+	printBatch(&b, br, false)
+	if s := b.String(); strings.Contains(s, "shard 0/2") || !strings.Contains(s, "(merge)") || !strings.Contains(s, "warning: the output is larger") {
+		t.Errorf("merge summary:\n%s", s)
+	}
+}

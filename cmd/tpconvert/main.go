@@ -1,6 +1,6 @@
 // Command tpconvert compresses LLM checkpoints (safetensors files, sharded
 // Hugging Face checkouts, GGUF files) into .tpk files with the TenPak-X
-// codecs (v2 sized by --bpw or --target-size) or a baseline codec, and restores .tpk files to the container they
+// codecs (v2 by default, sized by --bpw or --target-size) or a baseline codec, and restores .tpk files to the container they
 // came from for runtimes that do not read .tpk.
 //
 // Usage:
@@ -101,6 +101,11 @@ Usage:
 INPUT is a .safetensors file, a .gguf file, or a Hugging Face checkout
 directory (model.safetensors.index.json and its shards). Formats are
 recognised by their content, not their names.
+
+By default every weight matrix is coded by tenpak_x_v2's 4-bit grid
+(uniform:4/32, 5 bits/weight); --codec tenpak_x_v1 selects TenPak-X v1.
+No tensor is ever stored larger than its source: one a codec cannot
+shrink is stored unchanged, and the summary says so.
 
 Choose the size with --bpw (bits per parameter, whole file) or
 --target-size (bytes, e.g. 1GiB): tenpak_x_v2 then allocates the bits

@@ -216,12 +216,6 @@ func Batch(ctx context.Context, srcs []string, outDir string, o BatchOptions) (*
 	if len(srcs) == 0 {
 		return nil, errors.New("convert: batch without sources")
 	}
-	if !o.DryRun {
-		// Removed again, if still empty, when the run is interrupted.
-		if _, err := atomicfile.MkdirAll(outDir); err != nil {
-			return nil, err
-		}
-	}
 	cs, notes, err := FindCheckouts(srcs, outDir)
 	if err != nil {
 		return nil, err
@@ -232,9 +226,10 @@ func Batch(ctx context.Context, srcs []string, outDir string, o BatchOptions) (*
 		}
 	}
 	// Created only once there is something to convert: a batch that finds
-	// no model leaves no empty output directory.
+	// no model leaves no empty output directory, and an interrupted one
+	// removes it again if it is still empty.
 	if !o.DryRun {
-		if err := os.MkdirAll(outDir, 0o755); err != nil {
+		if _, err := atomicfile.MkdirAll(outDir); err != nil {
 			return nil, err
 		}
 	}

@@ -144,7 +144,7 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 	}
 	if o.StrictMemory && o.Codec != nil {
 		// Before a rate plan too: its grids change the need only slightly.
-		if err := stream.CheckMemory(src, o.Codec, o.Selector.Select, o.MaxMemory); err != nil {
+		if err := stream.CheckMemory(src, o.Codec, o.PassThrough, o.Selector.Select, o.MaxMemory); err != nil {
 			return nil, err
 		}
 	}

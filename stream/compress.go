@@ -286,13 +286,13 @@ func checkMemory(infos []tensor.Info, cost func(int) int64, budget int64) error 
 }
 
 // CheckMemory returns a *MemoryError if a tensor of src that Compress
-// would encode with c (those sel selects) needs more working memory than
-// budget bytes.
-func CheckMemory(src formats.Source, c codec.Codec, sel func(tensor.Info) bool, budget int64) error {
+// would encode with c (those sel selects; the others with pass, if not
+// nil) needs more working memory than budget bytes.
+func CheckMemory(src formats.Source, c codec.Codec, pass codec.ByteCodec, sel func(tensor.Info) bool, budget int64) error {
 	infos := src.Tensors()
 	_, raw := c.(codec.ByteCodec)
 	return checkMemory(infos, func(i int) int64 {
-		return compressCost(c, nil, infos[i], !raw && sel != nil && sel(infos[i]))
+		return compressCost(c, pass, infos[i], !raw && sel != nil && sel(infos[i]))
 	}, budget)
 }
 

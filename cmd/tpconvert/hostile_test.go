@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/fixtures/gen"
 	"github.com/tpconvert/tpconvert/formats"
 	"github.com/tpconvert/tpconvert/formats/tpk"
@@ -361,9 +362,9 @@ func TestRateControlRefusesUnrepresentable(t *testing.T) {
 	for _, e := range r.Entries() {
 		want := "tenpak_x_v2"
 		if strings.Contains(e.Name, "up_proj") {
-			want = "none"
+			want = "none or lossless" // bit-exact
 		}
-		if e.Codec != want {
+		if e.Codec != want && !(strings.Contains(e.Name, "up_proj") && codec.IsByteDecoder(e.CodecID)) {
 			t.Errorf("%s: codec %s, want %s\n%s", e.Name, e.Codec, want, stdout)
 		}
 	}
@@ -429,8 +430,8 @@ func TestFallbacksAreReported(t *testing.T) {
 			src, _ := os.ReadFile(in)
 			got, _ := os.ReadFile(back)
 			switch {
-			case e.CodecID == 0:
-				if !strings.Contains(stdout, "stored unchanged") {
+			case codec.IsByteDecoder(e.CodecID): // none, or lossless when smaller
+				if !strings.Contains(stdout, "stored unchanged") && !strings.Contains(stdout, "stored with lossless") {
 					t.Errorf("stored unchanged, but the summary does not say so:\n%s", stdout)
 				}
 				if !bytes.Equal(src, got) {

@@ -258,7 +258,11 @@ func printReport(w io.Writer, r *convert.Report, table bool) {
 	}
 	fmt.Fprintln(w)
 	if r.Output != "" || strings.HasPrefix(r.Kind, "tpk") {
-		fmt.Fprintf(w, "  ratio            %.2fx vs FP16, %.2fx vs source (%.1f%% of the source)\n", tt.RatioFP16, tt.RatioSource, 100/max(tt.RatioSource, 1e-300))
+		fmt.Fprintf(w, "  ratio            %.2fx vs FP16, %.2fx vs source", tt.RatioFP16, tt.RatioSource)
+		if tt.RatioSource > 0 {
+			fmt.Fprintf(w, " (%.1f%% of the source)", 100/tt.RatioSource)
+		}
+		fmt.Fprintln(w)
 	} else {
 		fmt.Fprintf(w, "  ratio            %.2fx vs FP16\n", tt.RatioFP16)
 	}

@@ -126,7 +126,10 @@ func (c *Codec) Cost(t tensor.Info) int64 {
 			size = s
 		}
 	}
-	return size + maxOverhead(size) + int64(c.nworkers())*4*BytesChunk
+	// Each chunk in flight has scratch of 4 chunk sizes; a small tensor
+	// has fewer and smaller chunks than the workers.
+	scratch := min(int64(c.nworkers())*4*BytesChunk, 4*size)
+	return size + maxOverhead(size) + scratch
 }
 
 // maxOverhead bounds the bytes a payload of a size-byte tensor has beyond

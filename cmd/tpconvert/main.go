@@ -110,6 +110,7 @@ shrink is stored unchanged, and the summary says so.
 Choose the size with --bpw (bits per parameter, whole file) or
 --target-size (bytes, e.g. 1GiB): tenpak_x_v2 then allocates the bits
 over every weight matrix. Example: tpconvert model.safetensors --bpw 4
+Keep every tensor bit-exact (and smaller) with --lossless.
 
 Run 'tpconvert help COMMAND' or 'tpconvert COMMAND --help' for a command's flags. The user's guide is
 CONVERTING.md.

@@ -142,7 +142,7 @@ func (p *tracker) within(i int, t tensor.Info, size int64) func(elems int64) {
 		elems = min(elems+k, n)
 		// Up to but not including the whole size: the last bytes are
 		// reported when the tensor is written.
-		b := min(size*elems/n, size-1)
+		b := min(int64(float64(size)*(float64(elems)/float64(n))), size-1) // no int64 overflow for huge tensors
 		if d := b - p.done[i]; d > 0 {
 			p.done[i] = b
 			p.fn(t, d)

@@ -675,11 +675,22 @@ func (b *batchRun) unitTemp(model string) (string, string, error) {
 	dir := filepath.Join(b.staging, model)
 	// Removed on interrupt only if empty: staged units are kept for a
 	// resumed run.
-	if _, err := atomicfile.MkdirAll(dir); err != nil {
-		return "", "", err
+	// Another shard's process removes the staging directory when it finds
+	// it empty (finish); if that happens between creating it and creating
+	// the unit's directory in it, create both again (bounded).
+	var err error
+	for range 8 {
+		var tmp string
+		if _, err = atomicfile.MkdirAll(dir); err == nil {
+			if tmp, err = atomicfile.MkdirTemp(dir, atomicfile.TempPrefix+b.tag+"-unit-*"); err == nil {
+				return dir, tmp, nil
+			}
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			break
+		}
 	}
-	tmp, err := atomicfile.MkdirTemp(dir, atomicfile.TempPrefix+b.tag+"-unit-*")
-	return dir, tmp, err
+	return "", "", err
 }
 
 // reuse stages the unit's .tpk file from the model's previous output.

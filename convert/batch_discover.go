@@ -14,6 +14,7 @@ import (
 
 	"github.com/tpconvert/tpconvert/formats"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/internal/inputfile"
 )
 
 // Checkout is one model of a batch: a directory holding weight files.
@@ -168,14 +169,9 @@ func findWeights(dir string) ([]WeightFile, error) {
 			continue
 		}
 		p := filepath.Join(dir, e.Name())
-		st, err := os.Stat(p)
+		st, err := inputfile.Regular(p)
 		if err != nil {
 			return nil, err
-		}
-		if !st.Mode().IsRegular() {
-			// A FIFO or device named like weights would block or be
-			// skipped silently: refuse it, as a single compress does.
-			return nil, fmt.Errorf("%s: not a regular file (pipes, sockets, devices and directories are not read)", p)
 		}
 		kind, err := formats.Detect(p)
 		if err != nil {

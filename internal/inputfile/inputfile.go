@@ -57,15 +57,25 @@ func List(dir, suffix string) ([]string, error) {
 			continue
 		}
 		p := filepath.Join(dir, e.Name())
-		st, err := os.Stat(p)
-		if err != nil {
+		if _, err := Regular(p); err != nil {
 			return nil, err
-		}
-		if !st.Mode().IsRegular() {
-			return nil, fmt.Errorf("%s: not a regular file (pipes, sockets, devices and directories are not read)", p)
 		}
 		out = append(out, p)
 	}
 	slices.Sort(out)
 	return out, nil
+}
+
+// Regular returns path's file information, or an error unless path is a regular file (after following
+// symbolic links): a FIFO, device or directory named like an input would
+// block or be skipped silently, so it is refused by name.
+func Regular(path string) (os.FileInfo, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file (pipes, sockets, devices and directories are not read)", path)
+	}
+	return st, nil
 }

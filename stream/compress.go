@@ -129,8 +129,10 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 	results := make([]Result, len(infos))
 	prog := newTracker(o.Progress, len(infos))
 	cost := func(i int) int64 { return compressCost(o.Codec, o.PassThrough, infos[i], selected[i]) }
+	splits := compressSplits(&o, infos, selected)
+	items := planItems(len(infos), splits, cost, o.MaxMemory, 0)
 	if o.StrictMemory {
-		if err := checkMemory(infos, cost, o.MaxMemory); err != nil {
+		if err := checkMemory(infos, maxItemCost(len(infos), items), o.MaxMemory); err != nil {
 			return nil, err
 		}
 	}
@@ -169,7 +171,9 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 		prog.written(i, infos[i], infos[i].Size)
 		return nil
 	}
-	if err := ordered(ctx, len(infos), o.Workers, o.MaxMemory, cost, work, write); err != nil {
+	cw := compressChunks{o: o, src: src, w: w, infos: infos, selected: selected, splits: splits, items: items,
+		results: results, prog: prog, work: work, write: write, fell: make([]bool, len(infos))}
+	if err := ordered(ctx, len(items), o.Workers, o.MaxMemory, itemCost(items), cw.doWork, cw.doWrite); err != nil {
 		return nil, err
 	}
 	if err := w.Close(); err != nil {
@@ -182,6 +186,7 @@ type encoded struct {
 	payload []byte
 	entry   tpk.Entry
 	note    string
+	whole   bool // a chunked tensor's fallback, stored whole
 }
 
 // appender is implemented by byte codecs that append a payload to a
@@ -291,9 +296,17 @@ func checkMemory(infos []tensor.Info, cost func(int) int64, budget int64) error 
 func CheckMemory(src formats.Source, c codec.Codec, pass codec.ByteCodec, sel func(tensor.Info) bool, budget int64) error {
 	infos := src.Tensors()
 	_, raw := c.(codec.ByteCodec)
-	return checkMemory(infos, func(i int) int64 {
-		return compressCost(c, pass, infos[i], !raw && sel != nil && sel(infos[i]))
-	}, budget)
+	if raw && c.ID() != codec.IDNone {
+		pass = c.(codec.ByteCodec)
+	}
+	selected := make([]bool, len(infos))
+	for i, t := range infos {
+		selected[i] = !raw && sel != nil && sel(t)
+	}
+	cost := func(i int) int64 { return compressCost(c, pass, infos[i], selected[i]) }
+	o := CompressOptions{Codec: c, PassThrough: pass}
+	items := planItems(len(infos), compressSplits(&o, infos, selected), cost, budget, 0)
+	return checkMemory(infos, maxItemCost(len(infos), items), budget)
 }
 
 // rawEntry is t's record entry when it is stored unchanged (the none
@@ -487,23 +500,9 @@ func roundTo(y []float32, dt tensor.DType) error {
 
 // Measure returns the relative Frobenius error and SQNR of y against x.
 func Measure(x, y []float32) tpk.Stats {
-	var sig, noise float64
-	for i := range x {
-		d := float64(x[i]) - float64(y[i])
-		sig += float64(x[i]) * float64(x[i])
-		noise += d * d
-	}
-	s := tpk.Stats{}
-	switch {
-	case noise == 0:
-		s.RelErr, s.SQNRdB = 0, math.Inf(1)
-	case sig == 0:
-		s.RelErr, s.SQNRdB = math.Inf(1), math.Inf(-1)
-	default:
-		s.RelErr = math.Sqrt(noise / sig)
-		s.SQNRdB = 10 * math.Log10(sig/noise)
-	}
-	return s
+	var a measureAcc
+	a.add(x, y)
+	return a.stats()
 }
 
 // transpose returns the transpose of the rows×cols matrix x.

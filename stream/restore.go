@@ -173,5 +173,14 @@ func Restore(ctx context.Context, r *tpk.Reader, plan []tensor.Info, sink format
 		prog.written(i, plan[i], es[i].SourceSize)
 		return nil
 	}
-	return ordered(ctx, len(es), o.Workers, o.MaxMemory, cost, work, write)
+	splits := restoreSplits(es, plan, codecs, sink)
+	items := planItems(len(es), splits, cost, o.MaxMemory, min(restorePrep, o.MaxMemory/4))
+	rc := restoreChunks{r: r, plan: plan, codecs: codecs, sink: sink, splits: splits, items: items, prog: prog,
+		work: work, write: write, pays: make([][]byte, len(es)), ready: make([]chan struct{}, len(es))}
+	for i, s := range splits {
+		if s != nil {
+			rc.ready[i] = make(chan struct{})
+		}
+	}
+	return ordered(ctx, len(items), o.Workers, o.MaxMemory, itemCost(items), rc.doWork, rc.doWrite)
 }

@@ -358,3 +358,29 @@ func (r *Reader) Close() error {
 	}
 	return nil
 }
+
+// StreamPayload returns record i's payload like Payload, but checks it
+// reading in bounded chunks and dropping each chunk's pages of a
+// memory-mapped file once hashed, so that a payload larger than memory is
+// checked in little memory; the caller then reads the payload in parts,
+// releasing each with ReleasePayload. Without a memory map it is Payload.
+func (r *Reader) StreamPayload(ctx context.Context, i int) ([]byte, error) {
+	if r.data == nil {
+		return r.Payload(i)
+	}
+	e := &r.idx.Tensors[i]
+	if err := r.checkRecordStream(ctx, e); err != nil {
+		return nil, err
+	}
+	return r.data[e.PayloadOffset : e.PayloadOffset+e.PayloadSize], nil
+}
+
+// ReleasePayload drops the pages of bytes [off, off+n) of record i's
+// payload from resident memory (memory-mapped readers only).
+func (r *Reader) ReleasePayload(i int, off, n int64) {
+	if r.m != nil {
+		e := &r.idx.Tensors[i]
+		off = max(min(off, e.PayloadSize), 0)
+		r.m.Release(e.PayloadOffset+off, min(n, e.PayloadSize-off))
+	}
+}

@@ -3,6 +3,7 @@ package stream
 import (
 	"bytes"
 	"context"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/tpconvert/tpconvert/codec"
 	_ "github.com/tpconvert/tpconvert/codec/basic"
+	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
 	"github.com/tpconvert/tpconvert/formats"
 	"github.com/tpconvert/tpconvert/formats/safetensors"
 	"github.com/tpconvert/tpconvert/formats/tpk"
@@ -153,6 +155,38 @@ func checkReservations(t *testing.T, what string, ws []int64, mem, budget int64)
 	for _, w := range ws {
 		if w > budget/2 {
 			t.Errorf("%s: a reservation of %d bytes, more than a chunk of the %d budget", what, w, budget)
+		}
+	}
+}
+
+// TestWholeMatrixCodecRefusedBelowItsNeed: tenpak_x_v1 needs the whole
+// matrix; an explicit budget below its need is refused before any work,
+// naming the tensor and the need, while f16 of the same tensor fits.
+func TestWholeMatrixCodecRefusedBelowItsNeed(t *testing.T) {
+	const big = "model.layers.0.mlp.up_proj.weight"
+	src := newMemSource(map[string][]int64{big: {256, 64}}, big)
+	sel := func(t tensor.Info) bool { return true }
+	for _, name := range []string{"tenpak_x_v1", "f16"} {
+		c, err := codec.New(name, codec.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		_, err = Compress(context.Background(), src, &buf, CompressOptions{
+			Options: Options{Workers: 1, MaxMemory: 16 << 10, StrictMemory: true}, Codec: c, Select: sel})
+		var me *MemoryError
+		switch {
+		case name == "f16" && err != nil:
+			t.Errorf("f16 within 16 KiB: %v", err)
+		case name != "f16" && !errors.As(err, &me):
+			t.Errorf("%s within 16 KiB: err = %v, want a *MemoryError", name, err)
+		case name != "f16" && (me.Tensor != big || me.Need <= me.Budget):
+			t.Errorf("%s: %+v", name, me)
+		case name != "f16" && buf.Len() != 0:
+			t.Errorf("%s: %d bytes written before the refusal", name, buf.Len())
+		}
+		if err := CheckMemory(src, c, nil, sel, 16<<10); (err == nil) != (name == "f16") {
+			t.Errorf("CheckMemory(%s) = %v", name, err)
 		}
 	}
 }

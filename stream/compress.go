@@ -29,7 +29,10 @@ type Options struct {
 	// Workers is the number of tensors processed at once (default: CPUs).
 	Workers int
 	// MaxMemory bounds the working memory reserved by tensors in flight,
-	// in bytes (default 1 GiB). A tensor needing more runs alone.
+	// in bytes (default 1 GiB). A tensor needing more than half of it is
+	// processed in row chunks where the operation allows it (see
+	// chunk.go); one processed whole that needs more than all of it runs
+	// alone.
 	MaxMemory int64
 	// StrictMemory refuses, with a *MemoryError before any work, a tensor
 	// whose working memory exceeds MaxMemory, instead of running it alone

@@ -20,7 +20,8 @@ import (
 // (codec.RowCodec) and, on restore, dequantization and dtype conversion of
 // tensors stored unchanged. Such a tensor is one preparation item (on
 // compress the statistics and the fallback decision, from a first pass
-// over the memory map; on restore the record's checksum) followed by its
+// over the memory map; on restore the record header, the payload's
+// checksum being computed by the writer as it goes) followed by its
 // chunks; the writer begins the record (or output tensor) at the
 // preparation and appends each chunk. The output is the same bytes as
 // when the tensor is processed whole.
@@ -349,11 +350,6 @@ func (c *compressChunks) doWrite(k int, v encoded) error {
 	return nil
 }
 
-// restorePrep is the working memory of a chunked record's preparation:
-// the buffer its checksum is computed through (reserved up to a quarter
-// of the budget; beyond that it is part of MemoryOverhead).
-const restorePrep = 1 << 20
-
 // restoreSplits returns, per record, its split when Restore can write it
 // in row chunks to sink (a formats.PartSink): stored unchanged (copied,
 // dequantized or converted to another float type) or by a
@@ -407,10 +403,12 @@ type restoreChunks struct {
 	prog   *tracker
 	work   func(ctx context.Context, i int) ([]byte, error)
 	write  func(i int, b []byte) error
-	// pays[i] is chunked record i's checked payload, set by its
-	// preparation before it closes ready[i].
-	pays  [][]byte
-	ready []chan struct{}
+	// pays[i] is chunked record i's payload, its checksum not yet
+	// verified, and hashes[i] verifies it as the writer goes; both are
+	// set by its preparation before it closes ready[i].
+	pays   [][]byte
+	hashes []*tpk.PayloadHash
+	ready  []chan struct{}
 }
 
 func (c *restoreChunks) doWork(ctx context.Context, k int) ([]byte, error) {
@@ -421,7 +419,7 @@ func (c *restoreChunks) doWork(ctx context.Context, k int) ([]byte, error) {
 	i := it.t
 	e, s := &c.r.Entries()[i], c.splits[i]
 	if it.prep {
-		p, err := c.r.StreamPayload(ctx, i)
+		p, h, err := c.r.PayloadParts(i)
 		if err != nil {
 			return nil, err
 		}
@@ -429,17 +427,28 @@ func (c *restoreChunks) doWork(ctx context.Context, k int) ([]byte, error) {
 			return nil, &tpk.Error{File: c.r.Name(), Tensor: e.Name, Offset: e.PayloadOffset,
 				Err: fmt.Errorf("%w: %d elements declared for a payload of %d bytes", tpk.ErrCorrupt, n, len(p))}
 		}
-		c.pays[i] = p
+		c.pays[i], c.hashes[i] = p, h
 		close(c.ready[i])
 		return nil, nil
 	}
-	// Chunks wait for the checksum, so that a damaged record is
-	// reported as such and nothing of it is written.
 	select {
 	case <-c.ready[i]:
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+	b, err := c.decode(i, it, e, s)
+	if err != nil {
+		// A damaged payload is reported as such, as when the record
+		// is checked before it is decoded whole.
+		if verr := c.r.VerifyContext(ctx, i); verr != nil {
+			return nil, verr
+		}
+	}
+	return b, err
+}
+
+// decode returns the output bytes of chunk it of record i.
+func (c *restoreChunks) decode(i int, it item, e *tpk.Entry, s *split) ([]byte, error) {
 	p := c.pays[i][it.r0*s.rowBytes : it.r1*s.rowBytes]
 	if e.CodecID == codec.IDNone && c.plan[i].DType == e.DType {
 		return p, nil
@@ -476,6 +485,10 @@ func (c *restoreChunks) doWrite(k int, b []byte) error {
 	}
 	i, s := it.t, c.splits[it.t]
 	e := &c.r.Entries()[i]
+	// The output is a temporary file, removed when Restore fails: the
+	// parts of a payload are written as they are hashed, and the last
+	// fails the restore unless the checksum matches.
+	c.hashes[i].Add(c.pays[i][it.r0*s.rowBytes : it.r1*s.rowBytes])
 	if err := c.sink.(formats.PartSink).WriteTensorPart(c.plan[i], it.r0*(c.plan[i].Size/s.rows), b); err != nil {
 		return err
 	}
@@ -483,6 +496,9 @@ func (c *restoreChunks) doWrite(k int, b []byte) error {
 	if !it.last {
 		c.prog.upTo(i, c.plan[i], int64(float64(e.SourceSize)*float64(it.r1)/float64(s.rows)), e.SourceSize)
 		return nil
+	}
+	if err := c.hashes[i].Check(); err != nil {
+		return err
 	}
 	c.r.Release(i)
 	c.prog.written(i, c.plan[i], e.SourceSize)

@@ -190,3 +190,58 @@ func TestWholeMatrixCodecRefusedBelowItsNeed(t *testing.T) {
 		}
 	}
 }
+
+// TestChunkedRestoreChecksum: a damaged payload restored in chunks fails
+// with the checksum error.
+func TestChunkedRestoreChecksum(t *testing.T) {
+	const big = "model.layers.0.mlp.up_proj.weight"
+	src := newMemSource(map[string][]int64{big: {256, 64}}, big)
+	c, err := codec.New("f16", codec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if _, err := Compress(context.Background(), src, &buf, CompressOptions{
+		Options: Options{Workers: 1}, Codec: c, Select: func(tensor.Info) bool { return true }}); err != nil {
+		t.Fatal(err)
+	}
+	b := buf.Bytes()
+	path := filepath.Join(t.TempDir(), "m.tpk")
+	for _, at := range []float64{0.1, 0.9} {
+		r0, err := tpk.NewReader(bytes.NewReader(b), int64(len(b)), "m.tpk")
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := r0.Entries()[0]
+		d := bytes.Clone(b)
+		d[e.PayloadOffset+int64(at*float64(e.PayloadSize))] ^= 0x40
+		if err := os.WriteFile(path, d, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r, err := tpk.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o := RestoreOptions{Options: Options{Workers: 2, MaxMemory: 16 << 10}}
+		plan, err := Plan(r, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		w, err := safetensors.NewWriter(&out, plan, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws := reservations(t, func() error {
+			err := Restore(context.Background(), r, plan, w, o)
+			if !errors.Is(err, tpk.ErrChecksum) {
+				t.Errorf("byte at %.0f%% of the payload damaged: err = %v, want a checksum error", 100*at, err)
+			}
+			return nil
+		})
+		if len(ws) < 3 {
+			t.Errorf("%d reservations: the record was not restored in chunks", len(ws))
+		}
+		r.Close()
+	}
+}

@@ -284,6 +284,10 @@ type compressChunks struct {
 	work     func(ctx context.Context, i int) (encoded, error)
 	write    func(i int, v encoded) error
 	fell     []bool // chunked tensors stored whole after all (writer only)
+	// bytes[i] is chunked tensor i's source bytes, set by its
+	// preparation before it closes ready[i].
+	bytes [][]byte
+	ready []chan struct{}
 }
 
 func (c *compressChunks) doWork(ctx context.Context, k int) (encoded, error) {
@@ -292,9 +296,20 @@ func (c *compressChunks) doWork(ctx context.Context, k int) (encoded, error) {
 		return c.work(ctx, it.t)
 	}
 	i, t, s := it.t, c.infos[it.t], c.splits[it.t]
-	b, err := c.src.Bytes(i)
-	if err != nil {
-		return encoded{}, err
+	var b []byte
+	if it.prep {
+		var err error
+		if b, err = c.src.Bytes(i); err != nil {
+			return encoded{}, err
+		}
+		c.bytes[i] = b
+		close(c.ready[i])
+	} else {
+		// Bytes once per tensor (it starts the readahead of all of it).
+		if err := await(ctx, c.ready[i]); err != nil {
+			return encoded{}, err
+		}
+		b = c.bytes[i]
 	}
 	switch {
 	case it.prep && !c.selected[i]:
@@ -431,10 +446,8 @@ func (c *restoreChunks) doWork(ctx context.Context, k int) ([]byte, error) {
 		close(c.ready[i])
 		return nil, nil
 	}
-	select {
-	case <-c.ready[i]:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	if err := await(ctx, c.ready[i]); err != nil {
+		return nil, err
 	}
 	b, err := c.decode(i, it, e, s)
 	if err != nil {
@@ -503,4 +516,14 @@ func (c *restoreChunks) doWrite(k int, b []byte) error {
 	c.r.Release(i)
 	c.prog.written(i, c.plan[i], e.SourceSize)
 	return nil
+}
+
+// await waits for ready to be closed, or ctx to be done.
+func await(ctx context.Context, ready chan struct{}) error {
+	select {
+	case <-ready:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

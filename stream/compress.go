@@ -175,7 +175,13 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 		return nil
 	}
 	cw := compressChunks{o: o, src: src, w: w, infos: infos, selected: selected, splits: splits, items: items,
-		results: results, prog: prog, work: work, write: write, fell: make([]bool, len(infos))}
+		results: results, prog: prog, work: work, write: write, fell: make([]bool, len(infos)),
+		bytes: make([][]byte, len(infos)), ready: make([]chan struct{}, len(infos))}
+	for i, s := range splits {
+		if s != nil {
+			cw.ready[i] = make(chan struct{})
+		}
+	}
 	if err := ordered(ctx, len(items), o.Workers, o.MaxMemory, itemCost(items), cw.doWork, cw.doWrite); err != nil {
 		return nil, err
 	}

@@ -22,11 +22,13 @@
 # The machine is shared: run it with nice and read the medians as such.
 #
 #   tools/measure-chunked.sh [WORKDIR]   (default /tmp/tpconvert-chunked; needs ~30 GB free)
+#   PARTS="8g 2g qwen tinyllama" RUNS=3 BASE=f6d3231 tools/measure-chunked.sh   (the defaults)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 work=${1:-/tmp/tpconvert-chunked}
 runs=${RUNS:-3}
+parts=" ${PARTS:-8g 2g qwen tinyllama} "
 base=${BASE:-f6d3231}
 mkdir -p "$work" bin
 df -h "$work"
@@ -52,6 +54,7 @@ measure() {
 	printf '%-52s runs %s s, median %s s, peak RSS %d MiB\n' "$label" "${ts[*]}" "$(printf '%s\n' "${ts[@]}" | median)" $((kib / 1024))
 }
 
+if [[ $parts == *" 8g "* ]]; then
 big=$work/one-8g.safetensors
 [ -f "$big" ] || bin/genmodel -one 65536x32768 -dtype f32 -out "$big"
 echo "== one 8 GiB F32 tensor ($(stat -c %s "$big") bytes)"
@@ -67,7 +70,9 @@ rm -f "$work/r.safetensors" "$work/none.tpk"
 measure "new compress --codec f16 --max-memory 512MiB" "$new" compress "$big" --codec f16 --max-memory 512MiB --force -o "$work/f16.tpk"
 measure "new restore (f16 -> F32) --max-memory 512MiB" "$new" restore "$work/f16.tpk" --max-memory 512MiB --force -o "$work/r.safetensors"
 rm -f "$work/r.safetensors" "$work/f16.tpk" "$big"
+fi
 
+if [[ $parts == *" 2g "* ]]; then
 two=$work/one-2g.safetensors
 [ -f "$two" ] || bin/genmodel -one 32768x16384 -dtype f32 -out "$two"
 echo "== one 2 GiB F32 tensor, f16 (the baseline does not fit the 8 GiB one)"
@@ -79,7 +84,9 @@ measure "new restore (f16 -> F32) --max-memory 512MiB" "$new" restore "$work/f16
 measure "old restore (f16 -> F32) --max-memory 512MiB" "$old" restore "$work/f16.tpk" --max-memory 512MiB --force -o "$work/r-old.safetensors"
 cmp "$work/r.safetensors" "$work/r-old.safetensors" && echo "outputs identical"
 rm -f "$work/r.safetensors" "$work/r-old.safetensors" "$work/f16.tpk" "$two"
+fi
 
+if [[ $parts == *" qwen "* ]]; then
 echo "== Qwen2.5-Coder-1.5B Q4_K_M, restore --dequantize f16"
 q=$work/qwen.gguf
 if [ ! -f "$q" ]; then
@@ -109,10 +116,13 @@ measure "new restore --dequantize f16 --max-memory 512MiB" "$new" restore "$work
 measure "old restore --dequantize f16 --max-memory 512MiB" "$old" restore "$work/q.tpk" --dequantize f16 --max-memory 512MiB --force -o "$work/q16-old.gguf"
 cmp "$work/q16.gguf" "$work/q16-old.gguf" && echo "outputs identical"
 rm -f "$work/q16.gguf" "$work/q16-old.gguf" "$work/q.tpk"
+fi
 
+if [[ $parts == *" tinyllama "* ]]; then
 echo "== TinyLlama-shaped FP16, --bpw 4"
 source tools/models.sh
 measure "new --bpw 4 --max-memory 256MiB" "$new" compress "$tl" --bpw 4 --max-memory 256MiB --force -o "$work/tl.tpk"
 measure "old --bpw 4 (default budget)" "$old" compress "$tl" --bpw 4 --force -o "$work/tl-old.tpk"
 cmp "$work/tl.tpk" "$work/tl-old.tpk" && echo "outputs identical"
 rm -f "$work/tl.tpk" "$work/tl-old.tpk"
+fi

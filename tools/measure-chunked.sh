@@ -18,17 +18,17 @@
 #      --max-memory 256MiB.
 #
 # The baseline runs without --max-memory where it refuses a tensor larger
-# than an explicit budget. Outputs of both binaries are compared (cmp).
+# than an explicit budget; new and old runs alternate (ab). Outputs of both binaries are compared (cmp).
 # The machine is shared: run it with nice and read the medians as such.
 #
 #   tools/measure-chunked.sh [WORKDIR]   (default /tmp/tpconvert-chunked; needs ~30 GB free)
-#   PARTS="8g 2g qwen tinyllama" RUNS=3 BASE=f6d3231 tools/measure-chunked.sh   (the defaults)
+#   PARTS="8g 8g16 2g qwen tinyllama" RUNS=3 BASE=f6d3231 tools/measure-chunked.sh   (the defaults)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 work=${1:-/tmp/tpconvert-chunked}
 runs=${RUNS:-3}
-parts=" ${PARTS:-8g 2g qwen tinyllama} "
+parts=" ${PARTS:-8g 8g16 2g qwen tinyllama} "
 base=${BASE:-f6d3231}
 mkdir -p "$work" bin
 df -h "$work"
@@ -54,19 +54,45 @@ measure() {
 	printf '%-52s runs %s s, median %s s, peak RSS %d MiB\n' "$label" "${ts[*]}" "$(printf '%s\n' "${ts[@]}" | median)" $((kib / 1024))
 }
 
+# ab LABEL_A LABEL_B CMD_A CMD_B: runs the two command lines (strings,
+# eval'ed) alternately $runs times each, so that both see the same page
+# cache and write-back state; prints both lines as measure does.
+ab() {
+	local la=$1 lb=$2 ca=$3 cb=$4 ta=() tb=() ka=0 kb=0 k s
+	for _ in $(seq "$runs"); do
+		for side in a b; do
+			if [ $side = a ]; then eval "/usr/bin/time -v -o \"$work/time.txt\" $ca" >/dev/null; else eval "/usr/bin/time -v -o \"$work/time.txt\" $cb" >/dev/null; fi
+			s=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); t=0; for(i=1;i<=n;i++) t=t*60+a[i]; print t}' "$work/time.txt")
+			k=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$work/time.txt")
+			if [ $side = a ]; then ta+=("$s"); [ "$k" -gt "$ka" ] && ka=$k; else tb+=("$s"); [ "$k" -gt "$kb" ] && kb=$k; fi
+		done
+	done
+	printf '%-52s runs %s s, median %s s, peak RSS %d MiB\n' "$la" "${ta[*]}" "$(printf '%s\n' "${ta[@]}" | median)" $((ka / 1024))
+	printf '%-52s runs %s s, median %s s, peak RSS %d MiB\n' "$lb" "${tb[*]}" "$(printf '%s\n' "${tb[@]}" | median)" $((kb / 1024))
+}
+
 if [[ $parts == *" 8g "* ]]; then
 big=$work/one-8g.safetensors
 [ -f "$big" ] || bin/genmodel -one 65536x32768 -dtype f32 -out "$big"
 echo "== one 8 GiB F32 tensor ($(stat -c %s "$big") bytes)"
 cat "$big" >/dev/null
 measure "cp" cp "$big" "$work/copy.safetensors"; rm -f "$work/copy.safetensors"
-measure "new compress --codec none --max-memory 512MiB" "$new" compress "$big" --codec none --max-memory 512MiB --force -o "$work/none.tpk"
-measure "old compress --codec none" "$old" compress "$big" --codec none --force -o "$work/none-old.tpk"
+ab "new compress --codec none --max-memory 512MiB" "old compress --codec none" \
+	"$new compress $big --codec none --max-memory 512MiB --force -o $work/none.tpk" \
+	"$old compress $big --codec none --force -o $work/none-old.tpk"
 cmp "$work/none.tpk" "$work/none-old.tpk" && echo "outputs identical"; rm -f "$work/none-old.tpk"
-measure "new restore (none) --max-memory 512MiB" "$new" restore "$work/none.tpk" --max-memory 512MiB --force -o "$work/r.safetensors"
-cmp "$big" "$work/r.safetensors" && echo "restored = input"; rm -f "$work/r.safetensors"
-measure "old restore (none) --max-memory 512MiB" "$old" restore "$work/none.tpk" --max-memory 512MiB --force -o "$work/r.safetensors"
-rm -f "$work/r.safetensors" "$work/none.tpk"
+ab "new restore (none) --max-memory 512MiB" "old restore (none) --max-memory 512MiB" \
+	"$new restore $work/none.tpk --max-memory 512MiB --force -o $work/r.safetensors" \
+	"$old restore $work/none.tpk --max-memory 512MiB --force -o $work/r-old.safetensors"
+cmp "$big" "$work/r.safetensors" && cmp "$big" "$work/r-old.safetensors" && echo "restored = input"
+rm -f "$work/r.safetensors" "$work/r-old.safetensors" "$work/none.tpk"
+[[ $parts == *" 8g16 "* ]] || rm -f "$big"
+fi
+
+if [[ $parts == *" 8g16 "* ]]; then
+big=$work/one-8g.safetensors
+[ -f "$big" ] || bin/genmodel -one 65536x32768 -dtype f32 -out "$big"
+echo "== one 8 GiB F32 tensor, f16"
 measure "new compress --codec f16 --max-memory 512MiB" "$new" compress "$big" --codec f16 --max-memory 512MiB --force -o "$work/f16.tpk"
 measure "new restore (f16 -> F32) --max-memory 512MiB" "$new" restore "$work/f16.tpk" --max-memory 512MiB --force -o "$work/r.safetensors"
 rm -f "$work/r.safetensors" "$work/f16.tpk" "$big"
@@ -77,11 +103,13 @@ two=$work/one-2g.safetensors
 [ -f "$two" ] || bin/genmodel -one 32768x16384 -dtype f32 -out "$two"
 echo "== one 2 GiB F32 tensor, f16 (the baseline does not fit the 8 GiB one)"
 cat "$two" >/dev/null
-measure "new compress --codec f16 --max-memory 512MiB" "$new" compress "$two" --codec f16 --max-memory 512MiB --force -o "$work/f16.tpk"
-measure "old compress --codec f16" "$old" compress "$two" --codec f16 --force -o "$work/f16-old.tpk"
+ab "new compress --codec f16 --max-memory 512MiB" "old compress --codec f16" \
+	"$new compress $two --codec f16 --max-memory 512MiB --force -o $work/f16.tpk" \
+	"$old compress $two --codec f16 --force -o $work/f16-old.tpk"
 cmp "$work/f16.tpk" "$work/f16-old.tpk" && echo "outputs identical"; rm -f "$work/f16-old.tpk"
-measure "new restore (f16 -> F32) --max-memory 512MiB" "$new" restore "$work/f16.tpk" --max-memory 512MiB --force -o "$work/r.safetensors"
-measure "old restore (f16 -> F32) --max-memory 512MiB" "$old" restore "$work/f16.tpk" --max-memory 512MiB --force -o "$work/r-old.safetensors"
+ab "new restore (f16 -> F32) --max-memory 512MiB" "old restore (f16 -> F32) --max-memory 512MiB" \
+	"$new restore $work/f16.tpk --max-memory 512MiB --force -o $work/r.safetensors" \
+	"$old restore $work/f16.tpk --max-memory 512MiB --force -o $work/r-old.safetensors"
 cmp "$work/r.safetensors" "$work/r-old.safetensors" && echo "outputs identical"
 rm -f "$work/r.safetensors" "$work/r-old.safetensors" "$work/f16.tpk" "$two"
 fi
@@ -112,8 +140,9 @@ PY
 fi
 echo "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046  $q" | sha256sum -c
 "$new" compress "$q" --codec none --force -o "$work/q.tpk" >/dev/null
-measure "new restore --dequantize f16 --max-memory 512MiB" "$new" restore "$work/q.tpk" --dequantize f16 --max-memory 512MiB --force -o "$work/q16.gguf"
-measure "old restore --dequantize f16 --max-memory 512MiB" "$old" restore "$work/q.tpk" --dequantize f16 --max-memory 512MiB --force -o "$work/q16-old.gguf"
+ab "new restore --dequantize f16 --max-memory 512MiB" "old restore --dequantize f16 --max-memory 512MiB" \
+	"$new restore $work/q.tpk --dequantize f16 --max-memory 512MiB --force -o $work/q16.gguf" \
+	"$old restore $work/q.tpk --dequantize f16 --max-memory 512MiB --force -o $work/q16-old.gguf"
 cmp "$work/q16.gguf" "$work/q16-old.gguf" && echo "outputs identical"
 rm -f "$work/q16.gguf" "$work/q16-old.gguf" "$work/q.tpk"
 fi
@@ -121,8 +150,9 @@ fi
 if [[ $parts == *" tinyllama "* ]]; then
 echo "== TinyLlama-shaped FP16, --bpw 4"
 source tools/models.sh
-measure "new --bpw 4 --max-memory 256MiB" "$new" compress "$tl" --bpw 4 --max-memory 256MiB --force -o "$work/tl.tpk"
-measure "old --bpw 4 (default budget)" "$old" compress "$tl" --bpw 4 --force -o "$work/tl-old.tpk"
+ab "new --bpw 4 --max-memory 256MiB" "old --bpw 4 (default budget)" \
+	"$new compress $tl --bpw 4 --max-memory 256MiB --force -o $work/tl.tpk" \
+	"$old compress $tl --bpw 4 --force -o $work/tl-old.tpk"
 cmp "$work/tl.tpk" "$work/tl-old.tpk" && echo "outputs identical"
 rm -f "$work/tl.tpk" "$work/tl-old.tpk"
 fi

@@ -373,6 +373,7 @@ func (r *Reader) PayloadParts(i int) ([]byte, *PayloadHash, error) {
 		p, err := r.Payload(i)
 		return p, &PayloadHash{checked: true}, err
 	}
+	r.m.WillNeed(e.RecordOffset, e.RecordSize) // start readahead of the whole record
 	rec := r.data[e.RecordOffset : e.RecordOffset+e.RecordSize]
 	if !bytes.Equal(rec[:4], recMagic[:]) {
 		return nil, nil, r.errAt(e, e.RecordOffset, fmt.Errorf("%w: bad record magic", ErrCorrupt))

@@ -130,6 +130,17 @@ func IsByteDecoder(id uint16) bool {
 	return ok
 }
 
+// RowCodec is implemented by codecs whose payload is the concatenation of
+// the payloads of a tensor's rows (slices along its first dimension),
+// each RowBytes(t) bytes, encoded and decoded independently: the payload
+// of rows [r0, r1) is bytes [r0*RowBytes(t), r1*RowBytes(t)) and is what
+// Encode writes, and Decode reads, for the tensor of those rows alone. The
+// pipeline then processes a large tensor in row chunks.
+type RowCodec interface {
+	Codec
+	RowBytes(t tensor.Info) int64
+}
+
 // ProgressEncoder is implemented by codecs that report progress within a
 // tensor. EncodeProgress is Encode that calls done(n) each time it has
 // encoded n more elements of x (the calls add up to len(x) at most); done

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -251,19 +252,69 @@ func TestWorkersGiveIdenticalFiles(t *testing.T) {
 	if err := gen.WriteSafetensors(in, micro, tensor.F32, 4); err != nil {
 		t.Fatal(err)
 	}
+	ctx := context.Background()
+	// A budget of 8 KiB processes every tensor of micro that allows it in
+	// row chunks (see TestChunkedReservations in stream).
+	const chunked = 8 << 10
 	for _, c := range codec.Names() {
 		var files []string
 		for _, w := range []int{1, 2, 5} {
-			out := filepath.Join(dir, c+string(rune('0'+w))+".tpk")
-			o := opts(t, c, w)
-			o.AllowLarger = true
-			if _, err := convert.CompressFile(context.Background(), in, out, o); err != nil {
+			for _, budget := range []int64{64 << 20, chunked} {
+				out := filepath.Join(dir, fmt.Sprintf("%s%d-%d.tpk", c, w, budget))
+				o := opts(t, c, w)
+				o.MaxMemory = budget
+				o.AllowLarger = true
+				if _, err := convert.CompressFile(ctx, in, out, o); err != nil {
+					t.Fatal(err)
+				}
+				files = append(files, out)
+			}
+		}
+		for _, f := range files[1:] {
+			sameFileBytes(t, files[0], f)
+		}
+		// Restore, whole and in chunks, with and without a dtype change.
+		for _, dt := range []tensor.DType{tensor.Invalid, tensor.F16} {
+			var outs []string
+			for _, w := range []int{1, 5} {
+				for _, budget := range []int64{64 << 20, chunked} {
+					out := filepath.Join(dir, fmt.Sprintf("%s-%s%d-%d.safetensors", c, dt, w, budget))
+					ro := convert.RestoreOptions{RestoreOptions: stream.RestoreOptions{
+						Options: stream.Options{Workers: w, MaxMemory: budget}, DType: dt}}
+					if _, err := convert.RestoreFile(ctx, files[0], out, ro); err != nil {
+						t.Fatal(err)
+					}
+					outs = append(outs, out)
+				}
+			}
+			for _, f := range outs[1:] {
+				sameFileBytes(t, outs[0], f)
+			}
+		}
+	}
+	// GGUF block types stored unchanged, dequantized whole and in chunks.
+	gg := filepath.Join(dir, "m.gguf")
+	if err := gen.WriteGGUF(gg, tiny, 3); err != nil {
+		t.Fatal(err)
+	}
+	tp := filepath.Join(dir, "gguf.tpk")
+	if _, err := convert.CompressFile(ctx, gg, tp, opts(t, "none", 2)); err != nil {
+		t.Fatal(err)
+	}
+	var outs []string
+	for _, w := range []int{1, 2} {
+		for _, budget := range []int64{64 << 20, 64 << 10} {
+			out := filepath.Join(dir, fmt.Sprintf("deq%d-%d.gguf", w, budget))
+			ro := convert.RestoreOptions{RestoreOptions: stream.RestoreOptions{
+				Options: stream.Options{Workers: w, MaxMemory: budget}, Dequantize: tensor.F16}}
+			if _, err := convert.RestoreFile(ctx, tp, out, ro); err != nil {
 				t.Fatal(err)
 			}
-			files = append(files, out)
+			outs = append(outs, out)
 		}
-		sameFileBytes(t, files[0], files[1])
-		sameFileBytes(t, files[0], files[2])
+	}
+	for _, f := range outs[1:] {
+		sameFileBytes(t, outs[0], f)
 	}
 }
 

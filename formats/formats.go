@@ -54,6 +54,24 @@ type Sink interface {
 	Close() error
 }
 
+// RangeReleaser is implemented by Sources that can release part of a
+// tensor's bytes: the pages of bytes [off, off+n) of tensor i leave the
+// process's resident memory, so a tensor read in parts never holds more
+// than a part resident.
+type RangeReleaser interface {
+	ReleaseRange(i int, off, n int64)
+}
+
+// PartSink is implemented by Sinks that accept a tensor in parts:
+// WriteTensorPart writes data as bytes [off, off+len(data)) of tensor t.
+// The parts of a tensor come in order, without gaps, starting at 0; the
+// tensor is complete when they cover its size. WriteTensor(t, data) is
+// the same as one part holding every byte.
+type PartSink interface {
+	Sink
+	WriteTensorPart(t tensor.Info, off int64, data []byte) error
+}
+
 // Meta is everything about a source checkpoint except tensor data that a
 // restore needs to rebuild it faithfully.
 type Meta struct {

@@ -29,7 +29,10 @@ type Options struct {
 	// Workers is the number of tensors processed at once (default: CPUs).
 	Workers int
 	// MaxMemory bounds the working memory reserved by tensors in flight,
-	// in bytes (default 1 GiB). A tensor needing more runs alone.
+	// in bytes (default 1 GiB). A tensor needing more than half of it is
+	// processed in row chunks where the operation allows it (see
+	// chunk.go); one processed whole that needs more than all of it runs
+	// alone.
 	MaxMemory int64
 	// StrictMemory refuses, with a *MemoryError before any work, a tensor
 	// whose working memory exceeds MaxMemory, instead of running it alone
@@ -129,8 +132,10 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 	results := make([]Result, len(infos))
 	prog := newTracker(o.Progress, len(infos))
 	cost := func(i int) int64 { return compressCost(o.Codec, o.PassThrough, infos[i], selected[i]) }
+	splits := compressSplits(&o, infos, selected)
+	items := planItems(len(infos), splits, cost, o.MaxMemory, 0)
 	if o.StrictMemory {
-		if err := checkMemory(infos, cost, o.MaxMemory); err != nil {
+		if err := checkMemory(infos, maxItemCost(len(infos), items), o.MaxMemory); err != nil {
 			return nil, err
 		}
 	}
@@ -169,7 +174,15 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 		prog.written(i, infos[i], infos[i].Size)
 		return nil
 	}
-	if err := ordered(ctx, len(infos), o.Workers, o.MaxMemory, cost, work, write); err != nil {
+	cw := compressChunks{o: o, src: src, w: w, infos: infos, selected: selected, splits: splits, items: items,
+		results: results, prog: prog, work: work, write: write, fell: make([]bool, len(infos)),
+		bytes: make([][]byte, len(infos)), ready: make([]chan struct{}, len(infos))}
+	for i, s := range splits {
+		if s != nil {
+			cw.ready[i] = make(chan struct{})
+		}
+	}
+	if err := ordered(ctx, len(items), o.Workers, o.MaxMemory, itemCost(items), cw.doWork, cw.doWrite); err != nil {
 		return nil, err
 	}
 	if err := w.Close(); err != nil {
@@ -182,6 +195,7 @@ type encoded struct {
 	payload []byte
 	entry   tpk.Entry
 	note    string
+	whole   bool // a chunked tensor's fallback, stored whole
 }
 
 // appender is implemented by byte codecs that append a payload to a
@@ -291,9 +305,17 @@ func checkMemory(infos []tensor.Info, cost func(int) int64, budget int64) error 
 func CheckMemory(src formats.Source, c codec.Codec, pass codec.ByteCodec, sel func(tensor.Info) bool, budget int64) error {
 	infos := src.Tensors()
 	_, raw := c.(codec.ByteCodec)
-	return checkMemory(infos, func(i int) int64 {
-		return compressCost(c, pass, infos[i], !raw && sel != nil && sel(infos[i]))
-	}, budget)
+	if raw && c.ID() != codec.IDNone {
+		pass = c.(codec.ByteCodec)
+	}
+	selected := make([]bool, len(infos))
+	for i, t := range infos {
+		selected[i] = !raw && sel != nil && sel(t)
+	}
+	cost := func(i int) int64 { return compressCost(c, pass, infos[i], selected[i]) }
+	o := CompressOptions{Codec: c, PassThrough: pass}
+	items := planItems(len(infos), compressSplits(&o, infos, selected), cost, budget, 0)
+	return checkMemory(infos, maxItemCost(len(infos), items), budget)
 }
 
 // rawEntry is t's record entry when it is stored unchanged (the none
@@ -487,23 +509,9 @@ func roundTo(y []float32, dt tensor.DType) error {
 
 // Measure returns the relative Frobenius error and SQNR of y against x.
 func Measure(x, y []float32) tpk.Stats {
-	var sig, noise float64
-	for i := range x {
-		d := float64(x[i]) - float64(y[i])
-		sig += float64(x[i]) * float64(x[i])
-		noise += d * d
-	}
-	s := tpk.Stats{}
-	switch {
-	case noise == 0:
-		s.RelErr, s.SQNRdB = 0, math.Inf(1)
-	case sig == 0:
-		s.RelErr, s.SQNRdB = math.Inf(1), math.Inf(-1)
-	default:
-		s.RelErr = math.Sqrt(noise / sig)
-		s.SQNRdB = 10 * math.Log10(sig/noise)
-	}
-	return s
+	var a measureAcc
+	a.add(x, y)
+	return a.stats()
 }
 
 // transpose returns the transpose of the rows×cols matrix x.

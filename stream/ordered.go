@@ -53,6 +53,9 @@ func ordered[T any](ctx context.Context, n, workers int, maxMem int64,
 				break
 			}
 			weights[i] = w
+			if reserveHook != nil {
+				reserveHook(i, w)
+			}
 			wg.Go(func() error {
 				v, err := work(wctx, i)
 				if err != nil {
@@ -111,6 +114,10 @@ func ordered[T any](ctx context.Context, n, workers int, maxMem int64,
 	return err
 }
 
+// reserveHook, if set (by tests), hears of every reservation: item i
+// holds w bytes of the budget.
+var reserveHook func(i int, w int64)
+
 // tracker turns per-element progress inside tensors into the Progress
 // calls of Options: serialized, in bytes, and adding up to each tensor's
 // size once it is written.
@@ -159,6 +166,20 @@ func (p *tracker) written(i int, t tensor.Info, size int64) {
 	defer p.mu.Unlock()
 	if d := size - p.done[i]; d > 0 {
 		p.done[i] = size
+		p.fn(t, d)
+	}
+}
+
+// upTo reports that tensor i is done up to b of its size bytes (the
+// rest when it is written).
+func (p *tracker) upTo(i int, t tensor.Info, b, size int64) {
+	if p.fn == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if d := min(b, size-1) - p.done[i]; d > 0 {
+		p.done[i] += d
 		p.fn(t, d)
 	}
 }

@@ -75,7 +75,10 @@ func Plan(r *tpk.Reader, o RestoreOptions) ([]tensor.Info, error) {
 const maxElemsPerPayloadByte = 64
 
 // Restore decodes every record of r and writes the tensors planned by Plan
-// to sink, in record order.
+// to sink, in record order. A record processed in row chunks reaches sink
+// in parts before its checksum is verified at its last part: when Restore
+// fails, the caller must discard what sink holds (as convert.RestoreFile
+// does with its temporary file).
 func Restore(ctx context.Context, r *tpk.Reader, plan []tensor.Info, sink formats.Sink, o RestoreOptions) error {
 	o.defaults()
 	es := r.Entries()
@@ -173,5 +176,15 @@ func Restore(ctx context.Context, r *tpk.Reader, plan []tensor.Info, sink format
 		prog.written(i, plan[i], es[i].SourceSize)
 		return nil
 	}
-	return ordered(ctx, len(es), o.Workers, o.MaxMemory, cost, work, write)
+	splits := restoreSplits(es, plan, codecs, sink)
+	items := planItems(len(es), splits, cost, o.MaxMemory, 0)
+	rc := restoreChunks{r: r, plan: plan, codecs: codecs, sink: sink, splits: splits, items: items, prog: prog,
+		work: work, write: write, pays: make([][]byte, len(es)), hashes: make([]*tpk.PayloadHash, len(es)),
+		ready: make([]chan struct{}, len(es))}
+	for i, s := range splits {
+		if s != nil {
+			rc.ready[i] = make(chan struct{})
+		}
+	}
+	return ordered(ctx, len(items), o.Workers, o.MaxMemory, itemCost(items), rc.doWork, rc.doWrite)
 }

@@ -100,6 +100,14 @@ func (c Cast) Encode(w io.Writer, t tensor.Info, x []float32) error {
 	return err
 }
 
+// RowBytes implements codec.RowCodec: two bytes per element.
+func (Cast) RowBytes(t tensor.Info) int64 {
+	if len(t.Shape) == 0 || t.Shape[0] <= 0 {
+		return 0
+	}
+	return 2 * (t.Elems() / t.Shape[0])
+}
+
 // MaxRelErr implements codec.ErrorBounder: a 16-bit float keeps 8 (bf16)
 // or 11 (f16) significant bits, a relative error below 2^-8 per element
 // inside its range; a tensor beyond it (overflow, or values flushed

@@ -366,3 +366,14 @@ func (r *Reader) Close() error {
 	}
 	return r.m.Close()
 }
+
+// ReleaseRange drops the pages of bytes [off, off+n) of tensor i from
+// resident memory (formats.RangeReleaser).
+func (r *Reader) ReleaseRange(i int, off, n int64) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if r.closed || r.m == nil || i < 0 || i >= len(r.tensors) || off < 0 || off >= r.tensors[i].Size {
+		return
+	}
+	r.m.Release(r.tensors[i].Offset+off, min(n, r.tensors[i].Size-off))
+}

@@ -32,9 +32,10 @@ type Writer struct {
 	size    int64 // total file size
 	err     error // first write error, returned by every later call
 	closed  bool
+	partOff int64 // bytes of tensor next written by WriteTensorPart
 }
 
-var _ formats.Sink = (*Writer)(nil)
+var _ formats.PartSink = (*Writer)(nil)
 
 // NewWriter starts a GGUF file on w.
 //
@@ -230,6 +231,39 @@ func (w *Writer) WriteTensor(t tensor.Info, data []byte) error {
 	w.zeros(w.start + want.Offset - w.pos)
 	w.write(data)
 	w.next++
+	return w.err
+}
+
+// WriteTensorPart writes bytes [off, off+len(data)) of the next tensor
+// (formats.PartSink).
+func (w *Writer) WriteTensorPart(t tensor.Info, off int64, data []byte) error {
+	if w.err != nil {
+		return w.err
+	}
+	if w.closed {
+		return ErrClosed
+	}
+	if w.next >= len(w.tensors) {
+		return fmt.Errorf("%w: tensor %q after all %d tensors", ErrWriteOrder, t.Name, len(w.tensors))
+	}
+	want := w.tensors[w.next]
+	if off == 0 && int64(len(data)) == want.Size {
+		return w.WriteTensor(t, data)
+	}
+	if t.Name != want.Name || t.DType != want.DType || !slices.Equal(t.Shape, want.Shape) {
+		return fmt.Errorf("%w: got tensor %q %s %v, want %q %s %v (number %d of %d)", ErrWriteOrder, t.Name, t.DType, t.Shape, want.Name, want.DType, want.Shape, w.next+1, len(w.tensors))
+	}
+	if off != w.partOff || off+int64(len(data)) > want.Size {
+		return fmt.Errorf("%w: tensor %q: bytes [%d, %d) after %d of %d", ErrWriteSize, t.Name, off, off+int64(len(data)), w.partOff, want.Size)
+	}
+	if off == 0 {
+		w.zeros(w.start + want.Offset - w.pos)
+	}
+	w.write(data)
+	if w.partOff += int64(len(data)); w.partOff == want.Size {
+		w.next++
+		w.partOff = 0
+	}
 	return w.err
 }
 

@@ -367,3 +367,15 @@ func (r *Reader) Close() error {
 	clear(r.data)
 	return first
 }
+
+// ReleaseRange lets the pages of bytes [off, off+n) of tensor i leave
+// resident memory (formats.RangeReleaser).
+func (r *Reader) ReleaseRange(i int, off, n int64) {
+	if i < 0 || i >= len(r.tensors) {
+		return
+	}
+	t := &r.tensors[i]
+	if t.File < len(r.maps) && off >= 0 && off < t.Size {
+		r.maps[t.File].Release(t.Offset+off, min(n, t.Size-off))
+	}
+}

@@ -189,9 +189,10 @@ type Writer struct {
 	started bool
 	closed  bool
 	err     error
+	partOff int64 // bytes of tensor next written by WriteTensorPart
 }
 
-var _ formats.Sink = (*Writer)(nil)
+var _ formats.PartSink = (*Writer)(nil)
 
 // NewWriter returns a Writer of tensors, in that (data) order, to w. The
 // tensors' Offset, Size and File are ignored: offsets follow from the order
@@ -331,4 +332,53 @@ func WriteFile(path string, tensors []tensor.Info, data [][]byte, metadata map[s
 		return err
 	}
 	return f.Commit()
+}
+
+// WriteTensorPart writes bytes [off, off+len(data)) of the next tensor
+// (formats.PartSink). After an error every call fails.
+func (w *Writer) WriteTensorPart(t tensor.Info, off int64, data []byte) error {
+	if w.err != nil {
+		return w.err
+	}
+	if off == 0 && int64(len(data)) == w.partSize(t) {
+		return w.WriteTensor(t, data)
+	}
+	w.err = w.writePart(t, off, data)
+	return w.err
+}
+
+// partSize is the size of t if it is the tensor due, else -1.
+func (w *Writer) partSize(t tensor.Info) int64 {
+	if w.next < len(w.p.tensors) && w.p.tensors[w.next].Name == t.Name {
+		return w.p.tensors[w.next].Size
+	}
+	return -1
+}
+
+func (w *Writer) writePart(t tensor.Info, off int64, data []byte) error {
+	if w.closed {
+		return errors.New("safetensors: WriteTensor after Close")
+	}
+	if w.next >= len(w.p.tensors) {
+		return fmt.Errorf("safetensors: tensor %q: all %d tensors already written", t.Name, len(w.p.tensors))
+	}
+	want := &w.p.tensors[w.next]
+	if t.Name != want.Name || t.DType != want.DType || !slices.Equal(t.Shape, want.Shape) {
+		return fmt.Errorf("safetensors: tensor %q %s%v written where %q %s%v (tensor %d) is due", t.Name, t.DType, t.Shape, want.Name, want.DType, want.Shape, w.next)
+	}
+	if off != w.partOff || off+int64(len(data)) > want.Size {
+		return fmt.Errorf("safetensors: tensor %q: bytes [%d, %d) written after %d of %d", t.Name, off, off+int64(len(data)), w.partOff, want.Size)
+	}
+	if err := w.start(); err != nil {
+		return err
+	}
+	if _, err := w.w.Write(data); err != nil {
+		return fmt.Errorf("safetensors: tensor %q: %w", t.Name, err)
+	}
+	w.partOff += int64(len(data))
+	if w.partOff == want.Size {
+		w.next++
+		w.partOff = 0
+	}
+	return nil
 }

@@ -358,3 +358,72 @@ func (r *Reader) Close() error {
 	}
 	return nil
 }
+
+// PayloadParts returns record i's payload after checking its record
+// header against the index, but not yet its CRC32C: the caller reads the
+// payload in parts, hashes each with the returned PayloadHash and must
+// discard everything made of the payload unless PayloadHash.Check then
+// succeeds. For a memory-mapped file the slice aliases the map, and each
+// part can be dropped from resident memory with ReleasePayload, so that a
+// payload larger than memory is read once in little memory. Without a
+// memory map it is Payload (checked at once).
+func (r *Reader) PayloadParts(i int) ([]byte, *PayloadHash, error) {
+	e := &r.idx.Tensors[i]
+	if r.data == nil {
+		p, err := r.Payload(i)
+		return p, &PayloadHash{checked: true}, err
+	}
+	r.m.WillNeed(e.RecordOffset, e.RecordSize) // start readahead of the whole record
+	rec := r.data[e.RecordOffset : e.RecordOffset+e.RecordSize]
+	if !bytes.Equal(rec[:4], recMagic[:]) {
+		return nil, nil, r.errAt(e, e.RecordOffset, fmt.Errorf("%w: bad record magic", ErrCorrupt))
+	}
+	hl := int64(binary.LittleEndian.Uint32(rec[4:]))
+	if 8+hl != e.PayloadOffset-e.RecordOffset {
+		return nil, nil, r.errAt(e, e.RecordOffset+4, fmt.Errorf("%w: record header length disagrees with the index", ErrCorrupt))
+	}
+	if err := parseRecordHeader(rec[8:8+hl], e); err != nil {
+		return nil, nil, r.errAt(e, e.RecordOffset+8, err)
+	}
+	h := &PayloadHash{r: r, e: e, crc: crc32.Update(0, castagnoli, rec[:8+hl]),
+		want: binary.LittleEndian.Uint32(rec[len(rec)-4:])}
+	return rec[8+hl : 8+hl+e.PayloadSize], h, nil
+}
+
+// PayloadHash checks a payload read in parts (Reader.PayloadParts).
+type PayloadHash struct {
+	r       *Reader
+	e       *Entry
+	crc     uint32
+	want    uint32
+	checked bool
+}
+
+// Add hashes the next part of the payload.
+func (h *PayloadHash) Add(p []byte) {
+	if !h.checked {
+		h.crc = crc32.Update(h.crc, castagnoli, p)
+	}
+}
+
+// Check reports a checksum error unless the parts added were the whole
+// payload as written.
+func (h *PayloadHash) Check() error {
+	if h.checked {
+		return nil
+	}
+	if h.crc != h.want || h.crc != h.e.CRC32C {
+		return h.r.errAt(h.e, h.e.RecordOffset, ErrChecksum)
+	}
+	return nil
+}
+
+// ReleasePayload drops the pages of bytes [off, off+n) of record i's
+// payload from resident memory (memory-mapped readers only).
+func (r *Reader) ReleasePayload(i int, off, n int64) {
+	if r.m != nil {
+		e := &r.idx.Tensors[i]
+		off = max(min(off, e.PayloadSize), 0)
+		r.m.Release(e.PayloadOffset+off, min(n, e.PayloadSize-off))
+	}
+}

@@ -26,6 +26,7 @@ type Writer struct {
 	names   map[string]bool
 	closed  bool
 	scratch []byte
+	open    *Entry // the record begun and not yet ended
 }
 
 // CreatedBy is written to the index of every file (set by the CLI to its
@@ -73,8 +74,30 @@ func (w *Writer) write(b []byte) error {
 // SourceFile, SourceSize, Stats); the offsets, sizes and checksum are filled
 // in here. payload is written as the concatenation of its parts.
 func (w *Writer) WriteRecord(e Entry, payload ...[]byte) error {
+	var n int64
+	for _, p := range payload {
+		n += int64(len(p))
+	}
+	if err := w.BeginRecord(e, n); err != nil {
+		return err
+	}
+	for _, p := range payload {
+		if err := w.WritePayload(p); err != nil {
+			return err
+		}
+	}
+	return w.EndRecord()
+}
+
+// BeginRecord starts a record whose payload of size bytes follows in
+// WritePayload calls, so that a payload larger than memory is written in
+// parts; EndRecord finishes it. e is as for WriteRecord.
+func (w *Writer) BeginRecord(e Entry, size int64) error {
 	if w.closed {
 		return errors.New("tpk: write after Close")
+	}
+	if w.open != nil {
+		return fmt.Errorf("tpk: tensor %q begun before %q ended", e.Name, w.open.Name)
 	}
 	switch {
 	case len(e.Name) == 0 || len(e.Name) > MaxNameLen:
@@ -89,16 +112,14 @@ func (w *Writer) WriteRecord(e Entry, payload ...[]byte) error {
 		return fmt.Errorf("tpk: tensor %q: codec parameters too long", e.Name)
 	case len(w.idx.Tensors) >= MaxTensors:
 		return fmt.Errorf("tpk: more than %d tensors", MaxTensors)
+	case size < 0:
+		return fmt.Errorf("tpk: tensor %q: payload of %d bytes", e.Name, size)
 	}
 	if _, err := tensor.NumElems(e.Shape); err != nil {
 		return fmt.Errorf("tpk: tensor %q: %w", e.Name, err)
 	}
 	e.Shape = append([]int64(nil), e.Shape...)
-	var n int64
-	for _, p := range payload {
-		n += int64(len(p))
-	}
-	e.PayloadSize = n
+	e.PayloadSize = size
 	e.RecordOffset = w.off
 	hdr := appendRecordHeader(w.scratch[:0], &e)
 	pre := make([]byte, 0, 8)
@@ -112,19 +133,43 @@ func (w *Writer) WriteRecord(e Entry, payload ...[]byte) error {
 	if err := w.write(hdr); err != nil {
 		return err
 	}
+	w.scratch = hdr[:0]
 	e.PayloadOffset = w.off
-	for _, p := range payload {
-		crc = crc32.Update(crc, castagnoli, p)
-		if err := w.write(p); err != nil {
-			return err
-		}
+	e.CRC32C = crc
+	w.open = &e
+	return nil
+}
+
+// WritePayload writes the next part of the payload of the record begun by
+// BeginRecord.
+func (w *Writer) WritePayload(p []byte) error {
+	e := w.open
+	if e == nil {
+		return errors.New("tpk: payload written outside a record")
 	}
+	if w.off+int64(len(p)) > e.PayloadOffset+e.PayloadSize {
+		return fmt.Errorf("tpk: tensor %q: payload longer than the %d bytes begun", e.Name, e.PayloadSize)
+	}
+	e.CRC32C = crc32.Update(e.CRC32C, castagnoli, p)
+	return w.write(p)
+}
+
+// EndRecord finishes the record begun by BeginRecord, whose payload must
+// have been written in full.
+func (w *Writer) EndRecord() error {
+	e := w.open
+	if e == nil {
+		return errors.New("tpk: EndRecord outside a record")
+	}
+	if got := w.off - e.PayloadOffset; got != e.PayloadSize {
+		return fmt.Errorf("tpk: tensor %q: %d payload bytes written of %d begun", e.Name, got, e.PayloadSize)
+	}
+	w.open = nil
 	var c [4]byte
-	binary.LittleEndian.PutUint32(c[:], crc)
+	binary.LittleEndian.PutUint32(c[:], e.CRC32C)
 	if err := w.write(c[:]); err != nil {
 		return err
 	}
-	e.CRC32C = crc
 	e.RecordSize = w.off - e.RecordOffset
 	if e.Stats != nil {
 		// JSON cannot hold NaN or Inf: an exact reconstruction has SQNR
@@ -138,9 +183,8 @@ func (w *Writer) WriteRecord(e Entry, payload ...[]byte) error {
 		}
 		e.Stats = &s
 	}
-	w.scratch = hdr[:0]
 	w.names[e.Name] = true
-	w.idx.Tensors = append(w.idx.Tensors, e)
+	w.idx.Tensors = append(w.idx.Tensors, *e)
 	return nil
 }
 
@@ -163,6 +207,9 @@ func (w *Writer) Offset() int64 { return w.off }
 func (w *Writer) Close() error {
 	if w.closed {
 		return nil
+	}
+	if w.open != nil {
+		return fmt.Errorf("tpk: Close inside the record of %q", w.open.Name)
 	}
 	w.closed = true
 	if w.idx.Tensors == nil {

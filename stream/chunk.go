@@ -1,0 +1,529 @@
+package stream
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/tpconvert/tpconvert/codec"
+	"github.com/tpconvert/tpconvert/formats"
+	"github.com/tpconvert/tpconvert/formats/tpk"
+	"github.com/tpconvert/tpconvert/tensor"
+)
+
+// Row chunks. A tensor whose working memory exceeds half the budget flows
+// through the pipeline in chunks of rows (slices along its first
+// dimension) when the operation allows it, each chunk reserving only its
+// own working memory: copies of source bytes, the f16 and bf16 casts
+// (codec.RowCodec) and, on restore, dequantization and dtype conversion of
+// tensors stored unchanged. Such a tensor is one preparation item (on
+// compress the statistics and the fallback decision, from a first pass
+// over the memory map; on restore the record header, the payload's
+// checksum being computed by the writer as it goes) followed by its
+// chunks; the writer begins the record (or output tensor) at the
+// preparation and appends each chunk. The output is the same bytes as
+// when the tensor is processed whole.
+
+// maxChunk caps a chunk's working memory.
+const maxChunk = 64 << 20
+
+// item is one unit of work of the pipeline: a whole tensor, a chunked
+// tensor's preparation (prep), or rows [r0, r1) of it.
+type item struct {
+	t      int
+	prep   bool
+	chunk  bool
+	r0, r1 int64
+	last   bool
+	cost   int64
+}
+
+// split describes a tensor processed in row chunks.
+type split struct {
+	rows     int64 // along the first dimension
+	rowBytes int64 // source (record payload) bytes per row
+	perRow   int64 // working memory per row of a chunk
+	prepRow  int64 // working memory per row of the preparation's pass
+}
+
+// rowBytes returns the bytes of one row of t in dtype dt, or 0 when t
+// has no rows of whole blocks.
+func rowBytes(t tensor.Info, dt tensor.DType) int64 {
+	if len(t.Shape) == 0 || t.Shape[0] < 2 {
+		return 0
+	}
+	b, err := tensor.ByteSize(dt, t.Shape[1:])
+	if err != nil || b <= 0 {
+		return 0
+	}
+	return b
+}
+
+// chunkRows returns the rows per chunk of s for a tensor whose whole
+// working memory is whole bytes, or 0 to process it whole: a tensor is
+// chunked when whole exceeds half of budget, in chunks of at most a
+// quarter of it (and maxChunk).
+func chunkRows(s *split, whole, budget int64) int64 {
+	if s == nil || s.rows < 2 || budget <= 0 || whole <= budget/2 {
+		return 0
+	}
+	per := max(s.perRow, s.prepRow, 1)
+	n := max(min(budget/4, maxChunk)/per, 1)
+	if n >= s.rows {
+		return 0
+	}
+	return n
+}
+
+// planItems lists the items for n tensors: splits[i] (nil: whole) and
+// whole(i), the working memory of tensor i processed whole.
+func planItems(n int, splits []*split, whole func(i int) int64, budget int64, prepFixed int64) []item {
+	items := make([]item, 0, n)
+	for i := 0; i < n; i++ {
+		w := whole(i)
+		per := chunkRows(splits[i], w, budget)
+		if per == 0 {
+			splits[i] = nil
+			items = append(items, item{t: i, cost: w})
+			continue
+		}
+		s := splits[i]
+		items = append(items, item{t: i, prep: true, cost: prepFixed + min(per, s.rows)*s.prepRow})
+		for r := int64(0); r < s.rows; r += per {
+			r1 := min(r+per, s.rows)
+			items = append(items, item{t: i, chunk: true, r0: r, r1: r1, last: r1 == s.rows, cost: (r1 - r) * s.perRow})
+		}
+	}
+	return items
+}
+
+func itemCost(items []item) func(int) int64 { return func(k int) int64 { return items[k].cost } }
+
+// releaseRange drops bytes [off, off+n) of tensor i of src from resident
+// memory, or nothing if src cannot.
+func releaseRange(src formats.Source, i int, off, n int64) {
+	if rr, ok := src.(formats.RangeReleaser); ok {
+		rr.ReleaseRange(i, off, n)
+	}
+}
+
+// compressSplits returns, per tensor, its split when Compress can process
+// it in row chunks: stored unchanged without a pass-through codec, or cast
+// by a codec.RowCodec to a payload smaller than the source.
+func compressSplits(o *CompressOptions, infos []tensor.Info, selected []bool) []*split {
+	splits := make([]*split, len(infos))
+	rc, isRow := o.Codec.(codec.RowCodec)
+	for i, t := range infos {
+		rb := rowBytes(t, t.DType)
+		if rb == 0 || rb*t.Shape[0] != t.Size {
+			continue
+		}
+		switch {
+		case !selected[i] && o.PassThrough == nil:
+			splits[i] = &split{rows: t.Shape[0], rowBytes: rb, perRow: rb}
+		case selected[i] && isRow && tensor.CanDecode(t.DType) && !(o.Transpose != nil && len(t.Shape) == 2 && o.Transpose(t)):
+			pr := rc.RowBytes(t)
+			if pr <= 0 || (!o.AllowLarger && pr >= rb) {
+				continue
+			}
+			cols := t.Elems() / t.Shape[0]
+			splits[i] = &split{rows: t.Shape[0], rowBytes: rb, perRow: rb + 4*cols + pr, prepRow: rb + 8*cols + pr}
+		}
+	}
+	return splits
+}
+
+// castCheck is a chunked cast's preparation: one pass over the tensor in
+// chunks of per rows that encodes, decodes and measures it as
+// encodeTensor does for a whole tensor, in the same order, so the decision
+// and the statistics are the same. It returns the record entry, or the
+// whole fallback encoding (whole true) when the tensor is stored unchanged.
+func castCheck(ctx context.Context, o CompressOptions, t tensor.Info, b []byte, s *split, per int64, release func(off, n int64)) (encoded, bool, error) {
+	e := rawEntry(t)
+	cols := t.Elems() / s.rows
+	var acc measureAcc
+	bad, badIn := int64(-1), int64(-1)
+	var badX, badY float32
+	x := make([]float32, per*cols)
+	y := make([]float32, per*cols)
+	var buf bytes.Buffer
+	for r := int64(0); r < s.rows && badIn < 0; r += per {
+		if err := ctx.Err(); err != nil {
+			return encoded{}, false, err
+		}
+		r1 := min(r+per, s.rows)
+		ct := t.Clone()
+		ct.Shape[0] = r1 - r
+		xc, yc := x[:(r1-r)*cols], y[:(r1-r)*cols]
+		src := b[r*s.rowBytes : r1*s.rowBytes]
+		if err := tensor.ToFloat32(xc, t.DType, src); err != nil {
+			return encoded{}, false, err
+		}
+		release(r*s.rowBytes, (r1-r)*s.rowBytes)
+		for k, v := range xc {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				badIn, badX = r*cols+int64(k), v
+				break
+			}
+		}
+		if badIn >= 0 {
+			break
+		}
+		buf.Reset()
+		if err := o.Codec.Encode(&buf, ct, xc); err != nil {
+			return fallback(o, t, b, e, err)
+		}
+		if err := o.Codec.Decode(yc, buf.Bytes(), ct, o.Codec.Version()); err != nil {
+			return encoded{}, false, fmt.Errorf("tensor %q: decoding its own output: %w", t.Name, err)
+		}
+		if t.DType.IsFloat() && t.DType != tensor.F32 {
+			if err := roundTo(yc, t.DType); err != nil {
+				return encoded{}, false, fmt.Errorf("tensor %q: %w", t.Name, err)
+			}
+		}
+		for k, v := range yc {
+			if bad < 0 && (math.IsNaN(float64(v)) || math.IsInf(float64(v), 0)) {
+				bad, badX, badY = r*cols+int64(k), xc[k], v
+			}
+		}
+		acc.add(xc, yc)
+	}
+	switch {
+	case badIn >= 0:
+		return fallback(o, t, b, e, fmt.Errorf("%s: %w: element %d is %v", o.Codec.Name(), errUnfaithful, badIn, badX))
+	case bad >= 0:
+		return fallback(o, t, b, e, fmt.Errorf("%s: %w: element %d (%g) decodes to %v", o.Codec.Name(), errUnfaithful, bad, badX, badY))
+	}
+	st := acc.stats()
+	if bound := codec.MaxRelErr(o.Codec, t); !(st.RelErr <= bound) {
+		return fallback(o, t, b, e, fmt.Errorf("%s: %w: relative error %.3g exceeds its bound %g", o.Codec.Name(), errUnfaithful, st.RelErr, bound))
+	}
+	e.Codec, e.CodecID, e.CodecVersion, e.Params = o.Codec.Name(), o.Codec.ID(), o.Codec.Version(), tensorParams(o.Codec, t)
+	if !o.NoStats {
+		e.Stats = &st
+	}
+	return encoded{entry: e}, false, nil
+}
+
+// fallback is what Compress does with a selected tensor the codec refused
+// with err: store it with the pass-through codec or unchanged, whole.
+func fallback(o CompressOptions, t tensor.Info, b []byte, e tpk.Entry, err error) (encoded, bool, error) {
+	if errors.Is(err, codec.ErrUnsupported) || errors.Is(err, errUnfaithful) {
+		v, err := passThrough(o.PassThrough, t, b, e, fmt.Sprintf("%v; stored unchanged", err))
+		return v, true, err
+	}
+	return encoded{}, false, fmt.Errorf("tensor %q: %w", t.Name, err)
+}
+
+// castRows encodes rows [r0, r1) of t (source bytes b) with the RowCodec
+// of o.
+func castRows(o CompressOptions, t tensor.Info, b []byte, s *split, r0, r1 int64) ([]byte, error) {
+	cols := t.Elems() / s.rows
+	x := make([]float32, (r1-r0)*cols)
+	if err := tensor.ToFloat32(x, t.DType, b[r0*s.rowBytes:r1*s.rowBytes]); err != nil {
+		return nil, err
+	}
+	ct := t.Clone()
+	ct.Shape[0] = r1 - r0
+	var buf bytes.Buffer
+	buf.Grow(int(o.Codec.(codec.RowCodec).RowBytes(t) * (r1 - r0)))
+	if err := o.Codec.Encode(&buf, ct, x); err != nil {
+		return nil, fmt.Errorf("tensor %q: %w", t.Name, err)
+	}
+	return buf.Bytes(), nil
+}
+
+// measureAcc accumulates Measure's sums over consecutive parts of x and y.
+type measureAcc struct{ sig, noise float64 }
+
+func (a *measureAcc) add(x, y []float32) {
+	for i := range x {
+		d := float64(x[i]) - float64(y[i])
+		a.sig += float64(x[i]) * float64(x[i])
+		a.noise += d * d
+	}
+}
+
+func (a *measureAcc) stats() tpk.Stats {
+	s := tpk.Stats{}
+	switch {
+	case a.noise == 0:
+		s.RelErr, s.SQNRdB = 0, math.Inf(1)
+	case a.sig == 0:
+		s.RelErr, s.SQNRdB = math.Inf(1), math.Inf(-1)
+	default:
+		s.RelErr = math.Sqrt(a.noise / a.sig)
+		s.SQNRdB = 10 * math.Log10(a.sig/a.noise)
+	}
+	return s
+}
+
+// maxItemCost returns, per tensor, the largest reservation of its items.
+func maxItemCost(n int, items []item) func(int) int64 {
+	c := make([]int64, n)
+	for _, it := range items {
+		c[it.t] = max(c[it.t], it.cost)
+	}
+	return func(i int) int64 { return c[i] }
+}
+
+// compressChunks runs Compress's items: whole tensors by work and write,
+// chunked ones here.
+type compressChunks struct {
+	o        CompressOptions
+	src      formats.Source
+	w        *tpk.Writer
+	infos    []tensor.Info
+	selected []bool
+	splits   []*split
+	items    []item
+	results  []Result
+	prog     *tracker
+	work     func(ctx context.Context, i int) (encoded, error)
+	write    func(i int, v encoded) error
+	fell     []bool // chunked tensors stored whole after all (writer only)
+	// bytes[i] is chunked tensor i's source bytes, set by its
+	// preparation before it closes ready[i].
+	bytes [][]byte
+	ready []chan struct{}
+}
+
+func (c *compressChunks) doWork(ctx context.Context, k int) (encoded, error) {
+	it := c.items[k]
+	if !it.prep && !it.chunk {
+		return c.work(ctx, it.t)
+	}
+	i, t, s := it.t, c.infos[it.t], c.splits[it.t]
+	var b []byte
+	if it.prep {
+		var err error
+		if b, err = c.src.Bytes(i); err != nil {
+			return encoded{}, err
+		}
+		c.bytes[i] = b
+		close(c.ready[i])
+	} else {
+		// Bytes once per tensor (it starts the readahead of all of it).
+		if err := await(ctx, c.ready[i]); err != nil {
+			return encoded{}, err
+		}
+		b = c.bytes[i]
+	}
+	switch {
+	case it.prep && !c.selected[i]:
+		return encoded{entry: rawEntry(t)}, nil
+	case it.prep:
+		per := c.items[k+1].r1 - c.items[k+1].r0
+		v, whole, err := castCheck(ctx, c.o, t, b, s, per, func(off, n int64) { releaseRange(c.src, i, off, n) })
+		v.whole = whole
+		return v, err
+	case !c.selected[i]:
+		return encoded{payload: b[it.r0*s.rowBytes : it.r1*s.rowBytes]}, nil
+	}
+	p, err := castRows(c.o, t, b, s, it.r0, it.r1)
+	return encoded{payload: p}, err
+}
+
+func (c *compressChunks) doWrite(k int, v encoded) error {
+	it := c.items[k]
+	if !it.prep && !it.chunk {
+		return c.write(it.t, v)
+	}
+	i, t, s := it.t, c.infos[it.t], c.splits[it.t]
+	if it.prep {
+		if v.whole {
+			c.fell[i] = true
+			return c.write(i, v)
+		}
+		pr := s.rowBytes
+		if c.selected[i] {
+			pr = c.o.Codec.(codec.RowCodec).RowBytes(t)
+		}
+		return c.w.BeginRecord(v.entry, s.rows*pr)
+	}
+	if !c.fell[i] {
+		if err := c.w.WritePayload(v.payload); err != nil {
+			return err
+		}
+	}
+	releaseRange(c.src, i, it.r0*s.rowBytes, (it.r1-it.r0)*s.rowBytes)
+	if !it.last {
+		c.prog.upTo(i, t, it.r1*s.rowBytes, t.Size)
+		return nil
+	}
+	if c.fell[i] {
+		return nil
+	}
+	if err := c.w.EndRecord(); err != nil {
+		return err
+	}
+	c.src.Release(i)
+	c.results[i] = Result{Entry: c.w.Last()}
+	c.prog.written(i, t, t.Size)
+	return nil
+}
+
+// restoreSplits returns, per record, its split when Restore can write it
+// in row chunks to sink (a formats.PartSink): stored unchanged (copied,
+// dequantized or converted to another float type) or by a
+// codec.RowCodec, and not transposed.
+func restoreSplits(es []tpk.Entry, plan []tensor.Info, codecs map[uint16]codec.Codec, sink formats.Sink) []*split {
+	splits := make([]*split, len(es))
+	if _, ok := sink.(formats.PartSink); !ok {
+		return splits
+	}
+	for i := range es {
+		e := &es[i]
+		t := e.Info()
+		if e.Transposed || len(t.Shape) == 0 {
+			continue
+		}
+		rows := t.Shape[0]
+		out := rowBytes(plan[i], plan[i].DType)
+		if out == 0 || out*rows != plan[i].Size {
+			continue
+		}
+		var pr int64
+		switch rc, ok := codecs[e.CodecID].(codec.RowCodec); {
+		case e.CodecID == codec.IDNone && (plan[i].DType == e.DType || tensor.CanDecode(e.DType)):
+			pr = rowBytes(t, e.DType)
+		case ok:
+			pr = rc.RowBytes(t)
+		default:
+			continue
+		}
+		if pr == 0 || pr*rows != e.PayloadSize {
+			continue
+		}
+		s := &split{rows: rows, rowBytes: pr, perRow: pr}
+		if e.CodecID != codec.IDNone || plan[i].DType != e.DType {
+			s.perRow += 4*(t.Elems()/rows) + out
+		}
+		splits[i] = s
+	}
+	return splits
+}
+
+// restoreChunks runs Restore's items: whole records by work and write,
+// chunked ones here.
+type restoreChunks struct {
+	r      *tpk.Reader
+	plan   []tensor.Info
+	codecs map[uint16]codec.Codec
+	sink   formats.Sink
+	splits []*split
+	items  []item
+	prog   *tracker
+	work   func(ctx context.Context, i int) ([]byte, error)
+	write  func(i int, b []byte) error
+	// pays[i] is chunked record i's payload, its checksum not yet
+	// verified, and hashes[i] verifies it as the writer goes; both are
+	// set by its preparation before it closes ready[i].
+	pays   [][]byte
+	hashes []*tpk.PayloadHash
+	ready  []chan struct{}
+}
+
+func (c *restoreChunks) doWork(ctx context.Context, k int) ([]byte, error) {
+	it := c.items[k]
+	if !it.prep && !it.chunk {
+		return c.work(ctx, it.t)
+	}
+	i := it.t
+	e, s := &c.r.Entries()[i], c.splits[i]
+	if it.prep {
+		p, h, err := c.r.PayloadParts(i)
+		if err != nil {
+			return nil, err
+		}
+		if n := c.plan[i].Elems(); e.CodecID != codec.IDNone && n > maxElemsPerPayloadByte*int64(len(p)) {
+			return nil, &tpk.Error{File: c.r.Name(), Tensor: e.Name, Offset: e.PayloadOffset,
+				Err: fmt.Errorf("%w: %d elements declared for a payload of %d bytes", tpk.ErrCorrupt, n, len(p))}
+		}
+		c.pays[i], c.hashes[i] = p, h
+		close(c.ready[i])
+		return nil, nil
+	}
+	if err := await(ctx, c.ready[i]); err != nil {
+		return nil, err
+	}
+	b, err := c.decode(i, it, e, s)
+	if err != nil {
+		// A damaged payload is reported as such, as when the record
+		// is checked before it is decoded whole.
+		if verr := c.r.VerifyContext(ctx, i); verr != nil {
+			return nil, verr
+		}
+	}
+	return b, err
+}
+
+// decode returns the output bytes of chunk it of record i.
+func (c *restoreChunks) decode(i int, it item, e *tpk.Entry, s *split) ([]byte, error) {
+	p := c.pays[i][it.r0*s.rowBytes : it.r1*s.rowBytes]
+	if e.CodecID == codec.IDNone && c.plan[i].DType == e.DType {
+		return p, nil
+	}
+	t := e.Info().Clone()
+	cols := t.Elems() / s.rows
+	t.Shape[0] = it.r1 - it.r0
+	x := make([]float32, (it.r1-it.r0)*cols)
+	if err := c.codecs[e.CodecID].Decode(x, p, t, e.CodecVersion); err != nil {
+		return nil, &tpk.Error{File: c.r.Name(), Tensor: e.Name, Offset: e.PayloadOffset + it.r0*s.rowBytes, Err: err}
+	}
+	if e.CodecID != codec.IDNone {
+		for k, v := range x {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				return nil, &tpk.Error{File: c.r.Name(), Tensor: e.Name, Offset: e.PayloadOffset,
+					Err: fmt.Errorf("%w: element %d decodes to %v (a non-finite codec parameter)", codec.ErrCorrupt, it.r0*cols+int64(k), v)}
+			}
+		}
+	}
+	out := make([]byte, (it.r1-it.r0)*(c.plan[i].Size/s.rows))
+	if err := tensor.FromFloat32(out, c.plan[i].DType, x); err != nil {
+		return nil, fmt.Errorf("tensor %q: %w", e.Name, err)
+	}
+	return out, nil
+}
+
+func (c *restoreChunks) doWrite(k int, b []byte) error {
+	it := c.items[k]
+	if !it.prep && !it.chunk {
+		return c.write(it.t, b)
+	}
+	if it.prep {
+		return nil
+	}
+	i, s := it.t, c.splits[it.t]
+	e := &c.r.Entries()[i]
+	// The output is a temporary file, removed when Restore fails: the
+	// parts of a payload are written as they are hashed, and the last
+	// fails the restore unless the checksum matches.
+	c.hashes[i].Add(c.pays[i][it.r0*s.rowBytes : it.r1*s.rowBytes])
+	if err := c.sink.(formats.PartSink).WriteTensorPart(c.plan[i], it.r0*(c.plan[i].Size/s.rows), b); err != nil {
+		return err
+	}
+	c.r.ReleasePayload(i, it.r0*s.rowBytes, (it.r1-it.r0)*s.rowBytes)
+	if !it.last {
+		c.prog.upTo(i, c.plan[i], int64(float64(e.SourceSize)*float64(it.r1)/float64(s.rows)), e.SourceSize)
+		return nil
+	}
+	if err := c.hashes[i].Check(); err != nil {
+		return err
+	}
+	c.r.Release(i)
+	c.prog.written(i, c.plan[i], e.SourceSize)
+	return nil
+}
+
+// await waits for ready to be closed, or ctx to be done.
+func await(ctx context.Context, ready chan struct{}) error {
+	select {
+	case <-ready:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

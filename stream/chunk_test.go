@@ -1,0 +1,247 @@
+package stream
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/tpconvert/tpconvert/codec"
+	_ "github.com/tpconvert/tpconvert/codec/basic"
+	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
+	"github.com/tpconvert/tpconvert/formats"
+	"github.com/tpconvert/tpconvert/formats/safetensors"
+	"github.com/tpconvert/tpconvert/formats/tpk"
+	"github.com/tpconvert/tpconvert/tensor"
+)
+
+// memSource is a Source of float32 tensors held in memory.
+type memSource struct {
+	infos []tensor.Info
+	data  [][]byte
+}
+
+func newMemSource(shapes map[string][]int64, names ...string) *memSource {
+	s := &memSource{}
+	r := rand.New(rand.NewPCG(3, 4))
+	var off int64
+	for _, n := range names {
+		t := tensor.Info{Name: n, DType: tensor.F32, Shape: shapes[n], Offset: off}
+		x := make([]float32, t.Elems())
+		for k := range x {
+			x[k] = float32(r.NormFloat64())
+		}
+		b := make([]byte, 4*len(x))
+		if err := tensor.FromFloat32(b, tensor.F32, x); err != nil {
+			panic(err)
+		}
+		t.Size = int64(len(b))
+		off += t.Size
+		s.infos, s.data = append(s.infos, t), append(s.data, b)
+	}
+	return s
+}
+
+func (s *memSource) Tensors() []tensor.Info { return s.infos }
+func (s *memSource) Bytes(i int) ([]byte, error) {
+	return s.data[i], nil
+}
+func (s *memSource) Release(int) {}
+func (s *memSource) Meta() *formats.Meta {
+	return &formats.Meta{Kind: formats.Safetensors, Files: []formats.FileMeta{{Name: "m.safetensors"}}}
+}
+func (s *memSource) Close() error { return nil }
+
+// reservations runs f and returns the reservations the pipeline took.
+func reservations(t *testing.T, f func() error) []int64 {
+	t.Helper()
+	var mu sync.Mutex
+	var ws []int64
+	reserveHook = func(_ int, w int64) { mu.Lock(); ws = append(ws, w); mu.Unlock() }
+	defer func() { reserveHook = nil }()
+	if err := f(); err != nil {
+		t.Fatal(err)
+	}
+	return ws
+}
+
+// TestChunkedReservations: a tensor larger than the budget is processed
+// in several reservations, none above the budget, and the output is the
+// same bytes as when it is processed whole, for compress (copy and cast)
+// and restore (copy and decode).
+func TestChunkedReservations(t *testing.T) {
+	const big = "model.layers.0.mlp.up_proj.weight"
+	src := newMemSource(map[string][]int64{big: {256, 64}, "norm.weight": {64}}, big, "norm.weight")
+	const budget = 16 << 10 // the big tensor is 64 KiB
+	sel := func(t tensor.Info) bool { return t.Name == big }
+	dir := t.TempDir()
+	for _, name := range []string{"none", "f16", "bf16"} {
+		c, err := codec.New(name, codec.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var outs [][]byte
+		for _, mem := range []int64{64 << 20, budget} {
+			for _, workers := range []int{1, 3} {
+				var buf bytes.Buffer
+				ws := reservations(t, func() error {
+					_, err := Compress(context.Background(), src, &buf, CompressOptions{
+						Options: Options{Workers: workers, MaxMemory: mem, StrictMemory: mem == budget},
+						Codec:   c, Select: sel})
+					return err
+				})
+				checkReservations(t, name+" compress", ws, mem, budget)
+				outs = append(outs, buf.Bytes())
+			}
+		}
+		for k := range outs[1:] {
+			if !bytes.Equal(outs[0], outs[k+1]) {
+				t.Fatalf("%s: compress output %d differs from the whole-tensor one", name, k+1)
+			}
+		}
+		path := filepath.Join(dir, name+".tpk")
+		if err := os.WriteFile(path, outs[0], 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r, err := tpk.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rest [][]byte
+		for _, dt := range []tensor.DType{tensor.Invalid, tensor.BF16} {
+			for _, mem := range []int64{64 << 20, budget} {
+				o := RestoreOptions{Options: Options{Workers: 2, MaxMemory: mem}, DType: dt}
+				plan, err := Plan(r, o)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var buf bytes.Buffer
+				ws := reservations(t, func() error {
+					w, err := safetensors.NewWriter(&buf, plan, nil)
+					if err != nil {
+						return err
+					}
+					if err := Restore(context.Background(), r, plan, w, o); err != nil {
+						return err
+					}
+					return w.Close()
+				})
+				checkReservations(t, name+" restore", ws, mem, budget)
+				rest = append(rest, buf.Bytes())
+			}
+			if !bytes.Equal(rest[len(rest)-2], rest[len(rest)-1]) {
+				t.Errorf("%s: restore to %s in chunks differs from the whole-tensor one", name, dt)
+			}
+		}
+		r.Close()
+	}
+}
+
+func checkReservations(t *testing.T, what string, ws []int64, mem, budget int64) {
+	t.Helper()
+	if mem != budget {
+		if len(ws) != 2 {
+			t.Errorf("%s with %d bytes: %d reservations, want 2 (whole tensors)", what, mem, len(ws))
+		}
+		return
+	}
+	if len(ws) < 5 {
+		t.Errorf("%s within %d bytes: %d reservations, want the 64 KiB tensor in several", what, budget, len(ws))
+	}
+	for _, w := range ws {
+		if w > budget/2 {
+			t.Errorf("%s: a reservation of %d bytes, more than a chunk of the %d budget", what, w, budget)
+		}
+	}
+}
+
+// TestWholeMatrixCodecRefusedBelowItsNeed: tenpak_x_v1 needs the whole
+// matrix; an explicit budget below its need is refused before any work,
+// naming the tensor and the need, while f16 of the same tensor fits.
+func TestWholeMatrixCodecRefusedBelowItsNeed(t *testing.T) {
+	const big = "model.layers.0.mlp.up_proj.weight"
+	src := newMemSource(map[string][]int64{big: {256, 64}}, big)
+	sel := func(t tensor.Info) bool { return true }
+	for _, name := range []string{"tenpak_x_v1", "f16"} {
+		c, err := codec.New(name, codec.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		_, err = Compress(context.Background(), src, &buf, CompressOptions{
+			Options: Options{Workers: 1, MaxMemory: 16 << 10, StrictMemory: true}, Codec: c, Select: sel})
+		var me *MemoryError
+		switch {
+		case name == "f16" && err != nil:
+			t.Errorf("f16 within 16 KiB: %v", err)
+		case name != "f16" && !errors.As(err, &me):
+			t.Errorf("%s within 16 KiB: err = %v, want a *MemoryError", name, err)
+		case name != "f16" && (me.Tensor != big || me.Need <= me.Budget):
+			t.Errorf("%s: %+v", name, me)
+		case name != "f16" && buf.Len() != 0:
+			t.Errorf("%s: %d bytes written before the refusal", name, buf.Len())
+		}
+		if err := CheckMemory(src, c, nil, sel, 16<<10); (err == nil) != (name == "f16") {
+			t.Errorf("CheckMemory(%s) = %v", name, err)
+		}
+	}
+}
+
+// TestChunkedRestoreChecksum: a damaged payload restored in chunks fails
+// with the checksum error.
+func TestChunkedRestoreChecksum(t *testing.T) {
+	const big = "model.layers.0.mlp.up_proj.weight"
+	src := newMemSource(map[string][]int64{big: {256, 64}}, big)
+	c, err := codec.New("f16", codec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if _, err := Compress(context.Background(), src, &buf, CompressOptions{
+		Options: Options{Workers: 1}, Codec: c, Select: func(tensor.Info) bool { return true }}); err != nil {
+		t.Fatal(err)
+	}
+	b := buf.Bytes()
+	path := filepath.Join(t.TempDir(), "m.tpk")
+	for _, at := range []float64{0.1, 0.9} {
+		r0, err := tpk.NewReader(bytes.NewReader(b), int64(len(b)), "m.tpk")
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := r0.Entries()[0]
+		d := bytes.Clone(b)
+		d[e.PayloadOffset+int64(at*float64(e.PayloadSize))] ^= 0x40
+		if err := os.WriteFile(path, d, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r, err := tpk.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o := RestoreOptions{Options: Options{Workers: 2, MaxMemory: 16 << 10}}
+		plan, err := Plan(r, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		w, err := safetensors.NewWriter(&out, plan, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws := reservations(t, func() error {
+			err := Restore(context.Background(), r, plan, w, o)
+			if !errors.Is(err, tpk.ErrChecksum) {
+				t.Errorf("byte at %.0f%% of the payload damaged: err = %v, want a checksum error", 100*at, err)
+			}
+			return nil
+		})
+		if len(ws) < 3 {
+			t.Errorf("%d reservations: the record was not restored in chunks", len(ws))
+		}
+		r.Close()
+	}
+}

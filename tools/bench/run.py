@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Quality benchmark: tpconvert codecs against llama.cpp quantization types.
 
-One model (SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF), one baseline (that
-model dequantized to F16 by tpconvert), the same corpora and the same
-inference engine (llama.cpp through llama-cpp-python) for every contestant.
+Per model (--model: SmolLM2-135M-Instruct, shipped as Q4_1; Qwen2.5-Coder-
+1.5B-Instruct, shipped as Q4_K_M; or any GGUF), one baseline (that model
+dequantized to F16 by tpconvert), the same corpora and the same inference
+engine (llama.cpp through llama-cpp-python) for every contestant.
 
 Steps
   1. baseline:  tpconvert compress MODEL --codec none; tpconvert restore
@@ -11,12 +12,13 @@ Steps
   2. tpconvert: compress baseline-f16.gguf with each codec, restore to GGUF
   3. llama.cpp: llama_model_quantize(baseline-f16.gguf, TYPE), one child
                 process per type
-  4. weights:   SQNR of every tensor whose rows are a multiple of 256
-                (SmolLM2: ffn_down), where k-quants apply without fallback
-  5. quality:   perplexity, KL divergence from the baseline and top-1
-                agreement, window by window, all models loaded at once
+  4. weights:   per contestant, the share of compressed weights equal to the
+                baseline's (grid reproduction) and SQNR of every tensor whose
+                rows are a multiple of 256, where k-quants apply in full
+  5. quality:   the baseline's logits stored once; then each contestant on
+                its own: perplexity, KL divergence and top-1 agreement
   6. output:    BENCHMARKS.md section, tools/bench/results.json,
-                docs/rd-plot.png
+                docs/rd-plot.png (--quick: .bench-cache/quick/ instead)
 
 Normally started by tools/bench/run.sh, which prepares the environment first
 (tools/bench/setup.sh). See --help for the options.
@@ -466,8 +468,8 @@ def evaluate(contestants: list, corpora: list, n_windows: int | None, work: Path
             flat.append((str(p), ([bos_id] if bos else []) + toks[a:b].tolist()))
     if not flat:
         raise SystemExit("bench: the corpora hold no complete window")
-    logits_path = work / "baseline-logits.f32"
-    mm = np.lib.format.open_memmap(str(logits_path.with_suffix(".npy")), mode="w+", dtype=np.float32,
+    logits_path = work / "baseline-logits.npy"
+    mm = np.lib.format.open_memmap(str(logits_path), mode="w+", dtype=np.float32,
                                    shape=(len(flat), N_CTX - 1, vocab))
     accs = {c.name: {str(p): M.Accumulator() for p in corpora} for c in contestants}
     eval_s = {c.name: collections.Counter() for c in contestants}
@@ -478,7 +480,6 @@ def evaluate(contestants: list, corpora: list, n_windows: int | None, work: Path
         if ci > 0:
             llm = load_llama(c.gguf)
         n_tok = 0
-        t_model = time.perf_counter()
         for wi, (path, win) in enumerate(flat):
             t0 = time.perf_counter()
             llm.reset()
@@ -492,8 +493,8 @@ def evaluate(contestants: list, corpora: list, n_windows: int | None, work: Path
             loads.append(os.getloadavg()[0])
         llm.close()
         del llm
-        dt_model = time.perf_counter() - t_model
-        speed[c.name] = n_tok / dt_model if dt_model > 0 else float("nan")
+        busy = sum(eval_s[c.name].values())  # llama.cpp's own time, scoring excluded
+        speed[c.name] = n_tok / busy if busy > 0 else float("nan")
         el = time.perf_counter() - t_start
         log(f"eval {c.name}: {len(flat)} windows, {speed[c.name]:.1f} tokens/s; "
             f"{el:.0f}s elapsed, ~{el / (ci + 1) * (len(contestants) - ci - 1):.0f}s left")
@@ -511,7 +512,7 @@ def evaluate(contestants: list, corpora: list, n_windows: int | None, work: Path
             "windows_sha256": hashlib.sha256(np.concatenate([toks[a:b] for a, b in plan[p]] or [toks[:0]]).astype("<i4").tobytes()).hexdigest(),
             "models": {c.name: {**accs[c.name][p].summary(), "eval_s": eval_s[c.name][p]} for c in contestants},
         }
-    info = {"bos": bos, "vocab": vocab, "tokens_per_s": speed, "baseline_logits": rel(logits_path.with_suffix(".npy")),
+    info = {"bos": bos, "vocab": vocab, "tokens_per_s": speed, "baseline_logits": rel(logits_path),
             "name": meta.get("general.name")}
     return results, loads, info
 

@@ -8,6 +8,7 @@ of being skipped.
 import math
 import os
 import sys
+from pathlib import Path
 
 import numpy as np  # a hard requirement: no importorskip
 import pytest
@@ -571,3 +572,67 @@ class TestGeneratedProse:
         assert "Grid reproduction was not measured in this run" in text
         assert "grid reproduction was not measured, so none of these pairs is a headline figure." in text
         assert "No contestant decodes more than 5 %" not in text
+
+
+class FakeLlama:
+    """Stands in for llama_cpp.Llama: logits that depend on the model's
+    'noise' and the window, so KL is 0 only for an identical model."""
+
+    open_now = 0
+    max_open = 0
+    windows_seen: list = []
+
+    def __init__(self, path):
+        self.noise = float(Path(path).name.split("-")[-1])
+        self.metadata = {"tokenizer.ggml.add_bos_token": "true"}
+        self.scores = np.zeros((R.N_CTX, 5), dtype=np.float32)
+        FakeLlama.open_now += 1
+        FakeLlama.max_open = max(FakeLlama.max_open, FakeLlama.open_now)
+
+    def token_bos(self):
+        return 4
+
+    def n_vocab(self):
+        return 5
+
+    def tokenize(self, data, add_bos, special):
+        assert not add_bos
+        return [b % 4 for b in data]
+
+    def reset(self):
+        self.scores[:] = 0
+
+    def eval(self, win):
+        FakeLlama.windows_seen.append(list(win))
+        n = len(win)
+        t = np.asarray(win)
+        self.scores[:n] = np.eye(5, dtype=np.float32)[t] * 2.0 + self.noise * np.sin(np.arange(n * 5)).reshape(n, 5)
+
+    def close(self):
+        FakeLlama.open_now -= 1
+
+
+class TestEvaluateOneAtATime:
+    def test_one_model_loaded_bos_windows_and_stored_baseline(self, tmp_path, monkeypatch):
+        P = Path
+        monkeypatch.setattr(R, "load_llama", FakeLlama)
+        FakeLlama.windows_seen = []
+        corpus = tmp_path / "c.txt"
+        corpus.write_bytes(bytes(range(256)) * 5)  # 1280 tokens: 2 windows of 511 after a BOS
+        cs = [R.Contestant(R.BASELINE, "baseline", P("m-0"), P("m-0")),
+              R.Contestant("same", "llama.cpp", P("same-0"), P("same-0")),
+              R.Contestant("noisy", "llama.cpp", P("noisy-0.5"), P("noisy-0.5"))]
+        res, loads, info = R.evaluate(cs, [corpus], None, tmp_path)
+        assert FakeLlama.max_open == 1
+        assert info["bos"] is True
+        assert all(w[0] == 4 and len(w) == R.N_CTX for w in FakeLlama.windows_seen)
+        assert len(FakeLlama.windows_seen) == 3 * 2
+        # second window continues where the first stopped (511 corpus tokens each)
+        toks = [b % 4 for b in corpus.read_bytes()]
+        assert FakeLlama.windows_seen[1][1:] == toks[511:1022]
+        m_ = res[str(corpus)]["models"]
+        assert m_["same"]["kl_mean"] == pytest.approx(0.0, abs=1e-9)
+        assert m_["noisy"]["kl_mean"] > 1e-3
+        assert m_["noisy"]["windows"] == 2 and m_["noisy"]["tokens_scored"] == 2 * (R.N_CTX - 1)
+        assert (tmp_path / "baseline-logits.npy").exists()
+        assert set(info["tokens_per_s"]) == {R.BASELINE, "same", "noisy"}

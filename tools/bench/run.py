@@ -1052,6 +1052,9 @@ def plot_model(res: dict, axes) -> None:
                 exact.update(r["name"] for r in rs if kl[r["name"]] <= 0)
                 ax.scatter([r["bpp"] for r in drawn], [val[r["name"]] for r in drawn], marker=st["marker"], s=36,
                            zorder=3, facecolors=fill, edgecolors=st["color"])
+                fl = [r for r in drawn if r["flagged"]]
+                if fl:
+                    ax.scatter([r["bpp"] for r in fl], [val[r["name"]] for r in fl], marker="x", s=60, color="red", zorder=4)
                 line = [r for r in front if r in drawn]
                 ax.plot([r["bpp"] for r in line], [val[r["name"]] for r in line], ls=corpus_ls[ci % 4],
                         color=st["color"], marker=st["marker"], mfc=fill, label=f"{fam} · {tag}", zorder=2)
@@ -1079,7 +1082,9 @@ def plot_model(res: dict, axes) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, title="line: Pareto front by KL", title_fontsize=8, loc="upper right")
     tok = ", ".join(f"{Path(p).name.split('.')[0]} {e['models'][BASELINE]['tokens_scored']:,} tokens" for p, e in res["eval"].items())
-    axes[0].set_title(f"{model_name(res)} against its F16 dequantization; ctx {N_CTX}; {tok}\n" + axes[0].get_title(), fontsize=9)
+    axes[0].set_title(f"{model_name(res)} against its F16 dequantization; ctx {N_CTX}; {tok}\n" + axes[0].get_title()
+                      + ("\n(red ×: more than 5 % of compressed weights equal to the baseline)" if any(r["flagged"] for r in rows) else ""),
+                      fontsize=9)
 
 
 # ---------------------------------------------------------------- main

@@ -1098,6 +1098,15 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def default_corpora() -> Path:
+    """../shared/corpora beside the repository; for a checkout one level
+    further down (e.g. a second working tree), ../../shared/corpora."""
+    for d in (REPO.parent / "shared" / "corpora", REPO.parent.parent / "shared" / "corpora"):
+        if d.is_dir():
+            return d
+    return REPO.parent / "shared" / "corpora"
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", default=None,
@@ -1107,7 +1116,7 @@ def parse_args(argv):
                     help=f"development run: SmolLM2, {QUICK['windows']} windows per corpus, types {','.join(QUICK['llama'])}; "
                     f"writes to {rel(QUICK_OUT)}/ instead of the committed files")
     ap.add_argument("--tpconvert", type=Path, default=REPO / "bin" / "tpconvert", help="tpconvert binary (default: bin/tpconvert)")
-    ap.add_argument("--corpora-dir", type=Path, default=REPO.parent / "shared" / "corpora", help="directory whose *.txt files are the corpora (default: ../shared/corpora from the repository root)")
+    ap.add_argument("--corpora-dir", type=Path, default=default_corpora(), help="directory whose *.txt files are the corpora (default: ../shared/corpora from the repository root, else ../../shared/corpora)")
     ap.add_argument("--work", type=Path, default=CACHE / "work", help="directory for the files produced, one subdirectory per model (default: .bench-cache/work)")
     ap.add_argument("--windows", type=int, default=None, help=f"windows of {N_CTX} tokens per corpus (default: per model, {WINDOWS_HELP})")
     ap.add_argument("--all-windows", action="store_true", help="evaluate on the whole corpora (overrides --windows)")

@@ -214,7 +214,7 @@ def render(res: dict) -> str:
         L.append("")
         L.append(
             f"The same comparison on the quality benchmark's SmolLM2 baseline (its Q4_1 weights dequantized to F16, "
-            f"`.bench-cache/work/baseline-f16.gguf`): the {len(sm['tensors'])} ffn_down matrices ({sm['shape'][0]}×{sm['shape'][1]}, "
+            f"`.bench-cache/work/smollm2/baseline-f16.gguf`): the {len(sm['tensors'])} ffn_down matrices ({sm['shape'][0]}×{sm['shape'][1]}, "
             f"{sm['elements']:,} weights), the only ones whose rows are a multiple of 256. Here each type is applied to every "
             "one of them (the files above mix two types in ffn_down for Q4_K_M and Q5_K_M), and tenpak_x_v2 gets exactly that "
             "type's bits per weight for these tensors. Being Q4_1 values, they favour grids with a minimum per 32 weights "
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=REPO / ".bench-cache")
     ap.add_argument("--weightspace", type=Path, default=REPO / "bin" / "weightspace", help="built by: go build -o bin/weightspace ./tools/weightspace")
-    ap.add_argument("--baseline", type=Path, default=REPO / ".bench-cache" / "work" / "baseline-f16.gguf", help="the quality benchmark's F16 baseline (skipped if absent)")
+    ap.add_argument("--baseline", type=Path, default=REPO / ".bench-cache" / "work" / "smollm2" / "baseline-f16.gguf", help="the quality benchmark's F16 baseline (skipped if absent)")
     ap.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
     ap.add_argument("--json-out", type=Path, default=REPO / "tools" / "bench" / "fp32_results.json")
     args = ap.parse_args(argv)

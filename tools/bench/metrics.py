@@ -169,7 +169,8 @@ class Accumulator:
     """Running sums over scored tokens for one candidate on one corpus.
 
     Perplexity is exp(mean NLL); its standard error uses the delta method,
-    SE(ppl) = ppl * SE(mean NLL). The change against the baseline is
+    SE(ppl) = ppl * SE(mean NLL). ``*_se`` are over tokens, ``*_se_windows``
+    over the per-window means. The change against the baseline is
     exp(mean(nll_cand - nll_base)) - 1 over the same tokens, with the paired
     standard error of that mean carried through the same way.
     """
@@ -183,6 +184,9 @@ class Accumulator:
     kl2: float = 0.0
     top1: int = 0
     windows: int = 0
+    win_nll: list = field(default_factory=list)  # per-window mean NLL
+    win_diff: list = field(default_factory=list)  # per-window mean NLL change
+    win_kl: list = field(default_factory=list)  # per-window mean KL
 
     def add(self, w: Window) -> None:
         """Add one scored window."""
@@ -196,6 +200,10 @@ class Accumulator:
         self.kl2 += float((w.kl * w.kl).sum())
         self.top1 += int(np.count_nonzero(w.top1))
         self.windows += 1
+        k = max(int(w.nll.shape[0]), 1)
+        self.win_nll.append(float(w.nll.sum()) / k)
+        self.win_diff.append(float(d.sum()) / k)
+        self.win_kl.append(float(w.kl.sum()) / k)
 
     def summary(self) -> dict:
         """Return the corpus-level figures as plain floats."""
@@ -215,6 +223,11 @@ class Accumulator:
             "kl_mean": mkl,
             "kl_se": se_kl,
             "top1_pct": 100.0 * self.top1 / self.n if self.n else float("nan"),
+            # Over windows (tokens within a window are correlated, so these
+            # are the honest ones; windows have equal length).
+            "kl_se_windows": window_se(self.win_kl),
+            "ppl_se_windows": ppl * window_se(self.win_nll),
+            "ppl_change_se_windows_pct": ratio * window_se(self.win_diff) * 100.0,
         }
 
 
@@ -368,3 +381,91 @@ def duplicates(items: Iterable[tuple[str, object]]) -> list[list[str]]:
     for name, key in items:
         groups.setdefault(key, []).append(name)
     return [g for g in groups.values() if len(g) > 1]
+
+
+# ---------------------------------------------------------------- honest comparison
+
+
+GRID_FLAG = 0.05  # a contestant copying more than 5 % of the baseline's weights exactly is flagged
+
+
+def exact_count(ref: np.ndarray, approx: np.ndarray) -> int:
+    """Number of elements of ``approx`` equal to ``ref`` (compared as
+    float32; NaN never counts)."""
+    r = np.asarray(ref, dtype=np.float32).ravel()
+    a = np.asarray(approx, dtype=np.float32).ravel()
+    if r.shape != a.shape:
+        raise ValueError(f"shape mismatch: {r.shape} vs {a.shape}")
+    return int(np.count_nonzero(r == a))
+
+
+def grid_fraction(exact: int, total: int) -> float | None:
+    """Fraction of compressed weights reproduced exactly; None without any."""
+    if total < 0 or exact < 0 or exact > total:
+        raise ValueError(f"bad counts: {exact} of {total}")
+    return exact / total if total else None
+
+
+def grid_flagged(fraction: float | None, limit: float = GRID_FLAG) -> bool:
+    """True when a contestant copies more than ``limit`` of the baseline."""
+    return fraction is not None and fraction > limit
+
+
+def window_se(values: Sequence[float]) -> float:
+    """Standard error of the mean of per-window values (sample standard
+    deviation / sqrt(n)); NaN with fewer than two windows."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        return float("nan")
+    return float(v.std(ddof=1) / math.sqrt(v.size))
+
+
+def kl_curve(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The curve of one family: its Pareto front (bits, KL), sorted by bits,
+    KL strictly falling. Points with KL <= 0 cannot go on a log scale and are
+    dropped."""
+    return pareto_front((b, k) for b, k in points if k > 0)
+
+
+def bits_at_kl(curve: Sequence[tuple[float, float]], kl: float) -> float | None:
+    """Bits/param a family needs to reach ``kl``, interpolating linearly in
+    log KL between the two points of ``curve`` (from kl_curve) around it.
+    None when ``kl`` lies outside the curve's KL range (no extrapolation)."""
+    if kl <= 0 or not curve:
+        return None
+    lk = math.log(kl)
+    for (b0, k0), (b1, k1) in zip(curve, curve[1:]):
+        l0, l1 = math.log(k0), math.log(k1)
+        if l1 <= lk <= l0:
+            return b0 + (b1 - b0) * (l0 - lk) / (l0 - l1)
+    if len(curve) == 1 and math.isclose(kl, curve[0][1], rel_tol=1e-12):
+        return curve[0][0]
+    return None
+
+
+def equal_kl(refs: Sequence[tuple[str, float, float]], curve: Sequence[tuple[float, float]]) -> list[dict]:
+    """For each reference point (name, bits, KL) — a llama.cpp type — the
+    bits/param the curve needs for the same KL and the difference (negative:
+    the curve's family needs fewer bits)."""
+    out = []
+    for name, b, k in refs:
+        need = bits_at_kl(curve, k)
+        out.append({"type": name, "bits": b, "kl": k, "bits_needed": need,
+                    "bits_diff": None if need is None else need - b})
+    return out
+
+
+def dominates(size_ok: bool, kl: float, kl_ref: float, ppl: float, ppl_ref: float, ppl_tol: float = 0.0) -> bool:
+    """File no larger, KL lower and perplexity no higher than the
+    reference's plus ``ppl_tol`` (0 unless an allowance is stated)."""
+    return bool(size_ok and kl < kl_ref and ppl <= ppl_ref + ppl_tol)
+
+
+def wants_bos(metadata: dict) -> bool:
+    """Whether a GGUF's tokenizer asks for a BOS token
+    (``tokenizer.ggml.add_bos_token``; llama-cpp-python gives metadata values
+    as strings). Missing means no."""
+    v = metadata.get("tokenizer.ggml.add_bos_token")
+    if isinstance(v, str):
+        return v.strip().lower() in ("true", "1")
+    return bool(v)

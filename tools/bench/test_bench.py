@@ -553,7 +553,7 @@ class TestGeneratedProse:
         res["baseline"]["census"]["odd_rows_by_role"] = {"attn_q": [576]}
         text = self.render(res)
         assert "the 2-D tensors attn_q have rows (ne[0]) of 576 elements" in text
-        assert "only ffn_down get the nominal k-quant" in text
+        assert "only ffn_down gets the nominal k-quant" in text
         assert "no BOS token" in text
 
     def test_allowance_is_not_applied(self):

@@ -205,20 +205,29 @@ func (w *Writer) zeros(n int64) {
 	}
 }
 
+// nextTensor returns the tensor the writer expects next, or the error
+// that writing t now is.
+func (w *Writer) nextTensor(t tensor.Info) (tensor.Info, error) {
+	if w.err != nil {
+		return tensor.Info{}, w.err
+	}
+	if w.closed {
+		return tensor.Info{}, ErrClosed
+	}
+	if w.next >= len(w.tensors) {
+		return tensor.Info{}, fmt.Errorf("%w: tensor %q after all %d tensors", ErrWriteOrder, t.Name, len(w.tensors))
+	}
+	return w.tensors[w.next], nil
+}
+
 // WriteTensor appends the next tensor's data. t must be the next tensor
 // announced to NewWriter (same name, dtype and shape) and data must hold
 // exactly its bytes.
 func (w *Writer) WriteTensor(t tensor.Info, data []byte) error {
-	if w.err != nil {
-		return w.err
+	want, err := w.nextTensor(t)
+	if err != nil {
+		return err
 	}
-	if w.closed {
-		return ErrClosed
-	}
-	if w.next >= len(w.tensors) {
-		return fmt.Errorf("%w: tensor %q after all %d tensors", ErrWriteOrder, t.Name, len(w.tensors))
-	}
-	want := w.tensors[w.next]
 	if t.Name != want.Name {
 		return fmt.Errorf("%w: got tensor %q, want %q (number %d of %d)", ErrWriteOrder, t.Name, want.Name, w.next+1, len(w.tensors))
 	}
@@ -237,16 +246,10 @@ func (w *Writer) WriteTensor(t tensor.Info, data []byte) error {
 // WriteTensorPart writes bytes [off, off+len(data)) of the next tensor
 // (formats.PartSink).
 func (w *Writer) WriteTensorPart(t tensor.Info, off int64, data []byte) error {
-	if w.err != nil {
-		return w.err
+	want, err := w.nextTensor(t)
+	if err != nil {
+		return err
 	}
-	if w.closed {
-		return ErrClosed
-	}
-	if w.next >= len(w.tensors) {
-		return fmt.Errorf("%w: tensor %q after all %d tensors", ErrWriteOrder, t.Name, len(w.tensors))
-	}
-	want := w.tensors[w.next]
 	if off == 0 && int64(len(data)) == want.Size {
 		return w.WriteTensor(t, data)
 	}

@@ -141,6 +141,17 @@ type RowCodec interface {
 	RowBytes(t tensor.Info) int64
 }
 
+// RowDecoder is implemented by codecs whose payload, though not a
+// concatenation of row payloads, decodes matrix rows (t.Matrix)
+// independently: DecodeRows decodes rows [r0, r1) of t from the whole
+// payload into dst (len(dst) = (r1−r0)·cols), with the same values as
+// Decode. It checks the header and length as Decode does, and the
+// parameters of those rows only. The pipeline then restores a large record
+// in row chunks.
+type RowDecoder interface {
+	DecodeRows(dst []float32, payload []byte, t tensor.Info, version uint16, r0, r1 int64) error
+}
+
 // ProgressEncoder is implemented by codecs that report progress within a
 // tensor. EncodeProgress is Encode that calls done(n) each time it has
 // encoded n more elements of x (the calls add up to len(x) at most); done

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/bits"
 
 	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/formats"
@@ -46,6 +47,24 @@ type split struct {
 	rowBytes int64 // source (record payload) bytes per row
 	perRow   int64 // working memory per row of a chunk
 	prepRow  int64 // working memory per row of the preparation's pass
+	// payload, when not 0, is the size of a record payload that is not
+	// a concatenation of rows (a codec.RowDecoder's; rowBytes is 0).
+	payload int64
+}
+
+// payRange returns the payload bytes [a, b) of rows [r0, r1): exact for
+// a concatenation of rows, otherwise a proportional share, so that the
+// chunks in order hash, and release the pages of, the whole payload once.
+func (s *split) payRange(r0, r1 int64) (a, b int64) {
+	if s.payload == 0 {
+		return r0 * s.rowBytes, r1 * s.rowBytes
+	}
+	share := func(r int64) int64 {
+		hi, lo := bits.Mul64(uint64(s.payload), uint64(r))
+		q, _ := bits.Div64(hi, lo, uint64(s.rows))
+		return int64(q)
+	}
+	return share(r0), share(r1)
 }
 
 // rowBytes returns the bytes of one row of t in dtype dt, or 0 when t
@@ -385,19 +404,22 @@ func restoreSplits(es []tpk.Entry, plan []tensor.Info, codecs map[uint16]codec.C
 		if out == 0 || out*rows != plan[i].Size {
 			continue
 		}
-		var pr int64
+		var pr, whole int64
+		_, isRowDec := codecs[e.CodecID].(codec.RowDecoder)
 		switch rc, ok := codecs[e.CodecID].(codec.RowCodec); {
 		case e.CodecID == codec.IDNone && (plan[i].DType == e.DType || tensor.CanDecode(e.DType)):
 			pr = rowBytes(t, e.DType)
 		case ok:
 			pr = rc.RowBytes(t)
+		case isRowDec && len(t.Shape) >= 2 && e.PayloadSize > 0:
+			whole = e.PayloadSize
 		default:
 			continue
 		}
-		if pr == 0 || pr*rows != e.PayloadSize {
+		if whole == 0 && (pr == 0 || pr*rows != e.PayloadSize) {
 			continue
 		}
-		s := &split{rows: rows, rowBytes: pr, perRow: pr}
+		s := &split{rows: rows, rowBytes: pr, perRow: pr + (whole+rows-1)/rows, payload: whole}
 		if e.CodecID != codec.IDNone || plan[i].DType != e.DType {
 			s.perRow += 4*(t.Elems()/rows) + out
 		}
@@ -462,16 +484,26 @@ func (c *restoreChunks) doWork(ctx context.Context, k int) ([]byte, error) {
 
 // decode returns the output bytes of chunk it of record i.
 func (c *restoreChunks) decode(i int, it item, e *tpk.Entry, s *split) ([]byte, error) {
-	p := c.pays[i][it.r0*s.rowBytes : it.r1*s.rowBytes]
+	a, b := s.payRange(it.r0, it.r1)
+	p := c.pays[i][a:b]
 	if e.CodecID == codec.IDNone && c.plan[i].DType == e.DType {
 		return p, nil
 	}
 	t := e.Info().Clone()
 	cols := t.Elems() / s.rows
-	t.Shape[0] = it.r1 - it.r0
 	x := make([]float32, (it.r1-it.r0)*cols)
-	if err := c.codecs[e.CodecID].Decode(x, p, t, e.CodecVersion); err != nil {
-		return nil, &tpk.Error{File: c.r.Name(), Tensor: e.Name, Offset: e.PayloadOffset + it.r0*s.rowBytes, Err: err}
+	var err error
+	if s.payload != 0 {
+		// Matrix rows per row of the first dimension.
+		mr, _ := t.Matrix()
+		k := mr / s.rows
+		err = c.codecs[e.CodecID].(codec.RowDecoder).DecodeRows(x, c.pays[i], t, e.CodecVersion, it.r0*k, it.r1*k)
+	} else {
+		t.Shape[0] = it.r1 - it.r0
+		err = c.codecs[e.CodecID].Decode(x, p, t, e.CodecVersion)
+	}
+	if err != nil {
+		return nil, &tpk.Error{File: c.r.Name(), Tensor: e.Name, Offset: e.PayloadOffset + a, Err: err}
 	}
 	if e.CodecID != codec.IDNone {
 		for k, v := range x {
@@ -501,11 +533,12 @@ func (c *restoreChunks) doWrite(k int, b []byte) error {
 	// The output is a temporary file, removed when Restore fails: the
 	// parts of a payload are written as they are hashed, and the last
 	// fails the restore unless the checksum matches.
-	c.hashes[i].Add(c.pays[i][it.r0*s.rowBytes : it.r1*s.rowBytes])
+	pa, pb := s.payRange(it.r0, it.r1)
+	c.hashes[i].Add(c.pays[i][pa:pb])
 	if err := c.sink.(formats.PartSink).WriteTensorPart(c.plan[i], it.r0*(c.plan[i].Size/s.rows), b); err != nil {
 		return err
 	}
-	c.r.ReleasePayload(i, it.r0*s.rowBytes, (it.r1-it.r0)*s.rowBytes)
+	c.r.ReleasePayload(i, pa, pb-pa)
 	if !it.last {
 		c.prog.upTo(i, c.plan[i], int64(float64(e.SourceSize)*float64(it.r1)/float64(s.rows)), e.SourceSize)
 		return nil

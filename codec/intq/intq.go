@@ -139,18 +139,32 @@ func (Int8) Decode(dst []float32, payload []byte, t tensor.Info, version uint16)
 	if err != nil {
 		return err
 	}
+	return decodeInt8(dst, payload, t, rows, cols, 0, rows)
+}
+
+// DecodeRows implements codec.RowDecoder.
+func (Int8) DecodeRows(dst []float32, payload []byte, t tensor.Info, version uint16, r0, r1 int64) error {
+	rows, cols, err := rowsHeader("int8", dst, payload, t, version, Int8Version, Int8HeaderSize, r0, r1)
+	if err != nil {
+		return err
+	}
+	return decodeInt8(dst, payload, t, rows, cols, int(r0), int(r1))
+}
+
+// decodeInt8 decodes rows [r0, r1) of a rows×cols int8 payload into dst.
+func decodeInt8(dst []float32, payload []byte, t tensor.Info, rows, cols, r0, r1 int) error {
 	size, err := Int8Size(rows, cols)
 	if err != nil || size != len(payload) {
 		return fmt.Errorf("%w: int8: tensor %q: payload is %d bytes, want %d", codec.ErrCorrupt, t.Name, len(payload), size)
 	}
 	scales := payload[Int8HeaderSize : Int8HeaderSize+2*rows]
 	codes := payload[Int8HeaderSize+2*rows:]
-	for r := range rows {
+	for r := r0; r < r1; r++ {
 		s := tensor.HalfToFloat(binary.LittleEndian.Uint16(scales[2*r:]))
 		if !finite(s) {
 			return fmt.Errorf("%w: int8: tensor %q: row %d scale is %v", codec.ErrCorrupt, t.Name, r, s)
 		}
-		out := dst[r*cols : (r+1)*cols]
+		out := dst[(r-r0)*cols : (r-r0+1)*cols]
 		for c, b := range codes[r*cols : (r+1)*cols] {
 			out[c] = float32(int8(b)) * s
 		}
@@ -248,6 +262,21 @@ func (Int4) Decode(dst []float32, payload []byte, t tensor.Info, version uint16)
 	if err != nil {
 		return err
 	}
+	return decodeInt4(dst, payload, t, rows, cols, 0, rows)
+}
+
+// DecodeRows implements codec.RowDecoder.
+func (Int4) DecodeRows(dst []float32, payload []byte, t tensor.Info, version uint16, r0, r1 int64) error {
+	rows, cols, err := rowsHeader("int4", dst, payload, t, version, Int4Version, Int4HeaderSize, r0, r1)
+	if err != nil {
+		return err
+	}
+	return decodeInt4(dst, payload, t, rows, cols, int(r0), int(r1))
+}
+
+// decodeInt4 decodes rows [r0, r1) of a rows×cols int4 payload into dst,
+// all of them with the parallel whole-matrix decoder.
+func decodeInt4(dst []float32, payload []byte, t tensor.Info, rows, cols, r0, r1 int) error {
 	group := binary.LittleEndian.Uint32(payload[9:])
 	if group == 0 {
 		return fmt.Errorf("%w: int4: tensor %q: group size 0", codec.ErrCorrupt, t.Name)
@@ -257,7 +286,12 @@ func (Int4) Decode(dst []float32, payload []byte, t tensor.Info, version uint16)
 		return fmt.Errorf("%w: int4: tensor %q: payload is %d bytes, want %d", codec.ErrCorrupt, t.Name, len(payload), size)
 	}
 	l := q4.Layout{Rows: rows, Cols: cols, Group: int(group)}
-	if err := q4.Decode(dst, payload[Int4HeaderSize:], l, false, runtime.GOMAXPROCS(0)); err != nil {
+	if r0 == 0 && r1 == rows {
+		err = q4.Decode(dst, payload[Int4HeaderSize:], l, false, runtime.GOMAXPROCS(0))
+	} else {
+		err = q4.DecodeRows(dst, payload[Int4HeaderSize:], l, r0, r1)
+	}
+	if err != nil {
 		return fmt.Errorf("%w: int4: tensor %q: %v", codec.ErrCorrupt, t.Name, err)
 	}
 	return nil
@@ -322,4 +356,20 @@ func decodeHeader(name string, p []byte, t tensor.Info, n int, version, want uin
 		return 0, 0, fmt.Errorf("%w: %s: tensor %q: payload is for a %d×%d matrix, tensor is %d×%d", codec.ErrCorrupt, name, t.Name, hr, hc, r, c)
 	}
 	return int(r), int(c), nil
+}
+
+// rowsHeader is decodeHeader for DecodeRows: dst holds rows [r0, r1).
+func rowsHeader(name string, dst []float32, p []byte, t tensor.Info, version, want uint16, hdr int, r0, r1 int64) (rows, cols int, err error) {
+	elems, err := tensor.NumElems(t.Shape)
+	if err != nil || elems > math.MaxInt {
+		return 0, 0, fmt.Errorf("%w: %s: tensor %q: shape %v", codec.ErrCorrupt, name, t.Name, t.Shape)
+	}
+	rows, cols, err = decodeHeader(name, p, t, int(elems), version, want, hdr)
+	if err != nil {
+		return 0, 0, err
+	}
+	if r0 < 0 || r0 > r1 || r1 > int64(rows) || int64(len(dst)) != (r1-r0)*int64(cols) {
+		return 0, 0, fmt.Errorf("%s: tensor %q: rows [%d, %d) of %d into %d values", name, t.Name, r0, r1, rows, len(dst))
+	}
+	return rows, cols, nil
 }

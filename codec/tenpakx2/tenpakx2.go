@@ -376,10 +376,31 @@ func (c *Codec) Decode(dst []float32, payload []byte, t tensor.Info, version uin
 	if int64(len(dst)) != t.Elems() {
 		return fmt.Errorf("tenpak_x_v2: destination has %d values for shape %v", len(dst), t.Shape)
 	}
+	return c.decodeRows(dst, payload, h, 0, h.rows)
+}
+
+// DecodeRows implements codec.RowDecoder.
+func (c *Codec) DecodeRows(dst []float32, payload []byte, t tensor.Info, version uint16, r0, r1 int64) error {
+	if _, _, err := checkShape(t); err != nil {
+		return fmt.Errorf("%w: %v", codec.ErrCorrupt, err)
+	}
+	h, err := parseHeader(payload, t, version)
+	if err != nil {
+		return err
+	}
+	if r0 < 0 || r0 > r1 || r1 > int64(h.rows) || int64(len(dst)) != (r1-r0)*int64(h.cols) {
+		return fmt.Errorf("tenpak_x_v2: rows [%d, %d) of %d into %d values", r0, r1, h.rows, len(dst))
+	}
+	return c.decodeRows(dst, payload, h, int(r0), int(r1))
+}
+
+// decodeRows decodes rows [r0, r1) of a payload with header h into dst.
+func (c *Codec) decodeRows(dst []float32, payload []byte, h header, r0, r1 int) error {
 	le := binary.LittleEndian
 	p := payload[HeaderSize:]
 	cfg, rows, cols := h.cfg, h.rows, h.cols
 	if cfg.Grid == GridHalf {
+		p = p[2*r0*cols:]
 		for i := range dst {
 			dst[i] = tensor.HalfToFloat(le.Uint16(p[2*i:]))
 		}
@@ -408,10 +429,10 @@ func (c *Codec) Decode(dst []float32, payload []byte, t tensor.Info, version uin
 	} else {
 		params, codesBytes = p[:2*nsc*rows*ng], p[2*nsc*rows*ng:]
 	}
-	return par.For(rows, 1, max(1, (1<<15)/cols), c.workers, func(r0, r1 int) error {
+	return par.For(r1-r0, 1, max(1, (1<<15)/cols), c.workers, func(k0, k1 int) error {
 		codes := make([]uint8, cols)
 		sc, mins := make([]float32, ng), make([]float32, ng)
-		for r := r0; r < r1; r++ {
+		for r := r0 + k0; r < r0+k1; r++ {
 			if cfg.S8 {
 				g8 := params[2*nsc*rows:]
 				S := tensor.HalfToFloat(le.Uint16(params[2*r:]))
@@ -438,7 +459,7 @@ func (c *Codec) Decode(dst []float32, payload []byte, t tensor.Info, version uin
 				}
 			}
 			unpackBits(codes, codesBytes, int64(r)*int64(cols)*int64(cfg.Bits), cfg.Bits)
-			y := dst[r*cols : (r+1)*cols]
+			y := dst[(r-r0)*cols : (r-r0+1)*cols]
 			q.decodeRow(codes, sc, mins, y)
 			q.unrotate(y)
 		}

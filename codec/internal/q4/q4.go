@@ -283,6 +283,12 @@ type Section struct {
 // of the row-major Rows×Cols matrix dst, adding to dst with add. Calls for
 // disjoint row ranges may run concurrently.
 func (s *Section) DequantizeRows(dst []float32, r0, r1 int, add bool) {
+	s.rows(dst, 0, r0, r1, 0, add)
+}
+
+// rows decodes rows [r0, r1) into dst, whose element 0 is matrix element
+// base, with s.scales and s.offsets starting at group g0.
+func (s *Section) rows(dst []float32, base, r0, r1, g0 int, add bool) {
 	l := s.l
 	gl, gpr := l.GroupLen(), l.GroupsPerRow()
 	var lut [16]float32
@@ -291,12 +297,12 @@ func (s *Section) DequantizeRows(dst []float32, r0, r1 int, add bool) {
 			c0 := g * gl
 			c1 := min(c0+gl, l.Cols)
 			i0 := r*l.Cols + c0
-			gi := r*gpr + g
+			gi := r*gpr + g - g0
 			sc, o := tensor.HalfToFloat(s.scales[gi]), tensor.HalfToFloat(s.offsets[gi])
 			for q := range lut {
 				lut[q] = float32(float32(q)*sc) + o
 			}
-			decodeGroup(dst[i0:i0+c1-c0], s.codes, i0, &lut, add)
+			decodeGroup(dst[i0-base:i0-base+c1-c0], s.codes, i0, &lut, add)
 		}
 	}
 }
@@ -415,5 +421,39 @@ func Decode(dst []float32, src []byte, l Layout, add bool, workers int) error {
 		return err
 	}
 	Dequantize(dst, s.codes, s.scales, s.offsets, l, add, workers)
+	return nil
+}
+
+// DecodeRows decodes rows [r0, r1) of a section written by Encode for
+// layout l into dst (len(dst) must be (r1−r0)·Cols; a mismatch panics),
+// with the values Decode gives them. It checks the section's length, as
+// Parse does, but the scales and offsets of those rows only.
+func DecodeRows(dst []float32, src []byte, l Layout, r0, r1 int) error {
+	nc, ng, err := l.Sizes()
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrSection, err)
+	}
+	if len(src) != nc+4*ng {
+		return fmt.Errorf("%w: %d bytes, want %d", ErrSection, len(src), nc+4*ng)
+	}
+	if r0 < 0 || r0 > r1 || r1 > l.Rows || len(dst) != (r1-r0)*l.Cols {
+		panic(fmt.Sprintf("q4: rows [%d, %d) of %d into %d values", r0, r1, l.Rows, len(dst)))
+	}
+	gpr := l.GroupsPerRow()
+	g0, n := r0*gpr, (r1-r0)*gpr
+	halves := make([]uint16, 2*n)
+	for i := range halves {
+		kind, g := "scale", g0+i%n
+		if i >= n {
+			kind = "offset"
+		}
+		h := binary.LittleEndian.Uint16(src[nc+2*(i/n*ng+g):])
+		if h&0x7C00 == 0x7C00 {
+			return fmt.Errorf("%w: group %d %s is not finite (0x%04x)", ErrSection, g, kind, h)
+		}
+		halves[i] = h
+	}
+	s := &Section{l: l, codes: src[:nc], scales: halves[:n], offsets: halves[n:]}
+	s.rows(dst, r0*l.Cols, r0, r1, g0, false)
 	return nil
 }

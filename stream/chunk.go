@@ -19,7 +19,8 @@ import (
 // dimension) when the operation allows it, each chunk reserving only its
 // own working memory: copies of source bytes, the f16 and bf16 casts
 // (codec.RowCodec) and, on restore, dequantization and dtype conversion of
-// tensors stored unchanged. Such a tensor is one preparation item (on
+// tensors stored unchanged and the decoding of codecs whose rows decode
+// independently (codec.RowDecoder). Such a tensor is one preparation item (on
 // compress the statistics and the fallback decision, from a first pass
 // over the memory map; on restore the record header, the payload's
 // checksum being computed by the writer as it goes) followed by its

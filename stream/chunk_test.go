@@ -117,24 +117,9 @@ func TestChunkedReservations(t *testing.T) {
 		var rest [][]byte
 		for _, dt := range []tensor.DType{tensor.Invalid, tensor.BF16} {
 			for _, mem := range []int64{64 << 20, budget} {
-				o := RestoreOptions{Options: Options{Workers: 2, MaxMemory: mem}, DType: dt}
-				plan, err := Plan(r, o)
-				if err != nil {
-					t.Fatal(err)
-				}
-				var buf bytes.Buffer
-				ws := reservations(t, func() error {
-					w, err := safetensors.NewWriter(&buf, plan, nil)
-					if err != nil {
-						return err
-					}
-					if err := Restore(context.Background(), r, plan, w, o); err != nil {
-						return err
-					}
-					return w.Close()
-				})
+				b, ws := restoreReserving(t, r, RestoreOptions{Options: Options{Workers: 2, MaxMemory: mem}, DType: dt})
 				checkReservations(t, name+" restore", ws, mem, budget)
-				rest = append(rest, buf.Bytes())
+				rest = append(rest, b)
 			}
 			if !bytes.Equal(rest[len(rest)-2], rest[len(rest)-1]) {
 				t.Errorf("%s: restore to %s in chunks differs from the whole-tensor one", name, dt)
@@ -194,24 +179,9 @@ func TestChunkedRestoreRowDecoders(t *testing.T) {
 			}
 			var rest [][]byte
 			for _, mem := range []int64{64 << 20, budget} {
-				o := RestoreOptions{Options: Options{Workers: 3, MaxMemory: mem}}
-				plan, err := Plan(r, o)
-				if err != nil {
-					t.Fatal(err)
-				}
-				var out bytes.Buffer
-				ws := reservations(t, func() error {
-					w, err := safetensors.NewWriter(&out, plan, nil)
-					if err != nil {
-						return err
-					}
-					if err := Restore(context.Background(), r, plan, w, o); err != nil {
-						return err
-					}
-					return w.Close()
-				})
+				b, ws := restoreReserving(t, r, RestoreOptions{Options: Options{Workers: 3, MaxMemory: mem}})
 				checkReservations(t, fmt.Sprintf("%s %v restore", name, shape), ws, mem, budget)
-				rest = append(rest, out.Bytes())
+				rest = append(rest, b)
 			}
 			r.Close()
 			if !bytes.Equal(rest[0], rest[1]) {
@@ -219,6 +189,28 @@ func TestChunkedRestoreRowDecoders(t *testing.T) {
 			}
 		}
 	}
+}
+
+// restoreReserving restores r with o to a safetensors file and returns
+// its bytes and the memory reservations made.
+func restoreReserving(t *testing.T, r *tpk.Reader, o RestoreOptions) ([]byte, []int64) {
+	t.Helper()
+	plan, err := Plan(r, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	ws := reservations(t, func() error {
+		w, err := safetensors.NewWriter(&buf, plan, nil)
+		if err != nil {
+			return err
+		}
+		if err := Restore(context.Background(), r, plan, w, o); err != nil {
+			return err
+		}
+		return w.Close()
+	})
+	return buf.Bytes(), ws
 }
 
 func checkReservations(t *testing.T, what string, ws []int64, mem, budget int64) {

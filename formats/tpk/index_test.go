@@ -79,3 +79,44 @@ func TestIndexStreamed(t *testing.T) {
 		t.Errorf("Close allocated %d bytes for an index of %d bytes", alloc, len(got))
 	}
 }
+
+// decodeIndex decodes what a json.Decoder disallowing unknown fields
+// decodes, and refuses what it refuses.
+func TestDecodeIndexAsDecoder(t *testing.T) {
+	_, valid, _ := closeIndex(t, 3)
+	cases := []string{
+		string(valid),
+		`{"version":1,"source":{"kind":"gguf"},"tensors":null}`,
+		`{"Version":1,"TENSORS":[{"name":"a","shape":[2]}],"created_by":"x"}`,
+		`{"tensors":[],"version":2}  `,
+		`{"version":1,"tensors":[{"name":"a","bogus":1}]}`,
+		`{"version":1,"bogus":true,"tensors":[]}`,
+		`{"version":"1","tensors":[]}`,
+		`{"version":1,"tensors":{}}`,
+		`{"version":1,"tensors":[{"name":"a"},]}`,
+		`{"version":1,"tensors":[{"name":"a"}`,
+		`[]`,
+		`{}`,
+		`{"tensors":[{"name":"a","stats":{"rel_err":0.5}}]}`,
+	}
+	for _, c := range cases {
+		var want Index
+		dec := json.NewDecoder(bytes.NewReader([]byte(c)))
+		dec.DisallowUnknownFields()
+		werr := dec.Decode(&want)
+		var got Index
+		end, gerr := decodeIndex([]byte(c), &got)
+		if (werr == nil) != (gerr == nil) {
+			t.Errorf("%s: error %v, want %v", c, gerr, werr)
+			continue
+		}
+		if werr != nil {
+			continue
+		}
+		gj, _ := json.Marshal(&got)
+		wj, _ := json.Marshal(&want)
+		if !bytes.Equal(gj, wj) || end != dec.InputOffset() {
+			t.Errorf("%s: decoded %s (end %d), want %s (end %d)", c, gj, end, wj, dec.InputOffset())
+		}
+	}
+}

@@ -186,19 +186,34 @@ func decodeEntries(dec *json.Decoder, dst *[]Entry) error {
 	if tok != json.Delim('[') {
 		return fmt.Errorf("tensors is %v, not an array", tok)
 	}
-	*dst = []Entry{}
+	// Blocks of entries, copied into one slice of the exact length at the
+	// end, rather than a slice grown by doubling (up to three times the
+	// entries' size at once).
+	var blocks [][]Entry
+	n := 0
 	for dec.More() {
-		if len(*dst) >= MaxTensors {
+		if n >= MaxTensors {
 			return fmt.Errorf("more than %d tensors", MaxTensors)
 		}
-		var e Entry
-		if err := dec.Decode(&e); err != nil {
+		if len(blocks) == 0 || len(blocks[len(blocks)-1]) == cap(blocks[len(blocks)-1]) {
+			blocks = append(blocks, make([]Entry, 0, 4096))
+		}
+		b := &blocks[len(blocks)-1]
+		*b = append(*b, Entry{})
+		if err := dec.Decode(&(*b)[len(*b)-1]); err != nil {
 			return err
 		}
-		*dst = append(*dst, e)
+		n++
 	}
-	_, err = dec.Token()
-	return err
+	if _, err := dec.Token(); err != nil {
+		return err
+	}
+	*dst = make([]Entry, 0, n)
+	for i, b := range blocks {
+		*dst = append(*dst, b...)
+		blocks[i] = nil
+	}
+	return nil
 }
 
 func (r *Reader) validate() error {

@@ -187,13 +187,7 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 	for _, fm := range src.Meta().Files {
 		inBytes += fm.Size
 	}
-	entries := make([]tpk.Entry, len(results))
-	notes := make([]string, len(results))
-	for i := range results {
-		entries[i] = results[i].Entry
-		notes[i] = results[i].Note
-	}
-	rep := newReport(in, out, inBytes, st.Size(), entries, notes)
+	rep := newReport(in, out, inBytes, st.Size(), len(results), func(i int) (*tpk.Entry, string) { return &results[i].Entry, results[i].Note })
 	rep.Codec = o.Codec.Name()
 	rep.Params = o.Codec.Params()
 	rep.Allocation = Allocation(rep.Tensors)

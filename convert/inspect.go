@@ -22,7 +22,8 @@ func Inspect(path string) (*Report, error) {
 		for _, f := range r.Meta().Files {
 			in += f.Size
 		}
-		rep := newReport(path, "", in, r.Size(), r.Entries(), nil)
+		es := r.Entries()
+		rep := newReport(path, "", in, r.Size(), len(es), func(i int) (*tpk.Entry, string) { return &es[i], "" })
 		rep.Kind = string(formats.TPK) + " (from " + string(r.Meta().Kind) + ")"
 		rep.Allocation = Allocation(rep.Tensors)
 		if len(rep.Allocation) > 0 {

@@ -79,22 +79,22 @@ type Report struct {
 	Allocation []AllocShare `json:"allocation,omitempty"`
 }
 
-func newReport(in, out string, inBytes, outBytes int64, es []tpk.Entry, notes []string) *Report {
-	r := &Report{Input: in, Output: out, Tensors: make([]TensorReport, 0, len(es))}
+// newReport describes n stored tensors; entry returns the i-th one's
+// index entry and fallback note.
+func newReport(in, out string, inBytes, outBytes int64, n int, entry func(i int) (*tpk.Entry, string)) *Report {
+	r := &Report{Input: in, Output: out, Tensors: make([]TensorReport, 0, n)}
 	var stored float64
-	for i := range es {
-		e := &es[i]
-		n := e.Info().Elems()
+	for i := range n {
+		e, note := entry(i)
+		elems := e.Info().Elems()
 		tr := TensorReport{Name: e.Name, DType: e.DType.String(), Shape: e.Shape, Codec: e.Codec, Params: e.Params,
-			SourceBytes: e.SourceSize, StoredBytes: e.RecordSize, Elems: n, Lossy: !codec.IsByteDecoder(e.CodecID), Transp: e.Transposed}
+			SourceBytes: e.SourceSize, StoredBytes: e.RecordSize, Elems: elems, Lossy: !codec.IsByteDecoder(e.CodecID), Transp: e.Transposed}
 		if e.SourceSize > 0 {
 			tr.Ratio = float64(e.RecordSize) / float64(e.SourceSize)
 		}
-		if notes != nil {
-			tr.Note = notes[i]
-		}
-		if n > 0 {
-			tr.BPW = float64(e.RecordSize) * 8 / float64(n)
+		tr.Note = note
+		if elems > 0 {
+			tr.BPW = float64(e.RecordSize) * 8 / float64(elems)
 		}
 		if e.Stats != nil {
 			re, sq := e.Stats.RelErr, e.Stats.SQNRdB
@@ -102,10 +102,10 @@ func newReport(in, out string, inBytes, outBytes int64, es []tpk.Entry, notes []
 		}
 		r.Tensors = append(r.Tensors, tr)
 		r.Totals.Tensors++
-		r.Totals.Params += n
+		r.Totals.Params += elems
 		if tr.Lossy {
 			r.Totals.Compressed++
-			r.Totals.CompressedParams += n
+			r.Totals.CompressedParams += elems
 			stored += float64(e.RecordSize)
 		} else {
 			r.Totals.PassedThrough++

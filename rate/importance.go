@@ -59,6 +59,7 @@ var heads = [][3]string{
 // loader decodes whole tensors by name, to float32.
 type loader struct {
 	src   formats.Source
+	infos []tensor.Info // src.Tensors(), taken once
 	index map[string]int
 }
 
@@ -69,7 +70,7 @@ func (l *loader) load(name string) ([]float32, tensor.Info, bool) {
 	if !ok {
 		return nil, tensor.Info{}, false
 	}
-	t := l.src.Tensors()[i]
+	t := l.infos[i]
 	if !tensor.CanDecode(t.DType) {
 		return nil, t, false
 	}
@@ -95,14 +96,14 @@ func (l *loader) load(name string) ([]float32, tensor.Info, bool) {
 // every weight matrix of src the model recognises (see the package
 // comment of this file). The vectors have one entry per column.
 func Importance(src formats.Source) map[string][]float32 {
-	l := &loader{src: src, index: map[string]int{}}
-	for i, t := range src.Tensors() {
+	l := &loader{src: src, infos: src.Tensors(), index: map[string]int{}}
+	for i, t := range l.infos {
 		l.index[t.Name] = i
 	}
 	out := map[string][]float32{}
 	// Layers: collect prefixes like "blk.3." or "model.layers.3.".
 	seen := map[string]bool{}
-	for _, t := range src.Tensors() {
+	for _, t := range l.infos {
 		m := reLayer.FindStringSubmatch(t.Name)
 		if m == nil {
 			continue
@@ -138,7 +139,7 @@ func cols(l *loader, name string) int {
 	if !ok {
 		return -1
 	}
-	t := l.src.Tensors()[i]
+	t := l.infos[i]
 	if len(t.Shape) != 2 {
 		return -1
 	}
@@ -162,7 +163,7 @@ func (l *loader) rowPower(name string, imp []float32) (out []float64, ok bool) {
 	if !found || cols(l, name) != len(imp) {
 		return nil, false
 	}
-	t := l.src.Tensors()[i]
+	t := l.infos[i]
 	if !tensor.CanDecode(t.DType) {
 		return nil, false
 	}

@@ -162,7 +162,7 @@ func Build(ctx context.Context, src formats.Source, sel func(tensor.Info) bool, 
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			t, err := estimate(src, i, plan.Importance[infos[i].Name], o)
+			t, err := estimate(src, i, infos[i], plan.Importance[infos[i].Name], o)
 			if errors.Is(err, codec.ErrUnsupported) {
 				// Values the codec cannot hold (non-finite, beyond
 				// FP16): the tensor stays out of the plan and is
@@ -216,8 +216,7 @@ func sampleRows(rows, n int) []int {
 	return out
 }
 
-func estimate(src formats.Source, i int, imp []float32, o Options) (*Tensor, error) {
-	t := src.Tensors()[i]
+func estimate(src formats.Source, i int, t tensor.Info, imp []float32, o Options) (*Tensor, error) {
 	r64, c64 := t.Matrix()
 	transposed := o.Transpose != nil && len(t.Shape) == 2 && o.Transpose(t)
 	if transposed {

@@ -5,10 +5,12 @@ import (
 	"math"
 	"math/rand/v2"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 
 	"github.com/tpconvert/tpconvert/codec/tenpakx2"
 	"github.com/tpconvert/tpconvert/fixtures/gen"
+	"github.com/tpconvert/tpconvert/formats"
 	"github.com/tpconvert/tpconvert/formats/safetensors"
 	"github.com/tpconvert/tpconvert/tensor"
 )
@@ -201,5 +203,38 @@ func TestImportanceAndBuild(t *testing.T) {
 				t.Errorf("%s %s: %d bytes, PayloadSize %d", tt.Info.Name, o.Config, o.Bytes, want)
 			}
 		}
+	}
+}
+
+// tensorsCounter counts the calls of Tensors, each of which copies the
+// source's tensor list.
+type tensorsCounter struct {
+	formats.Source
+	calls atomic.Int64
+}
+
+func (c *tensorsCounter) Tensors() []tensor.Info { c.calls.Add(1); return c.Source.Tensors() }
+
+// Importance and Build take the tensor list a fixed number of times, not
+// once per tensor (which is quadratic in the tensor count).
+func TestTensorListTakenOnce(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "m.safetensors")
+	if err := gen.WriteSafetensors(path, gen.Presets["tiny"], tensor.BF16, 1); err != nil {
+		t.Fatal(err)
+	}
+	st, err := safetensors.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	src := &tensorsCounter{Source: st}
+	n := len(st.Tensors())
+	Importance(src)
+	sel := func(t tensor.Info) bool { return len(t.Shape) == 2 }
+	if _, err := Build(context.Background(), src, sel, Options{Workers: 2, SampleRows: 8}); err != nil {
+		t.Fatal(err)
+	}
+	if c := src.calls.Load(); c > 6 {
+		t.Errorf("Tensors called %d times for %d tensors", c, n)
 	}
 }

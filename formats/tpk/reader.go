@@ -5,10 +5,12 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
 	"path/filepath"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/tpconvert/tpconvert/formats"
@@ -101,19 +103,117 @@ func newReader(name string, ra io.ReaderAt, size int64, data []byte) (*Reader, e
 	if crc32.Checksum(js, castagnoli) != idxCRC {
 		return fail(idxOff, fmt.Errorf("%w in the index", ErrChecksum))
 	}
-	dec := json.NewDecoder(bytes.NewReader(js))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r.idx); err != nil {
+	end, err := decodeIndex(js, &r.idx)
+	if err != nil {
 		return fail(idxOff, fmt.Errorf("%w: index: %v", ErrCorrupt, err))
 	}
-	if rest := bytes.TrimLeft(js[dec.InputOffset():], " \t\r\n"); len(rest) > 0 {
-		return fail(idxOff+dec.InputOffset(), fmt.Errorf("%w: %d bytes after the index's JSON value", ErrCorrupt, len(rest)))
+	if rest := bytes.TrimLeft(js[end:], " \t\r\n"); len(rest) > 0 {
+		return fail(idxOff+end, fmt.Errorf("%w: %d bytes after the index's JSON value", ErrCorrupt, len(rest)))
 	}
 	r.idxOff = idxOff
 	if err := r.validate(); err != nil {
 		return nil, err
 	}
 	return r, nil
+}
+
+// decodeIndex decodes the JSON index js into ix, as a json.Decoder that
+// disallows unknown fields would, and returns the offset just past the
+// JSON value. The tensors array is decoded one entry at a time, so that
+// the decoder never holds a second copy of a large index.
+func decodeIndex(js []byte, ix *Index) (int64, error) {
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.DisallowUnknownFields()
+	if tok, err := dec.Token(); err != nil {
+		return 0, err
+	} else if tok != json.Delim('{') {
+		return 0, fmt.Errorf("the index is %v, not a JSON object", tok)
+	}
+	// The members other than tensors are small: they are gathered and
+	// decoded together, with the standard rules for field names.
+	head := []byte{'{'}
+	seen := false
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return 0, err
+		}
+		key, _ := tok.(string)
+		if strings.EqualFold(key, "tensors") {
+			if seen {
+				return 0, errors.New("tensors listed twice")
+			}
+			seen = true
+			if err := decodeEntries(dec, &ix.Tensors); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return 0, err
+		}
+		k, err := json.Marshal(key)
+		if err != nil {
+			return 0, err
+		}
+		if len(head) > 1 {
+			head = append(head, ',')
+		}
+		head = append(append(append(head, k...), ':'), v...)
+	}
+	if _, err := dec.Token(); err != nil {
+		return 0, err
+	}
+	hd := json.NewDecoder(bytes.NewReader(append(head, '}')))
+	hd.DisallowUnknownFields()
+	if err := hd.Decode(ix); err != nil {
+		return 0, err
+	}
+	return dec.InputOffset(), nil
+}
+
+// decodeEntries decodes the tensors array (or null) from dec into dst.
+func decodeEntries(dec *json.Decoder, dst *[]Entry) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	if tok == nil {
+		*dst = nil
+		return nil
+	}
+	if tok != json.Delim('[') {
+		return fmt.Errorf("tensors is %v, not an array", tok)
+	}
+	// Blocks of entries, copied into one slice of the exact length at the
+	// end, rather than a slice grown by doubling (up to three times the
+	// entries' size at once).
+	var blocks [][]Entry
+	n := 0
+	for dec.More() {
+		if n >= MaxTensors {
+			return fmt.Errorf("more than %d tensors", MaxTensors)
+		}
+		if len(blocks) == 0 || len(blocks[len(blocks)-1]) == cap(blocks[len(blocks)-1]) {
+			blocks = append(blocks, make([]Entry, 0, 4096))
+		}
+		b := &blocks[len(blocks)-1]
+		*b = append(*b, Entry{})
+		if err := dec.Decode(&(*b)[len(*b)-1]); err != nil {
+			return err
+		}
+		n++
+	}
+	if _, err := dec.Token(); err != nil {
+		return err
+	}
+	*dst = make([]Entry, 0, n)
+	for i, b := range blocks {
+		*dst = append(*dst, b...)
+		blocks[i] = nil
+	}
+	return nil
 }
 
 func (r *Reader) validate() error {

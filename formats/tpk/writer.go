@@ -2,6 +2,7 @@ package tpk
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -212,30 +213,68 @@ func (w *Writer) Close() error {
 		return fmt.Errorf("tpk: Close inside the record of %q", w.open.Name)
 	}
 	w.closed = true
-	if w.idx.Tensors == nil {
-		w.idx.Tensors = []Entry{}
-	}
-	js, err := json.Marshal(&w.idx)
-	if err != nil {
-		return fmt.Errorf("tpk: encoding index: %w", err)
-	}
-	if len(js) > MaxIndexSize {
-		return fmt.Errorf("tpk: index of %d bytes exceeds the %d-byte limit", len(js), MaxIndexSize)
-	}
 	idxOff := w.off
-	if err := w.write(js); err != nil {
+	n, crc, err := w.writeIndex()
+	if err != nil {
 		return err
 	}
 	var f [FooterSize]byte
 	copy(f[:], footerMagic[:])
 	binary.LittleEndian.PutUint16(f[8:], Version)
-	binary.LittleEndian.PutUint32(f[12:], crc32.Checksum(js, castagnoli))
+	binary.LittleEndian.PutUint32(f[12:], crc)
 	binary.LittleEndian.PutUint64(f[16:], uint64(idxOff))
-	binary.LittleEndian.PutUint64(f[24:], uint64(len(js)))
+	binary.LittleEndian.PutUint64(f[24:], uint64(n))
 	if err := w.write(f[:]); err != nil {
 		return err
 	}
 	return w.bw.Flush()
+}
+
+// writeIndex writes the JSON index, the same bytes as json.Marshal(&w.idx),
+// one entry at a time, so that an index of a million entries is never held
+// as one buffer. It returns the index's length and CRC-32C.
+func (w *Writer) writeIndex() (int64, uint32, error) {
+	head := w.idx
+	head.Tensors = []Entry{}
+	js, err := json.Marshal(&head)
+	if err != nil {
+		return 0, 0, fmt.Errorf("tpk: encoding index: %w", err)
+	}
+	// js ends with "[]}", the empty tensors array and the closing brace.
+	if !bytes.HasSuffix(js, []byte("[]}")) {
+		return 0, 0, errors.New("tpk: encoding index: unexpected layout")
+	}
+	var n int64
+	var crc uint32
+	put := func(b []byte) error {
+		if n += int64(len(b)); n > MaxIndexSize {
+			return fmt.Errorf("tpk: index exceeds the %d-byte limit", MaxIndexSize)
+		}
+		crc = crc32.Update(crc, castagnoli, b)
+		return w.write(b)
+	}
+	if err := put(js[:len(js)-2]); err != nil {
+		return 0, 0, err
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	for i := range w.idx.Tensors {
+		buf.Reset()
+		if i > 0 {
+			buf.WriteByte(',')
+		}
+		if err := enc.Encode(&w.idx.Tensors[i]); err != nil {
+			return 0, 0, fmt.Errorf("tpk: encoding index: %w", err)
+		}
+		// Encode ends each value with a newline, which Marshal does not.
+		if err := put(bytes.TrimSuffix(buf.Bytes(), []byte("\n"))); err != nil {
+			return 0, 0, err
+		}
+	}
+	if err := put([]byte("]}")); err != nil {
+		return 0, 0, err
+	}
+	return n, crc, nil
 }
 
 // Last returns the entry of the most recently written record.

@@ -72,11 +72,18 @@ func TestIndexSameAsMarshal(t *testing.T) {
 }
 
 // Writing the index allocates far less than the index: it is not built in
-// memory as one buffer.
+// memory as one buffer (which, marshalled and copied, allocated 3.7 times
+// the index). Under the race detector json's pooled buffers are not
+// reused, so the bound there is twice the index: still below any scheme
+// that holds the whole index.
 func TestIndexStreamed(t *testing.T) {
 	got, _, alloc := closeIndex(t, 20000)
-	if alloc > uint64(len(got))/4 {
-		t.Errorf("Close allocated %d bytes for an index of %d bytes", alloc, len(got))
+	limit := uint64(len(got)) / 4
+	if raceBuild {
+		limit = 2 * uint64(len(got))
+	}
+	if alloc > limit {
+		t.Errorf("Close allocated %d bytes for an index of %d bytes (limit %d)", alloc, len(got), limit)
 	}
 }
 

@@ -1,0 +1,5 @@
+//go:build !race
+
+package tpk
+
+const raceBuild = false

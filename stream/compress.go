@@ -439,13 +439,11 @@ func encodeTensor(ctx context.Context, o CompressOptions, t tensor.Info, b []byt
 		}
 	}
 	ct := t.Clone()
-	ct.DType = tensor.F32
 	transposed := o.Transpose != nil && len(t.Shape) == 2 && o.Transpose(t)
 	if transposed {
 		x = transpose(x, int(t.Shape[0]), int(t.Shape[1]))
 		ct.Shape = []int64{t.Shape[1], t.Shape[0]}
 	}
-	ct.DType = t.DType
 	if err := ctx.Err(); err != nil {
 		return nil, nil, false, err
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/tpconvert/tpconvert/batch/checkout"
 	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/formats"
 	"github.com/tpconvert/tpconvert/formats/gguf"
@@ -57,7 +58,7 @@ var ErrSideFiles = errors.New("holds files besides the weights")
 // from it) does not carry: everything but its weight files and its index,
 // as batch would find them.
 func sideFiles(dir string, src formats.Source) []string {
-	cs, _, err := FindCheckouts([]string{dir}, "")
+	cs, _, err := checkout.Find([]string{dir}, "")
 	if err != nil || len(cs) != 1 {
 		return nil
 	}

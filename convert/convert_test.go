@@ -3,7 +3,6 @@ package convert_test
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
@@ -20,9 +19,9 @@ import (
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx2"
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/fixtures/gen"
-	"github.com/tpconvert/tpconvert/formats"
 	"github.com/tpconvert/tpconvert/formats/tpk"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/internal/testkit"
 	"github.com/tpconvert/tpconvert/stream"
 	"github.com/tpconvert/tpconvert/tensor"
 )
@@ -38,14 +37,11 @@ var small = gen.Presets["small"]
 // matrices (AllowLarger).
 var micro = gen.Config{Layers: 2, Hidden: 64, Intermediate: 128, Heads: 2, KVHeads: 1, Vocab: 128}
 
-func mustCodec(t *testing.T, name string) codec.Codec {
-	t.Helper()
-	c, err := codec.New(name, codec.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
+var (
+	mustCodec    = testkit.MustCodec
+	tensorHashes = testkit.TensorHashes
+	noTemps      = testkit.NoTemps
+)
 
 func opts(t *testing.T, c string, workers int) convert.CompressOptions {
 	return convert.CompressOptions{
@@ -53,26 +49,6 @@ func opts(t *testing.T, c string, workers int) convert.CompressOptions {
 		Codec:    mustCodec(t, c),
 		Selector: stream.Selector{Layers: stream.LayersAll},
 	}
-}
-
-// tensorHashes maps tensor names to the SHA-256 of their bytes.
-func tensorHashes(t *testing.T, path string) (map[string][32]byte, *formats.Meta) {
-	t.Helper()
-	src, err := convert.OpenSource(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	h := map[string][32]byte{}
-	for i, ti := range src.Tensors() {
-		b, err := src.Bytes(i)
-		if err != nil {
-			t.Fatal(err)
-		}
-		h[ti.Name+"/"+ti.DType.String()] = sha256.Sum256(b)
-	}
-	m := *src.Meta()
-	return h, &m
 }
 
 func sameTensors(t *testing.T, a, b string) {
@@ -110,16 +86,6 @@ func sameFileBytes(t *testing.T, a, b string) {
 	if !bytes.Equal(x, y) {
 		t.Errorf("%s and %s differ", a, b)
 	}
-}
-
-func noTemps(t *testing.T, dir string) {
-	t.Helper()
-	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err == nil && strings.HasPrefix(d.Name(), atomicfile.TempPrefix) {
-			t.Errorf("temporary file left behind: %s", p)
-		}
-		return nil
-	})
 }
 
 func TestSafetensorsLosslessRoundTrip(t *testing.T) {

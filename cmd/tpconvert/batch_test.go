@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tpconvert/tpconvert/batch"
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/fixtures/gen"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
@@ -131,7 +132,7 @@ func tree(t *testing.T, dir string) map[string]string {
 			return err
 		}
 		rel, _ := filepath.Rel(dir, p)
-		if d.IsDir() || d.Name() == convert.RunInfoName {
+		if d.IsDir() || d.Name() == batch.RunInfoName {
 			return nil
 		}
 		f, err := os.Open(p)
@@ -173,7 +174,7 @@ func sameTree(t *testing.T, a, b string) {
 func noTempsIn(t *testing.T, dir string) {
 	t.Helper()
 	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err == nil && (strings.HasPrefix(d.Name(), atomicfile.TempPrefix) || d.Name() == convert.StagingName) {
+		if err == nil && (strings.HasPrefix(d.Name(), atomicfile.TempPrefix) || d.Name() == batch.StagingName) {
 			t.Errorf("left behind: %s", p)
 		}
 		return nil
@@ -189,7 +190,7 @@ func TestBatchCLIRoundTrip(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("batch: exit %d: %s", code, stderr)
 	}
-	var rep convert.BatchReport
+	var rep batch.Report
 	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
 		t.Fatalf("--json: %v\n%s", err, stdout)
 	}
@@ -302,11 +303,11 @@ func TestBatchSIGKILLThenResume(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	staging := filepath.Join(out, convert.StagingName, "b-big")
+	staging := filepath.Join(out, batch.StagingName, "b-big")
 	// Kill once a-tiny is complete and b-big has one weight file staged
 	// and the next one in progress.
 	waitFor(t, "a-tiny's manifest", 60*time.Second, func() bool {
-		_, err := os.Stat(filepath.Join(out, "a-tiny", convert.ManifestName))
+		_, err := os.Stat(filepath.Join(out, "a-tiny", batch.ManifestName))
 		return err == nil
 	})
 	waitFor(t, "a staged weight file of b-big", 60*time.Second, func() bool {
@@ -327,19 +328,19 @@ func TestBatchSIGKILLThenResume(t *testing.T) {
 	tinyTPK, _ := os.Stat(filepath.Join(out, "a-tiny", "model.tpk"))
 
 	stdout, _ := runBin(t, bin, append(args, "--json")...)
-	var rep convert.BatchReport
+	var rep batch.Report
 	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
 		t.Fatalf("--json: %v\n%s", err, stdout)
 	}
-	if len(rep.Models) != 2 || rep.Models[0].Status != convert.ModelUpToDate || rep.Models[1].Status != convert.ModelConverted {
+	if len(rep.Models) != 2 || rep.Models[0].Status != batch.ModelUpToDate || rep.Models[1].Status != batch.ModelConverted {
 		t.Fatalf("rerun: %+v", rep.Models)
 	}
 	var reStaged, converted int
 	for _, u := range rep.Models[1].Units {
 		switch u.Status {
-		case convert.UnitStaged:
+		case batch.UnitStaged:
 			reStaged++
-		case convert.UnitConverted:
+		case batch.UnitConverted:
 			converted++
 		}
 	}
@@ -386,7 +387,7 @@ func TestBatchShardsInSeparateProcesses(t *testing.T) {
 		runBin(t, bin, append([]string{"batch", src, "-o", seq, "--shard", i}, flags...)...)
 	}
 	stdout, _ := runBin(t, bin, append([]string{"batch", src, "-o", seq, "--merge", "--json"}, flags...)...)
-	var rep convert.BatchReport
+	var rep batch.Report
 	json.Unmarshal([]byte(stdout), &rep)
 	if rep.Totals.UpToDate != 3 || rep.Totals.UnitsConverted != 0 {
 		t.Errorf("merge after sequential shards: %+v", rep.Totals)

@@ -1,0 +1,139 @@
+package atomicdir
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/tpconvert/tpconvert/internal/atomicfile"
+)
+
+func write(t *testing.T, p, s string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func read(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// entries lists dir's names, failing on any temporary one.
+func entries(t *testing.T, dir string) []string {
+	t.Helper()
+	es, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range es {
+		if strings.HasPrefix(e.Name(), atomicfile.TempPrefix) {
+			t.Errorf("temporary %s left in %s", e.Name(), dir)
+		}
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+func TestSwapDirReplaces(t *testing.T) {
+	root := t.TempDir()
+	final := filepath.Join(root, "model")
+	write(t, filepath.Join(final, "old.txt"), "old")
+	tmp, err := Temp(root, atomicfile.TempPrefix+"x-*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(tmp, "new.txt"), "new")
+	if err := SwapDir(tmp, final, "", false); !errors.Is(err, atomicfile.ErrExists) {
+		t.Fatalf("without overwrite: %v, want ErrExists", err)
+	}
+	if got := read(t, filepath.Join(final, "old.txt")); got != "old" {
+		t.Fatalf("the existing directory changed: %q", got)
+	}
+	if err := SwapDir(tmp, final, "", true); err != nil {
+		t.Fatal(err)
+	}
+	if got := entries(t, final); len(got) != 1 || got[0] != "new.txt" {
+		t.Errorf("final holds %v, want [new.txt]", got)
+	}
+	if got := entries(t, root); len(got) != 1 {
+		t.Errorf("root holds %v, want the model alone", got)
+	}
+	if st, err := os.Stat(final); err != nil || st.Mode().Perm() != 0o755 {
+		t.Errorf("mode %v (%v), want 0755", st.Mode(), err)
+	}
+}
+
+// TestSwapAllOrNothing makes the last of three renames fail (its source
+// is missing): the first two are undone, and the files they replaced are
+// back under their names.
+func TestSwapAllOrNothing(t *testing.T) {
+	dir := t.TempDir()
+	var moves []Move
+	for _, n := range []string{"a", "b", "c"} {
+		write(t, filepath.Join(dir, n), "old "+n)
+		from := filepath.Join(dir, atomicfile.TempPrefix+"new-"+n)
+		if n != "c" {
+			write(t, from, "new "+n)
+		}
+		moves = append(moves, Move{From: from, To: filepath.Join(dir, n)})
+	}
+	if err := Swap(moves, true); err == nil {
+		t.Fatal("Swap with a missing source succeeded")
+	}
+	for _, n := range []string{"a", "b", "c"} {
+		if got := read(t, filepath.Join(dir, n)); got != "old "+n {
+			t.Errorf("%s = %q after the failed swap, want the old file", n, got)
+		}
+	}
+	for _, m := range moves[:2] {
+		if _, err := os.Stat(m.From); err != nil {
+			t.Errorf("new file %s not back under its temporary name: %v", m.From, err)
+		}
+		os.Remove(m.From)
+	}
+	if got := entries(t, dir); len(got) != 3 {
+		t.Errorf("dir holds %v", got)
+	}
+
+	write(t, moves[2].From, "new c")
+	for _, m := range moves[:2] {
+		write(t, m.From, "new "+filepath.Base(m.To))
+	}
+	if err := Swap(moves, true); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"a", "b", "c"} {
+		if got := read(t, filepath.Join(dir, n)); got != "new "+n {
+			t.Errorf("%s = %q, want the new file", n, got)
+		}
+	}
+	if got := entries(t, dir); len(got) != 3 {
+		t.Errorf("dir holds %v", got)
+	}
+}
+
+func TestSwapAfterInterrupt(t *testing.T) {
+	dir := t.TempDir()
+	from := filepath.Join(dir, "from")
+	write(t, from, "x")
+	atomicfile.RemoveAll()
+	defer atomicfile.Resume()
+	if err := Swap([]Move{{From: from, To: filepath.Join(dir, "to")}}, false); !errors.Is(err, atomicfile.ErrInterrupted) {
+		t.Fatalf("Swap after an interrupt: %v, want ErrInterrupted", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "to")); err == nil {
+		t.Error("renamed after an interrupt")
+	}
+}

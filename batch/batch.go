@@ -11,8 +11,8 @@ import (
 
 	"github.com/tpconvert/tpconvert/batch/checkout"
 	"github.com/tpconvert/tpconvert/codec"
-	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/internal/procstat"
 	"github.com/tpconvert/tpconvert/stream"
 )
 
@@ -324,7 +324,7 @@ func Run(ctx context.Context, srcs []string, outDir string, o Options) (*Report,
 		}
 	}
 	t.WallSeconds = time.Since(start).Seconds()
-	t.PeakRSSBytes = convert.PeakRSS()
+	t.PeakRSSBytes = procstat.PeakRSS()
 	if firstErr != nil {
 		return rep, fmt.Errorf("%w: %d of %d failed; first: %w", ErrIncomplete, t.Failed, t.Models, firstErr)
 	}

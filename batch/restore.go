@@ -16,6 +16,7 @@ import (
 	"github.com/tpconvert/tpconvert/formats/safetensors"
 	"github.com/tpconvert/tpconvert/internal/atomicdir"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/internal/procstat"
 )
 
 // IsConvertedDir reports whether dir is a model directory written by
@@ -138,7 +139,7 @@ func RestoreDir(ctx context.Context, in, out string, o convert.RestoreOptions) (
 		rep.BytesOut += rm.BytesOut
 	}
 	rep.WallSeconds = time.Since(start).Seconds()
-	rep.PeakRSSBytes = convert.PeakRSS()
+	rep.PeakRSSBytes = procstat.PeakRSS()
 	return rep, nil
 }
 

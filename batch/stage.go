@@ -15,6 +15,7 @@ import (
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/internal/atomicdir"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/internal/procstat"
 	"github.com/tpconvert/tpconvert/stream"
 	"github.com/tpconvert/tpconvert/tensor"
 )
@@ -201,7 +202,7 @@ func (st *stager) convert(c *checkout.Checkout, u Unit) (*unitRecord, error) {
 			BPW: t.BPWAll, BPWCompressed: t.BPWCompressed, Version: st.o.Version,
 		},
 		Run: RunWeight{Source: u.Weight.Name, SourceMTime: st0.ModTime().UnixNano(), Seconds: time.Since(start).Seconds(),
-			PeakRSSBytes: convert.PeakRSS(), Shard: st.shardName(), Host: st.host, Finished: time.Now().UTC().Format(time.RFC3339)},
+			PeakRSSBytes: procstat.PeakRSS(), Shard: st.shardName(), Host: st.host, Finished: time.Now().UTC().Format(time.RFC3339)},
 	}
 	if err := writeJSON(filepath.Join(tmp, "record.json"), rec); err != nil {
 		return nil, err

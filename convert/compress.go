@@ -16,6 +16,7 @@ import (
 	"github.com/tpconvert/tpconvert/formats/gguf"
 	"github.com/tpconvert/tpconvert/formats/tpk"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/internal/procstat"
 	"github.com/tpconvert/tpconvert/stream"
 	"github.com/tpconvert/tpconvert/tensor"
 )
@@ -46,7 +47,7 @@ type CompressOptions struct {
 	// WeightsOnly allows compressing a checkout directory that holds files
 	// besides the weights the .tpk carries (config.json, tokenizer files,
 	// README): they are left out. Without it CompressFile refuses such a
-	// directory with ErrSideFiles; Batch keeps them.
+	// directory with ErrSideFiles; batch.Run keeps them.
 	WeightsOnly bool
 }
 
@@ -194,6 +195,6 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 	rep.Allocation = Allocation(rep.Tensors)
 	rep.Rate = rr
 	rep.Totals.WallSeconds = time.Since(start).Seconds()
-	rep.Totals.PeakRSSBytes = PeakRSS()
+	rep.Totals.PeakRSSBytes = procstat.PeakRSS()
 	return rep, nil
 }

@@ -41,7 +41,7 @@ func cmdCompress(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	in := pos[0]
 	if *out == "" {
-		*out = convert.DefaultCompressOutput(in)
+		*out = defaultCompressOutput(in)
 	}
 	cf.visit(fs)
 	ro, err := cf.rate(fs)

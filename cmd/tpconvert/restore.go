@@ -37,11 +37,11 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	in := pos[0]
 	o := convert.RestoreOptions{ShardSize: int64(shard), Overwrite: *force}
-	if o.DType, err = convert.ParseDTypeFlag(*dtype); err != nil {
+	if o.DType, err = parseDType(*dtype); err != nil {
 		return errUsage{fmt.Errorf("--dtype: %w", err)}
 	}
 	if *deq != "" {
-		if o.Dequantize, err = convert.ParseDTypeFlag(*deq); err != nil || o.Dequantize == 0 {
+		if o.Dequantize, err = parseDType(*deq); err != nil || o.Dequantize == 0 {
 			return errUsage{fmt.Errorf("--dequantize: want f32, f16 or bf16, not %q", *deq)}
 		}
 	}
@@ -56,7 +56,7 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return errUsage{errors.New("--workers must be at least 1")}
 	}
 	// The output's extension chooses the container (--to implied).
-	if k := convert.KindOfName(*out); k != "" {
+	if k := formats.KindOfName(*out); k != "" {
 		if o.To != "" && o.To != k {
 			return errUsage{fmt.Errorf("--to %s, but -o %s names a %s file", o.To, *out, k)}
 		}
@@ -71,7 +71,7 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return err
 		}
 		meta := r.Meta()
-		*out = convert.DefaultRestoreOutput(in, meta, o.To, convert.IsDirOutput(meta, o))
+		*out = defaultRestoreOutput(in, meta, o.To, convert.IsDirOutput(meta, o))
 		r.Close()
 	}
 	debug.SetMemoryLimit(int64(maxMem) + 256<<20)
@@ -80,7 +80,7 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	o.OnStart = prog.start
 	rep, err := convert.RestoreFile(ctx, in, *out, o)
 	prog.finish()
-	if errors.Is(err, convert.ErrCannotConvert) && convert.KindOfName(*out) != "" {
+	if errors.Is(err, convert.ErrCannotConvert) && formats.KindOfName(*out) != "" {
 		return fmt.Errorf("-o %s: %w", *out, err)
 	}
 	if err != nil {
@@ -133,7 +133,7 @@ func cmdVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if len(pos) != 1 {
 		return errUsage{fmt.Errorf("verify takes one FILE.tpk, got %d", len(pos))}
 	}
-	n, errs := convert.VerifyContext(ctx, pos[0])
+	n, errs := convert.Verify(ctx, pos[0])
 	if *asJSON {
 		res := struct {
 			File    string   `json:"file"`

@@ -28,8 +28,8 @@ func TestOrderedWritesInOrderWithinBudget(t *testing.T) {
 			func(i int) int64 { return costs[i] },
 			func(ctx context.Context, i int) (int, error) {
 				c := min(costs[i], maxMem)
-				if v := inFlight.Add(c); v > peak.Load() {
-					peak.Store(v)
+				v := inFlight.Add(c)
+				for p := peak.Load(); v > p && !peak.CompareAndSwap(p, v); p = peak.Load() {
 				}
 				time.Sleep(time.Duration(costs[i]%50) * time.Microsecond)
 				return i * 10, nil
@@ -87,25 +87,30 @@ func TestOrderedErrors(t *testing.T) {
 	}
 }
 
+// TestOrderedCancel cancels the context from inside the work, when the
+// cancelAt-th item starts (the items after it wait for the cancellation):
+// ordered must return context.Canceled, and start at most one more item
+// per worker after the cancellation.
 func TestOrderedCancel(t *testing.T) {
+	const cancelAt, workers = 10, 2
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	var started atomic.Int64
 	done := make(chan error)
 	go func() {
-		done <- ordered(ctx, 1000, 2, 1<<20, func(int) int64 { return 1 },
+		done <- ordered(ctx, 1000, workers, 1<<20, func(int) int64 { return 1 },
 			func(ctx context.Context, i int) (int, error) {
-				started.Add(1)
-				select {
-				case <-ctx.Done():
-					return 0, ctx.Err()
-				case <-time.After(5 * time.Millisecond):
+				switch n := started.Add(1); {
+				case n < cancelAt:
+					return i, nil
+				case n == cancelAt:
+					cancel()
 				}
-				return i, nil
+				<-ctx.Done()
+				return 0, ctx.Err()
 			},
 			func(int, int) error { return nil })
 	}()
-	time.Sleep(20 * time.Millisecond)
-	cancel()
 	select {
 	case err := <-done:
 		if !errors.Is(err, context.Canceled) {
@@ -114,8 +119,8 @@ func TestOrderedCancel(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("ordered did not stop after cancel")
 	}
-	if s := started.Load(); s > 100 {
-		t.Errorf("%d items started; cancellation was not prompt", s)
+	if s := started.Load(); s > cancelAt+workers {
+		t.Errorf("%d items started, cancelled at the start of item %d with %d workers: cancellation was not prompt", s, cancelAt, workers)
 	}
 }
 

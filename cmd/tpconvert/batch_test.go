@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -14,12 +15,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/tpconvert/tpconvert/batch"
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/fixtures/gen"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
 	"github.com/tpconvert/tpconvert/tensor"
+	"golang.org/x/sys/unix"
 )
 
 func TestParseShard(t *testing.T) {
@@ -264,6 +267,40 @@ func waitFor(t *testing.T, what string, timeout time.Duration, ok func() bool) {
 	}
 }
 
+// awaitCreate waits, with inotify rather than polling, until dir holds a
+// name matching pattern (filepath.Match), failing after timeout.
+func awaitCreate(t *testing.T, dir, pattern string, timeout time.Duration) {
+	t.Helper()
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "inotify")
+	defer f.Close()
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CREATE|unix.IN_MOVED_TO); err != nil {
+		t.Fatal(err)
+	}
+	if len(glob(filepath.Join(dir, pattern))) > 0 { // created before the watch
+		return
+	}
+	f.SetReadDeadline(time.Now().Add(timeout))
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := f.Read(buf)
+		if err != nil {
+			t.Fatalf("waiting for %s in %s: %v", pattern, dir, err)
+		}
+		for off := 0; off+unix.SizeofInotifyEvent <= n; {
+			ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+			name := strings.TrimRight(string(buf[off+unix.SizeofInotifyEvent:off+unix.SizeofInotifyEvent+int(ev.Len)]), "\x00")
+			if ok, _ := filepath.Match(pattern, name); ok {
+				return
+			}
+			off += unix.SizeofInotifyEvent + int(ev.Len)
+		}
+	}
+}
+
 func glob(p string) []string {
 	m, _ := filepath.Glob(p)
 	return m
@@ -297,25 +334,37 @@ func TestBatchSIGKILLThenResume(t *testing.T) {
 
 	cmd := exec.Command(bin, args...)
 	var errb bytes.Buffer
-	cmd.Stderr = &errb
+	pr, pw := io.Pipe()
+	cmd.Stderr = io.MultiWriter(&errb, pw)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	go func() { done <- cmd.Wait(); pw.Close() }()
 	staging := filepath.Join(out, batch.StagingName, "b-big")
 	// Kill once a-tiny is complete and b-big has one weight file staged
-	// and the next one in progress.
-	waitFor(t, "a-tiny's manifest", 60*time.Second, func() bool {
-		_, err := os.Stat(filepath.Join(out, "a-tiny", batch.ManifestName))
-		return err == nil
-	})
-	waitFor(t, "a staged weight file of b-big", 60*time.Second, func() bool {
-		return len(glob(filepath.Join(staging, "*.tpk.json"))) > 0
-	})
-	waitFor(t, "the next conversion", 60*time.Second, func() bool {
-		return len(glob(filepath.Join(staging, atomicfile.TempPrefix+"*"))) > 0
-	})
+	// and the next one in progress: the progress lines on stderr say the
+	// first two, inotify the third.
+	lines := bufio.NewScanner(pr)
+	awaitLine := func(what, sub string) {
+		t.Helper()
+		for lines.Scan() {
+			if strings.Contains(lines.Text(), sub) {
+				return
+			}
+		}
+		t.Fatalf("the batch ended before %s; stderr:\n%s", what, errb.String())
+	}
+	awaitLine("a-tiny was complete", "a-tiny: converted")
+	if _, err := os.Stat(filepath.Join(out, "a-tiny", batch.ManifestName)); err != nil {
+		t.Fatalf("a-tiny reported converted, but: %v", err)
+	}
+	awaitLine("a weight file of b-big was staged", "b-big/")
+	if len(glob(filepath.Join(staging, "*.tpk.json"))) == 0 {
+		t.Fatal("a weight file of b-big reported converted, but none is staged")
+	}
+	awaitCreate(t, staging, atomicfile.TempPrefix+"*", 60*time.Second)
+	go io.Copy(io.Discard, pr) // the rest of stderr
 	cmd.Process.Signal(syscall.SIGKILL)
 	<-done
 	staged := len(glob(filepath.Join(staging, "*.tpk.json")))

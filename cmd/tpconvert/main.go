@@ -143,9 +143,16 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// runHook, if set (by tests), receives the context of each command run,
+// which SIGINT and SIGTERM cancel.
+var runHook func(ctx context.Context)
+
 func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if runHook != nil {
+		runHook(ctx)
+	}
 	err := dispatch(ctx, args, stdout, stderr)
 	switch {
 	case err == nil:

@@ -10,6 +10,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/tpconvert/tpconvert/arch"
 	"github.com/tpconvert/tpconvert/batch/checkout"
 	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/formats"
@@ -170,7 +171,7 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 		Options:     o.Options,
 		Codec:       o.Codec,
 		Select:      o.Selector.Select,
-		Transpose:   func(t tensor.Info) bool { return stream.IsConv1D(t.Name) },
+		Transpose:   func(t tensor.Info) bool { return arch.IsConv1D(t.Name) },
 		NoStats:     o.NoStats,
 		AllowLarger: o.AllowLarger,
 		PassThrough: o.PassThrough,

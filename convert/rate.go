@@ -8,6 +8,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/tpconvert/tpconvert/arch"
 	"github.com/tpconvert/tpconvert/codec/tenpakx2"
 	"github.com/tpconvert/tpconvert/formats"
 	"github.com/tpconvert/tpconvert/rate"
@@ -102,7 +103,7 @@ func planRate(ctx context.Context, src formats.Source, o *CompressOptions) (*ten
 		}
 		rep.TargetBytes = int64(math.Floor(r.BPW * float64(params) / 8))
 	}
-	transpose := func(t tensor.Info) bool { return stream.IsConv1D(t.Name) }
+	transpose := func(t tensor.Info) bool { return arch.IsConv1D(t.Name) }
 	sel := o.Selector.Select
 	if r.OnPlanStart != nil {
 		var total int64

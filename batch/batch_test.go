@@ -754,7 +754,8 @@ func TestBatchRefusesForeignDirectory(t *testing.T) {
 	writeFile(t, precious, "mine")
 	o := batchOpts(t, "none")
 	rep, err := batch.Run(context.Background(), []string{src}, out, o)
-	if !errors.Is(err, batch.ErrIncomplete) || !strings.Contains(err.Error(), "--force") || rep.Models[0].Status != batch.ModelFailed {
+	// The command line names --force for it (TestBatchForeignDirectoryNamesForce).
+	if !errors.Is(err, batch.ErrIncomplete) || !errors.Is(err, batch.ErrNotConverted) || rep.Models[0].Status != batch.ModelFailed {
 		t.Fatalf("err = %v", err)
 	}
 	if b, _ := os.ReadFile(precious); string(b) != "mine" {

@@ -11,6 +11,11 @@ import (
 	"github.com/tpconvert/tpconvert/batch/checkout"
 )
 
+// ErrNotConverted is matched (with errors.Is) by the error for a model
+// whose output directory exists but was not written by Run (it has no
+// manifest); Options.Force replaces it.
+var ErrNotConverted = errors.New("is not a converted model")
+
 // planner decides, for each model, what its units need: nothing (the
 // model is up to date), staging from the previous output, or converting.
 type planner struct {
@@ -78,7 +83,7 @@ func (p *planner) plan(c *checkout.Checkout, us []Unit) *modelWork {
 	}
 	mr.Reason = why
 	if p.o.Force {
-		mr.Reason = "--force"
+		mr.Reason = "forced"
 	}
 	for k, u := range us {
 		ur := &mr.Units[k]
@@ -132,7 +137,7 @@ func (p *planner) previous(c *checkout.Checkout) (*previous, string, error) {
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			if !p.o.Force && !p.o.DryRun {
-				return nil, "", fmt.Errorf("%s exists and is not a converted model (no %s): remove it or use --force", dir, ManifestName)
+				return nil, "", fmt.Errorf("%s exists and %w (no %s)", dir, ErrNotConverted, ManifestName)
 			}
 			return nil, "not a converted model", nil
 		}

@@ -48,6 +48,10 @@ func convertedModels(dir string) ([]string, error) {
 	return out, nil
 }
 
+// ErrKeepsContainers is returned by RestoreDir when asked for another
+// container or for resharding (RestoreOptions.To, ShardSize).
+var ErrKeepsContainers = errors.New("restoring a converted directory keeps its files and containers: the output container and shard size cannot be chosen")
+
 // RestoredModel describes one restored checkout.
 type RestoredModel struct {
 	Model   string                   `json:"model"`
@@ -85,7 +89,7 @@ type RestoreDirReport struct {
 func RestoreDir(ctx context.Context, in, out string, o convert.RestoreOptions) (*RestoreDirReport, error) {
 	start := time.Now()
 	if o.To != "" || o.ShardSize != 0 {
-		return nil, errors.New("restoring a converted directory keeps its files and containers: --to and --shard-size do not apply")
+		return nil, ErrKeepsContainers
 	}
 	if err := checkDisjoint(in, out); err != nil {
 		return nil, err

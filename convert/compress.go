@@ -137,8 +137,7 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 			if len(side) > 4 {
 				list += fmt.Sprintf(" and %d more", len(side)-4)
 			}
-			return nil, fmt.Errorf("%s %w that a .tpk does not carry (%s): 'tpconvert batch %s -o OUTDIR' keeps them beside the compressed weights; --weights-only compresses the weights alone",
-				in, ErrSideFiles, list, in)
+			return nil, fmt.Errorf("%s %w that a .tpk does not carry (%s)", in, ErrSideFiles, list)
 		}
 	}
 	var total int64

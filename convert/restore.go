@@ -20,6 +20,11 @@ import (
 	"github.com/tpconvert/tpconvert/stream"
 )
 
+// ErrQuantized is matched (with errors.Is) by the error of RestoreFile for
+// a GGUF tensor in a ggml block type restored to safetensors without
+// RestoreOptions.Dequantize.
+var ErrQuantized = errors.New("safetensors cannot hold without dequantizing")
+
 // ErrCannotConvert is returned by RestoreFile for a container conversion
 // it cannot make (safetensors to GGUF).
 var ErrCannotConvert = errors.New("cannot restore")
@@ -87,7 +92,7 @@ func RestoreFile(ctx context.Context, in, out string, o RestoreOptions) (*Restor
 	if to == formats.Safetensors && meta.Kind == formats.GGUF {
 		for _, t := range plan {
 			if t.DType.IsQuantized() {
-				return nil, fmt.Errorf("tensor %q is %s, which safetensors cannot hold: add --dequantize f16 (or f32, bf16)", t.Name, t.DType)
+				return nil, fmt.Errorf("tensor %q is %s, which %w", t.Name, t.DType, ErrQuantized)
 			}
 		}
 	}

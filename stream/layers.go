@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -17,19 +18,22 @@ const (
 	LayersAll  Layers = "all"  // attention and MLP projection matrices
 	LayersMLP  Layers = "mlp"  // MLP projections only
 	LayersAttn Layers = "attn" // attention projections only
-	LayersNone Layers = "none" // nothing (only --include selects)
+	LayersNone Layers = "none" // nothing (only Selector.Include selects)
 	// LayersWeights is every 2-D weight matrix: the projections, token
 	// embeddings, the output head and any other matrix.
 	LayersWeights Layers = "weights"
 )
 
-// ParseLayers parses a --layers value.
+// ErrLayers is matched (with errors.Is) by the error of ParseLayers.
+var ErrLayers = errors.New("unknown layer selection")
+
+// ParseLayers parses the name of a layer selection.
 func ParseLayers(s string) (Layers, error) {
 	switch l := Layers(s); l {
 	case LayersAll, LayersMLP, LayersAttn, LayersNone, LayersWeights:
 		return l, nil
 	}
-	return "", fmt.Errorf("unknown --layers %q (want mlp, attn, all, weights or none)", s)
+	return "", fmt.Errorf("%w %q (want mlp, attn, all, weights or none)", ErrLayers, s)
 }
 
 // Selector decides which tensors are compressed.

@@ -468,3 +468,28 @@ func TestBatchShardsInSeparateProcesses(t *testing.T) {
 	sameTree(t, ref, par)
 	noTempsIn(t, par)
 }
+
+// TestBatchForeignDirectoryNamesForce: the library reports an output
+// directory it did not write in its own words (batch.ErrNotConverted); the
+// command names the flag that replaces it, and restoring a converted
+// directory with --to names the flags that do not apply.
+func TestBatchForeignDirectoryNamesForce(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "models")
+	writeModels(t, src)
+	out := filepath.Join(dir, "out")
+	if err := os.MkdirAll(filepath.Join(out, "alpha"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := runCLI(t, "batch", filepath.Join(src, "alpha"), "-o", out, "--codec", "none")
+	if code != 1 || !strings.Contains(stderr, "is not a converted model") || !strings.Contains(stderr, "remove it or use --force") {
+		t.Errorf("foreign output directory: exit %d, stderr %q", code, stderr)
+	}
+	if code, _, stderr := runCLI(t, "batch", filepath.Join(src, "alpha"), "-o", out, "--codec", "none", "--force"); code != 0 {
+		t.Fatalf("--force: exit %d, stderr %q", code, stderr)
+	}
+	code, _, stderr = runCLI(t, "restore", filepath.Join(out, "alpha"), "-o", filepath.Join(dir, "r"), "--to", "gguf")
+	if code == 0 || !strings.Contains(stderr, "--to and --shard-size do not apply") {
+		t.Errorf("restore of a converted directory with --to: exit %d, stderr %q", code, stderr)
+	}
+}

@@ -84,6 +84,9 @@ func cmdCompress(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if errors.As(err, &me) {
 		return errUsage{fmt.Errorf("--max-memory %s: tensor %q needs %s of working memory; give --max-memory %dMiB or more, or --exclude it", human(me.Budget), me.Tensor, human(me.Need), (me.Need+1<<20-1)>>20)}
 	}
+	if errors.Is(err, convert.ErrSideFiles) {
+		return fmt.Errorf("%w: 'tpconvert batch %s -o OUTDIR' keeps them beside the compressed weights; --weights-only compresses the weights alone", err, in)
+	}
 	if err != nil {
 		return err
 	}

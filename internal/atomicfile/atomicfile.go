@@ -23,7 +23,7 @@ const TempPrefix = ".tpconvert-tmp-"
 
 // ErrExists is returned by Create when the final path exists and overwrite
 // was not allowed.
-var ErrExists = errors.New("output exists (use --force to overwrite)")
+var ErrExists = errors.New("output exists")
 
 // File is a temporary file that becomes Path on Commit.
 type File struct {

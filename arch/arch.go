@@ -128,23 +128,18 @@ func Class(name string) string {
 func IsConv1D(name string) bool { return get().conv1d.MatchString(name) }
 
 // Layers returns the role names of every registered family.
-func Layers() []Roles {
-	mu.Lock()
-	defer mu.Unlock()
-	var out []Roles
-	for _, f := range families {
-		out = append(out, f.Layers...)
-	}
-	return out
-}
+func Layers() []Roles { return collect(func(f Family) []Roles { return f.Layers }) }
 
 // Heads returns the head names of every registered family.
-func Heads() []Head {
+func Heads() []Head { return collect(func(f Family) []Head { return f.Heads }) }
+
+// collect concatenates a field of every family, in registration order.
+func collect[T any](field func(Family) []T) []T {
 	mu.Lock()
 	defer mu.Unlock()
-	var out []Head
+	var out []T
 	for _, f := range families {
-		out = append(out, f.Heads...)
+		out = append(out, field(f)...)
 	}
 	return out
 }

@@ -334,18 +334,30 @@ func Run(ctx context.Context, srcs []string, outDir string, o Options) (*Report,
 // checkOutsideSource refuses an output directory that is a checkout or
 // holds one. An output inside a checkout is allowed: checkout.Find skips it.
 func checkOutsideSource(out, src string) error {
-	a, err1 := filepath.Abs(out)
-	b, err2 := filepath.Abs(src)
-	if err1 != nil || err2 != nil {
+	a, b, ok := absPaths(out, src)
+	switch {
+	case !ok:
 		return nil
-	}
-	if a == b {
+	case a == b:
 		return fmt.Errorf("refusing to write the batch output into its source %s", src)
-	}
-	if rel, err := filepath.Rel(a, b); err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+	case within(b, a):
 		return fmt.Errorf("source %s is inside the batch output %s", src, out)
 	}
 	return nil
+}
+
+// absPaths returns the absolute forms of x and y, and whether both have
+// one.
+func absPaths(x, y string) (string, string, bool) {
+	a, err1 := filepath.Abs(x)
+	b, err2 := filepath.Abs(y)
+	return a, b, err1 == nil && err2 == nil
+}
+
+// within reports whether the absolute path x is y or inside y.
+func within(x, y string) bool {
+	rel, err := filepath.Rel(y, x)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
 }
 
 func settingsOf(o Options) Settings {

@@ -23,6 +23,7 @@ import (
 	"github.com/tpconvert/tpconvert/fixtures/gen"
 	"github.com/tpconvert/tpconvert/formats"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/internal/testfs"
 	"github.com/tpconvert/tpconvert/internal/testkit"
 	"github.com/tpconvert/tpconvert/stream"
 	"github.com/tpconvert/tpconvert/tensor"
@@ -35,18 +36,12 @@ var (
 	mustCodec    = testkit.MustCodec
 	tensorHashes = testkit.TensorHashes
 	noTemps      = testkit.NoTemps
+	treeHashes   = testkit.TreeHashes
+	sameTrees    = testkit.SameTrees
 )
 
 // writeFile writes a small file, creating its directory.
-func writeFile(t *testing.T, p, s string) {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
+var writeFile = testfs.WriteFile
 
 // makeModels writes three checkouts into root: alpha (one safetensors
 // file), beta (three shards and an index) and gamma (one GGUF file), each
@@ -87,6 +82,31 @@ func makeModels(t *testing.T, root string) {
 	writeFile(t, filepath.Join(gamma, "README.md"), "# gamma\n")
 }
 
+// newModels writes makeModels' checkouts into dir/models of a new
+// temporary dir, and names dir/out for the output.
+func newModels(t *testing.T) (dir, src, out string) {
+	t.Helper()
+	dir = t.TempDir()
+	src = filepath.Join(dir, "models")
+	makeModels(t, src)
+	return dir, src, filepath.Join(dir, "out")
+}
+
+// newAlpha writes a checkout of one safetensors file into dir/alpha of a
+// new temporary dir, and names dir/out for the output.
+func newAlpha(t *testing.T) (src, out string) {
+	t.Helper()
+	dir := t.TempDir()
+	src = filepath.Join(dir, "alpha")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := gen.WriteSafetensors(filepath.Join(src, "model.safetensors"), tiny, tensor.BF16, 1); err != nil {
+		t.Fatal(err)
+	}
+	return src, filepath.Join(dir, "out")
+}
+
 func batchOpts(t *testing.T, c string) batch.Options {
 	return batch.Options{
 		Options:  stream.Options{Workers: 2, MaxMemory: 64 << 20},
@@ -105,54 +125,6 @@ func runBatch(t *testing.T, srcs []string, out string, o batch.Options) *batch.R
 	return rep
 }
 
-// treeHashes maps every file under dir (slash paths) to its SHA-256,
-// leaving out run.json files.
-func treeHashes(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	m := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		if d.IsDir() {
-			if rel != "." {
-				m[filepath.ToSlash(rel)+"/"] = "dir"
-			}
-			return nil
-		}
-		if d.Name() == batch.RunInfoName {
-			return nil
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		s := sha256.Sum256(b)
-		m[filepath.ToSlash(rel)] = hex.EncodeToString(s[:])
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
-func sameTrees(t *testing.T, a, b string) {
-	t.Helper()
-	ha, hb := treeHashes(t, a), treeHashes(t, b)
-	for k, v := range ha {
-		if hb[k] != v {
-			t.Errorf("%s: %s in %s, %s in %s", k, v, a, hb[k], b)
-		}
-	}
-	for k := range hb {
-		if _, ok := ha[k]; !ok {
-			t.Errorf("%s only in %s", k, b)
-		}
-	}
-}
-
 func statuses(rep *batch.Report) map[string]batch.ModelStatus {
 	m := map[string]batch.ModelStatus{}
 	for _, r := range rep.Models {
@@ -162,10 +134,7 @@ func statuses(rep *batch.Report) map[string]batch.ModelStatus {
 }
 
 func TestBatchRoundTrip(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "models")
-	makeModels(t, src)
-	out := filepath.Join(dir, "out")
+	dir, src, out := newModels(t)
 	o := batchOpts(t, "f16")
 	rep := runBatch(t, []string{src}, out, o)
 	if rep.Totals.Models != 3 || rep.Totals.Converted != 3 || rep.Totals.UnitsConverted != 5 {
@@ -365,10 +334,7 @@ func readJSONFile(t *testing.T, p string, v any) {
 }
 
 func TestBatchResume(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "models")
-	makeModels(t, src)
-	out := filepath.Join(dir, "out")
+	_, src, out := newModels(t)
 	o := batchOpts(t, "f16")
 	runBatch(t, []string{src}, out, o)
 	before := treeHashes(t, out)
@@ -418,13 +384,7 @@ func TestBatchResume(t *testing.T) {
 }
 
 func TestBatchRemovesStrayTemps(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "alpha")
-	os.MkdirAll(src, 0o755)
-	if err := gen.WriteSafetensors(filepath.Join(src, "model.safetensors"), tiny, tensor.BF16, 1); err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(dir, "out")
+	src, out := newAlpha(t)
 	mine := filepath.Join(out, atomicfile.TempPrefix+"s1of2-model-123")
 	other := filepath.Join(out, atomicfile.TempPrefix+"s0of2-model-456")
 	unit := filepath.Join(out, batch.StagingName, "alpha", atomicfile.TempPrefix+"s1of2-unit-789")
@@ -483,9 +443,7 @@ func TestUnitsCoverEveryUnitOnce(t *testing.T) {
 }
 
 func TestBatchShardsThenMerge(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "models")
-	makeModels(t, src)
+	dir, src, _ := newModels(t)
 	ref := filepath.Join(dir, "ref")
 	runBatch(t, []string{src}, ref, batchOpts(t, "f16"))
 
@@ -513,10 +471,7 @@ func TestBatchShardsThenMerge(t *testing.T) {
 }
 
 func TestBatchMergeCompletesStagedModels(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "models")
-	makeModels(t, src)
-	out := filepath.Join(dir, "out")
+	dir, src, out := newModels(t)
 	// Stop the run after beta's last weight file is staged, before the
 	// model is assembled (as when shards finish at the same moment).
 	ctx, cancel := context.WithCancel(context.Background())
@@ -573,9 +528,7 @@ func mustFind(t *testing.T, srcs ...string) []checkout.Checkout {
 }
 
 func TestBatchFailureIsolated(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "models")
-	makeModels(t, src)
+	dir, src, _ := newModels(t)
 	// A header that parses as far as detection but not further.
 	bad := filepath.Join(src, "delta", "model.safetensors")
 	writeFile(t, bad, "\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":1")
@@ -665,10 +618,7 @@ func TestFindCheckouts(t *testing.T) {
 }
 
 func TestRestoreDirChecks(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "models")
-	makeModels(t, src)
-	out := filepath.Join(dir, "out")
+	dir, src, out := newModels(t)
 	runBatch(t, []string{src}, out, batchOpts(t, "none"))
 	ctx := context.Background()
 	model := filepath.Join(out, "alpha")
@@ -710,10 +660,7 @@ func TestRestoreDirChecks(t *testing.T) {
 }
 
 func TestBatchDryRunWritesNothing(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "models")
-	makeModels(t, src)
-	out := filepath.Join(dir, "out")
+	_, src, out := newModels(t)
 	o := batchOpts(t, "none")
 	o.DryRun, o.Shard, o.Shards = true, 1, 2
 	var planned batch.Event
@@ -743,13 +690,7 @@ func TestBatchDryRunWritesNothing(t *testing.T) {
 }
 
 func TestBatchRefusesForeignDirectory(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "alpha")
-	os.MkdirAll(src, 0o755)
-	if err := gen.WriteSafetensors(filepath.Join(src, "model.safetensors"), tiny, tensor.BF16, 1); err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(dir, "out")
+	src, out := newAlpha(t)
 	precious := filepath.Join(out, "alpha", "notes.txt")
 	writeFile(t, precious, "mine")
 	o := batchOpts(t, "none")

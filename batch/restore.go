@@ -149,16 +149,7 @@ func RestoreDir(ctx context.Context, in, out string, o convert.RestoreOptions) (
 
 // checkDisjoint refuses an output that is the input, inside it, or holds it.
 func checkDisjoint(in, out string) error {
-	a, err1 := filepath.Abs(in)
-	b, err2 := filepath.Abs(out)
-	if err1 != nil || err2 != nil {
-		return nil
-	}
-	inside := func(x, y string) bool { // x is y or inside y
-		rel, err := filepath.Rel(y, x)
-		return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
-	}
-	if inside(a, b) || inside(b, a) {
+	if a, b, ok := absPaths(in, out); ok && (within(a, b) || within(b, a)) {
 		return fmt.Errorf("refusing to restore %s into %s: one holds the other", in, out)
 	}
 	return nil

@@ -159,13 +159,7 @@ func TestLossyRestoreKeepsUntouchedTensors(t *testing.T) {
 		t.Run(kind, func(t *testing.T) {
 			dir := t.TempDir()
 			in := filepath.Join(dir, "m."+kind)
-			var err error
-			if kind == "gguf" {
-				err = gen.WriteGGUF(in, tiny, 3)
-			} else {
-				err = gen.WriteSafetensors(in, tiny, tensor.F32, 3)
-			}
-			if err != nil {
+			if err := gen.WriteModel(in, tiny, tensor.F32, 3); err != nil {
 				t.Fatal(err)
 			}
 			tpkPath := filepath.Join(dir, "m.tpk")

@@ -127,13 +127,7 @@ func TestRestoreDiskFull(t *testing.T) {
 		t.Run(kind, func(t *testing.T) {
 			dir := t.TempDir()
 			in := filepath.Join(dir, "m."+kind)
-			var err error
-			if kind == "gguf" {
-				err = gen.WriteGGUF(in, gen.Presets["tiny"], 1)
-			} else {
-				err = gen.WriteSafetensors(in, gen.Presets["tiny"], tensor.F32, 1)
-			}
-			if err != nil {
+			if err := gen.WriteModel(in, gen.Presets["tiny"], tensor.F32, 1); err != nil {
 				t.Fatal(err)
 			}
 			tpkPath := filepath.Join(dir, "m.tpk")

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -93,9 +92,7 @@ func cmdBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if jerr := enc.Encode(rep); jerr != nil {
+		if jerr := printJSON(stdout, rep); jerr != nil {
 			return jerr
 		}
 	} else {
@@ -301,9 +298,7 @@ func restoreDir(ctx context.Context, in, out string, o convert.RestoreOptions, w
 		return err
 	}
 	if asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		return printJSON(stdout, rep)
 	}
 	for _, m := range rep.Models {
 		fmt.Fprintf(stdout, "restored %s into %s: %d weight files, %d other files\n", m.Model, m.Output, len(m.Weights), m.Files)

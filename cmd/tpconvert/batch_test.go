@@ -3,8 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"io"
 	"io/fs"
@@ -21,6 +19,7 @@ import (
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/fixtures/gen"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/internal/testkit"
 	"github.com/tpconvert/tpconvert/tensor"
 	"golang.org/x/sys/unix"
 )
@@ -125,54 +124,7 @@ func writeModels(t *testing.T, root string) {
 	put(filepath.Join(root, "gamma", "README.md"), "# gamma\n")
 }
 
-// tree maps every file under dir to its SHA-256, leaving out run.json
-// (the run's times and hosts, which differ by design).
-func tree(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	m := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		if d.IsDir() || d.Name() == batch.RunInfoName {
-			return nil
-		}
-		f, err := os.Open(p)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		h := sha256.New()
-		if _, err := io.Copy(h, f); err != nil {
-			return err
-		}
-		m[filepath.ToSlash(rel)] = hex.EncodeToString(h.Sum(nil))
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
-func sameTree(t *testing.T, a, b string) {
-	t.Helper()
-	ta, tb := tree(t, a), tree(t, b)
-	if len(ta) == 0 {
-		t.Fatalf("%s is empty", a)
-	}
-	for k, v := range ta {
-		if tb[k] != v {
-			t.Errorf("%s differs between %s and %s", k, a, b)
-		}
-	}
-	for k := range tb {
-		if _, ok := ta[k]; !ok {
-			t.Errorf("%s is only in %s", k, b)
-		}
-	}
-}
+var sameTree = testkit.SameTrees
 
 func noTempsIn(t *testing.T, dir string) {
 	t.Helper()

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -32,14 +31,10 @@ func cmdCompress(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	verbose := fs.Bool("v", false, "list every tensor in the summary (codec, size, error)")
 	force := fs.Bool("force", false, "overwrite an existing output file")
 	weightsOnly := fs.Bool("weights-only", false, "compress a checkout directory that also holds other files (config.json, tokenizer, README) without them; 'tpconvert batch' keeps them")
-	pos, err := parse(fs, args)
+	in, err := parseOne(fs, args, "INPUT")
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		return errUsage{fmt.Errorf("compress takes one INPUT, got %d", len(pos))}
-	}
-	in := pos[0]
 	if *out == "" {
 		*out = defaultCompressOutput(in)
 	}
@@ -91,9 +86,7 @@ func cmdCompress(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		return printJSON(stdout, rep)
 	}
 	printReport(stdout, rep, *verbose)
 	return nil

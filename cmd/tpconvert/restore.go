@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -28,14 +27,10 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.Var(&maxMem, "max-memory", "bound on working memory; the default is a quarter of RAM")
 	asJSON := fs.Bool("json", false, "print a machine-readable summary on stdout")
 	force := fs.Bool("force", false, "overwrite existing output files")
-	pos, err := parse(fs, args)
+	in, err := parseOne(fs, args, "IN.tpk")
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		return errUsage{fmt.Errorf("restore takes one IN.tpk, got %d", len(pos))}
-	}
-	in := pos[0]
 	o := convert.RestoreOptions{ShardSize: int64(shard), Overwrite: *force}
 	if o.DType, err = parseDType(*dtype); err != nil {
 		return errUsage{fmt.Errorf("--dtype: %w", err)}
@@ -87,9 +82,7 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		return printJSON(stdout, rep)
 	}
 	fmt.Fprintf(stdout, "restored %d tensors (%d decoded) from %s into %s\n", rep.Tensors, rep.Decoded, rep.Input, rep.Output)
 	for _, f := range rep.Files {
@@ -103,21 +96,16 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 func cmdInspect(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("inspect", "tpconvert inspect FILE [--json]", stdout)
 	asJSON := fs.Bool("json", false, "print machine-readable output")
-	pos, err := parse(fs, args)
+	in, err := parseOne(fs, args, "FILE")
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		return errUsage{fmt.Errorf("inspect takes one FILE, got %d", len(pos))}
-	}
-	rep, err := convert.Inspect(pos[0])
+	rep, err := convert.Inspect(in)
 	if err != nil {
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		return printJSON(stdout, rep)
 	}
 	printReport(stdout, rep, true)
 	return nil
@@ -126,27 +114,22 @@ func cmdInspect(args []string, stdout, stderr io.Writer) error {
 func cmdVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("verify", "tpconvert verify FILE.tpk [--json]", stdout)
 	asJSON := fs.Bool("json", false, "print the result as JSON on stdout (exit status 1 still marks damage)")
-	pos, err := parse(fs, args)
+	in, err := parseOne(fs, args, "FILE.tpk")
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		return errUsage{fmt.Errorf("verify takes one FILE.tpk, got %d", len(pos))}
-	}
-	n, errs := convert.Verify(ctx, pos[0])
+	n, errs := convert.Verify(ctx, in)
 	if *asJSON {
 		res := struct {
 			File    string   `json:"file"`
 			OK      bool     `json:"ok"`
 			Records int      `json:"records"`
 			Errors  []string `json:"errors"`
-		}{File: pos[0], OK: len(errs) == 0, Records: n, Errors: []string{}}
+		}{File: in, OK: len(errs) == 0, Records: n, Errors: []string{}}
 		for _, e := range errs {
 			res.Errors = append(res.Errors, e.Error())
 		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(res); err != nil {
+		if err := printJSON(stdout, res); err != nil {
 			return err
 		}
 	}
@@ -160,7 +143,7 @@ func cmdVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return errs[0]
 	}
 	if !*asJSON {
-		fmt.Fprintf(stdout, "%s: OK (%d records, all checksums match)\n", pos[0], n)
+		fmt.Fprintf(stdout, "%s: OK (%d records, all checksums match)\n", in, n)
 	}
 	return nil
 }

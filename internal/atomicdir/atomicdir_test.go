@@ -8,42 +8,23 @@ import (
 	"testing"
 
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/internal/testfs"
 )
 
-func write(t *testing.T, p, s string) {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
+var write = testfs.WriteFile
 
-func read(t *testing.T, p string) string {
-	t.Helper()
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
+func read(t *testing.T, p string) string { return string(testfs.ReadFile(t, p)) }
 
 // entries lists dir's names, failing on any temporary one.
 func entries(t *testing.T, dir string) []string {
 	t.Helper()
-	es, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, e := range es {
-		if strings.HasPrefix(e.Name(), atomicfile.TempPrefix) {
-			t.Errorf("temporary %s left in %s", e.Name(), dir)
+	names := testfs.ListDir(t, dir)
+	for _, n := range names {
+		if strings.HasPrefix(n, atomicfile.TempPrefix) {
+			t.Errorf("temporary %s left in %s", n, dir)
 		}
-		out = append(out, e.Name())
 	}
-	return out
+	return names
 }
 
 func TestSwapDirReplaces(t *testing.T) {

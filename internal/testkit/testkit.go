@@ -4,11 +4,15 @@ package testkit
 
 import (
 	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/tpconvert/tpconvert/batch"
 	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/formats"
@@ -55,4 +59,62 @@ func TensorHashes(t testing.TB, path string) (map[string][32]byte, *formats.Meta
 	}
 	m := *src.Meta()
 	return h, &m
+}
+
+// TreeHashes maps every file under dir (slash paths) to its SHA-256, and
+// every directory below it ("sub/") to "dir", leaving out run.json files
+// (a batch run's times and hosts, which differ by design).
+func TreeHashes(t testing.TB, dir string) map[string]string {
+	t.Helper()
+	m := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if d.IsDir() {
+			if rel != "." {
+				m[filepath.ToSlash(rel)+"/"] = "dir"
+			}
+			return nil
+		}
+		if d.Name() == batch.RunInfoName {
+			return nil
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err != nil {
+			return err
+		}
+		m[filepath.ToSlash(rel)] = hex.EncodeToString(h.Sum(nil))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// SameTrees fails t for every file or directory that differs between the
+// trees a and b (TreeHashes), and when a is empty.
+func SameTrees(t testing.TB, a, b string) {
+	t.Helper()
+	ha, hb := TreeHashes(t, a), TreeHashes(t, b)
+	if len(ha) == 0 {
+		t.Fatalf("%s is empty", a)
+	}
+	for k, v := range ha {
+		if hb[k] != v {
+			t.Errorf("%s: %s in %s, %s in %s", k, v, a, hb[k], b)
+		}
+	}
+	for k := range hb {
+		if _, ok := ha[k]; !ok {
+			t.Errorf("%s only in %s", k, b)
+		}
+	}
 }

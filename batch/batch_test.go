@@ -215,16 +215,8 @@ func checkRestored(t *testing.T, src, got string, sel stream.Selector) {
 
 func checkTensors(t *testing.T, a, b string, sel stream.Selector) {
 	t.Helper()
-	sa, err := convert.OpenSource(a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sa.Close()
-	sb, err := convert.OpenSource(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sb.Close()
+	sa := testkit.OpenSource(t, a)
+	sb := testkit.OpenSource(t, b)
 	ta, tb := sa.Tensors(), sb.Tensors()
 	if len(ta) != len(tb) {
 		t.Fatalf("%s: %d tensors, source %d", b, len(tb), len(ta))

@@ -398,16 +398,8 @@ func TestRestoredEqualsCodecDecode(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer r.Close()
-			restored, err := convert.OpenSource(out)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer restored.Close()
-			source, err := convert.OpenSource(in)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer source.Close()
+			restored := testkit.OpenSource(t, out)
+			source := testkit.OpenSource(t, in)
 			byName := map[string]int{}
 			for i, ti := range restored.Tensors() {
 				byName[ti.Name] = i

@@ -168,6 +168,18 @@ func (f *File) Commit() error {
 	return nil
 }
 
+// Finish runs steps in order (closing the writers layered over f,
+// flushing their buffers) and commits f when every step succeeds. It
+// returns the first error.
+func (f *File) Finish(steps ...func() error) error {
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	return f.Commit()
+}
+
 // Prepare syncs and closes the file without renaming it, for a caller that
 // renames it itself (as atomicdir.Swap does for several files at once). The
 // file stays temporary, removed by Abort and RemoveAll, until Detach.

@@ -43,3 +43,13 @@ func ListDir(t testing.TB, dir string) []string {
 	}
 	return names
 }
+
+// Size returns the size of the file at p.
+func Size(t testing.TB, p string) int64 {
+	t.Helper()
+	st, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Size()
+}

@@ -40,6 +40,18 @@ func NoTemps(t testing.TB, dir string) {
 	})
 }
 
+// OpenSource opens the checkpoint at path (convert.OpenSource), closing
+// it when the test ends.
+func OpenSource(t testing.TB, path string) formats.Source {
+	t.Helper()
+	src, err := convert.OpenSource(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	return src
+}
+
 // TensorHashes maps "name/dtype" of every tensor of the checkpoint at
 // path to the SHA-256 of its bytes, and returns the checkpoint's metadata.
 func TensorHashes(t testing.TB, path string) (map[string][32]byte, *formats.Meta) {

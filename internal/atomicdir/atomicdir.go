@@ -8,8 +8,10 @@ package atomicdir
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
 )
@@ -30,7 +32,7 @@ type Move struct {
 // (an interrupt comes before the first rename or after the last). An
 // existing To is an error wrapping atomicfile.ErrExists unless overwrite
 // is set; then it is renamed aside first and removed, with its contents,
-// once every rename has succeeded. When one rename fails, those done so
+// once every rename has succeeded (a file never replaces a directory). When one rename fails, those done so
 // far are undone (every From is back, every previous To in its place) and
 // the error returned. The parent directories are synced.
 func Swap(moves []Move, overwrite bool) error {
@@ -76,6 +78,12 @@ func swap(moves []Move, overwrite bool) ([]string, error) {
 			if !overwrite {
 				undo(i)
 				return nil, fmt.Errorf("%s: %w", m.To, atomicfile.ErrExists)
+			}
+			if from, err := os.Lstat(m.From); err == nil && st.IsDir() && !from.IsDir() {
+				// A file never replaces a directory (rename(2) refuses
+				// too): the directory's contents would be lost.
+				undo(i)
+				return nil, &fs.PathError{Op: "rename", Path: m.To, Err: syscall.EISDIR}
 			}
 			pattern := m.Aside
 			if pattern == "" {

@@ -118,3 +118,22 @@ func TestSwapAfterInterrupt(t *testing.T) {
 		t.Error("renamed after an interrupt")
 	}
 }
+
+// TestSwapKeepsDirectory: a file never replaces a directory, even with
+// overwrite: the directory and what it holds stay.
+func TestSwapKeepsDirectory(t *testing.T) {
+	dir := t.TempDir()
+	from := filepath.Join(dir, atomicfile.TempPrefix+"new")
+	write(t, from, "new")
+	to := filepath.Join(dir, "to")
+	write(t, filepath.Join(to, "keep"), "keep")
+	if err := Swap([]Move{{From: from, To: to}}, true); err == nil {
+		t.Fatal("a file replaced a directory")
+	}
+	if got := read(t, filepath.Join(to, "keep")); got != "keep" {
+		t.Errorf("the directory's file holds %q", got)
+	}
+	if got := read(t, from); got != "new" {
+		t.Errorf("the new file holds %q", got)
+	}
+}

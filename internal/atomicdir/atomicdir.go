@@ -79,7 +79,12 @@ func swap(moves []Move, overwrite bool) ([]string, error) {
 				undo(i)
 				return nil, fmt.Errorf("%s: %w", m.To, atomicfile.ErrExists)
 			}
-			if from, err := os.Lstat(m.From); err == nil && st.IsDir() && !from.IsDir() {
+			from, err := os.Lstat(m.From)
+			if err != nil {
+				undo(i)
+				return nil, err
+			}
+			if st.IsDir() && !from.IsDir() {
 				// A file never replaces a directory (rename(2) refuses
 				// too): the directory's contents would be lost.
 				undo(i)
@@ -91,9 +96,9 @@ func swap(moves []Move, overwrite bool) ([]string, error) {
 			}
 			a, err := freshName(filepath.Dir(m.To), pattern)
 			if err == nil {
-				// A file keeps its name until the rename replaces it;
-				// a directory cannot be replaced, so it moves aside.
-				if st.IsDir() || os.Link(m.To, a) != nil {
+				// A file replaced by a file keeps its name until the
+				// rename replaces it; anything else moves aside.
+				if !st.Mode().IsRegular() || from.IsDir() || os.Link(m.To, a) != nil {
 					err = os.Rename(m.To, a)
 				}
 			}

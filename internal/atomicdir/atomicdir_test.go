@@ -137,3 +137,34 @@ func TestSwapKeepsDirectory(t *testing.T) {
 		t.Errorf("the new file holds %q", got)
 	}
 }
+
+// TestSwapDirOverFile: with overwrite, a directory replaces a file (or a
+// symbolic link) of its name.
+func TestSwapDirOverFile(t *testing.T) {
+	root := t.TempDir()
+	for _, link := range []bool{false, true} {
+		final := filepath.Join(root, "out")
+		os.RemoveAll(final)
+		if link {
+			if err := os.Symlink(root, final); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			write(t, final, "old")
+		}
+		tmp, err := Temp(root, atomicfile.TempPrefix+"x-*")
+		if err != nil {
+			t.Fatal(err)
+		}
+		write(t, filepath.Join(tmp, "new.txt"), "new")
+		if err := SwapDir(tmp, final, "", true); err != nil {
+			t.Fatalf("link %v: %v", link, err)
+		}
+		if got := read(t, filepath.Join(final, "new.txt")); got != "new" {
+			t.Errorf("link %v: %q", link, got)
+		}
+		if got := entries(t, root); len(got) != 1 {
+			t.Errorf("link %v: root holds %v", link, got)
+		}
+	}
+}

@@ -1,3 +1,12 @@
+// Package batch converts many checkouts at once: one .tpk file per weight
+// file, every other file copied, a manifest per model. Runs resume where a
+// killed one stopped and can be split into shards that run on several
+// machines (Run); RestoreDir turns the result back into checkouts.
+//
+// A run has one part per job: package checkout finds the models, Units
+// assigns their weight files to shards, a planner decides what each model
+// needs, a stager converts weight files into the staging directory, and
+// an assembler builds each model's directory and swaps it into place.
 package batch
 
 import (

@@ -108,6 +108,16 @@ func checkStorable(in string, src formats.Source) error {
 	return nil
 }
 
+// newRecordSink creates the .tpk writer a compressed checkpoint is
+// written with.
+func newRecordSink(w io.Writer, meta *formats.Meta) (formats.RecordSink, error) {
+	tw, err := tpk.NewWriter(w, meta)
+	if err != nil {
+		return nil, err
+	}
+	return tw, nil
+}
+
 // outputWriter returns the writer an output file is written through;
 // tests replace it to make writes fail as on a full disk.
 var outputWriter = func(f *atomicfile.File) io.Writer { return f }
@@ -166,7 +176,11 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 		return nil, err
 	}
 	defer f.Abort()
-	results, err := stream.Compress(ctx, src, outputWriter(f), stream.CompressOptions{
+	sink, err := newRecordSink(stream.CancelWriter(ctx, outputWriter(f)), src.Meta())
+	if err != nil {
+		return nil, err
+	}
+	results, err := stream.Compress(ctx, src, sink, stream.CompressOptions{
 		Options:     o.Options,
 		Codec:       o.Codec,
 		Select:      o.Selector.Select,
@@ -176,6 +190,9 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 		PassThrough: o.PassThrough,
 	})
 	if err != nil {
+		return nil, err
+	}
+	if err := sink.Close(); err != nil {
 		return nil, err
 	}
 	if err := f.Commit(); err != nil {

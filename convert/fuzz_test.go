@@ -55,7 +55,7 @@ func seedTPK(tb testing.TB, kind formats.Kind) []byte {
 		meta.GGUF = &formats.GGUFMeta{Version: 3, KVCount: 1, KV: kv, Alignment: 32}
 	}
 	var buf bytes.Buffer
-	w, err := tpk.NewWriter(&buf, meta, nil)
+	w, err := tpk.NewWriter(&buf, meta)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -124,7 +124,7 @@ func seedRecordEdit(tb testing.TB, b []byte, name string, f func(e *tpk.Entry, p
 		tb.Fatal(err)
 	}
 	var out bytes.Buffer
-	w, err := tpk.NewWriter(&out, r.Meta(), r.Index().GGUFInfoOrder)
+	w, err := tpk.NewWriter(&out, r.Meta())
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -423,9 +423,9 @@ func checkPipeline(t *testing.T, r *tpk.Reader, payloads [][]byte, decoded [][]f
 // read back with the same entries and payloads, and writing it once more
 // must give identical bytes.
 func checkRewrite(t *testing.T, r *tpk.Reader, payloads [][]byte) {
-	write := func(meta *formats.Meta, order []string, es []tpk.Entry, ps [][]byte) []byte {
+	write := func(meta *formats.Meta, es []tpk.Entry, ps [][]byte) []byte {
 		var buf bytes.Buffer
-		w, err := tpk.NewWriter(&buf, meta, order)
+		w, err := tpk.NewWriter(&buf, meta)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -439,7 +439,7 @@ func checkRewrite(t *testing.T, r *tpk.Reader, payloads [][]byte) {
 		}
 		return buf.Bytes()
 	}
-	b1 := write(r.Meta(), r.Index().GGUFInfoOrder, r.Entries(), payloads)
+	b1 := write(r.Meta(), r.Entries(), payloads)
 	r1, err := tpk.NewReader(bytes.NewReader(b1), int64(len(b1)), "rewrite.tpk")
 	if err != nil {
 		t.Fatalf("rewritten file does not open: %v", err)
@@ -461,7 +461,7 @@ func checkRewrite(t *testing.T, r *tpk.Reader, payloads [][]byte) {
 		}
 		ps[i] = p
 	}
-	if b2 := write(r1.Meta(), r1.Index().GGUFInfoOrder, r1.Entries(), ps); !bytes.Equal(b1, b2) {
+	if b2 := write(r1.Meta(), r1.Entries(), ps); !bytes.Equal(b1, b2) {
 		t.Fatal("rewriting a rewritten file changed it")
 	}
 }

@@ -134,7 +134,7 @@ func planRate(ctx context.Context, src formats.Source, o *CompressOptions) (*ten
 	probe := tenpakx2.NewPlanned(longest, nil, "")
 	// Tensors the plan left out (values tenpak_x_v2 cannot hold) are
 	// stored unchanged or losslessly: they count as overhead.
-	over, err := stream.OverheadWith(src, probe, func(t tensor.Info) bool { _, ok := longest[t.Name]; return ok && sel(t) }, o.PassThrough)
+	over, err := stream.OverheadWith(src, newRecordSink, probe, func(t tensor.Info) bool { _, ok := longest[t.Name]; return ok && sel(t) }, o.PassThrough)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -149,7 +149,7 @@ func RestoreFile(ctx context.Context, in, out string, o RestoreOptions) (*Restor
 		defer f.Abort()
 		var sink formats.Sink
 		if to == formats.GGUF {
-			sink, err = gguf.NewWriter(stream.CancelWriter(ctx, outputWriter(f)), meta.GGUF, r.Index().GGUFInfoOrder, plan)
+			sink, err = gguf.NewWriter(stream.CancelWriter(ctx, outputWriter(f)), meta.GGUF, meta.GGUF.InfoOrder, plan)
 		} else {
 			var fm *formats.FileMeta
 			if meta.Kind == formats.Safetensors {
@@ -219,7 +219,7 @@ func checkRestorable(r *tpk.Reader) error {
 	}
 	switch {
 	case meta.Kind == formats.GGUF:
-		_, err = gguf.NewWriter(io.Discard, meta.GGUF, r.Index().GGUFInfoOrder, plan)
+		_, err = gguf.NewWriter(io.Discard, meta.GGUF, meta.GGUF.InfoOrder, plan)
 	case IsDirOutput(meta, RestoreOptions{}):
 		err = safetensors.CheckDir(meta, plan)
 	default:

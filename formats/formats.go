@@ -129,6 +129,11 @@ type GGUFMeta struct {
 	// tensor and the end of the file (GGUF writers may pad the data
 	// section), so restore reproduces the file length.
 	TailPad int64 `json:"tail_pad,omitempty"`
+	// InfoOrder is the order of the file's tensor infos when it differs
+	// from data order (the order of the Source's tensors, and of the
+	// records of a .tpk), else nil. A .tpk file keeps it in its index
+	// (gguf_info_order) rather than in this object.
+	InfoOrder []string `json:"-"`
 }
 
 // Limits on the source metadata a .tpk file carries. Restoring writes what

@@ -10,7 +10,6 @@ import (
 
 	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/formats"
-	"github.com/tpconvert/tpconvert/formats/tpk"
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
@@ -229,7 +228,7 @@ func castCheck(ctx context.Context, o CompressOptions, t tensor.Info, b []byte, 
 
 // fallback is what Compress does with a selected tensor the codec refused
 // with err: store it with the pass-through codec or unchanged, whole.
-func fallback(o CompressOptions, t tensor.Info, b []byte, e tpk.Entry, err error) (encoded, bool, error) {
+func fallback(o CompressOptions, t tensor.Info, b []byte, e formats.Record, err error) (encoded, bool, error) {
 	if errors.Is(err, codec.ErrUnsupported) || errors.Is(err, errUnfaithful) {
 		v, err := passThrough(o.PassThrough, t, b, e, fmt.Sprintf("%v; stored unchanged", err))
 		return v, true, err
@@ -266,8 +265,8 @@ func (a *measureAcc) add(x, y []float32) {
 	}
 }
 
-func (a *measureAcc) stats() tpk.Stats {
-	s := tpk.Stats{}
+func (a *measureAcc) stats() formats.Stats {
+	s := formats.Stats{}
 	switch {
 	case a.noise == 0:
 		s.RelErr, s.SQNRdB = 0, math.Inf(1)
@@ -294,7 +293,7 @@ func maxItemCost(n int, items []item) func(int) int64 {
 type compressChunks struct {
 	o        CompressOptions
 	src      formats.Source
-	w        *tpk.Writer
+	w        formats.RecordSink
 	infos    []tensor.Info
 	selected []bool
 	splits   []*split
@@ -389,7 +388,7 @@ func (c *compressChunks) doWrite(k int, v encoded) error {
 // in row chunks to sink (a formats.PartSink): stored unchanged (copied,
 // dequantized or converted to another float type) or by a
 // codec.RowCodec, and not transposed.
-func restoreSplits(es []tpk.Entry, plan []tensor.Info, codecs map[uint16]codec.Codec, sink formats.Sink) []*split {
+func restoreSplits(es []formats.Record, plan []tensor.Info, codecs map[uint16]codec.Codec, sink formats.Sink) []*split {
 	splits := make([]*split, len(es))
 	if _, ok := sink.(formats.PartSink); !ok {
 		return splits
@@ -432,7 +431,7 @@ func restoreSplits(es []tpk.Entry, plan []tensor.Info, codecs map[uint16]codec.C
 // restoreChunks runs Restore's items: whole records by work and write,
 // chunked ones here.
 type restoreChunks struct {
-	r      *tpk.Reader
+	r      formats.RecordSource
 	plan   []tensor.Info
 	codecs map[uint16]codec.Codec
 	sink   formats.Sink
@@ -445,7 +444,7 @@ type restoreChunks struct {
 	// verified, and hashes[i] verifies it as the writer goes; both are
 	// set by its preparation before it closes ready[i].
 	pays   [][]byte
-	hashes []*tpk.PayloadHash
+	hashes []formats.PayloadHash
 	ready  []chan struct{}
 }
 
@@ -462,8 +461,7 @@ func (c *restoreChunks) doWork(ctx context.Context, k int) ([]byte, error) {
 			return nil, err
 		}
 		if n := c.plan[i].Elems(); e.CodecID != codec.IDNone && n > maxElemsPerPayloadByte*int64(len(p)) {
-			return nil, &tpk.Error{File: c.r.Name(), Tensor: e.Name, Offset: e.PayloadOffset,
-				Err: fmt.Errorf("%w: %d elements declared for a payload of %d bytes", tpk.ErrCorrupt, n, len(p))}
+			return nil, c.r.Corrupt(i, e.PayloadOffset, fmt.Errorf("%d elements declared for a payload of %d bytes", n, len(p)))
 		}
 		c.pays[i], c.hashes[i] = p, h
 		close(c.ready[i])
@@ -484,7 +482,7 @@ func (c *restoreChunks) doWork(ctx context.Context, k int) ([]byte, error) {
 }
 
 // decode returns the output bytes of chunk it of record i.
-func (c *restoreChunks) decode(i int, it item, e *tpk.Entry, s *split) ([]byte, error) {
+func (c *restoreChunks) decode(i int, it item, e *formats.Record, s *split) ([]byte, error) {
 	a, b := s.payRange(it.r0, it.r1)
 	p := c.pays[i][a:b]
 	if e.CodecID == codec.IDNone && c.plan[i].DType == e.DType {
@@ -504,12 +502,12 @@ func (c *restoreChunks) decode(i int, it item, e *tpk.Entry, s *split) ([]byte, 
 		err = c.codecs[e.CodecID].Decode(x, p, t, e.CodecVersion)
 	}
 	if err != nil {
-		return nil, &tpk.Error{File: c.r.Name(), Tensor: e.Name, Offset: e.PayloadOffset + a, Err: err}
+		return nil, &formats.Error{File: c.r.Name(), Tensor: e.Name, Offset: e.PayloadOffset + a, Err: err}
 	}
 	if e.CodecID != codec.IDNone {
 		for k, v := range x {
 			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-				return nil, &tpk.Error{File: c.r.Name(), Tensor: e.Name, Offset: e.PayloadOffset,
+				return nil, &formats.Error{File: c.r.Name(), Tensor: e.Name, Offset: e.PayloadOffset,
 					Err: fmt.Errorf("%w: element %d decodes to %v (a non-finite codec parameter)", codec.ErrCorrupt, it.r0*cols+int64(k), v)}
 			}
 		}

@@ -92,7 +92,7 @@ func TestChunkedReservations(t *testing.T) {
 			for _, workers := range []int{1, 3} {
 				var buf bytes.Buffer
 				ws := reservations(t, func() error {
-					_, err := Compress(context.Background(), src, &buf, CompressOptions{
+					_, err := compressTPK(context.Background(), src, &buf, CompressOptions{
 						Options: Options{Workers: workers, MaxMemory: mem, StrictMemory: mem == budget},
 						Codec:   c, Select: sel})
 					return err
@@ -162,7 +162,7 @@ func TestChunkedRestoreRowDecoders(t *testing.T) {
 				continue // the rotation needs a power-of-two block of columns
 			}
 			var buf bytes.Buffer
-			if _, err := Compress(context.Background(), src, &buf, CompressOptions{
+			if _, err := compressTPK(context.Background(), src, &buf, CompressOptions{
 				Options: Options{Workers: 2}, Codec: c, Select: sel}); err != nil {
 				t.Fatal(err)
 			}
@@ -244,7 +244,7 @@ func TestWholeMatrixCodecRefusedBelowItsNeed(t *testing.T) {
 			t.Fatal(err)
 		}
 		var buf bytes.Buffer
-		_, err = Compress(context.Background(), src, &buf, CompressOptions{
+		_, err = compressTPK(context.Background(), src, &buf, CompressOptions{
 			Options: Options{Workers: 1, MaxMemory: 16 << 10, StrictMemory: true}, Codec: c, Select: sel})
 		var me *MemoryError
 		switch {
@@ -273,7 +273,7 @@ func TestChunkedRestoreChecksum(t *testing.T) {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	if _, err := Compress(context.Background(), src, &buf, CompressOptions{
+	if _, err := compressTPK(context.Background(), src, &buf, CompressOptions{
 		Options: Options{Workers: 1}, Codec: c, Select: func(tensor.Info) bool { return true }}); err != nil {
 		t.Fatal(err)
 	}

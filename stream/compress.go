@@ -20,7 +20,6 @@ import (
 
 	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/formats"
-	"github.com/tpconvert/tpconvert/formats/tpk"
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
@@ -84,7 +83,7 @@ type CompressOptions struct {
 
 // Result describes what happened to one tensor.
 type Result struct {
-	Entry tpk.Entry
+	Entry formats.Record
 	// Note explains a fallback: the codec does not support the tensor, or
 	// its payload would not be smaller than the source bytes; either way
 	// the tensor is stored unchanged (codec none).
@@ -99,13 +98,10 @@ const NoteNotSmaller = "not smaller than the source"
 // Compressed reports whether the tensor was stored by a lossy codec.
 func (r *Result) Compressed() bool { return r.Entry.CodecID != codec.IDNone }
 
-// infoOrderer is implemented by GGUF sources, whose tensor-info order may
-// differ from data order.
-type infoOrderer interface{ InfoOrder() []string }
-
-// Compress reads every tensor of src and writes a .tpk file to out. It
-// returns one Result per tensor, in file order.
-func Compress(ctx context.Context, src formats.Source, out io.Writer, o CompressOptions) ([]Result, error) {
+// Compress reads every tensor of src and writes one record per tensor, in
+// file order, to sink, which the caller creates for src's metadata and
+// closes. It returns one Result per tensor, in file order.
+func Compress(ctx context.Context, src formats.Source, sink formats.RecordSink, o CompressOptions) ([]Result, error) {
 	o.defaults()
 	if o.Codec == nil {
 		c, err := codec.New("none", codec.Options{})
@@ -115,12 +111,10 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 		o.Codec = c
 	}
 	infos := src.Tensors()
-	order := ggufInfoOrder(src, infos)
-	w, err := tpk.NewWriter(CancelWriter(ctx, out), src.Meta(), order)
-	if err != nil {
-		return nil, err
+	w := sink
+	if g, ok := w.(grower); ok {
+		g.Grow(len(infos))
 	}
-	w.Grow(len(infos))
 	bc, raw := o.Codec.(codec.ByteCodec)
 	if raw && bc.ID() != codec.IDNone {
 		o.PassThrough = bc
@@ -185,15 +179,16 @@ func Compress(ctx context.Context, src formats.Source, out io.Writer, o Compress
 	if err := ordered(ctx, len(items), o.Workers, o.MaxMemory, itemCost(items), cw.doWork, cw.doWrite); err != nil {
 		return nil, err
 	}
-	if err := w.Close(); err != nil {
-		return nil, err
-	}
 	return results, nil
 }
 
+// grower is implemented by record sinks that can make room for n records
+// at once (tpk.Writer).
+type grower interface{ Grow(n int) }
+
 type encoded struct {
 	payload []byte
-	entry   tpk.Entry
+	entry   formats.Record
 	note    string
 	whole   bool // a chunked tensor's fallback, stored whole
 }
@@ -206,7 +201,7 @@ type appender interface {
 
 // passThrough stores the source bytes b of t with the lossless codec pc
 // when that is smaller than b, else unchanged (entry e, the none codec).
-func passThrough(pc codec.ByteCodec, t tensor.Info, b []byte, e tpk.Entry, note string) (encoded, error) {
+func passThrough(pc codec.ByteCodec, t tensor.Info, b []byte, e formats.Record, note string) (encoded, error) {
 	if pc == nil || len(b) == 0 {
 		return encoded{payload: b, entry: e, note: note}, nil
 	}
@@ -320,8 +315,8 @@ func CheckMemory(src formats.Source, c codec.Codec, pass codec.ByteCodec, sel fu
 
 // rawEntry is t's record entry when it is stored unchanged (the none
 // codec); a lossy codec overwrites the codec fields.
-func rawEntry(t tensor.Info) tpk.Entry {
-	return tpk.Entry{Name: t.Name, DType: t.DType, Shape: t.Shape, SourceFile: t.File, SourceSize: t.Size,
+func rawEntry(t tensor.Info) formats.Record {
+	return formats.Record{Name: t.Name, DType: t.DType, Shape: t.Shape, SourceFile: t.File, SourceSize: t.Size,
 		Codec: "none", CodecID: codec.IDNone, CodecVersion: 1}
 }
 
@@ -335,24 +330,28 @@ func tensorParams(c codec.Codec, t tensor.Info) string {
 	return c.Params()
 }
 
-// Overhead returns an upper bound on the bytes of the .tpk file Compress
-// would write for src besides the payloads of the tensors selected for
-// codec c: header, metadata, record headers, checksums, index and footer,
-// plus the unselected tensors stored unchanged. Rate control subtracts it
-// from a whole-file budget. It reads no tensor data.
-func Overhead(src formats.Source, c codec.Codec, sel func(tensor.Info) bool) (int64, error) {
-	return OverheadWith(src, c, sel, nil)
+// Overhead returns an upper bound on the bytes of the file Compress would
+// write for src to a record sink made by newSink, besides the payloads of
+// the tensors selected for codec c: header, metadata, record headers,
+// checksums, index and footer, plus the unselected tensors stored
+// unchanged. Rate control subtracts it from a whole-file budget. It reads
+// no tensor data.
+func Overhead(src formats.Source, newSink NewRecordSink, c codec.Codec, sel func(tensor.Info) bool) (int64, error) {
+	return OverheadWith(src, newSink, c, sel, nil)
 }
+
+// NewRecordSink creates a record sink writing to w for a source of
+// metadata src (formats.Format.NewRecordSink).
+type NewRecordSink = func(w io.Writer, src *formats.Meta) (formats.RecordSink, error)
 
 // OverheadWith is Overhead for a Compress whose PassThrough is pass: each
 // unselected tensor counts with the size it will really be stored at,
 // which OverheadWith finds by encoding it (one tensor at a time) when pass
 // is set.
-func OverheadWith(src formats.Source, c codec.Codec, sel func(tensor.Info) bool, pass codec.ByteCodec) (int64, error) {
+func OverheadWith(src formats.Source, newSink NewRecordSink, c codec.Codec, sel func(tensor.Info) bool, pass codec.ByteCodec) (int64, error) {
 	infos := src.Tensors()
-	order := ggufInfoOrder(src, infos)
 	var cw countWriter
-	w, err := tpk.NewWriter(&cw, src.Meta(), order)
+	w, err := newSink(&cw, src.Meta())
 	if err != nil {
 		return 0, err
 	}
@@ -362,7 +361,7 @@ func OverheadWith(src formats.Source, c codec.Codec, sel func(tensor.Info) bool,
 		if sel != nil && sel(t) {
 			e.Codec, e.CodecID, e.CodecVersion, e.Params = c.Name(), c.ID(), c.Version(), tensorParams(c, t)
 			// The longest statistics JSON can hold.
-			e.Stats = &tpk.Stats{RelErr: 0.012345678901234567, SQNRdB: -12.345678901234567}
+			e.Stats = &formats.Stats{RelErr: 0.012345678901234567, SQNRdB: -12.345678901234567}
 		} else if pass != nil {
 			b, err := src.Bytes(i)
 			if err != nil {
@@ -394,29 +393,6 @@ type countWriter struct{ n int64 }
 
 func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
 
-// ggufInfoOrder returns a GGUF source's tensor-info order when it differs
-// from the data order of infos, else nil.
-func ggufInfoOrder(src formats.Source, infos []tensor.Info) []string {
-	if io, ok := src.(infoOrderer); ok {
-		if order := io.InfoOrder(); !sameOrder(order, infos) {
-			return order
-		}
-	}
-	return nil
-}
-
-func sameOrder(order []string, infos []tensor.Info) bool {
-	if len(order) != len(infos) {
-		return false
-	}
-	for i := range order {
-		if order[i] != infos[i].Name {
-			return false
-		}
-	}
-	return true
-}
-
 // errUnfaithful marks a tensor the codec cannot represent faithfully:
 // non-finite input, a non-finite decoded value, or an error beyond the
 // codec's stated bound. The tensor is then stored unchanged (bit-exact).
@@ -426,7 +402,7 @@ var errUnfaithful = errors.New("not represented faithfully")
 // and checks the reconstruction against the codec's error bound
 // (codec.MaxRelErr); a tensor that fails is refused with errUnfaithful.
 // done, if not nil, hears of the elements encoded so far.
-func encodeTensor(ctx context.Context, o CompressOptions, t tensor.Info, b []byte, done func(elems int64)) ([]byte, *tpk.Stats, bool, error) {
+func encodeTensor(ctx context.Context, o CompressOptions, t tensor.Info, b []byte, done func(elems int64)) ([]byte, *formats.Stats, bool, error) {
 	n := t.Elems()
 	x := make([]float32, n)
 	err := tensor.ToFloat32(x, t.DType, b)
@@ -480,7 +456,7 @@ func encodeTensor(ctx context.Context, o CompressOptions, t tensor.Info, b []byt
 	if bound := codec.MaxRelErr(o.Codec, ct); !(s.RelErr <= bound) {
 		return nil, nil, false, fmt.Errorf("%s: %w: relative error %.3g exceeds its bound %g", o.Codec.Name(), errUnfaithful, s.RelErr, bound)
 	}
-	var st *tpk.Stats
+	var st *formats.Stats
 	if !o.NoStats {
 		st = &s
 	}
@@ -506,7 +482,7 @@ func roundTo(y []float32, dt tensor.DType) error {
 }
 
 // Measure returns the relative Frobenius error and SQNR of y against x.
-func Measure(x, y []float32) tpk.Stats {
+func Measure(x, y []float32) formats.Stats {
 	var a measureAcc
 	a.add(x, y)
 	return a.stats()

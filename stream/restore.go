@@ -7,7 +7,6 @@ import (
 
 	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/formats"
-	"github.com/tpconvert/tpconvert/formats/tpk"
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
@@ -28,7 +27,7 @@ type RestoreOptions struct {
 
 // Plan returns the tensors Restore will write, in record order, with the
 // dtype and size each will have. Sinks are created from it.
-func Plan(r *tpk.Reader, o RestoreOptions) ([]tensor.Info, error) {
+func Plan(r formats.RecordSource, o RestoreOptions) ([]tensor.Info, error) {
 	if o.DType != tensor.Invalid && !o.DType.IsFloat() {
 		return nil, fmt.Errorf("restore: output dtype must be f32, f16, bf16 or that of the source, not %s", o.DType)
 	}
@@ -79,7 +78,7 @@ const maxElemsPerPayloadByte = 64
 // in parts before its checksum is verified at its last part: when Restore
 // fails, the caller must discard what sink holds (as convert.RestoreFile
 // does with its temporary file).
-func Restore(ctx context.Context, r *tpk.Reader, plan []tensor.Info, sink formats.Sink, o RestoreOptions) error {
+func Restore(ctx context.Context, r formats.RecordSource, plan []tensor.Info, sink formats.Sink, o RestoreOptions) error {
 	o.defaults()
 	es := r.Entries()
 	if len(plan) != len(es) {
@@ -93,10 +92,10 @@ func Restore(ctx context.Context, r *tpk.Reader, plan []tensor.Info, sink format
 		}
 		c, err := codec.ByID(id)
 		if err != nil {
-			return &tpk.Error{File: r.Name(), Tensor: es[i].Name, Offset: es[i].RecordOffset, Err: err}
+			return &formats.Error{File: r.Name(), Tensor: es[i].Name, Offset: es[i].RecordOffset, Err: err}
 		}
 		if es[i].CodecVersion > c.Version() || es[i].CodecVersion == 0 {
-			return &tpk.Error{File: r.Name(), Tensor: es[i].Name, Offset: es[i].RecordOffset,
+			return &formats.Error{File: r.Name(), Tensor: es[i].Name, Offset: es[i].RecordOffset,
 				Err: fmt.Errorf("%w: %s version %d (supported 1-%d)", codec.ErrUnknown, c.Name(), es[i].CodecVersion, c.Version())}
 		}
 		codecs[id] = c
@@ -125,13 +124,12 @@ func Restore(ctx context.Context, r *tpk.Reader, plan []tensor.Info, sink format
 		}
 		n := plan[i].Elems()
 		if n > maxElemsPerPayloadByte*int64(len(p)) {
-			return nil, &tpk.Error{File: r.Name(), Tensor: e.Name, Offset: e.PayloadOffset,
-				Err: fmt.Errorf("%w: %d elements declared for a payload of %d bytes", tpk.ErrCorrupt, n, len(p))}
+			return nil, r.Corrupt(i, e.PayloadOffset, fmt.Errorf("%d elements declared for a payload of %d bytes", n, len(p)))
 		}
 		if bd, ok := codecs[e.CodecID].(codec.ByteDecoder); ok && plan[i].DType == e.DType {
 			b, err := bd.DecodeBytes(p, e.Info(), e.CodecVersion)
 			if err != nil {
-				return nil, &tpk.Error{File: r.Name(), Tensor: e.Name, Offset: e.PayloadOffset, Err: err}
+				return nil, &formats.Error{File: r.Name(), Tensor: e.Name, Offset: e.PayloadOffset, Err: err}
 			}
 			return b, nil
 		}
@@ -141,7 +139,7 @@ func Restore(ctx context.Context, r *tpk.Reader, plan []tensor.Info, sink format
 			src.Shape = []int64{e.Shape[1], e.Shape[0]}
 		}
 		if err := codecs[e.CodecID].Decode(x, p, src, e.CodecVersion); err != nil {
-			return nil, &tpk.Error{File: r.Name(), Tensor: e.Name, Offset: e.PayloadOffset, Err: err}
+			return nil, &formats.Error{File: r.Name(), Tensor: e.Name, Offset: e.PayloadOffset, Err: err}
 		}
 		// Compress stores a tensor whose encoding decodes to a value
 		// that is not finite unchanged instead; such a payload has
@@ -152,7 +150,7 @@ func Restore(ctx context.Context, r *tpk.Reader, plan []tensor.Info, sink format
 				break
 			}
 			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-				return nil, &tpk.Error{File: r.Name(), Tensor: e.Name, Offset: e.PayloadOffset,
+				return nil, &formats.Error{File: r.Name(), Tensor: e.Name, Offset: e.PayloadOffset,
 					Err: fmt.Errorf("%w: element %d decodes to %v (a non-finite codec parameter)", codec.ErrCorrupt, k, v)}
 			}
 		}
@@ -179,7 +177,7 @@ func Restore(ctx context.Context, r *tpk.Reader, plan []tensor.Info, sink format
 	splits := restoreSplits(es, plan, codecs, sink)
 	items := planItems(len(es), splits, cost, o.MaxMemory, 0)
 	rc := restoreChunks{r: r, plan: plan, codecs: codecs, sink: sink, splits: splits, items: items, prog: prog,
-		work: work, write: write, pays: make([][]byte, len(es)), hashes: make([]*tpk.PayloadHash, len(es)),
+		work: work, write: write, pays: make([][]byte, len(es)), hashes: make([]formats.PayloadHash, len(es)),
 		ready: make([]chan struct{}, len(es))}
 	for i, s := range splits {
 		if s != nil {

@@ -268,8 +268,11 @@ func tpkRebuild(t testing.TB, b []byte, edit func(ix *tpk.Index, ps [][]byte)) [
 	t.Helper()
 	ix, ps := tpkParts(t, b)
 	edit(ix, ps)
+	if ix.Source.GGUF != nil {
+		ix.Source.GGUF.InfoOrder = ix.GGUFInfoOrder
+	}
 	var buf bytes.Buffer
-	w, err := tpk.NewWriter(&buf, ix.Source, ix.GGUFInfoOrder)
+	w, err := tpk.NewWriter(&buf, ix.Source)
 	if err != nil {
 		t.Fatal(err)
 	}

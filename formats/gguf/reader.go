@@ -180,6 +180,7 @@ func parse(name string, b []byte) (*Reader, error) {
 			KV:        bytes.Clone(b[kvStart:kvEnd]),
 			Alignment: align,
 			TailPad:   size - end,
+			InfoOrder: differentOrder(r.infoOrder, r.tensors),
 		},
 	}
 	if r.meta.GGUF.KV == nil {
@@ -261,8 +262,30 @@ func (r *Reader) Tensors() []tensor.Info {
 	return out
 }
 
+// differentOrder returns a copy of order when it differs from the order
+// of infos, else nil.
+func differentOrder(order []string, infos []tensor.Info) []string {
+	if sameOrder(order, infos) {
+		return nil
+	}
+	return slices.Clone(order)
+}
+
+func sameOrder(order []string, infos []tensor.Info) bool {
+	if len(order) != len(infos) {
+		return false
+	}
+	for i := range order {
+		if order[i] != infos[i].Name {
+			return false
+		}
+	}
+	return true
+}
+
 // InfoOrder returns the tensor names in the order of the file's tensor
-// infos, which a Writer needs to reproduce the file.
+// infos, which a Writer needs to reproduce the file (Meta().GGUF.InfoOrder
+// holds it only when it differs from data order).
 func (r *Reader) InfoOrder() []string { return slices.Clone(r.infoOrder) }
 
 // DataOffset returns the file offset of the data section.

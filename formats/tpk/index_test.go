@@ -19,7 +19,7 @@ func closeIndex(t *testing.T, n int) (got, want []byte, alloc uint64) {
 	t.Helper()
 	var buf bytes.Buffer
 	buf.Grow(n*400 + 1<<16) // so that only Close's own allocations are counted
-	w, err := NewWriter(&buf, testMeta(), nil)
+	w, err := NewWriter(&buf, testMeta())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,7 +19,8 @@ import (
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
-// Reader gives random access to the records of a .tpk file.
+// Reader gives random access to the records of a .tpk file. It is a
+// formats.RecordSource.
 type Reader struct {
 	name   string
 	r      io.ReaderAt
@@ -30,6 +31,8 @@ type Reader struct {
 	byName map[string]int
 	idxOff int64
 }
+
+var _ formats.RecordSource = (*Reader)(nil)
 
 // Open memory-maps the .tpk file at path and reads its index.
 func Open(path string) (*Reader, error) {
@@ -113,6 +116,9 @@ func newReader(name string, ra io.ReaderAt, size int64, data []byte) (*Reader, e
 	r.idxOff = idxOff
 	if err := r.validate(); err != nil {
 		return nil, err
+	}
+	if g := r.idx.Source.GGUF; g != nil {
+		g.InfoOrder = r.idx.GGUFInfoOrder
 	}
 	return r, nil
 }
@@ -434,6 +440,12 @@ func (r *Reader) errAt(e *Entry, off int64, err error) error {
 	return &Error{File: r.name, Tensor: e.Name, Offset: off, Err: err}
 }
 
+// Corrupt returns err located at byte off of record i and wrapped in
+// ErrCorrupt.
+func (r *Reader) Corrupt(i int, off int64, err error) error {
+	return r.errAt(&r.idx.Tensors[i], off, fmt.Errorf("%w: %w", ErrCorrupt, err))
+}
+
 // Release drops record i's pages from resident memory (memory-mapped
 // readers only).
 func (r *Reader) Release(i int) {
@@ -461,7 +473,7 @@ func (r *Reader) Close() error {
 // part can be dropped from resident memory with ReleasePayload, so that a
 // payload larger than memory is read once in little memory. Without a
 // memory map it is Payload (checked at once).
-func (r *Reader) PayloadParts(i int) ([]byte, *PayloadHash, error) {
+func (r *Reader) PayloadParts(i int) ([]byte, formats.PayloadHash, error) {
 	e := &r.idx.Tensors[i]
 	if r.data == nil {
 		p, err := r.Payload(i)

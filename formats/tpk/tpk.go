@@ -68,64 +68,13 @@ var (
 
 // Error is an error located in a .tpk file: a byte offset and, where one is
 // involved, a tensor name.
-type Error struct {
-	File   string
-	Tensor string
-	Offset int64
-	Err    error
-}
+type Error = formats.Error
 
-func (e *Error) Error() string {
-	s := ""
-	if e.File != "" {
-		s = e.File + ": "
-	}
-	if e.Tensor != "" {
-		s += fmt.Sprintf("tensor %q: ", e.Tensor)
-	}
-	return s + fmt.Sprintf("%v (at byte %d)", e.Err, e.Offset)
-}
+// Stats are reconstruction statistics measured at encode time.
+type Stats = formats.Stats
 
-func (e *Error) Unwrap() error { return e.Err }
-
-// Stats are reconstruction statistics measured at encode time against the
-// original values, kept so inspect can show them without the source.
-type Stats struct {
-	RelErr float64 `json:"rel_err"` // ||W-W'||_F / ||W||_F
-	SQNRdB float64 `json:"sqnr_db"` // 10·log10(||W||² / ||W-W'||²)
-}
-
-// Entry describes one record. It is stored in the index; the record header
-// repeats its identifying fields so a damaged index can be diagnosed.
-type Entry struct {
-	Name         string       `json:"name"`
-	DType        tensor.DType `json:"dtype"`
-	Shape        []int64      `json:"shape"`
-	Codec        string       `json:"codec"`
-	CodecID      uint16       `json:"codec_id"`
-	CodecVersion uint16       `json:"codec_version"`
-	Params       string       `json:"params,omitempty"`
-	// Transposed is set when the codec saw the matrix transposed (a GPT-2
-	// Conv1D weight stored [in, out] is encoded as [out, in]).
-	Transposed bool `json:"transposed,omitempty"`
-	// SourceFile indexes Index.Source.Files.
-	SourceFile int `json:"source_file"`
-	// SourceSize is the tensor's byte size in the source file.
-	SourceSize int64 `json:"source_size"`
-
-	RecordOffset  int64  `json:"record_offset"`
-	RecordSize    int64  `json:"record_size"` // whole record incl. CRC
-	PayloadOffset int64  `json:"payload_offset"`
-	PayloadSize   int64  `json:"payload_size"`
-	CRC32C        uint32 `json:"crc32c"` // over the record from its magic to the payload's end
-
-	Stats *Stats `json:"stats,omitempty"`
-}
-
-// Info returns the tensor's description as in the source.
-func (e *Entry) Info() tensor.Info {
-	return tensor.Info{Name: e.Name, DType: e.DType, Shape: append([]int64(nil), e.Shape...), Size: e.SourceSize, File: e.SourceFile}
-}
+// Entry describes one record (formats.Record).
+type Entry = formats.Record
 
 // Index is the JSON document between the records and the footer.
 type Index struct {
@@ -133,7 +82,8 @@ type Index struct {
 	CreatedBy string        `json:"created_by,omitempty"`
 	Source    *formats.Meta `json:"source"`
 	// GGUFInfoOrder is the GGUF tensor-info order when it differs from
-	// record order (nil otherwise).
+	// record order (nil otherwise): Source.GGUF.InfoOrder, kept here
+	// rather than in the source object.
 	GGUFInfoOrder []string `json:"gguf_info_order,omitempty"`
 	Tensors       []Entry  `json:"tensors"`
 }

@@ -23,7 +23,7 @@ func testMeta() *formats.Meta {
 func build(t testing.TB, n int) ([]byte, [][]byte) {
 	t.Helper()
 	var buf bytes.Buffer
-	w, err := NewWriter(&buf, testMeta(), nil)
+	w, err := NewWriter(&buf, testMeta())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestOpenFile(t *testing.T) {
 }
 
 func TestWriterRejects(t *testing.T) {
-	w, _ := NewWriter(&bytes.Buffer{}, testMeta(), nil)
+	w, _ := NewWriter(&bytes.Buffer{}, testMeta())
 	ok := Entry{Name: "a", DType: tensor.F32, Shape: []int64{1}, SourceSize: 4}
 	if err := w.WriteRecord(ok, make([]byte, 4)); err != nil {
 		t.Fatal(err)

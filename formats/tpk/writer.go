@@ -19,7 +19,7 @@ import (
 )
 
 // Writer appends records to a .tpk file. It writes sequentially and never
-// seeks, so it can write to a pipe.
+// seeks, so it can write to a pipe. It is a formats.RecordSink.
 type Writer struct {
 	bw      *bufio.Writer
 	off     int64
@@ -30,13 +30,15 @@ type Writer struct {
 	open    *Entry // the record begun and not yet ended
 }
 
+var _ formats.RecordSink = (*Writer)(nil)
+
 // createdBy is written to the index of every file.
 const createdBy = "tpconvert"
 
 // NewWriter writes the file header to w and returns a Writer. meta
-// describes the source checkpoint; ggufInfoOrder is the GGUF tensor-info
-// order if it differs from record order.
-func NewWriter(w io.Writer, meta *formats.Meta, ggufInfoOrder []string) (*Writer, error) {
+// describes the source checkpoint; a GGUF source's tensor-info order
+// (meta.GGUF.InfoOrder) goes to the index's GGUFInfoOrder.
+func NewWriter(w io.Writer, meta *formats.Meta) (*Writer, error) {
 	if meta == nil {
 		return nil, errors.New("tpk: NewWriter needs the source metadata")
 	}
@@ -44,10 +46,12 @@ func NewWriter(w io.Writer, meta *formats.Meta, ggufInfoOrder []string) (*Writer
 	if err := meta.Check(); err != nil {
 		return nil, fmt.Errorf("tpk: %w", err)
 	}
+	var ggufInfoOrder []string
 	if meta.Kind == formats.GGUF {
 		if err := gguf.CheckMeta(meta.GGUF); err != nil {
 			return nil, fmt.Errorf("tpk: %w", err)
 		}
+		ggufInfoOrder = meta.GGUF.InfoOrder
 	}
 	tw := &Writer{
 		bw:    bufio.NewWriterSize(w, 1<<20),

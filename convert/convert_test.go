@@ -19,6 +19,7 @@ import (
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx2"
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/fixtures/gen"
+	"github.com/tpconvert/tpconvert/formats/gguf"
 	"github.com/tpconvert/tpconvert/formats/tpk"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
 	"github.com/tpconvert/tpconvert/internal/testkit"
@@ -151,6 +152,66 @@ func TestGGUFLosslessRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameTensors(t, in, out)
+	sameFileBytes(t, in, out)
+}
+
+// TestGGUFInfoOrderRoundTrip: a GGUF file whose tensor infos are in
+// another order than their data comes back byte for byte, the order kept
+// in the .tpk index.
+func TestGGUFInfoOrderRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	plain := filepath.Join(dir, "plain.gguf")
+	if err := gen.WriteGGUF(plain, micro, 3); err != nil {
+		t.Fatal(err)
+	}
+	r, err := gguf.Open(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ts := r.Tensors()
+	order := make([]string, len(ts))
+	for i, t := range ts {
+		order[len(ts)-1-i] = t.Name
+	}
+	var buf bytes.Buffer
+	w, err := gguf.NewWriter(&buf, r.Meta().GGUF, order, ts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, ti := range ts {
+		b, err := r.Bytes(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.WriteTensor(ti, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	in := filepath.Join(dir, "m.gguf")
+	if err := os.WriteFile(in, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tpkPath := filepath.Join(dir, "m.tpk")
+	if _, err := convert.CompressFile(context.Background(), in, tpkPath, opts(t, "none", 1)); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := tpk.Open(tpkPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := tr.Index().GGUFInfoOrder
+	tr.Close()
+	if fmt.Sprint(got) != fmt.Sprint(order) {
+		t.Fatalf("index info order %v, want %v", got, order)
+	}
+	out := filepath.Join(dir, "m2.gguf")
+	if _, err := convert.RestoreFile(context.Background(), tpkPath, out, convert.RestoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	sameFileBytes(t, in, out)
 }
 

@@ -14,8 +14,6 @@ import (
 	"github.com/tpconvert/tpconvert/batch/checkout"
 	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/formats"
-	"github.com/tpconvert/tpconvert/formats/gguf"
-	"github.com/tpconvert/tpconvert/formats/tpk"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
 	"github.com/tpconvert/tpconvert/internal/procstat"
 	"github.com/tpconvert/tpconvert/stream"
@@ -92,15 +90,15 @@ func checkStorable(in string, src formats.Source) error {
 		return fmt.Errorf("%s: %w", in, err)
 	}
 	ts := src.Tensors()
-	if len(ts) > tpk.MaxTensors {
-		return fmt.Errorf("%s: %d tensors, more than a .tpk file holds (%d)", in, len(ts), tpk.MaxTensors)
+	if len(ts) > maxRecords {
+		return fmt.Errorf("%s: %d tensors, more than a .tpk file holds (%d)", in, len(ts), maxRecords)
 	}
 	for _, t := range ts {
 		if !utf8.ValidString(t.Name) {
 			return fmt.Errorf("%s: tensor %q: name is not valid UTF-8 (a .tpk index is JSON, which cannot hold it)", in, t.Name)
 		}
 	}
-	if g, ok := src.(*gguf.Reader); ok {
+	if g, ok := src.(reproducible); ok {
 		if err := g.CheckReproducible(); err != nil {
 			return fmt.Errorf("%w (restore could not rebuild this GGUF file byte for byte)", err)
 		}
@@ -108,15 +106,9 @@ func checkStorable(in string, src formats.Source) error {
 	return nil
 }
 
-// newRecordSink creates the .tpk writer a compressed checkpoint is
-// written with.
-func newRecordSink(w io.Writer, meta *formats.Meta) (formats.RecordSink, error) {
-	tw, err := tpk.NewWriter(w, meta)
-	if err != nil {
-		return nil, err
-	}
-	return tw, nil
-}
+// reproducible is implemented by sources whose file restore rebuilds
+// byte for byte only under conditions (gguf.Reader).
+type reproducible interface{ CheckReproducible() error }
 
 // outputWriter returns the writer an output file is written through;
 // tests replace it to make writes fail as on a full disk.
@@ -206,7 +198,7 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 	for _, fm := range src.Meta().Files {
 		inBytes += fm.Size
 	}
-	rep := newReport(in, out, inBytes, st.Size(), len(results), func(i int) (*tpk.Entry, string) { return &results[i].Entry, results[i].Note })
+	rep := newReport(in, out, inBytes, st.Size(), len(results), func(i int) (*formats.Record, string) { return &results[i].Entry, results[i].Note })
 	rep.Codec = o.Codec.Name()
 	rep.Params = o.Codec.Params()
 	rep.Allocation = Allocation(rep.Tensors)

@@ -2,7 +2,6 @@ package convert
 
 import (
 	"github.com/tpconvert/tpconvert/formats"
-	"github.com/tpconvert/tpconvert/formats/tpk"
 )
 
 // Inspect describes the tensors of a .safetensors, .gguf or .tpk file (or a
@@ -12,8 +11,8 @@ func Inspect(path string) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	if kind == formats.TPK {
-		r, err := tpk.Open(path)
+	if kind == records {
+		r, err := openRecords(path)
 		if err != nil {
 			return nil, err
 		}
@@ -23,8 +22,8 @@ func Inspect(path string) (*Report, error) {
 			in += f.Size
 		}
 		es := r.Entries()
-		rep := newReport(path, "", in, r.Size(), len(es), func(i int) (*tpk.Entry, string) { return &es[i], "" })
-		rep.Kind = string(formats.TPK) + " (from " + string(r.Meta().Kind) + ")"
+		rep := newReport(path, "", in, r.Size(), len(es), func(i int) (*formats.Record, string) { return &es[i], "" })
+		rep.Kind = string(kind) + " (from " + string(r.Meta().Kind) + ")"
 		rep.Allocation = Allocation(rep.Tensors)
 		if len(rep.Allocation) > 0 {
 			rep.Codec, rep.Params = "tenpak_x_v2", "(configuration per tensor: see allocation)"

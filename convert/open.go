@@ -7,48 +7,62 @@ package convert
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/tpconvert/tpconvert/formats"
-	"github.com/tpconvert/tpconvert/formats/gguf"
-	"github.com/tpconvert/tpconvert/formats/safetensors"
-	"github.com/tpconvert/tpconvert/internal/inputfile"
+	// The formats convert reads and writes register themselves.
+	_ "github.com/tpconvert/tpconvert/formats/gguf"
+	_ "github.com/tpconvert/tpconvert/formats/safetensors"
+	"github.com/tpconvert/tpconvert/formats/tpk"
 )
 
 // OpenSource opens a .safetensors file, a .gguf file or a Hugging Face
-// checkout directory, detected by content, not by name.
+// checkout directory, detected by content, not by name (formats.Detect),
+// with its registered format's opener.
 func OpenSource(path string) (formats.Source, error) {
 	kind, err := formats.Detect(path)
 	if err != nil {
 		return nil, err
 	}
-	switch kind {
-	case formats.Safetensors:
-		return safetensors.Open(path)
-	case formats.GGUF:
-		st, err := os.Stat(path)
-		if err != nil {
-			return nil, err
-		}
-		if st.IsDir() {
-			m, err := inputfile.List(path, ".gguf")
-			if err != nil {
-				return nil, err
-			}
-			if len(m) != 1 {
-				return nil, fmt.Errorf("%s: %w: directory holds %d *.gguf files (want exactly one)", path, formats.ErrUnknownFormat, len(m))
-			}
-			path = m[0]
-		}
-		return gguf.Open(path)
-	case formats.TPK:
-		return nil, fmt.Errorf("%s is already a .tpk file (use 'tpconvert restore' to decode it)", path)
+	f, err := formats.Lookup(kind)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return nil, fmt.Errorf("%s: %w", path, formats.ErrUnknownFormat)
+	if f.Open == nil {
+		return nil, fmt.Errorf("%s is already a %s file (use 'tpconvert restore' to decode it)", path, f.Ext)
+	}
+	return f.Open(path)
 }
+
+// records is the record container compressed checkpoints are written to
+// and restored from.
+const records = formats.TPK
+
+// openRecords opens the record container at path.
+func openRecords(path string) (formats.RecordSource, error) {
+	f, err := formats.Lookup(records)
+	if err != nil {
+		return nil, err
+	}
+	return f.OpenRecords(path)
+}
+
+// newRecordSink creates the record container a compressed checkpoint is
+// written to.
+func newRecordSink(w io.Writer, meta *formats.Meta) (formats.RecordSink, error) {
+	f, err := formats.Lookup(records)
+	if err != nil {
+		return nil, err
+	}
+	return f.NewRecordSink(w, meta)
+}
+
+// maxRecords is the most tensors a record container holds.
+const maxRecords = tpk.MaxTensors
 
 // sameFile reports whether a and b name the same existing file.
 func sameFile(a, b string) bool {

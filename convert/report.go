@@ -2,7 +2,7 @@ package convert
 
 import (
 	"github.com/tpconvert/tpconvert/codec"
-	"github.com/tpconvert/tpconvert/formats/tpk"
+	"github.com/tpconvert/tpconvert/formats"
 )
 
 // TensorReport is one tensor's line in a Report.
@@ -75,7 +75,7 @@ type Report struct {
 
 // newReport describes n stored tensors; entry returns the i-th one's
 // index entry and fallback note.
-func newReport(in, out string, inBytes, outBytes int64, n int, entry func(i int) (*tpk.Entry, string)) *Report {
+func newReport(in, out string, inBytes, outBytes int64, n int, entry func(i int) (*formats.Record, string)) *Report {
 	r := &Report{Input: in, Output: out, Tensors: make([]TensorReport, 0, n)}
 	var stored float64
 	for i := range n {

@@ -12,9 +12,6 @@ import (
 
 	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/formats"
-	"github.com/tpconvert/tpconvert/formats/gguf"
-	"github.com/tpconvert/tpconvert/formats/safetensors"
-	"github.com/tpconvert/tpconvert/formats/tpk"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
 	"github.com/tpconvert/tpconvert/internal/procstat"
 	"github.com/tpconvert/tpconvert/stream"
@@ -72,7 +69,7 @@ func RestoreFile(ctx context.Context, in, out string, o RestoreOptions) (*Restor
 	if err := checkNotInput(out, in); err != nil {
 		return nil, err
 	}
-	r, err := tpk.Open(in)
+	r, err := openRecords(in)
 	if err != nil {
 		return nil, err
 	}
@@ -108,6 +105,10 @@ func RestoreFile(ctx context.Context, in, out string, o RestoreOptions) (*Restor
 		o.OnStart(total)
 	}
 	rep := &RestoreReport{Input: in, Output: out, Kind: string(to), Tensors: len(plan), Decoded: decoded}
+	tf, err := formats.Lookup(to)
+	if err != nil {
+		return nil, err
+	}
 
 	switch {
 	case to == formats.Safetensors && IsDirOutput(meta, o):
@@ -125,7 +126,7 @@ func RestoreFile(ctx context.Context, in, out string, o RestoreOptions) (*Restor
 			undo()
 			return nil, err
 		}
-		dw, err := safetensors.NewDirWriter(out, meta, plan, safetensors.DirOptions{ShardSize: o.ShardSize, Overwrite: o.Overwrite})
+		dw, err := tf.NewDirSink(out, meta, plan, formats.DirOptions{ShardSize: o.ShardSize, Overwrite: o.Overwrite})
 		if err != nil {
 			return fail(fmt.Errorf("restoring %s: %w", in, err))
 		}
@@ -147,16 +148,7 @@ func RestoreFile(ctx context.Context, in, out string, o RestoreOptions) (*Restor
 			return nil, err
 		}
 		defer f.Abort()
-		var sink formats.Sink
-		if to == formats.GGUF {
-			sink, err = gguf.NewWriter(stream.CancelWriter(ctx, outputWriter(f)), meta.GGUF, meta.GGUF.InfoOrder, plan)
-		} else {
-			var fm *formats.FileMeta
-			if meta.Kind == formats.Safetensors {
-				fm = &meta.Files[0]
-			}
-			sink, err = safetensors.NewWriter(stream.CancelWriter(ctx, outputWriter(f)), plan, fm)
-		}
+		sink, err := tf.NewSink(stream.CancelWriter(ctx, outputWriter(f)), meta, plan)
 		if err != nil {
 			return nil, fmt.Errorf("restoring %s: %w", in, err)
 		}
@@ -187,7 +179,7 @@ func RestoreFile(ctx context.Context, in, out string, o RestoreOptions) (*Restor
 // and one error per damaged record (the index itself failing gives a single
 // error). It stops, returning ctx's error, when ctx is cancelled.
 func Verify(ctx context.Context, path string) (int, []error) {
-	r, err := tpk.Open(path)
+	r, err := openRecords(path)
 	if err != nil {
 		return 0, []error{err}
 	}
@@ -211,19 +203,19 @@ func Verify(ctx context.Context, path string) (int, []error) {
 // checkRestorable lays out the output a default restore of r writes (its
 // file header: names, metadata, padding) without writing it, so that
 // verify refuses what restore would refuse before its first tensor.
-func checkRestorable(r *tpk.Reader) error {
+func checkRestorable(r formats.RecordSource) error {
 	meta := r.Meta()
 	plan, err := stream.Plan(r, stream.RestoreOptions{})
 	if err != nil {
 		return fmt.Errorf("%s: %w", r.Name(), err)
 	}
+	f, err := formats.Lookup(meta.Kind)
 	switch {
-	case meta.Kind == formats.GGUF:
-		_, err = gguf.NewWriter(io.Discard, meta.GGUF, meta.GGUF.InfoOrder, plan)
+	case err != nil:
 	case IsDirOutput(meta, RestoreOptions{}):
-		err = safetensors.CheckDir(meta, plan)
+		err = f.CheckDir(meta, plan)
 	default:
-		_, err = safetensors.NewWriter(io.Discard, plan, &meta.Files[0])
+		_, err = f.NewSink(io.Discard, meta, plan)
 	}
 	if err != nil {
 		return fmt.Errorf("%s: restore would fail: %w", r.Name(), err)
@@ -233,14 +225,14 @@ func checkRestorable(r *tpk.Reader) error {
 
 // knownCodec reports a record whose codec ID or codec version this build
 // cannot decode, as restore would.
-func knownCodec(r *tpk.Reader, i int) error {
+func knownCodec(r formats.RecordSource, i int) error {
 	e := &r.Entries()[i]
 	c, err := codec.ByID(e.CodecID)
 	if err == nil && (e.CodecVersion == 0 || e.CodecVersion > c.Version()) {
 		err = fmt.Errorf("%w: %s version %d (supported 1-%d)", codec.ErrUnknown, c.Name(), e.CodecVersion, c.Version())
 	}
 	if err != nil {
-		return &tpk.Error{File: r.Name(), Tensor: e.Name, Offset: e.RecordOffset, Err: err}
+		return &formats.Error{File: r.Name(), Tensor: e.Name, Offset: e.RecordOffset, Err: err}
 	}
 	return nil
 }

@@ -6,7 +6,6 @@
 package formats
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -29,14 +28,15 @@ const (
 	TPK         Kind = "tpk"
 )
 
-// KindOfName returns the container a file name's extension names
-// (.safetensors or .gguf, any case), or "" for any other name.
+// KindOfName returns the container a file name's extension names, among
+// the registered formats a restore writes (.safetensors or .gguf, any
+// case), or "" for any other name.
 func KindOfName(name string) Kind {
-	switch strings.ToLower(filepath.Ext(name)) {
-	case ".safetensors":
-		return Safetensors
-	case ".gguf":
-		return GGUF
+	ext := filepath.Ext(name)
+	for _, f := range registered(func(a, b *Format) int { return 0 }) {
+		if f.NewSink != nil && f.Ext != "" && strings.EqualFold(ext, f.Ext) {
+			return f.Kind
+		}
 	}
 	return ""
 }
@@ -222,15 +222,10 @@ func PlainName(name string) bool {
 // known containers.
 var ErrUnknownFormat = errors.New("formats: unknown file format (not safetensors, GGUF or .tpk)")
 
-// Magic numbers used by Detect.
-var (
-	ggufMagic = []byte("GGUF")
-	tpkMagic  = []byte("\x89TPK\r\n\x1a\n")
-)
-
 // Detect reports the container kind of a path from its magic bytes, never
-// from its extension. A directory is a Hugging Face checkout (Safetensors or
-// GGUF, whichever it holds).
+// from its extension, among the registered formats (Format.Magic). A
+// directory is a Hugging Face checkout (Safetensors or GGUF, whichever it
+// holds: Format.Dir).
 func Detect(path string) (Kind, error) {
 	st, err := os.Stat(path)
 	if err != nil {
@@ -240,19 +235,15 @@ func Detect(path string) (Kind, error) {
 		return "", fmt.Errorf("%s: not a regular file or directory (pipes and devices cannot be memory-mapped)", path)
 	}
 	if st.IsDir() {
-		st, err := inputfile.List(path, ".safetensors")
-		if err != nil {
-			return "", err
-		}
-		if len(st) > 0 {
-			return Safetensors, nil
-		}
-		gg, err := inputfile.List(path, ".gguf")
-		if err != nil {
-			return "", err
-		}
-		if len(gg) == 1 {
-			return GGUF, nil
+		for _, f := range registered(func(a, b *Format) int { return a.DirRank - b.DirRank }) {
+			if f.Dir == nil {
+				continue
+			}
+			if ok, err := f.Dir(path); err != nil {
+				return "", err
+			} else if ok {
+				return f.Kind, nil
+			}
 		}
 		return "", fmt.Errorf("%s: %w: directory holds no *.safetensors file (nor exactly one *.gguf)", path, ErrUnknownFormat)
 	}
@@ -261,17 +252,17 @@ func Detect(path string) (Kind, error) {
 		return "", err
 	}
 	defer f.Close()
-	var head [16]byte
-	n, _ := io.ReadFull(f, head[:])
-	b := head[:n]
-	switch {
-	case bytes.HasPrefix(b, tpkMagic):
-		return TPK, nil
-	case bytes.HasPrefix(b, ggufMagic):
-		return GGUF, nil
-	case n >= 9 && b[8] == '{':
-		// safetensors: u64 little-endian header length, then a JSON object.
-		return Safetensors, nil
+	fs := registered(func(a, b *Format) int { return literal(b.Magic) - literal(a.Magic) })
+	size := 0
+	for _, ft := range fs {
+		size = max(size, len(ft.Magic))
+	}
+	head := make([]byte, size)
+	n, _ := io.ReadFull(f, head)
+	for _, ft := range fs {
+		if ft.Magic != "" && matchMagic(ft.Magic, head[:n]) {
+			return ft.Kind, nil
+		}
 	}
 	return "", fmt.Errorf("%s: %w", path, ErrUnknownFormat)
 }

@@ -117,6 +117,9 @@ type RecordSource interface {
 	// ReleasePayload drops the pages of bytes [off, off+n) of record i's
 	// payload from resident memory.
 	ReleasePayload(i int, off, n int64)
+	// Size is the file's size in bytes.
+	Size() int64
+	Close() error
 	// Corrupt returns err located at byte off of record i and marked as
 	// the container's corruption error (tpk.ErrCorrupt).
 	Corrupt(i int, off int64, err error) error

@@ -10,7 +10,6 @@ import (
 
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/formats"
-	"github.com/tpconvert/tpconvert/formats/tpk"
 	"github.com/tpconvert/tpconvert/stream"
 )
 
@@ -61,7 +60,11 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return restoreDir(ctx, in, *out, o, *workers, int64(maxMem), *asJSON, stdout, stderr)
 	}
 	if *out == "" {
-		r, err := tpk.Open(in)
+		tf, err := formats.Lookup(formats.TPK)
+		if err != nil {
+			return err
+		}
+		r, err := tf.OpenRecords(in)
 		if err != nil {
 			return err
 		}

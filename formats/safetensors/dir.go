@@ -18,19 +18,8 @@ import (
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
-// DirOptions configures NewDirWriter.
-type DirOptions struct {
-	// ShardSize, when positive, replaces the original sharding: tensors are
-	// packed greedily in data order into shards of at most ShardSize tensor
-	// bytes (a larger tensor gets a shard of its own), named
-	// model-00001-of-0000N.safetensors, with a model.safetensors.index.json,
-	// as transformers' save_pretrained does; a single shard is written as
-	// model.safetensors without an index. Zero (the default) keeps the
-	// files of meta.
-	ShardSize int64
-	// Overwrite allows replacing existing files (default: refuse).
-	Overwrite bool
-}
+// DirOptions configures NewDirWriter (formats.DirOptions).
+type DirOptions = formats.DirOptions
 
 // bufSize is the write buffer of the shard being written.
 const bufSize = 256 << 10

@@ -3,7 +3,7 @@
 // to one writer.
 //
 //	Source ──► dispatcher (reserves Cost bytes) ──► workers (decode, encode)
-//	       ──► reorder buffer ──► single writer (.tpk records, or a Sink)
+//	       ──► reorder buffer ──► single writer (a RecordSink, or a Sink)
 //
 // The output is byte-identical for any number of workers.
 package stream

@@ -32,9 +32,9 @@ const (
 // the registered formats a restore writes (.safetensors or .gguf, any
 // case), or "" for any other name.
 func KindOfName(name string) Kind {
-	ext := filepath.Ext(name)
+	ext := strings.ToLower(filepath.Ext(name))
 	for _, f := range registered(func(a, b *Format) int { return 0 }) {
-		if f.NewSink != nil && f.Ext != "" && strings.EqualFold(ext, f.Ext) {
+		if f.NewSink != nil && f.Ext != "" && ext == f.Ext {
 			return f.Kind
 		}
 	}

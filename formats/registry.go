@@ -17,8 +17,9 @@ import (
 // checkpoint formats are read as a Source and written as a Sink.
 type Format struct {
 	Kind Kind
-	// Ext is the extension of the format's file names (".gguf"). A
-	// restore whose output name has it writes this format (KindOfName).
+	// Ext is the extension of the format's file names, in lower case
+	// (".gguf"). A restore whose output name has it, in any case, writes
+	// this format (KindOfName).
 	Ext string
 	// Magic is the files' leading bytes; '?' matches any byte. Detect
 	// tries the formats whose magic has the most bytes other than '?'

@@ -86,7 +86,7 @@ func TestDetect(t *testing.T) {
 func TestKindOfName(t *testing.T) {
 	for name, want := range map[string]formats.Kind{
 		"a/m.safetensors": formats.Safetensors, "M.SafeTensors": formats.Safetensors, "m.gguf": formats.GGUF,
-		"m.GGUF": formats.GGUF, "m.tpk": "", "m": "", "safetensors": "", "m.gguf.json": "",
+		"m.GGUF": formats.GGUF, "m.tpk": "", "m": "", "safetensors": "", "m.gguf.json": "", "m.\u017fafetensors": "",
 	} {
 		if got := formats.KindOfName(name); got != want {
 			t.Errorf("KindOfName(%q) = %q, want %q", name, got, want)

@@ -179,12 +179,14 @@ type entry struct {
 	name    string
 	doc     string
 	factory Factory
+	layers  string
 }
 
 var (
 	mu     sync.RWMutex
 	byID   = map[uint16]*entry{}
 	byName = map[string]*entry{}
+	dflt   string
 )
 
 // Register makes a codec available. It panics if the ID or name is taken
@@ -244,6 +246,57 @@ func Doc(name string) string {
 	defer mu.RUnlock()
 	if e, ok := byName[name]; ok {
 		return e.doc
+	}
+	return ""
+}
+
+// SetDefault declares the registered codec name the one to use when a
+// caller names none (Default). It panics if name is not registered or
+// another codec was declared the default (a programmer error).
+func SetDefault(name string) {
+	mu.Lock()
+	defer mu.Unlock()
+	if _, ok := byName[name]; !ok {
+		panic(fmt.Sprintf("codec: default %q is not registered", name))
+	}
+	if dflt != "" && dflt != name {
+		panic(fmt.Sprintf("codec: default declared twice (%q, %q)", dflt, name))
+	}
+	dflt = name
+}
+
+// Default returns the name of the codec declared by SetDefault, or "none"
+// when no codec was.
+func Default() string {
+	mu.RLock()
+	defer mu.RUnlock()
+	if dflt == "" {
+		return "none"
+	}
+	return dflt
+}
+
+// SetDefaultLayers declares which tensors the registered codec name
+// compresses when the caller selects none: a layer selection in the
+// words of stream.ParseLayers ("weights", "all", ...). It panics if name
+// is not registered.
+func SetDefaultLayers(name, layers string) {
+	mu.Lock()
+	defer mu.Unlock()
+	e, ok := byName[name]
+	if !ok {
+		panic(fmt.Sprintf("codec: %q is not registered", name))
+	}
+	e.layers = layers
+}
+
+// DefaultLayers returns the layer selection declared for the codec name
+// by SetDefaultLayers, or "" (the pipeline's default) when none was.
+func DefaultLayers(name string) string {
+	mu.RLock()
+	defer mu.RUnlock()
+	if e, ok := byName[name]; ok {
+		return e.layers
 	}
 	return ""
 }

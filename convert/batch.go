@@ -41,7 +41,7 @@ type BatchOptions struct {
 	// (CompressOptions.PassThrough).
 	PassThrough codec.ByteCodec
 	// BPW, if positive, sizes each weight file to BPW bits per parameter
-	// with tenpak_x_v2's rate control (CompressOptions.Rate).
+	// with Codec's rate control (CompressOptions.Rate).
 	BPW float64
 	// SampleRows is rate control's rows per tensor with BPW
 	// (RateOptions.SampleRows; 0: its default).

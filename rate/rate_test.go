@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/codec/tenpakx2"
 	"github.com/tpconvert/tpconvert/fixtures/gen"
 	"github.com/tpconvert/tpconvert/formats"
@@ -178,7 +179,7 @@ func TestImportanceAndBuild(t *testing.T) {
 		t.Error("no importance for lm_head")
 	}
 	sel := func(t tensor.Info) bool { return len(t.Shape) == 2 }
-	plan, err := Build(context.Background(), src, sel, Options{Workers: 2, SampleRows: 32})
+	plan, err := Build(context.Background(), src, v2(t), sel, Options{Workers: 2, SampleRows: 32})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,18 +189,19 @@ func TestImportanceAndBuild(t *testing.T) {
 	for _, tt := range plan.Tensors {
 		prev := map[[3]int]float64{}
 		for _, o := range tt.Options {
-			if o.Config.Grid == tenpakx2.GridHalf {
+			cfg := o.Config.(tenpakx2.Config)
+			if cfg.Grid == tenpakx2.GridHalf {
 				continue
 			}
-			k := [3]int{int(o.Config.Grid), o.Config.Group, 0}
-			if o.Config.S8 {
+			k := [3]int{int(cfg.Grid), cfg.Group, 0}
+			if cfg.S8 {
 				k[2] = 1
 			}
 			if p, ok := prev[k]; ok && o.Dist >= p {
 				t.Errorf("%s: %s estimates %g, not below the bit depth before (%g)", tt.Info.Name, o.Config, o.Dist, p)
 			}
 			prev[k] = o.Dist
-			if want, _ := tenpakx2.PayloadSize(tt.Info, o.Config); want != o.Bytes {
+			if want, _ := tenpakx2.PayloadSize(tt.Info, cfg); want != o.Bytes {
 				t.Errorf("%s %s: %d bytes, PayloadSize %d", tt.Info.Name, o.Config, o.Bytes, want)
 			}
 		}
@@ -231,10 +233,20 @@ func TestTensorListTakenOnce(t *testing.T) {
 	n := len(st.Tensors())
 	Importance(src)
 	sel := func(t tensor.Info) bool { return len(t.Shape) == 2 }
-	if _, err := Build(context.Background(), src, sel, Options{Workers: 2, SampleRows: 8}); err != nil {
+	if _, err := Build(context.Background(), src, v2(t), sel, Options{Workers: 2, SampleRows: 8}); err != nil {
 		t.Fatal(err)
 	}
 	if c := src.calls.Load(); c > 6 {
 		t.Errorf("Tensors called %d times for %d tensors", c, n)
 	}
+}
+
+// v2 returns tenpak_x_v2 as a planner.
+func v2(t *testing.T) codec.Planner {
+	t.Helper()
+	c, err := codec.New("tenpak_x_v2", codec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.(codec.Planner)
 }

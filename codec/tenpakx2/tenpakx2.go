@@ -56,6 +56,11 @@ var DefaultConfig = Config{Grid: GridUniform, Bits: 4, Group: 32}
 func init() {
 	codec.Register(codec.IDTenpakXV2, "tenpak_x_v2",
 		"TenPak-X v2: per-tensor grids (uniform, symmetric, Hadamard-rotated Lloyd–Max, f16) chosen by rate control for --bpw/--target-size", New)
+	// The default codec, on every weight matrix: DefaultConfig
+	// shrinks every checkpoint whose weights take more than 5 bits at
+	// the quality of llama.cpp's Q4_1 (CONVERTING.md explains the choice).
+	codec.SetDefault("tenpak_x_v2")
+	codec.SetDefaultLayers("tenpak_x_v2", "weights")
 }
 
 // Codec is the tenpak_x_v2 codec. Its zero plan codes every tensor with

@@ -31,7 +31,7 @@ import (
 	_ "github.com/tpconvert/tpconvert/codec/basic"
 	_ "github.com/tpconvert/tpconvert/codec/intq"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
-	"github.com/tpconvert/tpconvert/codec/tenpakx2"
+	_ "github.com/tpconvert/tpconvert/codec/tenpakx2"
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/rate"
 	"github.com/tpconvert/tpconvert/stream"
@@ -139,14 +139,21 @@ func run(path, label, layers, include, codecs string, header bool) error {
 			continue
 		}
 		start := time.Now()
-		plan, err := rate.Build(context.Background(), src, sel.Select, rate.Options{Workers: runtime.GOMAXPROCS(0)})
+		pc, err := codec.New("tenpak_x_v2", codec.Options{})
+		if err != nil {
+			return err
+		}
+		planner := pc.(codec.Planner)
+		plan, err := rate.Build(context.Background(), src, planner, sel.Select, rate.Options{Workers: runtime.GOMAXPROCS(0)})
 		if err != nil {
 			return err
 		}
 		if err := plan.Allocate(int64(s.bpw * float64(selWeights) / 8)); err != nil {
 			return fmt.Errorf("%s: %w", s.label, err)
 		}
-		specs[k].c = tenpakx2.NewPlanned(plan.Configs(), plan.Importance, "")
+		if specs[k].c, err = planner.Planned(codec.Plan{Configs: plan.Configs(), Importance: plan.Importance}); err != nil {
+			return err
+		}
 		secs[k] += time.Since(start).Seconds()
 	}
 	var weights int64

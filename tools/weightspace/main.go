@@ -7,8 +7,8 @@
 //	go run ./tools/weightspace -label fixture fixtures/tiny-llama.safetensors
 //
 // Codecs are given as name[:group=N][:rank=N], separated by commas;
-// tenpak_x_v2:bpw=B plans tenpak_x_v2 with rate control for B bits per
-// weight over the measured tensors (the plan's time counts as encoding).
+// NAME:bpw=B, for a codec with rate control (codec.Planner), plans it for
+// B bits per weight over the measured tensors (the plan's time counts as encoding).
 // Beside each SQNR the table gives the Gaussian rate–distortion bound at
 // the same bits per weight, 6.02·bits dB: no coder can do better on
 // i.i.d. Gaussian weights of that rate.
@@ -60,7 +60,8 @@ func main() {
 type spec struct {
 	label string
 	c     codec.Codec
-	bpw   float64 // tenpak_x_v2: planned at run time
+	name  string  // with bpw
+	bpw   float64 // a codec.Planner, planned at run time
 }
 
 func parseCodecs(s string) ([]spec, error) {
@@ -68,13 +69,13 @@ func parseCodecs(s string) ([]spec, error) {
 	for _, item := range strings.Split(s, ",") {
 		parts := strings.Split(item, ":")
 		var o codec.Options
-		if parts[0] == "tenpak_x_v2" {
+		if codec.Plans(parts[0]) {
 			k, v, _ := strings.Cut(strings.Join(parts[1:], ":"), "=")
 			b, err := strconv.ParseFloat(v, 64)
 			if k != "bpw" || err != nil || !(b > 0) {
-				return nil, fmt.Errorf("codec %q: want tenpak_x_v2:bpw=B", item)
+				return nil, fmt.Errorf("codec %q: want %s:bpw=B", item, parts[0])
 			}
-			out = append(out, spec{label: item, bpw: b})
+			out = append(out, spec{label: item, name: parts[0], bpw: b})
 			continue
 		}
 		for _, kv := range parts[1:] {
@@ -139,7 +140,7 @@ func run(path, label, layers, include, codecs string, header bool) error {
 			continue
 		}
 		start := time.Now()
-		pc, err := codec.New("tenpak_x_v2", codec.Options{})
+		pc, err := codec.New(s.name, codec.Options{})
 		if err != nil {
 			return err
 		}

@@ -35,7 +35,7 @@ func addConvFlags(fs *flag.FlagSet, workersDoc, memDoc string) *convFlags {
 	f.exclude = fs.String("exclude", "", "never compress tensors whose name matches this regular expression")
 	f.rank = fs.Int("rank", 0, "rank of the low-rank factors (tenpak_x_v1; default 32)")
 	f.group = fs.Int("group-size", 0, "weights per scale/offset group (int4 default 32; tenpak_x_v1 default one row)")
-	f.seed = fs.Uint64("seed", 0, "seed for every random choice of the codec")
+	f.seed = fs.Uint64("seed", 0, "seed for every random choice of the codec (with --bpw/--target-size too)")
 	f.workers = fs.Int("workers", runtime.NumCPU(), workersDoc)
 	fs.Var(&f.maxMem, "max-memory", memDoc)
 	f.noStats = fs.Bool("no-stats", false, "leave the measured reconstruction error out of the records (each compressed tensor is still decoded once to check it)")

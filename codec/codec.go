@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -30,16 +31,72 @@ const (
 )
 
 // Options configures a codec when it is created for encoding. Zero values
-// mean "the codec's default". Codecs ignore options that do not apply to
-// them.
+// mean "the codec's default". Seed and Workers apply to every codec; a
+// codec's Factory refuses, with an error wrapping ErrOption, a Rank or
+// GroupSize it does not take (Options.Only), instead of ignoring it.
 type Options struct {
-	// Rank of low-rank factors (TenPak-X; default 32).
+	// Rank of low-rank factors (TenPak-X v1; default 32).
 	Rank int
 	// GroupSize is the number of weights that share a scale and offset
-	// (int4 default 32; TenPak-X default one row).
+	// (int4 default 32; TenPak-X v1 default one row).
 	GroupSize int
-	// Seed seeds every random choice (default 0).
+	// Seed seeds every random choice (default 0). A codec that makes no
+	// random choice is unaffected by it.
 	Seed uint64
+	// Workers is the number of goroutines one tensor's Encode and Decode
+	// may use (default 0: GOMAXPROCS; at least 0). The payload does not
+	// depend on it.
+	Workers int
+}
+
+// ErrOption is returned (wrapped) by a Factory for an option the codec
+// does not take or a value out of its range.
+var ErrOption = errors.New("codec: option does not apply")
+
+// Takes lists the options of Options, besides Seed and Workers, that a
+// codec takes (Options.Only).
+type Takes uint8
+
+// The options a codec may take.
+const (
+	TakesRank Takes = 1 << iota
+	TakesGroupSize
+)
+
+// Only returns an error wrapping ErrOption if o sets an option that the
+// codec name does not take, or a negative Workers; nil otherwise.
+func (o Options) Only(name string, takes Takes) error {
+	switch {
+	case o.Rank != 0 && takes&TakesRank == 0:
+		return fmt.Errorf("%w: %s takes no rank (got %d)", ErrOption, name, o.Rank)
+	case o.GroupSize != 0 && takes&TakesGroupSize == 0:
+		return fmt.Errorf("%w: %s takes no group size (got %d)", ErrOption, name, o.GroupSize)
+	case o.Workers < 0:
+		return fmt.Errorf("%w: %s: %d workers per tensor", ErrOption, name, o.Workers)
+	}
+	return nil
+}
+
+// PerTensor returns o.Workers, or GOMAXPROCS when it is 0: the goroutines
+// one tensor's Encode and Decode use.
+func (o Options) PerTensor() int {
+	if o.Workers > 0 {
+		return o.Workers
+	}
+	return runtime.GOMAXPROCS(0)
+}
+
+// Accepts reports whether the codec registered under name can be created
+// with o (for example whether it takes a rank).
+func Accepts(name string, o Options) bool {
+	mu.RLock()
+	e, ok := byName[name]
+	mu.RUnlock()
+	if !ok {
+		return false
+	}
+	_, err := e.factory(o)
+	return err == nil
 }
 
 // Codec compresses and decompresses one tensor.

@@ -25,6 +25,7 @@ type convFlags struct {
 	targetSize                      sizeFlag
 	lossless                        *bool
 	set                             map[string]bool
+	rated                           bool // --bpw or --target-size (rate)
 }
 
 func addConvFlags(fs *flag.FlagSet, workersDoc, memDoc string) *convFlags {
@@ -33,8 +34,8 @@ func addConvFlags(fs *flag.FlagSet, workersDoc, memDoc string) *convFlags {
 	f.layers = fs.String("layers", "", "weight matrices to compress: all (attention and MLP projections), mlp, attn, weights (every 2-D weight: also embeddings and output head), none (default: weights with --bpw or --target-size; "+declaredLayers()+"all for the other codecs)")
 	f.include = fs.String("include", "", "also compress tensors whose name matches this regular expression")
 	f.exclude = fs.String("exclude", "", "never compress tensors whose name matches this regular expression")
-	f.rank = fs.Int("rank", 0, "rank of the low-rank factors (tenpak_x_v1; default 32)")
-	f.group = fs.Int("group-size", 0, "weights per scale/offset group (int4 default 32; tenpak_x_v1 default one row)")
+	f.rank = fs.Int("rank", 0, "rank of the low-rank factors (codecs that take it: "+taking(codec.Options{Rank: 1})+"; default: the codec's); other codecs refuse it")
+	f.group = fs.Int("group-size", 0, "weights per scale/offset group (codecs that take it: "+taking(codec.Options{GroupSize: 1})+"; default: the codec's); other codecs refuse it")
 	f.seed = fs.Uint64("seed", 0, "seed for every random choice of the codec (with --bpw/--target-size too)")
 	f.workers = fs.Int("workers", runtime.NumCPU(), workersDoc)
 	fs.Var(&f.maxMem, "max-memory", memDoc)
@@ -87,6 +88,7 @@ func (f *convFlags) rate(fs *flag.FlagSet) (*convert.RateOptions, error) {
 	case *f.lossless:
 		return nil, errUsage{errors.New("--lossless keeps every tensor exact; it cannot be combined with --bpw or --target-size")}
 	}
+	f.rated = true
 	if !codec.Plans(*f.codec) {
 		return nil, errUsage{fmt.Errorf("--bpw and --target-size need a codec with rate control (%s); --codec %s cannot be sized (drop --codec, or use one of those)", strings.Join(planners(), ", "), *f.codec)}
 	}
@@ -111,6 +113,11 @@ func (f *convFlags) build() (codec.Codec, codec.Options, stream.Selector, stream
 		}
 	}
 	co := codec.Options{Rank: *f.rank, GroupSize: *f.group, Seed: *f.seed}
+	if f.rated {
+		// Rate control's codec codes each of the --workers tensors in
+		// flight with its share of the CPUs.
+		co.Workers = max(1, runtime.GOMAXPROCS(0)/max(*f.workers, 1))
+	}
 	fail := func(err error) (codec.Codec, codec.Options, stream.Selector, stream.Options, error) {
 		return nil, co, sel, stream.Options{}, err
 	}
@@ -150,6 +157,17 @@ func passThrough(c codec.Codec) (codec.ByteCodec, error) {
 		return nil, err
 	}
 	return l.(codec.ByteCodec), nil
+}
+
+// taking lists the codecs that accept o (codec.Accepts).
+func taking(o codec.Options) string {
+	var out []string
+	for _, n := range codec.Names() {
+		if codec.Accepts(n, o) {
+			out = append(out, n)
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 // planners lists the codecs with rate control (codec.Plans).

@@ -33,7 +33,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"runtime"
 
 	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/codec/internal/par"
@@ -74,9 +73,15 @@ type Codec struct {
 }
 
 // New returns the codec with an empty plan (for decoding, or encoding
-// every tensor with DefaultConfig).
+// every tensor with DefaultConfig; rate control plans it through
+// codec.Planner). It takes o.Seed (the seed of the rotation signs is
+// DefaultSeed xor its low 32 bits) and o.Workers (goroutines per tensor,
+// default GOMAXPROCS), no rank or group size.
 func New(o codec.Options) (codec.Codec, error) {
-	return &Codec{seed: uint32(DefaultSeed ^ o.Seed), workers: runtime.GOMAXPROCS(0)}, nil
+	if err := o.Only("tenpak_x_v2", 0); err != nil {
+		return nil, err
+	}
+	return &Codec{seed: uint32(DefaultSeed ^ o.Seed), workers: o.PerTensor()}, nil
 }
 
 // NewPlanned returns the codec that codes each tensor named in plan with

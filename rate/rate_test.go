@@ -250,3 +250,58 @@ func v2(t *testing.T) codec.Planner {
 	}
 	return c.(codec.Planner)
 }
+
+// TestTiedEmbeddingCountsInBothRoles: a token embedding that is also the
+// output head (no lm_head) weighs as much as embedding and head of the
+// untied model together, and its column weights average the embedding's
+// (all 1) and the head's (the final norm's g², normalized to mean 1).
+func TestTiedEmbeddingCountsInBothRoles(t *testing.T) {
+	open := func(tied bool) formats.Source {
+		cfg := gen.Presets["tiny"]
+		cfg.Tied = tied
+		path := filepath.Join(t.TempDir(), "m.safetensors")
+		if err := gen.WriteSafetensors(path, cfg, tensor.BF16, 3); err != nil {
+			t.Fatal(err)
+		}
+		src, err := safetensors.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { src.Close() })
+		return src
+	}
+	const emb, head = "model.embed_tokens.weight", "lm_head.weight"
+	untied, tied := open(false), open(true)
+	wu, wt := Weights(untied), Weights(tied)
+	if wu[emb] <= 0 || wu[head] <= 0 {
+		t.Fatalf("untied weights %v lack the embedding or the head", wu)
+	}
+	if _, ok := wt[head]; ok {
+		t.Fatalf("tied model has a head weight: %v", wt)
+	}
+	if want := wu[emb] + wu[head]; wt[emb] != want {
+		t.Errorf("tied embedding weighs %g, want embedding + head = %g", wt[emb], want)
+	}
+	hu, ht := Importance(untied)[head], Importance(tied)[emb]
+	if len(hu) == 0 || len(ht) != len(hu) {
+		t.Fatalf("head importance %d columns, tied embedding %d", len(hu), len(ht))
+	}
+	var mean float64
+	for _, v := range hu {
+		mean += float64(v)
+	}
+	mean /= float64(len(hu))
+	spread := false
+	for c := range hu {
+		want := (1 + float64(hu[c])/mean) / 2
+		if math.Abs(float64(ht[c])-want) > 1e-6*want {
+			t.Fatalf("column %d: tied weight %g, want (1 + %g/%g)/2 = %g", c, ht[c], hu[c], mean, want)
+		}
+		if math.Abs(want-1) > 1e-3 {
+			spread = true
+		}
+	}
+	if !spread {
+		t.Error("the final norm's gains are all equal: the test cannot tell the roles apart")
+	}
+}

@@ -154,9 +154,12 @@ type TensorParamser interface {
 	TensorParams(t tensor.Info) string
 }
 
-// ByteCodec is implemented by codecs that store a tensor's source bytes as
-// they are (the "none" codec). The pipeline calls EncodeBytes instead of
-// decoding the tensor to float32.
+// ByteCodec is implemented by codecs that code a tensor's source bytes
+// rather than its float32 values: the "none" codec, whose records the
+// pipeline writes as the source bytes without calling it, and lossless
+// codecs, which the pipeline calls with the source bytes (through their
+// Append method when they have one, as codec/lossless does, else through
+// EncodeBytes).
 type ByteCodec interface {
 	Codec
 	EncodeBytes(w io.Writer, t tensor.Info, src []byte) error

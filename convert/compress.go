@@ -10,11 +10,14 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/tpconvert/tpconvert/arch"
+	"github.com/tpconvert/tpconvert/batch/checkout"
 	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/formats"
 	"github.com/tpconvert/tpconvert/formats/gguf"
 	"github.com/tpconvert/tpconvert/formats/tpk"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/internal/procstat"
 	"github.com/tpconvert/tpconvert/stream"
 	"github.com/tpconvert/tpconvert/tensor"
 )
@@ -47,7 +50,7 @@ type CompressOptions struct {
 	// WeightsOnly allows compressing a checkout directory that holds files
 	// besides the weights the .tpk carries (config.json, tokenizer files,
 	// README): they are left out. Without it CompressFile refuses such a
-	// directory with ErrSideFiles; Batch keeps them.
+	// directory with ErrSideFiles; batch.Run keeps them.
 	WeightsOnly bool
 }
 
@@ -59,7 +62,7 @@ var ErrSideFiles = errors.New("holds files besides the weights")
 // from it) does not carry: everything but its weight files and its index,
 // as batch would find them.
 func sideFiles(dir string, src formats.Source) []string {
-	cs, _, err := FindCheckouts([]string{dir}, "")
+	cs, _, err := checkout.Find([]string{dir}, "")
 	if err != nil || len(cs) != 1 {
 		return nil
 	}
@@ -136,8 +139,7 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 			if len(side) > 4 {
 				list += fmt.Sprintf(" and %d more", len(side)-4)
 			}
-			return nil, fmt.Errorf("%s %w that a .tpk does not carry (%s): 'tpconvert batch %s -o OUTDIR' keeps them beside the compressed weights; --weights-only compresses the weights alone",
-				in, ErrSideFiles, list, in)
+			return nil, fmt.Errorf("%s %w that a .tpk does not carry (%s)", in, ErrSideFiles, list)
 		}
 	}
 	var total int64
@@ -170,7 +172,7 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 		Options:     o.Options,
 		Codec:       o.Codec,
 		Select:      o.Selector.Select,
-		Transpose:   func(t tensor.Info) bool { return stream.IsConv1D(t.Name) },
+		Transpose:   func(t tensor.Info) bool { return arch.IsConv1D(t.Name) },
 		NoStats:     o.NoStats,
 		AllowLarger: o.AllowLarger,
 		PassThrough: o.PassThrough,
@@ -195,6 +197,6 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 	rep.Allocation = Allocation(rep.Tensors)
 	rep.Rate = rr
 	rep.Totals.WallSeconds = time.Since(start).Seconds()
-	rep.Totals.PeakRSSBytes = PeakRSS()
+	rep.Totals.PeakRSSBytes = procstat.PeakRSS()
 	return rep, nil
 }

@@ -3,7 +3,6 @@ package convert_test
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
@@ -20,9 +19,9 @@ import (
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx2"
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/fixtures/gen"
-	"github.com/tpconvert/tpconvert/formats"
 	"github.com/tpconvert/tpconvert/formats/tpk"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/internal/testkit"
 	"github.com/tpconvert/tpconvert/stream"
 	"github.com/tpconvert/tpconvert/tensor"
 )
@@ -38,14 +37,11 @@ var small = gen.Presets["small"]
 // matrices (AllowLarger).
 var micro = gen.Config{Layers: 2, Hidden: 64, Intermediate: 128, Heads: 2, KVHeads: 1, Vocab: 128}
 
-func mustCodec(t *testing.T, name string) codec.Codec {
-	t.Helper()
-	c, err := codec.New(name, codec.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
+var (
+	mustCodec    = testkit.MustCodec
+	tensorHashes = testkit.TensorHashes
+	noTemps      = testkit.NoTemps
+)
 
 func opts(t *testing.T, c string, workers int) convert.CompressOptions {
 	return convert.CompressOptions{
@@ -53,26 +49,6 @@ func opts(t *testing.T, c string, workers int) convert.CompressOptions {
 		Codec:    mustCodec(t, c),
 		Selector: stream.Selector{Layers: stream.LayersAll},
 	}
-}
-
-// tensorHashes maps tensor names to the SHA-256 of their bytes.
-func tensorHashes(t *testing.T, path string) (map[string][32]byte, *formats.Meta) {
-	t.Helper()
-	src, err := convert.OpenSource(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	h := map[string][32]byte{}
-	for i, ti := range src.Tensors() {
-		b, err := src.Bytes(i)
-		if err != nil {
-			t.Fatal(err)
-		}
-		h[ti.Name+"/"+ti.DType.String()] = sha256.Sum256(b)
-	}
-	m := *src.Meta()
-	return h, &m
 }
 
 func sameTensors(t *testing.T, a, b string) {
@@ -112,16 +88,6 @@ func sameFileBytes(t *testing.T, a, b string) {
 	}
 }
 
-func noTemps(t *testing.T, dir string) {
-	t.Helper()
-	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err == nil && strings.HasPrefix(d.Name(), atomicfile.TempPrefix) {
-			t.Errorf("temporary file left behind: %s", p)
-		}
-		return nil
-	})
-}
-
 func TestSafetensorsLosslessRoundTrip(t *testing.T) {
 	dir := t.TempDir()
 	in := filepath.Join(dir, "model.safetensors")
@@ -155,10 +121,7 @@ func TestShardedCheckoutRoundTrip(t *testing.T) {
 	if len(shards) < 3 {
 		t.Fatalf("generator wrote %d shards, want at least 3", len(shards))
 	}
-	tpkPath := convert.DefaultCompressOutput(ckpt)
-	if tpkPath != ckpt+".tpk" {
-		t.Errorf("default output %s", tpkPath)
-	}
+	tpkPath := ckpt + ".tpk" // the CLI's default (TestDefaultCompressOutput)
 	if _, err := convert.CompressFile(context.Background(), ckpt, tpkPath, opts(t, "none", 2)); err != nil {
 		t.Fatal(err)
 	}
@@ -196,13 +159,7 @@ func TestLossyRestoreKeepsUntouchedTensors(t *testing.T) {
 		t.Run(kind, func(t *testing.T) {
 			dir := t.TempDir()
 			in := filepath.Join(dir, "m."+kind)
-			var err error
-			if kind == "gguf" {
-				err = gen.WriteGGUF(in, tiny, 3)
-			} else {
-				err = gen.WriteSafetensors(in, tiny, tensor.F32, 3)
-			}
-			if err != nil {
+			if err := gen.WriteModel(in, tiny, tensor.F32, 3); err != nil {
 				t.Fatal(err)
 			}
 			tpkPath := filepath.Join(dir, "m.tpk")
@@ -441,16 +398,8 @@ func TestRestoredEqualsCodecDecode(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer r.Close()
-			restored, err := convert.OpenSource(out)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer restored.Close()
-			source, err := convert.OpenSource(in)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer source.Close()
+			restored := testkit.OpenSource(t, out)
+			source := testkit.OpenSource(t, in)
 			byName := map[string]int{}
 			for i, ti := range restored.Tensors() {
 				byName[ti.Name] = i

@@ -18,6 +18,7 @@ import (
 	"github.com/tpconvert/tpconvert/fixtures/gen"
 	"github.com/tpconvert/tpconvert/formats/tpk"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/internal/testfs"
 	"github.com/tpconvert/tpconvert/internal/tmpfs"
 	"github.com/tpconvert/tpconvert/stream"
 	"github.com/tpconvert/tpconvert/tensor"
@@ -43,6 +44,17 @@ func (d *fullDisk) Write(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// mustCompress compresses in to out with enospcOpts(codec).
+func mustCompress(t *testing.T, in, out, codec string) {
+	t.Helper()
+	if _, err := CompressFile(context.Background(), in, out, enospcOpts(t, codec)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// sizeOf returns the size of the file at p.
+var sizeOf = testfs.Size
 
 // diskFullAfter makes every output file fail after n bytes until the test
 // ends.
@@ -94,14 +106,8 @@ func TestCompressDiskFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	ref := filepath.Join(dir, "ref.tpk")
-	if _, err := CompressFile(context.Background(), in, ref, enospcOpts(t, "f16")); err != nil {
-		t.Fatal(err)
-	}
-	st, err := os.Stat(ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	size := st.Size()
+	mustCompress(t, in, ref, "f16")
+	size := sizeOf(t, ref)
 	out := filepath.Join(dir, "m.tpk")
 	for _, n := range []int64{0, 10, size / 3, size / 2, size - 200, size - 33, size - 1} {
 		t.Run(strconv.FormatInt(n, 10), func(t *testing.T) {
@@ -127,25 +133,14 @@ func TestRestoreDiskFull(t *testing.T) {
 		t.Run(kind, func(t *testing.T) {
 			dir := t.TempDir()
 			in := filepath.Join(dir, "m."+kind)
-			var err error
-			if kind == "gguf" {
-				err = gen.WriteGGUF(in, gen.Presets["tiny"], 1)
-			} else {
-				err = gen.WriteSafetensors(in, gen.Presets["tiny"], tensor.F32, 1)
-			}
-			if err != nil {
+			if err := gen.WriteModel(in, gen.Presets["tiny"], tensor.F32, 1); err != nil {
 				t.Fatal(err)
 			}
 			tpkPath := filepath.Join(dir, "m.tpk")
-			if _, err := CompressFile(context.Background(), in, tpkPath, enospcOpts(t, "f16")); err != nil {
-				t.Fatal(err)
-			}
-			st, err := os.Stat(in)
-			if err != nil {
-				t.Fatal(err)
-			}
+			mustCompress(t, in, tpkPath, "f16")
+			size := sizeOf(t, in)
 			out := filepath.Join(dir, "restored."+kind)
-			for _, n := range []int64{0, 100, st.Size() / 2, st.Size() - 1} {
+			for _, n := range []int64{0, 100, size / 2, size - 1} {
 				if err := os.WriteFile(out, prevOutput, 0o644); err != nil {
 					t.Fatal(err)
 				}
@@ -155,11 +150,6 @@ func TestRestoreDiskFull(t *testing.T) {
 			}
 		})
 	}
-}
-
-func tmpfsMount(t *testing.T, size int) string {
-	t.Helper()
-	return tmpfs.Mount(t, size, " (TestCompressDiskFull and TestRestoreDiskFull inject the error instead)")
 }
 
 // tmpfsUsed returns the bytes in use on the file system holding dir.
@@ -174,51 +164,48 @@ func tmpfsUsed(t *testing.T, dir string) int64 {
 // each fail with ENOSPC, keep the previous outputs and free the space they
 // took.
 func TestDiskFullTmpfs(t *testing.T) {
-	full := tmpfsMount(t, 2<<20)
+	full := tmpfs.Mount(t, 2<<20, " (TestCompressDiskFull and TestRestoreDiskFull inject the error instead)")
 	src := t.TempDir()
 	in := filepath.Join(src, "m.safetensors")
 	if err := gen.WriteSafetensors(in, gen.Presets["tiny"], tensor.BF16, 1); err != nil { // 3.3 MB
 		t.Fatal(err)
 	}
 	tpkPath := filepath.Join(src, "m.tpk")
-	if _, err := CompressFile(context.Background(), in, tpkPath, enospcOpts(t, "none")); err != nil {
-		t.Fatal(err)
-	}
+	mustCompress(t, in, tpkPath, "none")
 	ckpt := filepath.Join(src, "ckpt")
 	if err := gen.WriteCheckout(ckpt, gen.Presets["tiny"], tensor.F16, 1, 1<<20); err != nil {
 		t.Fatal(err)
 	}
 	ckptTPK := filepath.Join(src, "ckpt.tpk")
-	if _, err := CompressFile(context.Background(), ckpt, ckptTPK, enospcOpts(t, "none")); err != nil {
-		t.Fatal(err)
-	}
+	mustCompress(t, ckpt, ckptTPK, "none")
 
-	t.Run("compress", func(t *testing.T) {
-		out := filepath.Join(full, "m.tpk")
-		if err := os.WriteFile(out, prevOutput, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		used := tmpfsUsed(t, full)
-		_, err := CompressFile(context.Background(), in, out, enospcOpts(t, "none"))
-		checkNothingLost(t, err, full, out, prevOutput)
-		if u := tmpfsUsed(t, full); u != used {
-			t.Errorf("%d bytes in use after the failure, %d before", u, used)
-		}
-		os.Remove(out)
-	})
-	t.Run("restore", func(t *testing.T) {
-		out := filepath.Join(full, "m.safetensors")
-		if err := os.WriteFile(out, prevOutput, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		used := tmpfsUsed(t, full)
-		_, err := RestoreFile(context.Background(), tpkPath, out, RestoreOptions{Overwrite: true})
-		checkNothingLost(t, err, full, out, prevOutput)
-		if u := tmpfsUsed(t, full); u != used {
-			t.Errorf("%d bytes in use after the failure, %d before", u, used)
-		}
-		os.Remove(out)
-	})
+	// Over a previous output: it stays, and the space is given back.
+	for _, c := range []struct {
+		name, out string
+		run       func(out string) error
+	}{
+		{"compress", "m.tpk", func(out string) error {
+			_, err := CompressFile(context.Background(), in, out, enospcOpts(t, "none"))
+			return err
+		}},
+		{"restore", "m.safetensors", func(out string) error {
+			_, err := RestoreFile(context.Background(), tpkPath, out, RestoreOptions{Overwrite: true})
+			return err
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			out := filepath.Join(full, c.out)
+			if err := os.WriteFile(out, prevOutput, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			used := tmpfsUsed(t, full)
+			checkNothingLost(t, c.run(out), full, out, prevOutput)
+			if u := tmpfsUsed(t, full); u != used {
+				t.Errorf("%d bytes in use after the failure, %d before", u, used)
+			}
+			os.Remove(out)
+		})
+	}
 	t.Run("restore checkout", func(t *testing.T) {
 		out := filepath.Join(full, "ckpt")
 		_, err := RestoreFile(context.Background(), ckptTPK, out, RestoreOptions{})

@@ -2,7 +2,6 @@ package convert_test
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -10,18 +9,12 @@ import (
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/fixtures/gen"
 	"github.com/tpconvert/tpconvert/formats/tpk"
+	"github.com/tpconvert/tpconvert/internal/testfs"
 	"github.com/tpconvert/tpconvert/stream"
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
-func fileSize(t *testing.T, p string) int64 {
-	t.Helper()
-	st, err := os.Stat(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st.Size()
-}
+var fileSize = testfs.Size
 
 // TestLosslessRestoresEveryByte: --lossless (the lossless codec for every
 // tensor) makes single files of each float dtype, a sharded checkout with

@@ -50,31 +50,6 @@ func OpenSource(path string) (formats.Source, error) {
 	return nil, fmt.Errorf("%s: %w", path, formats.ErrUnknownFormat)
 }
 
-// DefaultCompressOutput returns the output path used when none is given:
-// the input's name with its extension replaced by .tpk, beside it; a
-// checkout directory m/ becomes the file m.tpk beside the directory.
-func DefaultCompressOutput(in string) string {
-	in = filepath.Clean(in)
-	if st, err := os.Stat(in); err == nil && st.IsDir() {
-		return in + ".tpk"
-	}
-	return strings.TrimSuffix(in, filepath.Ext(in)) + ".tpk"
-}
-
-// DefaultRestoreOutput returns the output path used when none is given:
-// model.tpk becomes model.restored.safetensors or model.restored.gguf, and
-// a sharded checkout becomes the directory model.restored/.
-func DefaultRestoreOutput(in string, meta *formats.Meta, to formats.Kind, dir bool) string {
-	base := strings.TrimSuffix(filepath.Clean(in), filepath.Ext(in)) + ".restored"
-	if dir {
-		return base
-	}
-	if to == "" {
-		to = meta.Kind
-	}
-	return base + "." + string(to)
-}
-
 // sameFile reports whether a and b name the same existing file.
 func sameFile(a, b string) bool {
 	sa, err := os.Stat(a)

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/tpconvert/tpconvert/arch"
 	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/formats"
 	"github.com/tpconvert/tpconvert/rate"
@@ -124,7 +125,7 @@ func planRate(ctx context.Context, src formats.Source, o *CompressOptions) (code
 		}
 		rep.TargetBytes = int64(math.Floor(r.BPW * float64(params) / 8))
 	}
-	transpose := func(t tensor.Info) bool { return stream.IsConv1D(t.Name) }
+	transpose := func(t tensor.Info) bool { return arch.IsConv1D(t.Name) }
 	sel := o.Selector.Select
 	if r.OnPlanStart != nil {
 		var total int64

@@ -1,14 +1,8 @@
 package convert
 
 import (
-	"bufio"
-	"os"
-	"strconv"
-	"strings"
-
 	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/formats/tpk"
-	"github.com/tpconvert/tpconvert/tensor"
 )
 
 // TensorReport is one tensor's line in a Report.
@@ -130,39 +124,4 @@ func newReport(in, out string, inBytes, outBytes int64, n int, entry func(i int)
 		t.RatioSource = float64(inBytes) / float64(outBytes)
 	}
 	return r
-}
-
-// PeakRSS returns the process's peak resident set size (VmHWM) in bytes,
-// or 0 where /proc is not available.
-func PeakRSS() int64 {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if v, ok := strings.CutPrefix(s.Text(), "VmHWM:"); ok {
-			v = strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB"))
-			kb, _ := strconv.ParseInt(v, 10, 64)
-			return kb * 1024
-		}
-	}
-	return 0
-}
-
-// ParseDTypeFlag parses "source", "f32", "f16" or "bf16" (case-insensitive);
-// "source" and "" give tensor.Invalid.
-func ParseDTypeFlag(s string) (tensor.DType, error) {
-	switch strings.ToLower(s) {
-	case "", "source":
-		return tensor.Invalid, nil
-	case "f32", "fp32", "float32":
-		return tensor.F32, nil
-	case "f16", "fp16", "float16":
-		return tensor.F16, nil
-	case "bf16", "bfloat16":
-		return tensor.BF16, nil
-	}
-	return tensor.Invalid, errBadDType(s)
 }

@@ -16,30 +16,18 @@ import (
 	"github.com/tpconvert/tpconvert/formats/safetensors"
 	"github.com/tpconvert/tpconvert/formats/tpk"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/internal/procstat"
 	"github.com/tpconvert/tpconvert/stream"
 )
 
-type errBadDType string
-
-func (e errBadDType) Error() string {
-	return fmt.Sprintf("unknown dtype %q (want source, f32, f16 or bf16)", string(e))
-}
+// ErrQuantized is matched (with errors.Is) by the error of RestoreFile for
+// a GGUF tensor in a ggml block type restored to safetensors without
+// RestoreOptions.Dequantize.
+var ErrQuantized = errors.New("safetensors cannot hold without dequantizing")
 
 // ErrCannotConvert is returned by RestoreFile for a container conversion
 // it cannot make (safetensors to GGUF).
 var ErrCannotConvert = errors.New("cannot restore")
-
-// KindOfName returns the container a file name's extension names
-// (.safetensors or .gguf, any case), or "" for any other name.
-func KindOfName(name string) formats.Kind {
-	switch strings.ToLower(filepath.Ext(name)) {
-	case ".safetensors":
-		return formats.Safetensors
-	case ".gguf":
-		return formats.GGUF
-	}
-	return ""
-}
 
 // RestoreOptions configure RestoreFile.
 type RestoreOptions struct {
@@ -104,7 +92,7 @@ func RestoreFile(ctx context.Context, in, out string, o RestoreOptions) (*Restor
 	if to == formats.Safetensors && meta.Kind == formats.GGUF {
 		for _, t := range plan {
 			if t.DType.IsQuantized() {
-				return nil, fmt.Errorf("tensor %q is %s, which safetensors cannot hold: add --dequantize f16 (or f32, bf16)", t.Name, t.DType)
+				return nil, fmt.Errorf("tensor %q is %s, which %w", t.Name, t.DType, ErrQuantized)
 			}
 		}
 	}
@@ -189,7 +177,7 @@ func RestoreFile(ctx context.Context, in, out string, o RestoreOptions) (*Restor
 		}
 	}
 	rep.WallSeconds = time.Since(start).Seconds()
-	rep.PeakRSSBytes = PeakRSS()
+	rep.PeakRSSBytes = procstat.PeakRSS()
 	return rep, nil
 }
 
@@ -197,12 +185,8 @@ func RestoreFile(ctx context.Context, in, out string, o RestoreOptions) (*Restor
 // reading it in bounded memory, and that every record's codec and codec
 // version are known to this build. It returns the number of records checked
 // and one error per damaged record (the index itself failing gives a single
-// error).
-func Verify(path string) (int, []error) { return VerifyContext(context.Background(), path) }
-
-// VerifyContext is Verify that stops, returning ctx's error, when ctx is
-// cancelled.
-func VerifyContext(ctx context.Context, path string) (int, []error) {
+// error). It stops, returning ctx's error, when ctx is cancelled.
+func Verify(ctx context.Context, path string) (int, []error) {
 	r, err := tpk.Open(path)
 	if err != nil {
 		return 0, []error{err}

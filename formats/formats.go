@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"unicode/utf8"
 
@@ -27,6 +28,18 @@ const (
 	GGUF        Kind = "gguf"
 	TPK         Kind = "tpk"
 )
+
+// KindOfName returns the container a file name's extension names
+// (.safetensors or .gguf, any case), or "" for any other name.
+func KindOfName(name string) Kind {
+	switch strings.ToLower(filepath.Ext(name)) {
+	case ".safetensors":
+		return Safetensors
+	case ".gguf":
+		return GGUF
+	}
+	return ""
+}
 
 // Source is an opened input checkpoint. Tensors are listed in the order
 // their bytes are stored (file by file, then by data offset), which is the

@@ -4,6 +4,7 @@ import (
 	"math"
 	"regexp"
 
+	"github.com/tpconvert/tpconvert/arch"
 	"github.com/tpconvert/tpconvert/formats"
 	"github.com/tpconvert/tpconvert/tensor"
 )
@@ -41,20 +42,23 @@ type roles struct {
 	gate, up, down    string
 }
 
-var layerRoles = []roles{
-	{attnNorm: "attn_norm.weight", ffnNorm: "ffn_norm.weight",
-		q: "attn_q.weight", k: "attn_k.weight", v: "attn_v.weight", o: "attn_output.weight",
-		gate: "ffn_gate.weight", up: "ffn_up.weight", down: "ffn_down.weight"},
-	{attnNorm: "input_layernorm.weight", ffnNorm: "post_attention_layernorm.weight",
-		q: "self_attn.q_proj.weight", k: "self_attn.k_proj.weight", v: "self_attn.v_proj.weight", o: "self_attn.o_proj.weight",
-		gate: "mlp.gate_proj.weight", up: "mlp.up_proj.weight", down: "mlp.down_proj.weight"},
-}
+// layerRoles and heads are the names package arch knows.
+var layerRoles = func() []roles {
+	var out []roles
+	for _, r := range arch.Layers() {
+		out = append(out, roles{attnNorm: r.AttnNorm, ffnNorm: r.FFNNorm, q: r.Q, k: r.K, v: r.V, o: r.O, gate: r.Gate, up: r.Up, down: r.Down})
+	}
+	return out
+}()
 
 // heads: (final norm, output head, token embedding) name triples.
-var heads = [][3]string{
-	{"output_norm.weight", "output.weight", "token_embd.weight"},
-	{"model.norm.weight", "lm_head.weight", "model.embed_tokens.weight"},
-}
+var heads = func() [][3]string {
+	var out [][3]string
+	for _, h := range arch.Heads() {
+		out = append(out, [3]string{h.Norm, h.Output, h.Embedding})
+	}
+	return out
+}()
 
 // loader decodes whole tensors by name, to float32.
 type loader struct {

@@ -28,8 +28,8 @@ func TestOrderedWritesInOrderWithinBudget(t *testing.T) {
 			func(i int) int64 { return costs[i] },
 			func(ctx context.Context, i int) (int, error) {
 				c := min(costs[i], maxMem)
-				if v := inFlight.Add(c); v > peak.Load() {
-					peak.Store(v)
+				v := inFlight.Add(c)
+				for p := peak.Load(); v > p && !peak.CompareAndSwap(p, v); p = peak.Load() {
 				}
 				time.Sleep(time.Duration(costs[i]%50) * time.Microsecond)
 				return i * 10, nil
@@ -87,25 +87,30 @@ func TestOrderedErrors(t *testing.T) {
 	}
 }
 
+// TestOrderedCancel cancels the context from inside the work, when the
+// cancelAt-th item starts (the items after it wait for the cancellation):
+// ordered must return context.Canceled, and start at most one more item
+// per worker after the cancellation.
 func TestOrderedCancel(t *testing.T) {
+	const cancelAt, workers = 10, 2
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	var started atomic.Int64
 	done := make(chan error)
 	go func() {
-		done <- ordered(ctx, 1000, 2, 1<<20, func(int) int64 { return 1 },
+		done <- ordered(ctx, 1000, workers, 1<<20, func(int) int64 { return 1 },
 			func(ctx context.Context, i int) (int, error) {
-				started.Add(1)
-				select {
-				case <-ctx.Done():
-					return 0, ctx.Err()
-				case <-time.After(5 * time.Millisecond):
+				switch n := started.Add(1); {
+				case n < cancelAt:
+					return i, nil
+				case n == cancelAt:
+					cancel()
 				}
-				return i, nil
+				<-ctx.Done()
+				return 0, ctx.Err()
 			},
 			func(int, int) error { return nil })
 	}()
-	time.Sleep(20 * time.Millisecond)
-	cancel()
 	select {
 	case err := <-done:
 		if !errors.Is(err, context.Canceled) {
@@ -114,51 +119,7 @@ func TestOrderedCancel(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("ordered did not stop after cancel")
 	}
-	if s := started.Load(); s > 100 {
-		t.Errorf("%d items started; cancellation was not prompt", s)
-	}
-}
-
-func TestClass(t *testing.T) {
-	for name, want := range map[string]string{
-		"model.layers.0.mlp.gate_proj.weight":                 "mlp",
-		"model.layers.11.mlp.down_proj.weight":                "mlp",
-		"blk.3.ffn_down.weight":                               "mlp",
-		"transformer.h.0.mlp.c_fc.weight":                     "mlp",
-		"encoder.layer.0.intermediate.dense.weight":           "mlp",
-		"encoder.layer.0.output.dense.weight":                 "mlp",
-		"model.layers.0.self_attn.q_proj.weight":              "attn",
-		"blk.0.attn_output.weight":                            "attn",
-		"blk.0.attn_k.weight":                                 "attn",
-		"transformer.h.0.attn.c_attn.weight":                  "attn",
-		"encoder.layer.0.attention.self.query.weight":         "attn",
-		"encoder.layer.0.attention.output.dense.weight":       "attn",
-		"model.layers.0.self_attn.q_proj.bias":                "",
-		"model.embed_tokens.weight":                           "",
-		"lm_head.weight":                                      "",
-		"output.weight":                                       "",
-		"token_embd.weight":                                   "",
-		"model.layers.0.input_layernorm.weight":               "",
-		"blk.0.attn_norm.weight":                              "",
-		"encoder.layer.0.attention.output.LayerNorm.weight":   "",
-		"embeddings.word_embeddings.weight":                   "",
-		"model.layers.0.post_attention_layernorm.weight":      "",
-		"transformer.h.0.ln_1.weight":                         "",
-		"model.layers.0.self_attn.rotary_emb.inv_freq":        "",
-		"model.layers.0.mlp.down_proj.weight_scale_inv":       "",
-		"encoder.layer.0.attention.output.dense.weight.extra": "",
-		"transformer.h.10.mlp.c_proj.weight":                  "mlp",
-		"gpt_neox.layers.0.attention.query_key_value.weight":  "attn",
-		"gpt_neox.layers.0.mlp.dense_h_to_4h.weight":          "mlp",
-		"model.layers.0.block_sparse_moe.experts.0.w1.weight": "",
-		"model.layers.0.feed_forward.w1.weight":               "mlp",
-		"model.layers.0.attention.wq.weight":                  "attn",
-	} {
-		if got := Class(name); got != want {
-			t.Errorf("Class(%q) = %q, want %q", name, got, want)
-		}
-	}
-	if !IsConv1D("transformer.h.0.attn.c_attn.weight") || IsConv1D("model.layers.0.mlp.up_proj.weight") {
-		t.Error("IsConv1D misclassifies")
+	if s := started.Load(); s > cancelAt+workers {
+		t.Errorf("%d items started, cancelled at the start of item %d with %d workers: cancellation was not prompt", s, cancelAt, workers)
 	}
 }

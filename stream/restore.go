@@ -30,10 +30,10 @@ type RestoreOptions struct {
 // dtype and size each will have. Sinks are created from it.
 func Plan(r *tpk.Reader, o RestoreOptions) ([]tensor.Info, error) {
 	if o.DType != tensor.Invalid && !o.DType.IsFloat() {
-		return nil, fmt.Errorf("restore: --dtype must be f32, f16, bf16 or source, not %s", o.DType)
+		return nil, fmt.Errorf("restore: output dtype must be f32, f16, bf16 or that of the source, not %s", o.DType)
 	}
 	if o.Dequantize != tensor.Invalid && !o.Dequantize.IsFloat() {
-		return nil, fmt.Errorf("restore: --dequantize must be f32, f16 or bf16, not %s", o.Dequantize)
+		return nil, fmt.Errorf("restore: dequantized dtype must be f32, f16 or bf16, not %s", o.Dequantize)
 	}
 	es := r.Entries()
 	out := make([]tensor.Info, len(es))

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +16,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 
+	"github.com/tpconvert/tpconvert/batch"
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/stream"
 )
@@ -47,7 +47,7 @@ func cmdBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *out == "" {
 		return errUsage{errors.New("batch needs -o OUTDIR")}
 	}
-	o := convert.BatchOptions{NoStats: *cf.noStats, Force: *force || !*resume, Merge: *merge, DryRun: *dryRun, Version: buildVersion()}
+	o := batch.Options{NoStats: *cf.noStats, Force: *force || !*resume, Merge: *merge, DryRun: *dryRun, Version: buildVersion()}
 	switch {
 	case *shard != "" && *fromEnv:
 		return errUsage{errors.New("give --shard or --shard-from-env, not both")}
@@ -86,15 +86,13 @@ func cmdBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	debug.SetMemoryLimit(o.MaxMemory + 256<<20)
 	ui := newBatchUI(stderr, *asJSON || *dryRun)
 	o.OnEvent = ui.event
-	rep, err := convert.Batch(ctx, pos, *out, o)
+	rep, err := batch.Run(ctx, pos, *out, o)
 	ui.finish()
 	if rep == nil || ctx.Err() != nil {
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if jerr := enc.Encode(rep); jerr != nil {
+		if jerr := printJSON(stdout, rep); jerr != nil {
 			return jerr
 		}
 	} else {
@@ -111,74 +109,25 @@ func parseShard(s string) (int, int, error) {
 	if !ok || err1 != nil || err2 != nil {
 		return 0, 0, fmt.Errorf("--shard %q: want I/N, e.g. 0/4", s)
 	}
-	return checkShard(i, n)
-}
-
-func checkShard(i, n int) (int, int, error) {
-	if n < 1 || i < 0 || i >= n {
-		return 0, 0, fmt.Errorf("shard %d/%d out of range: want 0 <= I < N", i, n)
+	if err := batch.CheckShard(i, n); err != nil {
+		return 0, 0, err
 	}
 	return i, n, nil
 }
 
-// shardFromEnv reads the shard from a Kubernetes Indexed Job
-// (JOB_COMPLETION_INDEX, with count shards) or a Slurm job array
-// (SLURM_ARRAY_TASK_ID, numbered from SLURM_ARRAY_TASK_MIN in steps of
-// SLURM_ARRAY_TASK_STEP, SLURM_ARRAY_TASK_COUNT tasks unless count is
-// given).
+// shardFromEnv is batch.ShardFromEnv in the words of the flags.
 func shardFromEnv(getenv func(string) string, count int) (int, int, error) {
-	atoi := func(name string, def int) (int, error) {
-		v := strings.TrimSpace(getenv(name))
-		if v == "" {
-			return def, nil
-		}
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			return 0, fmt.Errorf("%s=%q is not a number", name, v)
-		}
-		return n, nil
-	}
 	if count < 0 {
 		return 0, 0, errors.New("--shard-count must be positive")
 	}
-	if getenv("JOB_COMPLETION_INDEX") != "" {
-		i, err := atoi("JOB_COMPLETION_INDEX", 0)
-		if err != nil {
-			return 0, 0, err
-		}
-		if count == 0 {
-			return 0, 0, errors.New("JOB_COMPLETION_INDEX is set: give the job's completions as --shard-count")
-		}
-		return checkShard(i, count)
+	i, n, err := batch.ShardFromEnv(getenv, count)
+	switch {
+	case errors.Is(err, batch.ErrShardCount):
+		return 0, 0, fmt.Errorf("%w: give it as --shard-count", err)
+	case err != nil:
+		return 0, 0, fmt.Errorf("--shard-from-env: %w", err)
 	}
-	if getenv("SLURM_ARRAY_TASK_ID") != "" {
-		id, err := atoi("SLURM_ARRAY_TASK_ID", 0)
-		if err != nil {
-			return 0, 0, err
-		}
-		lo, err := atoi("SLURM_ARRAY_TASK_MIN", 0)
-		if err != nil {
-			return 0, 0, err
-		}
-		step, err := atoi("SLURM_ARRAY_TASK_STEP", 1)
-		if err != nil {
-			return 0, 0, err
-		}
-		n := count
-		if n == 0 {
-			if n, err = atoi("SLURM_ARRAY_TASK_COUNT", 0); err != nil {
-				return 0, 0, err
-			}
-		}
-		if n == 0 {
-			return 0, 0, errors.New("SLURM_ARRAY_TASK_COUNT is not set: give --shard-count")
-		}
-		if step < 1 || (id-lo)%step != 0 {
-			return 0, 0, fmt.Errorf("SLURM_ARRAY_TASK_ID=%d is not on the array's steps (min %d, step %d)", id, lo, step)
-		}
-		return checkShard((id-lo)/step, n)
-	}
-	return 0, 0, errors.New("--shard-from-env: neither JOB_COMPLETION_INDEX nor SLURM_ARRAY_TASK_ID is set")
+	return i, n, nil
 }
 
 // batchUI shows one progress bar across the batch on a terminal, and one
@@ -210,42 +159,42 @@ func (u *batchUI) describe() {
 	}
 }
 
-func (u *batchUI) event(e convert.BatchEvent) {
+func (u *batchUI) event(e batch.Event) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	switch e.Kind {
-	case convert.EventPlanned:
+	case batch.EventPlanned:
 		u.models, u.units = e.Models, e.Units
 		if u.tty && !u.quiet && e.Units > 0 {
 			u.bar = newBar(u.w, e.Bytes, "")
 			u.describe()
 		}
-	case convert.EventUnitStart:
+	case batch.EventUnitStart:
 		u.current = e.Unit.Model + "/" + e.Unit.Source
 		u.describe()
-	case convert.EventBytes:
+	case batch.EventBytes:
 		if u.bar != nil {
 			u.bar.Add64(e.Bytes)
 		}
-	case convert.EventUnitDone:
+	case batch.EventUnitDone:
 		u.doneU++
 		u.describe()
 		if !u.tty && !u.quiet {
 			r := e.Unit
-			if r.Status == convert.UnitFailed {
+			if r.Status == batch.UnitFailed {
 				fmt.Fprintf(u.w, "tpconvert: [%d/%d] %s/%s: failed: %s\n", u.doneU, u.units, r.Model, r.Source, r.Error)
 			} else {
 				fmt.Fprintf(u.w, "tpconvert: [%d/%d] %s/%s: %s in %.1fs, %s -> %s (%.2f bits/weight)\n", u.doneU, u.units,
 					r.Model, r.Source, r.Status, r.Seconds, human(r.SourceBytes), human(r.OutputBytes), r.BPW)
 			}
 		}
-	case convert.EventModelDone:
+	case batch.EventModelDone:
 		u.doneM++
 		u.describe()
 		if !u.tty && !u.quiet {
 			m := e.Model
 			line := fmt.Sprintf("tpconvert: model %d/%d %s: %s", u.doneM, u.models, m.Name, m.Status)
-			if m.Reason != "" && m.Status != convert.ModelConverted {
+			if m.Reason != "" && m.Status != batch.ModelConverted {
 				line += " (" + m.Reason + ")"
 			}
 			if m.Error != "" {
@@ -266,14 +215,14 @@ func (u *batchUI) finish() {
 }
 
 // printBatch renders the final table.
-func printBatch(w io.Writer, r *convert.BatchReport, all bool) {
+func printBatch(w io.Writer, r *batch.Report, all bool) {
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "model\tstatus\tweight files\tsource\toutput\tbits/w\tratio\ttime\t")
 	for _, m := range r.Models {
 		ready := 0
 		for _, u := range m.Units {
 			switch u.Status {
-			case convert.UnitConverted, convert.UnitReused, convert.UnitStaged, convert.UnitUpToDate:
+			case batch.UnitConverted, batch.UnitReused, batch.UnitStaged, batch.UnitUpToDate:
 				ready++
 			}
 		}
@@ -303,7 +252,7 @@ func printBatch(w io.Writer, r *convert.BatchReport, all bool) {
 		switch {
 		case m.Error != "":
 			fmt.Fprintf(w, "%s: %s\n", m.Name, m.Error)
-		case m.Status == convert.ModelWaiting || m.Status == convert.ModelIncomplete:
+		case m.Status == batch.ModelWaiting || m.Status == batch.ModelIncomplete:
 			fmt.Fprintf(w, "%s: %s\n", m.Name, m.Reason)
 		}
 	}
@@ -343,15 +292,13 @@ func restoreDir(ctx context.Context, in, out string, o convert.RestoreOptions, w
 	prog := newProgress(stderr, "restore", asJSON)
 	o.Options = stream.Options{Workers: workers, MaxMemory: maxMem, Progress: prog.add}
 	o.OnStart = prog.start
-	rep, err := convert.RestoreDir(ctx, in, out, o)
+	rep, err := batch.RestoreDir(ctx, in, out, o)
 	prog.finish()
 	if err != nil {
 		return err
 	}
 	if asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		return printJSON(stdout, rep)
 	}
 	for _, m := range rep.Models {
 		fmt.Fprintf(stdout, "restored %s into %s: %d weight files, %d other files\n", m.Model, m.Output, len(m.Weights), m.Files)

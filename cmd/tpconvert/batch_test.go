@@ -1,9 +1,8 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"io"
 	"io/fs"
@@ -14,11 +13,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
+	"github.com/tpconvert/tpconvert/batch"
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/fixtures/gen"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/internal/testkit"
 	"github.com/tpconvert/tpconvert/tensor"
+	"golang.org/x/sys/unix"
 )
 
 func TestParseShard(t *testing.T) {
@@ -121,59 +124,12 @@ func writeModels(t *testing.T, root string) {
 	put(filepath.Join(root, "gamma", "README.md"), "# gamma\n")
 }
 
-// tree maps every file under dir to its SHA-256, leaving out run.json
-// (the run's times and hosts, which differ by design).
-func tree(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	m := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		if d.IsDir() || d.Name() == convert.RunInfoName {
-			return nil
-		}
-		f, err := os.Open(p)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		h := sha256.New()
-		if _, err := io.Copy(h, f); err != nil {
-			return err
-		}
-		m[filepath.ToSlash(rel)] = hex.EncodeToString(h.Sum(nil))
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
-func sameTree(t *testing.T, a, b string) {
-	t.Helper()
-	ta, tb := tree(t, a), tree(t, b)
-	if len(ta) == 0 {
-		t.Fatalf("%s is empty", a)
-	}
-	for k, v := range ta {
-		if tb[k] != v {
-			t.Errorf("%s differs between %s and %s", k, a, b)
-		}
-	}
-	for k := range tb {
-		if _, ok := ta[k]; !ok {
-			t.Errorf("%s is only in %s", k, b)
-		}
-	}
-}
+var sameTree = testkit.SameTrees
 
 func noTempsIn(t *testing.T, dir string) {
 	t.Helper()
 	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err == nil && (strings.HasPrefix(d.Name(), atomicfile.TempPrefix) || d.Name() == convert.StagingName) {
+		if err == nil && (strings.HasPrefix(d.Name(), atomicfile.TempPrefix) || d.Name() == batch.StagingName) {
 			t.Errorf("left behind: %s", p)
 		}
 		return nil
@@ -189,7 +145,7 @@ func TestBatchCLIRoundTrip(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("batch: exit %d: %s", code, stderr)
 	}
-	var rep convert.BatchReport
+	var rep batch.Report
 	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
 		t.Fatalf("--json: %v\n%s", err, stdout)
 	}
@@ -263,6 +219,40 @@ func waitFor(t *testing.T, what string, timeout time.Duration, ok func() bool) {
 	}
 }
 
+// awaitCreate waits, with inotify rather than polling, until dir holds a
+// name matching pattern (filepath.Match), failing after timeout.
+func awaitCreate(t *testing.T, dir, pattern string, timeout time.Duration) {
+	t.Helper()
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "inotify")
+	defer f.Close()
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CREATE|unix.IN_MOVED_TO); err != nil {
+		t.Fatal(err)
+	}
+	if len(glob(filepath.Join(dir, pattern))) > 0 { // created before the watch
+		return
+	}
+	f.SetReadDeadline(time.Now().Add(timeout))
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := f.Read(buf)
+		if err != nil {
+			t.Fatalf("waiting for %s in %s: %v", pattern, dir, err)
+		}
+		for off := 0; off+unix.SizeofInotifyEvent <= n; {
+			ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+			name := strings.TrimRight(string(buf[off+unix.SizeofInotifyEvent:off+unix.SizeofInotifyEvent+int(ev.Len)]), "\x00")
+			if ok, _ := filepath.Match(pattern, name); ok {
+				return
+			}
+			off += unix.SizeofInotifyEvent + int(ev.Len)
+		}
+	}
+}
+
 func glob(p string) []string {
 	m, _ := filepath.Glob(p)
 	return m
@@ -296,25 +286,37 @@ func TestBatchSIGKILLThenResume(t *testing.T) {
 
 	cmd := exec.Command(bin, args...)
 	var errb bytes.Buffer
-	cmd.Stderr = &errb
+	pr, pw := io.Pipe()
+	cmd.Stderr = io.MultiWriter(&errb, pw)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	staging := filepath.Join(out, convert.StagingName, "b-big")
+	go func() { done <- cmd.Wait(); pw.Close() }()
+	staging := filepath.Join(out, batch.StagingName, "b-big")
 	// Kill once a-tiny is complete and b-big has one weight file staged
-	// and the next one in progress.
-	waitFor(t, "a-tiny's manifest", 60*time.Second, func() bool {
-		_, err := os.Stat(filepath.Join(out, "a-tiny", convert.ManifestName))
-		return err == nil
-	})
-	waitFor(t, "a staged weight file of b-big", 60*time.Second, func() bool {
-		return len(glob(filepath.Join(staging, "*.tpk.json"))) > 0
-	})
-	waitFor(t, "the next conversion", 60*time.Second, func() bool {
-		return len(glob(filepath.Join(staging, atomicfile.TempPrefix+"*"))) > 0
-	})
+	// and the next one in progress: the progress lines on stderr say the
+	// first two, inotify the third.
+	lines := bufio.NewScanner(pr)
+	awaitLine := func(what, sub string) {
+		t.Helper()
+		for lines.Scan() {
+			if strings.Contains(lines.Text(), sub) {
+				return
+			}
+		}
+		t.Fatalf("the batch ended before %s; stderr:\n%s", what, errb.String())
+	}
+	awaitLine("a-tiny was complete", "a-tiny: converted")
+	if _, err := os.Stat(filepath.Join(out, "a-tiny", batch.ManifestName)); err != nil {
+		t.Fatalf("a-tiny reported converted, but: %v", err)
+	}
+	awaitLine("a weight file of b-big was staged", "b-big/")
+	if len(glob(filepath.Join(staging, "*.tpk.json"))) == 0 {
+		t.Fatal("a weight file of b-big reported converted, but none is staged")
+	}
+	awaitCreate(t, staging, atomicfile.TempPrefix+"*", 60*time.Second)
+	go io.Copy(io.Discard, pr) // the rest of stderr
 	cmd.Process.Signal(syscall.SIGKILL)
 	<-done
 	staged := len(glob(filepath.Join(staging, "*.tpk.json")))
@@ -327,19 +329,19 @@ func TestBatchSIGKILLThenResume(t *testing.T) {
 	tinyTPK, _ := os.Stat(filepath.Join(out, "a-tiny", "model.tpk"))
 
 	stdout, _ := runBin(t, bin, append(args, "--json")...)
-	var rep convert.BatchReport
+	var rep batch.Report
 	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
 		t.Fatalf("--json: %v\n%s", err, stdout)
 	}
-	if len(rep.Models) != 2 || rep.Models[0].Status != convert.ModelUpToDate || rep.Models[1].Status != convert.ModelConverted {
+	if len(rep.Models) != 2 || rep.Models[0].Status != batch.ModelUpToDate || rep.Models[1].Status != batch.ModelConverted {
 		t.Fatalf("rerun: %+v", rep.Models)
 	}
 	var reStaged, converted int
 	for _, u := range rep.Models[1].Units {
 		switch u.Status {
-		case convert.UnitStaged:
+		case batch.UnitStaged:
 			reStaged++
-		case convert.UnitConverted:
+		case batch.UnitConverted:
 			converted++
 		}
 	}
@@ -386,7 +388,7 @@ func TestBatchShardsInSeparateProcesses(t *testing.T) {
 		runBin(t, bin, append([]string{"batch", src, "-o", seq, "--shard", i}, flags...)...)
 	}
 	stdout, _ := runBin(t, bin, append([]string{"batch", src, "-o", seq, "--merge", "--json"}, flags...)...)
-	var rep convert.BatchReport
+	var rep batch.Report
 	json.Unmarshal([]byte(stdout), &rep)
 	if rep.Totals.UpToDate != 3 || rep.Totals.UnitsConverted != 0 {
 		t.Errorf("merge after sequential shards: %+v", rep.Totals)
@@ -417,4 +419,29 @@ func TestBatchShardsInSeparateProcesses(t *testing.T) {
 	runBin(t, bin, append([]string{"batch", src, "-o", par, "--merge"}, flags...)...)
 	sameTree(t, ref, par)
 	noTempsIn(t, par)
+}
+
+// TestBatchForeignDirectoryNamesForce: the library reports an output
+// directory it did not write in its own words (batch.ErrNotConverted); the
+// command names the flag that replaces it, and restoring a converted
+// directory with --to names the flags that do not apply.
+func TestBatchForeignDirectoryNamesForce(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "models")
+	writeModels(t, src)
+	out := filepath.Join(dir, "out")
+	if err := os.MkdirAll(filepath.Join(out, "alpha"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := runCLI(t, "batch", filepath.Join(src, "alpha"), "-o", out, "--codec", "none")
+	if code != 1 || !strings.Contains(stderr, "is not a converted model") || !strings.Contains(stderr, "remove it or use --force") {
+		t.Errorf("foreign output directory: exit %d, stderr %q", code, stderr)
+	}
+	if code, _, stderr := runCLI(t, "batch", filepath.Join(src, "alpha"), "-o", out, "--codec", "none", "--force"); code != 0 {
+		t.Fatalf("--force: exit %d, stderr %q", code, stderr)
+	}
+	code, _, stderr = runCLI(t, "restore", filepath.Join(out, "alpha"), "-o", filepath.Join(dir, "r"), "--to", "gguf")
+	if code == 0 || !strings.Contains(stderr, "--to and --shard-size do not apply") {
+		t.Errorf("restore of a converted directory with --to: exit %d, stderr %q", code, stderr)
+	}
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,16 +22,12 @@ func cmdCompress(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	verbose := fs.Bool("v", false, "list every tensor in the summary (codec, size, error)")
 	force := fs.Bool("force", false, "overwrite an existing output file")
 	weightsOnly := fs.Bool("weights-only", false, "compress a checkout directory that also holds other files (config.json, tokenizer, README) without them; 'tpconvert batch' keeps them")
-	pos, err := parse(fs, args)
+	in, err := parseOne(fs, args, "INPUT")
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		return errUsage{fmt.Errorf("compress takes one INPUT, got %d", len(pos))}
-	}
-	in := pos[0]
 	if *out == "" {
-		*out = convert.DefaultCompressOutput(in)
+		*out = defaultCompressOutput(in)
 	}
 	cf.visit(fs)
 	ro, err := cf.rate(fs)
@@ -75,13 +70,14 @@ func cmdCompress(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if errors.As(err, &me) {
 		return errUsage{fmt.Errorf("--max-memory %s: tensor %q needs %s of working memory; give --max-memory %dMiB or more, or --exclude it", human(me.Budget), me.Tensor, human(me.Need), (me.Need+1<<20-1)>>20)}
 	}
+	if errors.Is(err, convert.ErrSideFiles) {
+		return fmt.Errorf("%w: 'tpconvert batch %s -o OUTDIR' keeps them beside the compressed weights; --weights-only compresses the weights alone", err, in)
+	}
 	if err != nil {
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		return printJSON(stdout, rep)
 	}
 	printReport(stdout, rep, *verbose)
 	return nil

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tpconvert/tpconvert/batch"
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/fixtures/gen"
 	"github.com/tpconvert/tpconvert/tensor"
@@ -302,7 +303,7 @@ func TestSummaryWording(t *testing.T) {
 		t.Errorf("summary:\n%s", s)
 	}
 	b.Reset()
-	br := &convert.BatchReport{Merge: true, Shards: 2}
+	br := &batch.Report{Merge: true, Shards: 2}
 	br.Totals.BytesIn, br.Totals.BytesOut = 10, 20
 	printBatch(&b, br, false)
 	if s := b.String(); strings.Contains(s, "shard 0/2") || !strings.Contains(s, "(merge)") || !strings.Contains(s, "warning: the output is larger") {

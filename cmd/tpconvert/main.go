@@ -17,6 +17,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -29,8 +30,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tpconvert/tpconvert/batch"
 	"github.com/tpconvert/tpconvert/codec"
+	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/stream"
 
 	// Codecs register themselves.
 	_ "github.com/tpconvert/tpconvert/codec/basic"
@@ -134,6 +138,8 @@ Exit status: 0 success, 1 error, 2 usage error, 130 interrupted.
 // errUsage marks errors in the command line (exit status 2).
 type errUsage struct{ error }
 
+func (e errUsage) Unwrap() error { return e.error }
+
 // interruptGrace is how long a command may take to stop by itself after
 // SIGINT or SIGTERM before main removes its temporary files and exits.
 const interruptGrace = 500 * time.Millisecond
@@ -156,9 +162,16 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// runHook, if set (by tests), receives the context of each command run,
+// which SIGINT and SIGTERM cancel.
+var runHook func(ctx context.Context)
+
 func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if runHook != nil {
+		runHook(ctx)
+	}
 	err := dispatch(ctx, args, stdout, stderr)
 	switch {
 	case err == nil:
@@ -171,13 +184,57 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "tpconvert: interrupted; no partial output file was left")
 		return 130
 	}
-	fmt.Fprintf(stderr, "tpconvert: %s\n", oneLine(err))
+	fmt.Fprintf(stderr, "tpconvert: %s\n", flagWords(err))
 	var ue errUsage
 	if errors.As(err, &ue) {
 		fmt.Fprintln(stderr, "Run 'tpconvert help' for usage.")
 		return 2
 	}
 	return 1
+}
+
+// parseOne parses args and returns the one positional argument, what
+// the command's synopsis calls what.
+func parseOne(fs *flag.FlagSet, args []string, what string) (string, error) {
+	pos, err := parse(fs, args)
+	if err != nil {
+		return "", err
+	}
+	if len(pos) != 1 {
+		return "", errUsage{fmt.Errorf("%s takes one %s, got %d", fs.Name(), what, len(pos))}
+	}
+	return pos[0], nil
+}
+
+// printJSON writes v to w as indented JSON.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// flagHints name, for errors the library reports in its own words, the
+// flags that change the outcome.
+var flagHints = []struct {
+	err            error
+	prefix, suffix string
+}{
+	{atomicfile.ErrExists, "", " (use --force to overwrite)"},
+	{batch.ErrNotConverted, "", ": remove it or use --force"},
+	{batch.ErrKeepsContainers, "", ": --to and --shard-size do not apply"},
+	{convert.ErrQuantized, "", ": add --dequantize f16 (or f32, bf16)"},
+	{stream.ErrLayers, "--layers: ", ""},
+}
+
+// flagWords is err's message, on one line, with the hints of flagHints.
+func flagWords(err error) string {
+	msg := oneLine(err)
+	for _, h := range flagHints {
+		if errors.Is(err, h.err) {
+			msg = h.prefix + msg + h.suffix
+		}
+	}
+	return msg
 }
 
 func oneLine(err error) string {

@@ -2,11 +2,13 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -17,19 +19,26 @@ import (
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
-// slowCodec is f16 with a delay per tensor, so a conversion lasts long
-// enough to be interrupted.
+// slowCodec is f16 that calls onEncode, if set, as it starts coding each
+// tensor (n counts from 1), so a test can act when the nth tensor starts.
 type slowCodec struct{ codec.Codec }
+
+var (
+	encodes  atomic.Int64
+	onEncode func(n int64)
+)
 
 func (s slowCodec) ID() uint16   { return 0xfff0 }
 func (s slowCodec) Name() string { return "slow_test" }
 func (s slowCodec) Encode(w io.Writer, t tensor.Info, x []float32) error {
-	time.Sleep(100 * time.Millisecond)
+	if f := onEncode; f != nil {
+		f(encodes.Add(1))
+	}
 	return s.Codec.Encode(w, t, x)
 }
 
 func init() {
-	codec.Register(0xfff0, "slow_test", "f16, slowly (tests only)", func(o codec.Options) (codec.Codec, error) {
+	codec.Register(0xfff0, "slow_test", "f16 with a hook per tensor (tests only)", func(o codec.Options) (codec.Codec, error) {
 		c, err := codec.New("f16", o)
 		return slowCodec{c}, err
 	})
@@ -142,17 +151,33 @@ func TestCompressRestoreInspectVerify(t *testing.T) {
 	}
 }
 
+// TestInterruptLeavesNoOutput sends SIGINT as the third tensor starts;
+// that tensor waits for the command to see the signal (its context
+// cancelled), so the conversion is interrupted mid-way every time.
 func TestInterruptLeavesNoOutput(t *testing.T) {
 	dir, in := fixture(t)
 	out := filepath.Join(dir, "m.tpk")
-	go func() {
-		time.Sleep(300 * time.Millisecond)
+	var runCtx context.Context
+	runHook = func(ctx context.Context) { runCtx = ctx }
+	encodes.Store(0)
+	onEncode = func(n int64) {
+		if n != 3 {
+			return
+		}
 		syscall.Kill(os.Getpid(), syscall.SIGINT)
-	}()
+		select {
+		case <-runCtx.Done():
+		case <-time.After(10 * time.Second): // the command ignored the signal
+		}
+	}
+	defer func() { runHook, onEncode = nil, nil }()
 	start := time.Now()
 	code, _, stderr := runCLI(t, in, "--codec", "slow_test", "--workers", "1", "-o", out)
 	if code != 130 {
 		t.Fatalf("exit %d, want 130 (%s)", code, stderr)
+	}
+	if n := encodes.Load(); n != 3 {
+		t.Errorf("%d tensors started, want 3: the command did not stop at the signal", n)
 	}
 	if d := time.Since(start); d > 1500*time.Millisecond {
 		t.Errorf("took %v to stop", d)
@@ -177,6 +202,27 @@ func TestParseSize(t *testing.T) {
 	for _, s := range []string{"", "-1MB", "lots", "1e30GB"} {
 		if _, err := parseSize(s); err == nil {
 			t.Errorf("parseSize(%q) succeeded", s)
+		}
+	}
+}
+
+// TestDefaultCompressOutput checks the default output names: a file's
+// extension becomes .tpk, and a checkout directory m/ becomes m.tpk beside
+// it.
+func TestDefaultCompressOutput(t *testing.T) {
+	dir := t.TempDir()
+	ckpt := filepath.Join(dir, "ckpt")
+	if err := os.Mkdir(ckpt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for in, want := range map[string]string{
+		ckpt:                                  ckpt + ".tpk",
+		ckpt + string(filepath.Separator):     ckpt + ".tpk",
+		filepath.Join(dir, "m.safetensors"):   filepath.Join(dir, "m.tpk"),
+		filepath.Join(dir, "model.Q4_0.gguf"): filepath.Join(dir, "model.Q4_0.tpk"),
+	} {
+		if got := defaultCompressOutput(in); got != want {
+			t.Errorf("defaultCompressOutput(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

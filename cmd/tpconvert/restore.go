@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -28,20 +27,16 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.Var(&maxMem, "max-memory", "bound on working memory; the default is a quarter of RAM")
 	asJSON := fs.Bool("json", false, "print a machine-readable summary on stdout")
 	force := fs.Bool("force", false, "overwrite existing output files")
-	pos, err := parse(fs, args)
+	in, err := parseOne(fs, args, "IN.tpk")
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		return errUsage{fmt.Errorf("restore takes one IN.tpk, got %d", len(pos))}
-	}
-	in := pos[0]
 	o := convert.RestoreOptions{ShardSize: int64(shard), Overwrite: *force}
-	if o.DType, err = convert.ParseDTypeFlag(*dtype); err != nil {
+	if o.DType, err = parseDType(*dtype); err != nil {
 		return errUsage{fmt.Errorf("--dtype: %w", err)}
 	}
 	if *deq != "" {
-		if o.Dequantize, err = convert.ParseDTypeFlag(*deq); err != nil || o.Dequantize == 0 {
+		if o.Dequantize, err = parseDType(*deq); err != nil || o.Dequantize == 0 {
 			return errUsage{fmt.Errorf("--dequantize: want f32, f16 or bf16, not %q", *deq)}
 		}
 	}
@@ -56,7 +51,7 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return errUsage{errors.New("--workers must be at least 1")}
 	}
 	// The output's extension chooses the container (--to implied).
-	if k := convert.KindOfName(*out); k != "" {
+	if k := formats.KindOfName(*out); k != "" {
 		if o.To != "" && o.To != k {
 			return errUsage{fmt.Errorf("--to %s, but -o %s names a %s file", o.To, *out, k)}
 		}
@@ -71,7 +66,7 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return err
 		}
 		meta := r.Meta()
-		*out = convert.DefaultRestoreOutput(in, meta, o.To, convert.IsDirOutput(meta, o))
+		*out = defaultRestoreOutput(in, meta, o.To, convert.IsDirOutput(meta, o))
 		r.Close()
 	}
 	debug.SetMemoryLimit(int64(maxMem) + 256<<20)
@@ -80,16 +75,14 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	o.OnStart = prog.start
 	rep, err := convert.RestoreFile(ctx, in, *out, o)
 	prog.finish()
-	if errors.Is(err, convert.ErrCannotConvert) && convert.KindOfName(*out) != "" {
+	if errors.Is(err, convert.ErrCannotConvert) && formats.KindOfName(*out) != "" {
 		return fmt.Errorf("-o %s: %w", *out, err)
 	}
 	if err != nil {
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		return printJSON(stdout, rep)
 	}
 	fmt.Fprintf(stdout, "restored %d tensors (%d decoded) from %s into %s\n", rep.Tensors, rep.Decoded, rep.Input, rep.Output)
 	for _, f := range rep.Files {
@@ -103,21 +96,16 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 func cmdInspect(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("inspect", "tpconvert inspect FILE [--json]", stdout)
 	asJSON := fs.Bool("json", false, "print machine-readable output")
-	pos, err := parse(fs, args)
+	in, err := parseOne(fs, args, "FILE")
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		return errUsage{fmt.Errorf("inspect takes one FILE, got %d", len(pos))}
-	}
-	rep, err := convert.Inspect(pos[0])
+	rep, err := convert.Inspect(in)
 	if err != nil {
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		return printJSON(stdout, rep)
 	}
 	printReport(stdout, rep, true)
 	return nil
@@ -126,27 +114,22 @@ func cmdInspect(args []string, stdout, stderr io.Writer) error {
 func cmdVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("verify", "tpconvert verify FILE.tpk [--json]", stdout)
 	asJSON := fs.Bool("json", false, "print the result as JSON on stdout (exit status 1 still marks damage)")
-	pos, err := parse(fs, args)
+	in, err := parseOne(fs, args, "FILE.tpk")
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		return errUsage{fmt.Errorf("verify takes one FILE.tpk, got %d", len(pos))}
-	}
-	n, errs := convert.VerifyContext(ctx, pos[0])
+	n, errs := convert.Verify(ctx, in)
 	if *asJSON {
 		res := struct {
 			File    string   `json:"file"`
 			OK      bool     `json:"ok"`
 			Records int      `json:"records"`
 			Errors  []string `json:"errors"`
-		}{File: pos[0], OK: len(errs) == 0, Records: n, Errors: []string{}}
+		}{File: in, OK: len(errs) == 0, Records: n, Errors: []string{}}
 		for _, e := range errs {
 			res.Errors = append(res.Errors, e.Error())
 		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(res); err != nil {
+		if err := printJSON(stdout, res); err != nil {
 			return err
 		}
 	}
@@ -160,7 +143,7 @@ func cmdVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return errs[0]
 	}
 	if !*asJSON {
-		fmt.Fprintf(stdout, "%s: OK (%d records, all checksums match)\n", pos[0], n)
+		fmt.Fprintf(stdout, "%s: OK (%d records, all checksums match)\n", in, n)
 	}
 	return nil
 }

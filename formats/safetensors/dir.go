@@ -13,6 +13,7 @@ import (
 	"unicode/utf16"
 
 	"github.com/tpconvert/tpconvert/formats"
+	"github.com/tpconvert/tpconvert/internal/atomicdir"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
 	"github.com/tpconvert/tpconvert/tensor"
 )
@@ -488,14 +489,20 @@ func (dw *DirWriter) Close() error {
 			return dw.fail(fmt.Errorf("safetensors: %s: %w", dw.idxName, err))
 		}
 	}
+	// Every file, or none, replaces its namesake: no partial checkout,
+	// and a failure keeps the files that were there.
+	moves := make([]atomicdir.Move, len(dw.temps))
 	for i, f := range dw.temps {
-		if err := f.Commit(); err != nil {
-			// Undo the renames done so far: no partial checkout.
-			for _, g := range dw.temps[:i] {
-				os.Remove(g.Path)
-			}
+		if err := f.Prepare(); err != nil {
 			return dw.fail(err)
 		}
+		moves[i] = atomicdir.Move{From: f.Name(), To: f.Path}
+	}
+	if err := atomicdir.Swap(moves, dw.over); err != nil {
+		return dw.fail(err)
+	}
+	for _, f := range dw.temps {
+		f.Detach()
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/tpconvert/tpconvert/formats"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/internal/testfs"
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
@@ -329,18 +330,7 @@ func TestDirNoIndex(t *testing.T) {
 }
 
 // listDir returns the names in dir.
-func listDir(t *testing.T, dir string) []string {
-	t.Helper()
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	return names
-}
+var listDir = testfs.ListDir
 
 func TestDirWriterAtomic(t *testing.T) {
 	src := makeCheckout(t)

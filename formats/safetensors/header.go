@@ -34,8 +34,6 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	st "github.com/nlpodyssey/safetensors"
-
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
@@ -92,27 +90,26 @@ func inFile(path string, err error) error {
 	return &FormatError{File: path, Err: err}
 }
 
-// fromUpstream maps github.com/nlpodyssey/safetensors dtypes to ours.
-var fromUpstream = map[st.DType]tensor.DType{
-	st.BOOL: tensor.Bool,
-	st.U8:   tensor.U8,
-	st.I8:   tensor.I8,
-	st.I16:  tensor.I16,
-	st.U16:  tensor.U16,
-	st.F16:  tensor.F16,
-	st.BF16: tensor.BF16,
-	st.I32:  tensor.I32,
-	st.U32:  tensor.U32,
-	st.F32:  tensor.F32,
-	st.F64:  tensor.F64,
-	st.I64:  tensor.I64,
-	st.U64:  tensor.U64,
-}
-
-// extraDTypes are the safetensors dtypes github.com/nlpodyssey/safetensors
-// does not define (it predates the 8-bit float types); the library should
-// know them. They are carried as opaque bytes.
-var extraDTypes = map[string]tensor.DType{
+// dtypes maps the safetensors dtype names to ours: those of the format's
+// reference implementation (huggingface/safetensors, safetensors/src/
+// tensor.rs, Dtype), the 8-bit float types included, which are carried as
+// opaque bytes. github.com/nlpodyssey/safetensors, the Go reader the tests
+// check this package against, predates the 8-bit float types and reads a
+// whole file into memory: it is not used here (see ARCHITECTURE.md, Notes).
+var dtypes = map[string]tensor.DType{
+	"BOOL":    tensor.Bool,
+	"U8":      tensor.U8,
+	"I8":      tensor.I8,
+	"I16":     tensor.I16,
+	"U16":     tensor.U16,
+	"F16":     tensor.F16,
+	"BF16":    tensor.BF16,
+	"I32":     tensor.I32,
+	"U32":     tensor.U32,
+	"F32":     tensor.F32,
+	"F64":     tensor.F64,
+	"I64":     tensor.I64,
+	"U64":     tensor.U64,
 	"F8_E4M3": tensor.F8E4M3,
 	"F8_E5M2": tensor.F8E5M2,
 	"F8_E8M0": tensor.F8E8M0,
@@ -120,11 +117,8 @@ var extraDTypes = map[string]tensor.DType{
 
 // dtypeNames holds the safetensors name of every dtype the format can store.
 var dtypeNames = func() map[tensor.DType]string {
-	m := make(map[tensor.DType]string, len(fromUpstream)+len(extraDTypes))
-	for u, d := range fromUpstream {
-		m[d] = u.String()
-	}
-	for name, d := range extraDTypes {
+	m := make(map[tensor.DType]string, len(dtypes))
+	for name, d := range dtypes {
 		m[d] = name
 	}
 	return m
@@ -133,10 +127,7 @@ var dtypeNames = func() map[tensor.DType]string {
 // ParseDType returns the DType of a safetensors dtype name ("F32", "BOOL",
 // "F8_E4M3"). Names of other containers' types (ggml's "Q4_K") are refused.
 func ParseDType(name string) (tensor.DType, error) {
-	if u, err := st.ParseDType(name); err == nil {
-		return fromUpstream[u], nil
-	}
-	if d, ok := extraDTypes[name]; ok {
+	if d, ok := dtypes[name]; ok {
 		return d, nil
 	}
 	return tensor.Invalid, fmt.Errorf("%w %q", tensor.ErrUnknownDType, name)

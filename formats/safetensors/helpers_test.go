@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/tpconvert/tpconvert/formats"
+	"github.com/tpconvert/tpconvert/internal/testfs"
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
@@ -61,14 +62,7 @@ func writeTemp(t testing.TB, dir, name string, b []byte) string {
 	return p
 }
 
-func readFile(t testing.TB, p string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
+var readFile = testfs.ReadFile
 
 // rewrite reads every tensor of r and writes it with a Writer built from
 // file k's metadata, returning the output.

@@ -325,13 +325,7 @@ func WriteFile(path string, tensors []tensor.Info, data [][]byte, metadata map[s
 			return err
 		}
 	}
-	if err := w.Close(); err != nil {
-		return err
-	}
-	if err := bw.Flush(); err != nil {
-		return err
-	}
-	return f.Commit()
+	return f.Finish(w.Close, bw.Flush)
 }
 
 // WriteTensorPart writes bytes [off, off+len(data)) of the next tensor

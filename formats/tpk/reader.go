@@ -332,12 +332,6 @@ func (r *Reader) Lookup(name string) (int, error) {
 	return i, nil
 }
 
-// PayloadSection returns a reader over record i's payload, unchecked.
-func (r *Reader) PayloadSection(i int) *io.SectionReader {
-	e := &r.idx.Tensors[i]
-	return io.NewSectionReader(r.r, e.PayloadOffset, e.PayloadSize)
-}
-
 // Payload returns record i's payload after checking its record header
 // against the index and its CRC32C. For a memory-mapped file the slice
 // aliases the map (valid until Close; call Release when done).

@@ -30,9 +30,8 @@ type Writer struct {
 	open    *Entry // the record begun and not yet ended
 }
 
-// CreatedBy is written to the index of every file (set by the CLI to its
-// version string).
-var CreatedBy = "tpconvert"
+// createdBy is written to the index of every file.
+const createdBy = "tpconvert"
 
 // NewWriter writes the file header to w and returns a Writer. meta
 // describes the source checkpoint; ggufInfoOrder is the GGUF tensor-info
@@ -53,7 +52,7 @@ func NewWriter(w io.Writer, meta *formats.Meta, ggufInfoOrder []string) (*Writer
 	tw := &Writer{
 		bw:    bufio.NewWriterSize(w, 1<<20),
 		names: map[string]bool{},
-		idx:   Index{Version: Version, CreatedBy: CreatedBy, Source: meta, GGUFInfoOrder: ggufInfoOrder},
+		idx:   Index{Version: Version, CreatedBy: createdBy, Source: meta, GGUFInfoOrder: ggufInfoOrder},
 	}
 	var h [HeaderSize]byte
 	copy(h[:], magic[:])
@@ -199,9 +198,6 @@ func (w *Writer) Grow(n int) {
 		}
 	}
 }
-
-// Offset returns the number of bytes written so far.
-func (w *Writer) Offset() int64 { return w.off }
 
 // Close writes the index and footer and flushes. It does not close the
 // underlying writer.

@@ -23,7 +23,7 @@ const TempPrefix = ".tpconvert-tmp-"
 
 // ErrExists is returned by Create when the final path exists and overwrite
 // was not allowed.
-var ErrExists = errors.New("output exists (use --force to overwrite)")
+var ErrExists = errors.New("output exists")
 
 // File is a temporary file that becomes Path on Commit.
 type File struct {
@@ -31,6 +31,7 @@ type File struct {
 	Path      string // final name
 	overwrite bool
 	done      bool
+	prepared  bool  // synced and closed by Prepare
 	written   int64 // bytes written through Write
 	kicked    int64 // bytes handed to the kernel's writeback
 }
@@ -79,9 +80,8 @@ func Create(path string, overwrite bool) (*File, error) {
 	if dir == "" {
 		dir = "."
 	}
-	base = strings.ReplaceAll(base, "*", "_") // CreateTemp's wildcard
-	removeStale(dir, base)
-	f, err := os.CreateTemp(dir, fmt.Sprintf("%s%d-%s-*", TempPrefix, os.Getpid(), base))
+	removeStale(dir, tempBase(base))
+	f, err := os.CreateTemp(dir, TempPattern(path))
 	if err != nil {
 		return nil, withPath(err, path)
 	}
@@ -95,6 +95,16 @@ func Create(path string, overwrite bool) (*File, error) {
 	live[f.Name()] = struct{}{}
 	liveMu.Unlock()
 	return &File{File: f, Path: path, overwrite: overwrite}, nil
+}
+
+// tempBase is a file's base name as it appears in its temporary names.
+func tempBase(base string) string { return strings.ReplaceAll(base, "*", "_") } // CreateTemp's wildcard
+
+// TempPattern is the os.CreateTemp pattern of this process's temporary
+// names for path: removeStale deletes them once the process no longer
+// runs.
+func TempPattern(path string) string {
+	return fmt.Sprintf("%s%d-%s-*", TempPrefix, os.Getpid(), tempBase(filepath.Base(path)))
 }
 
 // removeStale deletes the temporary files of base in dir left by
@@ -141,46 +151,84 @@ func (f *File) named(err error) error { return withPath(err, f.Path) }
 
 // Commit syncs the file, closes it and renames it to its final name.
 func (f *File) Commit() error {
-	if f.done {
-		return errors.New("atomicfile: already committed or aborted")
+	if err := f.Prepare(); err != nil {
+		return err
 	}
-	f.done = true
 	tmp := f.Name()
-	defer forget(tmp)
-	if err := f.Sync(); err != nil {
-		f.File.Close()
-		os.Remove(tmp)
-		return f.named(err)
-	}
-	if err := f.File.Close(); err != nil {
-		os.Remove(tmp)
-		return f.named(err)
-	}
-	// The rename happens under the lock RemoveAll takes: an interrupt
-	// either comes first (nothing is renamed) or after (the output is
-	// complete).
-	liveMu.Lock()
-	if interrupted {
-		liveMu.Unlock()
-		os.Remove(tmp)
-		return fmt.Errorf("%s: %w", f.Path, ErrInterrupted)
-	}
-	var err error
-	if f.overwrite {
-		err = os.Rename(tmp, f.Path)
-	} else {
-		err = renameNoReplace(tmp, f.Path)
-	}
-	liveMu.Unlock()
+	defer f.Detach()
+	err := Guard(func() error { return Rename(tmp, f.Path, f.overwrite) })
 	if err != nil {
 		os.Remove(tmp)
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("%s: %w", f.Path, ErrExists)
+		if errors.Is(err, ErrInterrupted) || errors.Is(err, ErrExists) {
+			return fmt.Errorf("%s: %w", f.Path, err)
 		}
 		return f.named(err)
 	}
 	syncDir(filepath.Dir(f.Path))
 	return nil
+}
+
+// Finish runs steps in order (closing the writers layered over f,
+// flushing their buffers) and commits f when every step succeeds. It
+// returns the first error.
+func (f *File) Finish(steps ...func() error) error {
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	return f.Commit()
+}
+
+// Prepare syncs and closes the file without renaming it, for a caller that
+// renames it itself (as atomicdir.Swap does for several files at once). The
+// file stays temporary, removed by Abort and RemoveAll, until Detach.
+func (f *File) Prepare() error {
+	if f.done || f.prepared {
+		return errors.New("atomicfile: already committed or aborted")
+	}
+	if err := f.Sync(); err != nil {
+		f.Abort()
+		return f.named(err)
+	}
+	f.prepared = true
+	if err := f.File.Close(); err != nil {
+		f.Abort()
+		return f.named(err)
+	}
+	return nil
+}
+
+// Detach forgets the prepared file once it has been renamed: Abort and
+// RemoveAll no longer remove it.
+func (f *File) Detach() {
+	f.done = true
+	forget(f.Name())
+}
+
+// Guard runs fn, which renames outputs into place, under the lock RemoveAll
+// takes: an interrupt either comes first (fn does not run and Guard returns
+// ErrInterrupted) or after fn has finished (the outputs are complete).
+func Guard(fn func() error) error {
+	liveMu.Lock()
+	defer liveMu.Unlock()
+	if interrupted {
+		return ErrInterrupted
+	}
+	return fn()
+}
+
+// Rename renames oldpath to newpath. Unless overwrite is set it fails with
+// ErrExists when newpath exists, in one step (see renameNoReplace).
+func Rename(oldpath, newpath string, overwrite bool) error {
+	if overwrite {
+		return os.Rename(oldpath, newpath)
+	}
+	err := renameNoReplace(oldpath, newpath)
+	if errors.Is(err, fs.ErrExist) {
+		return ErrExists
+	}
+	return err
 }
 
 // renameNoReplace renames oldpath to newpath unless newpath exists, in one
@@ -199,6 +247,13 @@ func renameNoReplace(oldpath, newpath string) error {
 		return &fs.PathError{Op: "rename", Path: newpath, Err: err}
 	}
 	if err := os.Link(oldpath, newpath); err != nil {
+		if st, serr := os.Lstat(oldpath); serr == nil && st.IsDir() {
+			// Directories cannot be linked: check, then rename.
+			if _, serr := os.Lstat(newpath); serr == nil {
+				return &fs.PathError{Op: "rename", Path: newpath, Err: fs.ErrExist}
+			}
+			return os.Rename(oldpath, newpath)
+		}
 		return err // *LinkError wrapping EEXIST when newpath exists
 	}
 	return os.Remove(oldpath)
@@ -263,7 +318,9 @@ func (f *File) Abort() {
 		return
 	}
 	f.done = true
-	f.File.Close()
+	if !f.prepared {
+		f.File.Close()
+	}
 	os.Remove(f.Name())
 	forget(f.Name())
 }

@@ -11,20 +11,17 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/tpconvert/tpconvert/internal/testfs"
 	"github.com/tpconvert/tpconvert/internal/tmpfs"
 )
 
 // temps lists the temporary files in dir.
 func temps(t *testing.T, dir string) []string {
 	t.Helper()
-	es, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []string
-	for _, e := range es {
-		if strings.HasPrefix(e.Name(), TempPrefix) {
-			out = append(out, e.Name())
+	for _, n := range testfs.ListDir(t, dir) {
+		if strings.HasPrefix(n, TempPrefix) {
+			out = append(out, n)
 		}
 	}
 	return out

@@ -126,11 +126,5 @@ func writeOne(shape, dtype, out string, seed uint64) error {
 			return err
 		}
 	}
-	if err := w.Close(); err != nil {
-		return err
-	}
-	if err := bw.Flush(); err != nil {
-		return err
-	}
-	return f.Commit()
+	return f.Finish(w.Close, bw.Flush)
 }

@@ -27,6 +27,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tpconvert/tpconvert/arch"
 	"github.com/tpconvert/tpconvert/codec"
 	_ "github.com/tpconvert/tpconvert/codec/basic"
 	_ "github.com/tpconvert/tpconvert/codec/intq"
@@ -172,7 +173,7 @@ func run(path, label, layers, include, codecs string, header bool) error {
 		if err := tensor.ToFloat32(x, t.DType, b); err != nil {
 			return fmt.Errorf("%s: %w", t.Name, err)
 		}
-		if stream.IsConv1D(t.Name) {
+		if arch.IsConv1D(t.Name) {
 			return fmt.Errorf("%s: Conv1D weights are not supported by this tool", t.Name)
 		}
 		src.Release(i)

@@ -1,4 +1,4 @@
-package convert_test
+package batch_test
 
 import (
 	"bytes"
@@ -16,24 +16,32 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tpconvert/tpconvert/batch"
+	"github.com/tpconvert/tpconvert/batch/checkout"
+	_ "github.com/tpconvert/tpconvert/codec/basic"
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/fixtures/gen"
 	"github.com/tpconvert/tpconvert/formats"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/internal/testfs"
+	"github.com/tpconvert/tpconvert/internal/testkit"
 	"github.com/tpconvert/tpconvert/stream"
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
+var (
+	tiny  = gen.Presets["tiny"]
+	small = gen.Presets["small"]
+
+	mustCodec    = testkit.MustCodec
+	tensorHashes = testkit.TensorHashes
+	noTemps      = testkit.NoTemps
+	treeHashes   = testkit.TreeHashes
+	sameTrees    = testkit.SameTrees
+)
+
 // writeFile writes a small file, creating its directory.
-func writeFile(t *testing.T, p, s string) {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
+var writeFile = testfs.WriteFile
 
 // makeModels writes three checkouts into root: alpha (one safetensors
 // file), beta (three shards and an index) and gamma (one GGUF file), each
@@ -74,8 +82,33 @@ func makeModels(t *testing.T, root string) {
 	writeFile(t, filepath.Join(gamma, "README.md"), "# gamma\n")
 }
 
-func batchOpts(t *testing.T, c string) convert.BatchOptions {
-	return convert.BatchOptions{
+// newModels writes makeModels' checkouts into dir/models of a new
+// temporary dir, and names dir/out for the output.
+func newModels(t *testing.T) (dir, src, out string) {
+	t.Helper()
+	dir = t.TempDir()
+	src = filepath.Join(dir, "models")
+	makeModels(t, src)
+	return dir, src, filepath.Join(dir, "out")
+}
+
+// newAlpha writes a checkout of one safetensors file into dir/alpha of a
+// new temporary dir, and names dir/out for the output.
+func newAlpha(t *testing.T) (src, out string) {
+	t.Helper()
+	dir := t.TempDir()
+	src = filepath.Join(dir, "alpha")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := gen.WriteSafetensors(filepath.Join(src, "model.safetensors"), tiny, tensor.BF16, 1); err != nil {
+		t.Fatal(err)
+	}
+	return src, filepath.Join(dir, "out")
+}
+
+func batchOpts(t *testing.T, c string) batch.Options {
+	return batch.Options{
 		Options:  stream.Options{Workers: 2, MaxMemory: 64 << 20},
 		Codec:    mustCodec(t, c),
 		Selector: stream.Selector{Layers: stream.LayersAll},
@@ -83,65 +116,17 @@ func batchOpts(t *testing.T, c string) convert.BatchOptions {
 	}
 }
 
-func runBatch(t *testing.T, srcs []string, out string, o convert.BatchOptions) *convert.BatchReport {
+func runBatch(t *testing.T, srcs []string, out string, o batch.Options) *batch.Report {
 	t.Helper()
-	rep, err := convert.Batch(context.Background(), srcs, out, o)
+	rep, err := batch.Run(context.Background(), srcs, out, o)
 	if err != nil {
 		t.Fatalf("batch: %v", err)
 	}
 	return rep
 }
 
-// treeHashes maps every file under dir (slash paths) to its SHA-256,
-// leaving out run.json files.
-func treeHashes(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	m := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		if d.IsDir() {
-			if rel != "." {
-				m[filepath.ToSlash(rel)+"/"] = "dir"
-			}
-			return nil
-		}
-		if d.Name() == convert.RunInfoName {
-			return nil
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		s := sha256.Sum256(b)
-		m[filepath.ToSlash(rel)] = hex.EncodeToString(s[:])
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
-func sameTrees(t *testing.T, a, b string) {
-	t.Helper()
-	ha, hb := treeHashes(t, a), treeHashes(t, b)
-	for k, v := range ha {
-		if hb[k] != v {
-			t.Errorf("%s: %s in %s, %s in %s", k, v, a, hb[k], b)
-		}
-	}
-	for k := range hb {
-		if _, ok := ha[k]; !ok {
-			t.Errorf("%s only in %s", k, b)
-		}
-	}
-}
-
-func statuses(rep *convert.BatchReport) map[string]convert.ModelStatus {
-	m := map[string]convert.ModelStatus{}
+func statuses(rep *batch.Report) map[string]batch.ModelStatus {
+	m := map[string]batch.ModelStatus{}
 	for _, r := range rep.Models {
 		m[r.Name] = r.Status
 	}
@@ -149,10 +134,7 @@ func statuses(rep *convert.BatchReport) map[string]convert.ModelStatus {
 }
 
 func TestBatchRoundTrip(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "models")
-	makeModels(t, src)
-	out := filepath.Join(dir, "out")
+	dir, src, out := newModels(t)
 	o := batchOpts(t, "f16")
 	rep := runBatch(t, []string{src}, out, o)
 	if rep.Totals.Models != 3 || rep.Totals.Converted != 3 || rep.Totals.UnitsConverted != 5 {
@@ -164,14 +146,14 @@ func TestBatchRoundTrip(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(out, convert.StagingName)); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(out, batch.StagingName)); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("staging directory left behind: %v", err)
 	}
-	if !convert.IsConvertedDir(out) || !convert.IsConvertedDir(filepath.Join(out, "beta")) || convert.IsConvertedDir(src) {
+	if !batch.IsConvertedDir(out) || !batch.IsConvertedDir(filepath.Join(out, "beta")) || batch.IsConvertedDir(src) {
 		t.Error("IsConvertedDir is wrong")
 	}
 	noTemps(t, out)
-	man, err := convert.ReadManifest(filepath.Join(out, "beta"))
+	man, err := batch.ReadManifest(filepath.Join(out, "beta"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +173,7 @@ func TestBatchRoundTrip(t *testing.T) {
 	}
 
 	restored := filepath.Join(dir, "restored")
-	rrep, err := convert.RestoreDir(context.Background(), out, restored, convert.RestoreOptions{})
+	rrep, err := batch.RestoreDir(context.Background(), out, restored, convert.RestoreOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,16 +215,8 @@ func checkRestored(t *testing.T, src, got string, sel stream.Selector) {
 
 func checkTensors(t *testing.T, a, b string, sel stream.Selector) {
 	t.Helper()
-	sa, err := convert.OpenSource(a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sa.Close()
-	sb, err := convert.OpenSource(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sb.Close()
+	sa := testkit.OpenSource(t, a)
+	sb := testkit.OpenSource(t, b)
 	ta, tb := sa.Tensors(), sb.Tensors()
 	if len(ta) != len(tb) {
 		t.Fatalf("%s: %d tensors, source %d", b, len(tb), len(ta))
@@ -296,7 +270,7 @@ func TestBatchRestoreDTypeUpdatesIndex(t *testing.T) {
 	restored := filepath.Join(dir, "restored")
 	ro := convert.RestoreOptions{}
 	ro.DType = tensor.F16
-	rrep, err := convert.RestoreDir(context.Background(), filepath.Join(out, "beta"), restored, ro)
+	rrep, err := batch.RestoreDir(context.Background(), filepath.Join(out, "beta"), restored, ro)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,10 +326,7 @@ func readJSONFile(t *testing.T, p string, v any) {
 }
 
 func TestBatchResume(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "models")
-	makeModels(t, src)
-	out := filepath.Join(dir, "out")
+	_, src, out := newModels(t)
 	o := batchOpts(t, "f16")
 	runBatch(t, []string{src}, out, o)
 	before := treeHashes(t, out)
@@ -376,10 +347,10 @@ func TestBatchResume(t *testing.T) {
 	// A changed README rebuilds alpha, reusing its converted weights.
 	writeFile(t, filepath.Join(src, "alpha", "README.md"), "# alpha, revised\n")
 	rep = runBatch(t, []string{src}, out, o)
-	if st := statuses(rep); st["alpha"] != convert.ModelConverted || st["beta"] != convert.ModelUpToDate || rep.Totals.UnitsConverted != 0 {
+	if st := statuses(rep); st["alpha"] != batch.ModelConverted || st["beta"] != batch.ModelUpToDate || rep.Totals.UnitsConverted != 0 {
 		t.Errorf("after editing a README: %v, %+v", st, rep.Totals)
 	}
-	if u := rep.Models[0].Units[0]; u.Status != convert.UnitReused {
+	if u := rep.Models[0].Units[0]; u.Status != batch.UnitReused {
 		t.Errorf("alpha's weights: %s", u.Status)
 	}
 	after := treeHashes(t, out)
@@ -405,16 +376,10 @@ func TestBatchResume(t *testing.T) {
 }
 
 func TestBatchRemovesStrayTemps(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "alpha")
-	os.MkdirAll(src, 0o755)
-	if err := gen.WriteSafetensors(filepath.Join(src, "model.safetensors"), tiny, tensor.BF16, 1); err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(dir, "out")
+	src, out := newAlpha(t)
 	mine := filepath.Join(out, atomicfile.TempPrefix+"s1of2-model-123")
 	other := filepath.Join(out, atomicfile.TempPrefix+"s0of2-model-456")
-	unit := filepath.Join(out, convert.StagingName, "alpha", atomicfile.TempPrefix+"s1of2-unit-789")
+	unit := filepath.Join(out, batch.StagingName, "alpha", atomicfile.TempPrefix+"s1of2-unit-789")
 	for _, p := range []string{mine, other, unit} {
 		writeFile(t, filepath.Join(p, "x.tpk"), "partial")
 	}
@@ -433,17 +398,17 @@ func TestBatchRemovesStrayTemps(t *testing.T) {
 }
 
 func TestUnitsCoverEveryUnitOnce(t *testing.T) {
-	var cs []convert.Checkout
+	var cs []checkout.Checkout
 	for m := 0; m < 5; m++ {
-		c := convert.Checkout{Name: fmt.Sprintf("m%d", m)}
+		c := checkout.Checkout{Name: fmt.Sprintf("m%d", m)}
 		for f := 0; f <= m; f++ {
-			c.Weights = append(c.Weights, convert.WeightFile{Name: fmt.Sprintf("w%d.safetensors", f), Size: int64(1000 * (f + 1) * (m + 1))})
+			c.Weights = append(c.Weights, checkout.WeightFile{Name: fmt.Sprintf("w%d.safetensors", f), Size: int64(1000 * (f + 1) * (m + 1))})
 		}
 		cs = append(cs, c)
 	}
 	for n := 1; n <= 7; n++ {
-		us := convert.Units(cs, n)
-		again := convert.Units(cs, n)
+		us := batch.Units(cs, n)
+		again := batch.Units(cs, n)
 		if len(us) != 15 || !slices.Equal(us, again) {
 			t.Fatalf("n=%d: %d units, or not deterministic", n, len(us))
 		}
@@ -470,9 +435,7 @@ func TestUnitsCoverEveryUnitOnce(t *testing.T) {
 }
 
 func TestBatchShardsThenMerge(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "models")
-	makeModels(t, src)
+	dir, src, _ := newModels(t)
 	ref := filepath.Join(dir, "ref")
 	runBatch(t, []string{src}, ref, batchOpts(t, "f16"))
 
@@ -484,7 +447,7 @@ func TestBatchShardsThenMerge(t *testing.T) {
 			o.Shard, o.Shards = i, 3
 			rep := runBatch(t, []string{src}, out, o)
 			for _, m := range rep.Models {
-				waited = waited || m.Status == convert.ModelWaiting
+				waited = waited || m.Status == batch.ModelWaiting
 			}
 		}
 		if !waited {
@@ -500,20 +463,17 @@ func TestBatchShardsThenMerge(t *testing.T) {
 }
 
 func TestBatchMergeCompletesStagedModels(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "models")
-	makeModels(t, src)
-	out := filepath.Join(dir, "out")
+	dir, src, out := newModels(t)
 	// Stop the run after beta's last weight file is staged, before the
 	// model is assembled (as when shards finish at the same moment).
 	ctx, cancel := context.WithCancel(context.Background())
 	o := batchOpts(t, "f16")
-	o.OnEvent = func(e convert.BatchEvent) {
-		if e.Kind == convert.EventUnitDone && e.Unit.Source == "model-00003-of-00003.safetensors" {
+	o.OnEvent = func(e batch.Event) {
+		if e.Kind == batch.EventUnitDone && e.Unit.Source == "model-00003-of-00003.safetensors" {
 			cancel()
 		}
 	}
-	if _, err := convert.Batch(ctx, []string{src}, out, o); !errors.Is(err, context.Canceled) {
+	if _, err := batch.Run(ctx, []string{src}, out, o); !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(out, "beta")); err == nil {
@@ -522,11 +482,11 @@ func TestBatchMergeCompletesStagedModels(t *testing.T) {
 	// A merge without gamma's conversion names what is missing.
 	o = batchOpts(t, "f16")
 	o.Merge = true
-	rep, err := convert.Batch(context.Background(), []string{src}, out, o)
-	if !errors.Is(err, convert.ErrBatch) || !strings.Contains(err.Error(), "gamma") || !strings.Contains(err.Error(), "missing model.gguf") {
+	rep, err := batch.Run(context.Background(), []string{src}, out, o)
+	if !errors.Is(err, batch.ErrIncomplete) || !strings.Contains(err.Error(), "gamma") || !strings.Contains(err.Error(), "missing model.gguf") {
 		t.Fatalf("merge with gamma missing: %v", err)
 	}
-	if st := statuses(rep); st["alpha"] != convert.ModelUpToDate || st["beta"] != convert.ModelConverted || st["gamma"] != convert.ModelIncomplete {
+	if st := statuses(rep); st["alpha"] != batch.ModelUpToDate || st["beta"] != batch.ModelConverted || st["gamma"] != batch.ModelIncomplete {
 		t.Errorf("merge: %v", st)
 	}
 	if rep.Totals.UnitsConverted != 0 {
@@ -535,12 +495,12 @@ func TestBatchMergeCompletesStagedModels(t *testing.T) {
 	// Given the number of shards, merge names the shard that owns it.
 	o.Shards = 3
 	var gammaShard int
-	for _, u := range convert.Units(mustFind(t, src), 3) {
+	for _, u := range batch.Units(mustFind(t, src), 3) {
 		if u.Model == "gamma" {
 			gammaShard = u.Shard
 		}
 	}
-	_, err = convert.Batch(context.Background(), []string{src}, out, o)
+	_, err = batch.Run(context.Background(), []string{src}, out, o)
 	if want := fmt.Sprintf("missing model.gguf (shard %d/3)", gammaShard); err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("merge with 3 shards: %v; want it to mention %q", err, want)
 	}
@@ -550,9 +510,9 @@ func TestBatchMergeCompletesStagedModels(t *testing.T) {
 	sameTrees(t, ref, out)
 }
 
-func mustFind(t *testing.T, srcs ...string) []convert.Checkout {
+func mustFind(t *testing.T, srcs ...string) []checkout.Checkout {
 	t.Helper()
-	cs, _, err := convert.FindCheckouts(srcs, "")
+	cs, _, err := checkout.Find(srcs, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -560,18 +520,16 @@ func mustFind(t *testing.T, srcs ...string) []convert.Checkout {
 }
 
 func TestBatchFailureIsolated(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "models")
-	makeModels(t, src)
+	dir, src, _ := newModels(t)
 	// A header that parses as far as detection but not further.
 	bad := filepath.Join(src, "delta", "model.safetensors")
 	writeFile(t, bad, "\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":1")
 	out := filepath.Join(dir, "out")
-	rep, err := convert.Batch(context.Background(), []string{src}, out, batchOpts(t, "none"))
-	if !errors.Is(err, convert.ErrBatch) || !strings.Contains(err.Error(), "delta") {
+	rep, err := batch.Run(context.Background(), []string{src}, out, batchOpts(t, "none"))
+	if !errors.Is(err, batch.ErrIncomplete) || !strings.Contains(err.Error(), "delta") {
 		t.Fatalf("err = %v", err)
 	}
-	if st := statuses(rep); st["delta"] != convert.ModelFailed || st["alpha"] != convert.ModelConverted || st["gamma"] != convert.ModelConverted {
+	if st := statuses(rep); st["delta"] != batch.ModelFailed || st["alpha"] != batch.ModelConverted || st["gamma"] != batch.ModelConverted {
 		t.Errorf("statuses %v", st)
 	}
 	if _, err := os.Stat(filepath.Join(out, "delta")); err == nil {
@@ -590,7 +548,7 @@ func TestFindCheckouts(t *testing.T) {
 	writeFile(t, filepath.Join(dir, "models", "alpha", atomicfile.TempPrefix+"x"), "")
 	os.Symlink("..", filepath.Join(dir, "models", "beta", "original", "loop"))
 
-	cs, notes, err := convert.FindCheckouts([]string{filepath.Join(dir, "models")}, "")
+	cs, notes, err := checkout.Find([]string{filepath.Join(dir, "models")}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -620,7 +578,7 @@ func TestFindCheckouts(t *testing.T) {
 		"missing":        {[]string{filepath.Join(dir, "nope")}, "no such file"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, _, err := convert.FindCheckouts(tc.srcs, "")
+			_, _, err := checkout.Find(tc.srcs, "")
 			if err == nil || !strings.Contains(err.Error(), tc.msg) {
 				t.Errorf("err = %v, want it to mention %q", err, tc.msg)
 			}
@@ -633,7 +591,7 @@ func TestFindCheckouts(t *testing.T) {
 	os.MkdirAll(odd, 0o755)
 	gen.WriteSafetensors(filepath.Join(odd, "model.safetensors"), tiny, tensor.BF16, 1)
 	gen.WriteGGUF(filepath.Join(odd, "model.gguf"), tiny, 1)
-	cs, _, err = convert.FindCheckouts([]string{odd}, "")
+	cs, _, err = checkout.Find([]string{odd}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -641,71 +599,65 @@ func TestFindCheckouts(t *testing.T) {
 		t.Errorf("outputs %+v", w)
 	}
 	writeFile(t, filepath.Join(odd, "manifest.json"), "{}")
-	if _, _, err := convert.FindCheckouts([]string{odd}, ""); err == nil || !strings.Contains(err.Error(), "reserved") {
+	if _, _, err := checkout.Find([]string{odd}, ""); err == nil || !strings.Contains(err.Error(), "reserved") {
 		t.Errorf("reserved name: %v", err)
 	}
 	os.Remove(filepath.Join(odd, "manifest.json"))
 	writeFile(t, filepath.Join(odd, "x.gguf"), "\x10\x00\x00\x00\x00\x00\x00\x00{}")
-	if _, _, err := convert.FindCheckouts([]string{odd}, ""); err == nil || !strings.Contains(err.Error(), "x.gguf") {
+	if _, _, err := checkout.Find([]string{odd}, ""); err == nil || !strings.Contains(err.Error(), "x.gguf") {
 		t.Errorf("mislabelled file: %v", err)
 	}
 }
 
 func TestRestoreDirChecks(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "models")
-	makeModels(t, src)
-	out := filepath.Join(dir, "out")
+	dir, src, out := newModels(t)
 	runBatch(t, []string{src}, out, batchOpts(t, "none"))
 	ctx := context.Background()
 	model := filepath.Join(out, "alpha")
 
 	restored := filepath.Join(dir, "r")
 	os.Mkdir(restored, 0o755)
-	if _, err := convert.RestoreDir(ctx, model, restored, convert.RestoreOptions{}); !errors.Is(err, atomicfile.ErrExists) {
+	if _, err := batch.RestoreDir(ctx, model, restored, convert.RestoreOptions{}); !errors.Is(err, atomicfile.ErrExists) {
 		t.Errorf("existing output: %v", err)
 	}
-	if _, err := convert.RestoreDir(ctx, model, filepath.Join(model, "sub"), convert.RestoreOptions{}); err == nil {
+	if _, err := batch.RestoreDir(ctx, model, filepath.Join(model, "sub"), convert.RestoreOptions{}); err == nil {
 		t.Error("restore into its own input succeeded")
 	}
-	if _, err := convert.RestoreDir(ctx, model, filepath.Join(dir, "x"), convert.RestoreOptions{To: formats.GGUF}); err == nil {
+	if _, err := batch.RestoreDir(ctx, model, filepath.Join(dir, "x"), convert.RestoreOptions{To: formats.GGUF}); err == nil {
 		t.Error("--to accepted")
 	}
-	if _, err := convert.RestoreDir(ctx, filepath.Join(src, "alpha"), filepath.Join(dir, "x"), convert.RestoreOptions{}); err == nil || !strings.Contains(err.Error(), "manifest.json") {
+	if _, err := batch.RestoreDir(ctx, filepath.Join(src, "alpha"), filepath.Join(dir, "x"), convert.RestoreOptions{}); err == nil || !strings.Contains(err.Error(), "manifest.json") {
 		t.Errorf("not a converted directory: %v", err)
 	}
 	// With --force the existing directory is replaced; lossless codec:
 	// every file comes back byte-identical.
-	if _, err := convert.RestoreDir(ctx, model, restored, convert.RestoreOptions{Overwrite: true}); err != nil {
+	if _, err := batch.RestoreDir(ctx, model, restored, convert.RestoreOptions{Overwrite: true}); err != nil {
 		t.Fatal(err)
 	}
 	sameTrees(t, filepath.Join(src, "alpha"), restored)
 
 	// A damaged copied file is detected.
 	writeFile(t, filepath.Join(model, "README.md"), "# tampered\n")
-	if _, err := convert.RestoreDir(ctx, model, filepath.Join(dir, "y"), convert.RestoreOptions{}); err == nil || !strings.Contains(err.Error(), "SHA-256") {
+	if _, err := batch.RestoreDir(ctx, model, filepath.Join(dir, "y"), convert.RestoreOptions{}); err == nil || !strings.Contains(err.Error(), "SHA-256") {
 		t.Errorf("tampered file: %v", err)
 	}
 	// A manifest naming a path outside the directory is refused.
 	b, _ := os.ReadFile(filepath.Join(model, "manifest.json"))
 	b = bytes.Replace(b, []byte(`"path": "README.md"`), []byte(`"path": "../../etc/passwd"`), 1)
 	os.WriteFile(filepath.Join(model, "manifest.json"), b, 0o644)
-	if _, err := convert.RestoreDir(ctx, model, filepath.Join(dir, "z"), convert.RestoreOptions{}); !errors.Is(err, convert.ErrManifest) {
+	if _, err := batch.RestoreDir(ctx, model, filepath.Join(dir, "z"), convert.RestoreOptions{}); !errors.Is(err, batch.ErrManifest) {
 		t.Errorf("path outside: %v", err)
 	}
 	noTemps(t, dir)
 }
 
 func TestBatchDryRunWritesNothing(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "models")
-	makeModels(t, src)
-	out := filepath.Join(dir, "out")
+	_, src, out := newModels(t)
 	o := batchOpts(t, "none")
 	o.DryRun, o.Shard, o.Shards = true, 1, 2
-	var planned convert.BatchEvent
-	o.OnEvent = func(e convert.BatchEvent) {
-		if e.Kind == convert.EventPlanned {
+	var planned batch.Event
+	o.OnEvent = func(e batch.Event) {
+		if e.Kind == batch.EventPlanned {
 			planned = e
 		}
 	}
@@ -716,7 +668,7 @@ func TestBatchDryRunWritesNothing(t *testing.T) {
 	var todo int
 	for _, m := range rep.Models {
 		for _, u := range m.Units {
-			if u.Status == convert.UnitToDo {
+			if u.Status == batch.UnitToDo {
 				todo++
 				if u.Shard != 1 {
 					t.Errorf("%s/%s of shard %d planned by shard 1", u.Model, u.Source, u.Shard)
@@ -730,18 +682,13 @@ func TestBatchDryRunWritesNothing(t *testing.T) {
 }
 
 func TestBatchRefusesForeignDirectory(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "alpha")
-	os.MkdirAll(src, 0o755)
-	if err := gen.WriteSafetensors(filepath.Join(src, "model.safetensors"), tiny, tensor.BF16, 1); err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(dir, "out")
+	src, out := newAlpha(t)
 	precious := filepath.Join(out, "alpha", "notes.txt")
 	writeFile(t, precious, "mine")
 	o := batchOpts(t, "none")
-	rep, err := convert.Batch(context.Background(), []string{src}, out, o)
-	if !errors.Is(err, convert.ErrBatch) || !strings.Contains(err.Error(), "--force") || rep.Models[0].Status != convert.ModelFailed {
+	rep, err := batch.Run(context.Background(), []string{src}, out, o)
+	// The command line names --force for it (TestBatchForeignDirectoryNamesForce).
+	if !errors.Is(err, batch.ErrIncomplete) || !errors.Is(err, batch.ErrNotConverted) || rep.Models[0].Status != batch.ModelFailed {
 		t.Fatalf("err = %v", err)
 	}
 	if b, _ := os.ReadFile(precious); string(b) != "mine" {
@@ -752,7 +699,7 @@ func TestBatchRefusesForeignDirectory(t *testing.T) {
 	if _, err := os.Stat(precious); err == nil {
 		t.Error("--force kept the old directory")
 	}
-	if _, err := convert.ReadManifest(filepath.Join(out, "alpha")); err != nil {
+	if _, err := batch.ReadManifest(filepath.Join(out, "alpha")); err != nil {
 		t.Error(err)
 	}
 	noTemps(t, out)

@@ -1,14 +1,10 @@
-package convert
+package safetensors
 
 import (
 	"bytes"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strconv"
 	"testing"
-
-	"github.com/tpconvert/tpconvert/formats/safetensors"
 )
 
 func TestReplaceTotalSize(t *testing.T) {
@@ -29,7 +25,7 @@ func TestReplaceTotalSize(t *testing.T) {
 		{"array", `[1,2]`, `[1,2]`, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			got, ok := safetensors.SetTotalSize([]byte(c.in), 42)
+			got, ok := SetTotalSize([]byte(c.in), 42)
 			if ok != c.ok || string(got) != c.want {
 				t.Errorf("got %q, %v; want %q, %v", got, ok, c.want, c.ok)
 			}
@@ -42,7 +38,7 @@ func FuzzReplaceTotalSize(f *testing.F) {
 	f.Add([]byte(`{"metadata":{"x":[{"total_size":1}],"total_size":-0.5e2}}`), int64(1<<40))
 	f.Add([]byte(`{"metadata":{"total_size":1`), int64(0))
 	f.Fuzz(func(t *testing.T, in []byte, total int64) {
-		out, ok := safetensors.SetTotalSize(in, total)
+		out, ok := SetTotalSize(in, total)
 		if !ok {
 			if !bytes.Equal(out, in) {
 				t.Fatal("changed the index without reporting it")
@@ -67,43 +63,4 @@ func FuzzReplaceTotalSize(f *testing.F) {
 // a later duplicate key than the one replaced (escaped keys count too).
 func hasDuplicateKeys(b []byte) bool {
 	return bytes.Count(b, []byte(`"total_size"`)) > 1 || bytes.Count(b, []byte(`"metadata"`)) > 1 || bytes.Contains(b, []byte(`\u`))
-}
-
-func TestValidRelPath(t *testing.T) {
-	for p, want := range map[string]bool{
-		"config.json": true, "original/params.json": true, "a/b/c": true, ".gitattributes": true,
-		"": false, "/etc/passwd": false, "../x": false, "a/../b": false, "a//b": false, "./a": false,
-		"a/": false, `a\b`: false, "a\x00": false, "..": false,
-	} {
-		if got := validRelPath(p); got != want {
-			t.Errorf("validRelPath(%q) = %v", p, got)
-		}
-	}
-}
-
-func FuzzReadManifest(f *testing.F) {
-	f.Add([]byte(`{"format":"tpconvert-batch","format_version":1,"model":"m","weights":[{"source":"model.safetensors","output":"model.tpk"}],"files":[{"path":"config.json"}]}`))
-	f.Add([]byte(`{"format":"tpconvert-batch","format_version":1,"files":[{"path":"../x"}]}`))
-	f.Add([]byte(`{"format":"tpconvert-batch","format_version":9}`))
-	f.Add([]byte(`[]`))
-	dir := f.TempDir()
-	f.Fuzz(func(t *testing.T, b []byte) {
-		if err := os.WriteFile(filepath.Join(dir, ManifestName), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		m, err := ReadManifest(dir)
-		if err != nil {
-			return
-		}
-		for _, w := range m.Weights {
-			if !validName(w.Source) || !validName(w.Output) {
-				t.Fatalf("accepted weight %q -> %q", w.Source, w.Output)
-			}
-		}
-		for _, fl := range m.Files {
-			if !validRelPath(fl.Path) {
-				t.Fatalf("accepted path %q", fl.Path)
-			}
-		}
-	})
 }

@@ -1,4 +1,4 @@
-package convert
+package batch
 
 import (
 	"context"
@@ -11,12 +11,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tpconvert/tpconvert/batch/checkout"
+	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/formats/safetensors"
+	"github.com/tpconvert/tpconvert/internal/atomicdir"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
+	"github.com/tpconvert/tpconvert/internal/procstat"
 )
 
 // IsConvertedDir reports whether dir is a model directory written by
-// Batch (it holds a manifest.json), or a batch output directory whose
+// Run (it holds a manifest.json), or a batch output directory whose
 // subdirectories are.
 func IsConvertedDir(dir string) bool {
 	if _, err := os.Stat(filepath.Join(dir, ManifestName)); err == nil {
@@ -44,12 +48,16 @@ func convertedModels(dir string) ([]string, error) {
 	return out, nil
 }
 
+// ErrKeepsContainers is returned by RestoreDir when asked for another
+// container or for resharding (RestoreOptions.To, ShardSize).
+var ErrKeepsContainers = errors.New("restoring a converted directory keeps its files and containers: the output container and shard size cannot be chosen")
+
 // RestoredModel describes one restored checkout.
 type RestoredModel struct {
-	Model   string           `json:"model"`
-	Output  string           `json:"output"`
-	Weights []*RestoreReport `json:"weights"`
-	Files   int              `json:"files"`
+	Model   string                   `json:"model"`
+	Output  string                   `json:"output"`
+	Weights []*convert.RestoreReport `json:"weights"`
+	Files   int                      `json:"files"`
 	// Indexes lists the index files whose total_size was updated because
 	// restored weight files changed size (restore --dtype).
 	Indexes  []string `json:"indexes_updated,omitempty"`
@@ -66,9 +74,10 @@ type RestoreDirReport struct {
 	PeakRSSBytes int64           `json:"peak_rss_bytes"`
 }
 
-// RestoreDir rebuilds the checkout that Batch converted into the model
+// RestoreDir rebuilds the checkout that Run converted into the model
 // directory in (the one holding manifest.json) as the directory out: every
-// .tpk file restored to its weight file's original name by RestoreFile,
+// .tpk file restored to its weight file's original name by
+// convert.RestoreFile,
 // every other file copied and checked against the manifest's SHA-256, and
 // the total_size of a *.safetensors.index.json updated when restored
 // weight files changed size (--dtype). When in is a batch output directory
@@ -77,10 +86,10 @@ type RestoreDirReport struct {
 // Each model is written to a temporary directory beside its output and
 // renamed into place when complete; one left by a killed restore of the
 // same output is removed. o.To and o.ShardSize do not apply.
-func RestoreDir(ctx context.Context, in, out string, o RestoreOptions) (*RestoreDirReport, error) {
+func RestoreDir(ctx context.Context, in, out string, o convert.RestoreOptions) (*RestoreDirReport, error) {
 	start := time.Now()
 	if o.To != "" || o.ShardSize != 0 {
-		return nil, errors.New("restoring a converted directory keeps its files and containers: --to and --shard-size do not apply")
+		return nil, ErrKeepsContainers
 	}
 	if err := checkDisjoint(in, out); err != nil {
 		return nil, err
@@ -134,22 +143,13 @@ func RestoreDir(ctx context.Context, in, out string, o RestoreOptions) (*Restore
 		rep.BytesOut += rm.BytesOut
 	}
 	rep.WallSeconds = time.Since(start).Seconds()
-	rep.PeakRSSBytes = PeakRSS()
+	rep.PeakRSSBytes = procstat.PeakRSS()
 	return rep, nil
 }
 
 // checkDisjoint refuses an output that is the input, inside it, or holds it.
 func checkDisjoint(in, out string) error {
-	a, err1 := filepath.Abs(in)
-	b, err2 := filepath.Abs(out)
-	if err1 != nil || err2 != nil {
-		return nil
-	}
-	inside := func(x, y string) bool { // x is y or inside y
-		rel, err := filepath.Rel(y, x)
-		return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
-	}
-	if inside(a, b) || inside(b, a) {
+	if a, b, ok := absPaths(in, out); ok && (within(a, b) || within(b, a)) {
 		return fmt.Errorf("refusing to restore %s into %s: one holds the other", in, out)
 	}
 	return nil
@@ -157,7 +157,7 @@ func checkDisjoint(in, out string) error {
 
 // restoreModel restores one model into out; the directories it creates
 // for it are removed again on failure or interrupt if they stayed empty.
-func restoreModel(ctx context.Context, in, out string, m *Manifest, o RestoreOptions) (*RestoredModel, error) {
+func restoreModel(ctx context.Context, in, out string, m *Manifest, o convert.RestoreOptions) (*RestoredModel, error) {
 	undo, err := atomicfile.MkdirAll(filepath.Dir(filepath.Clean(out)))
 	if err != nil {
 		return nil, err
@@ -169,7 +169,7 @@ func restoreModel(ctx context.Context, in, out string, m *Manifest, o RestoreOpt
 	return rm, err
 }
 
-func restoreModelIn(ctx context.Context, in, out string, m *Manifest, o RestoreOptions) (*RestoredModel, error) {
+func restoreModelIn(ctx context.Context, in, out string, m *Manifest, o convert.RestoreOptions) (*RestoredModel, error) {
 	rm := &RestoredModel{Model: m.Model, Output: out, Files: len(m.Files)}
 	parent := filepath.Dir(filepath.Clean(out))
 	// A killed restore of the same output left this behind. (No part
@@ -183,7 +183,7 @@ func restoreModelIn(ctx context.Context, in, out string, m *Manifest, o RestoreO
 			}
 		}
 	}
-	tmp, err := atomicfile.MkdirTemp(parent, pattern+"*")
+	tmp, err := atomicdir.Temp(parent, pattern+"*")
 	if err != nil {
 		return nil, err
 	}
@@ -207,7 +207,7 @@ func restoreModelIn(ctx context.Context, in, out string, m *Manifest, o RestoreO
 		if err := os.MkdirAll(filepath.Dir(filepath.Join(tmp, w.Source)), 0o755); err != nil { // inside the temporary directory
 			return nil, err
 		}
-		r, err := RestoreFile(ctx, p, filepath.Join(tmp, w.Source), ro)
+		r, err := convert.RestoreFile(ctx, p, filepath.Join(tmp, w.Source), ro)
 		if err != nil {
 			return nil, err
 		}
@@ -245,36 +245,13 @@ func restoreModelIn(ctx context.Context, in, out string, m *Manifest, o RestoreO
 			rm.Indexes = append(rm.Indexes, f.Path)
 		}
 	}
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		return nil, err
-	}
-	syncDir(tmp)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	old := ""
-	if _, err := os.Lstat(out); err == nil {
-		if !o.Overwrite {
-			return nil, fmt.Errorf("%s: %w", out, atomicfile.ErrExists)
-		}
-		if old, err = freshName(parent, pattern+"old-*"); err != nil {
-			return nil, err
-		}
-		if err := os.Rename(out, old); err != nil {
-			return nil, err
-		}
-	}
-	if err := os.Rename(tmp, out); err != nil {
-		if old != "" {
-			os.Rename(old, out)
-		}
+	if err := atomicdir.SwapDir(tmp, out, pattern+"old-*", o.Overwrite); err != nil {
 		return nil, err
 	}
 	tmp = ""
-	syncDir(parent)
-	if old != "" {
-		os.RemoveAll(old)
-	}
 	return rm, nil
 }
 
@@ -306,7 +283,7 @@ func fixIndex(dir, name string, changed map[string]bool) (bool, error) {
 	shards = slices.Compact(shards)
 	var total int64
 	for _, s := range shards {
-		if !validName(s) {
+		if !checkout.ValidName(s) {
 			return false, fmt.Errorf("%s: weight_map names %q, not a file of the checkout", name, s)
 		}
 		n, err := tensorBytes(filepath.Join(dir, s))
@@ -327,7 +304,7 @@ func fixIndex(dir, name string, changed map[string]bool) (bool, error) {
 
 // tensorBytes sums the tensor sizes of a safetensors file.
 func tensorBytes(p string) (int64, error) {
-	src, err := OpenSource(p)
+	src, err := convert.OpenSource(p)
 	if err != nil {
 		return 0, err
 	}

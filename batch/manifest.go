@@ -1,4 +1,4 @@
-package convert
+package batch
 
 import (
 	"context"
@@ -11,7 +11,14 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/tpconvert/tpconvert/batch/checkout"
 	"github.com/tpconvert/tpconvert/internal/inputfile"
+)
+
+// Names reserved in a converted model directory besides the .tpk files.
+const (
+	ManifestName = checkout.ManifestName
+	RunInfoName  = checkout.RunInfoName
 )
 
 // Manifest format identifiers.
@@ -26,12 +33,12 @@ const maxManifestSize = 64 << 20
 
 // ErrManifest is matched (with errors.Is) by errors about a manifest.json
 // that cannot be used.
-var ErrManifest = errors.New("convert: bad manifest")
+var ErrManifest = errors.New("batch: bad manifest")
 
-// BatchSettings are the conversion settings recorded in a manifest. A model
+// Settings are the conversion settings recorded in a manifest. A model
 // whose manifest records other settings is converted again. Workers and
 // the memory budget are not settings: they do not change the output.
-type BatchSettings struct {
+type Settings struct {
 	Codec        string `json:"codec"`
 	CodecVersion uint16 `json:"codec_version"`
 	Params       string `json:"params,omitempty"`
@@ -59,7 +66,7 @@ type Manifest struct {
 	Model         string `json:"model"`
 	// Version is the version of tpconvert that assembled the directory.
 	Version  string           `json:"tpconvert_version"`
-	Settings BatchSettings    `json:"settings"`
+	Settings Settings         `json:"settings"`
 	Weights  []ManifestWeight `json:"weights"`
 	// Files are the files copied unchanged (the index file among them).
 	Files  []ManifestFile `json:"files"`
@@ -137,7 +144,7 @@ type RunFile struct {
 type unitRecord struct {
 	Format   string         `json:"format"`
 	Model    string         `json:"model"`
-	Settings BatchSettings  `json:"settings"`
+	Settings Settings       `json:"settings"`
 	Weight   ManifestWeight `json:"weight"`
 	Run      RunWeight      `json:"run"`
 }
@@ -170,16 +177,16 @@ func ReadManifest(dir string) (*Manifest, error) {
 	names := map[string]bool{ManifestName: true, RunInfoName: true}
 	outs := map[string]bool{}
 	for _, w := range m.Weights {
-		if !validName(w.Source) || !isWeightName(w.Source) || names[w.Source] {
+		if !checkout.ValidName(w.Source) || !checkout.IsWeightName(w.Source) || names[w.Source] {
 			return nil, bad("invalid or repeated weight file name %q", w.Source)
 		}
-		if !validName(w.Output) || outs[w.Output] || w.Output == ManifestName || w.Output == RunInfoName {
+		if !checkout.ValidName(w.Output) || outs[w.Output] || w.Output == ManifestName || w.Output == RunInfoName {
 			return nil, bad("invalid or repeated output name %q", w.Output)
 		}
 		names[w.Source], outs[w.Output] = true, true
 	}
 	for _, f := range m.Files {
-		if !validRelPath(f.Path) || names[f.Path] {
+		if !checkout.ValidRelPath(f.Path) || names[f.Path] {
 			return nil, bad("invalid or repeated file path %q", f.Path)
 		}
 		names[f.Path] = true
@@ -323,11 +330,4 @@ func linkOrCopy(ctx context.Context, src, dst string) error {
 	}
 	_, _, err := copyFile(ctx, src, dst)
 	return err
-}
-
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
 }

@@ -1,7 +1,8 @@
-package convert
+// Package checkout finds the models of a batch: checkout directories of
+// weight files and the other files beside them.
+package checkout
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -45,28 +46,16 @@ type WeightFile struct {
 	Size int64 `json:"size"`
 }
 
-// Unit is one weight file of one model, the piece of work that --shard
-// assigns to one process.
-type Unit struct {
-	Model  string     `json:"model"`
-	Weight WeightFile `json:"weight"`
-	// Shard is the index of the shard that converts the unit.
-	Shard int `json:"shard"`
-}
-
-// Name returns "model/file", the unit's name in reports.
-func (u Unit) Name() string { return u.Model + "/" + u.Weight.Name }
-
 // Names reserved in a converted model directory besides the .tpk files.
 const (
 	ManifestName = "manifest.json"
 	RunInfoName  = "run.json"
 )
 
-// maxWalkDepth bounds how deep FindCheckouts descends into a checkout.
+// maxWalkDepth bounds how deep Find descends into a checkout.
 const maxWalkDepth = 32
 
-// FindCheckouts expands the batch sources: each is a checkout directory
+// Find expands the batch sources: each is a checkout directory
 // (it holds *.safetensors or *.gguf files at its top level) or a directory
 // of checkouts (it holds no weight files; its subdirectories that do are
 // the checkouts, the others are named in the returned notes, hidden ones
@@ -75,7 +64,7 @@ const maxWalkDepth = 32
 // Directories named .git, a top-level .cache, temporary files of tpconvert
 // and the directory skip (the batch output) are left out. Checkouts are
 // returned sorted by name; two with the same name are an error.
-func FindCheckouts(srcs []string, skip string) ([]Checkout, []string, error) {
+func Find(srcs []string, skip string) ([]Checkout, []string, error) {
 	var skipInfo os.FileInfo
 	if skip != "" {
 		skipInfo, _ = os.Stat(skip)
@@ -151,8 +140,8 @@ func skipped(name string) bool {
 	return name == ".git" || strings.HasPrefix(name, atomicfile.TempPrefix)
 }
 
-// isWeightName reports whether a top-level file name is a weight file.
-func isWeightName(name string) bool {
+// IsWeightName reports whether a top-level file name is a weight file.
+func IsWeightName(name string) bool {
 	return strings.HasSuffix(name, ".safetensors") || strings.HasSuffix(name, ".gguf")
 }
 
@@ -165,7 +154,7 @@ func findWeights(dir string) ([]WeightFile, error) {
 	}
 	var ws []WeightFile
 	for _, e := range entries {
-		if !isWeightName(e.Name()) || skipped(e.Name()) {
+		if !IsWeightName(e.Name()) || skipped(e.Name()) {
 			continue
 		}
 		p := filepath.Join(dir, e.Name())
@@ -204,7 +193,7 @@ func stem(name string) string { return strings.TrimSuffix(name, filepath.Ext(nam
 
 func newCheckout(dir string, ws []WeightFile, skip os.FileInfo) (Checkout, error) {
 	c := Checkout{Name: filepath.Base(filepath.Clean(dir)), Dir: dir, Weights: ws}
-	if !validName(c.Name) || strings.HasPrefix(c.Name, ".") {
+	if !ValidName(c.Name) || strings.HasPrefix(c.Name, ".") {
 		return c, fmt.Errorf("%s: a checkout's directory name must not start with a dot", dir)
 	}
 	isWeight := map[string]bool{}
@@ -286,14 +275,14 @@ func fileID(st os.FileInfo) ([2]uint64, bool) {
 	return [2]uint64{uint64(s.Dev), uint64(s.Ino)}, true
 }
 
-// validName reports whether name is a plain file name (no directory part).
-func validName(name string) bool {
+// ValidName reports whether name is a plain file name (no directory part).
+func ValidName(name string) bool {
 	return name != "" && name != "." && name != ".." && !strings.ContainsAny(name, `/\`+"\x00") && filepath.Base(name) == name
 }
 
-// validRelPath reports whether p is a slash-separated relative path that
+// ValidRelPath reports whether p is a slash-separated relative path that
 // stays inside its directory.
-func validRelPath(p string) bool {
+func ValidRelPath(p string) bool {
 	if p == "" || strings.ContainsAny(p, `\`+"\x00") || path.IsAbs(p) || path.Clean(p) != p {
 		return false
 	}
@@ -303,44 +292,4 @@ func validRelPath(p string) bool {
 		}
 	}
 	return true
-}
-
-// Units lists the weight files of the checkouts, model by model, and
-// assigns each to one of n shards (n >= 1) by size: units are taken
-// largest first (ties by name) and each goes to the shard with the fewest
-// bytes so far (ties to the lowest index). Every process given the same
-// sources computes the same assignment, and the n shards cover every unit
-// exactly once.
-func Units(cs []Checkout, n int) []Unit {
-	var us []Unit
-	for _, c := range cs {
-		for _, w := range c.Weights {
-			us = append(us, Unit{Model: c.Name, Weight: w})
-		}
-	}
-	if n <= 1 {
-		return us
-	}
-	order := make([]int, len(us))
-	for i := range order {
-		order[i] = i
-	}
-	slices.SortFunc(order, func(a, b int) int {
-		if c := cmp.Compare(us[b].Weight.Size, us[a].Weight.Size); c != 0 {
-			return c
-		}
-		return strings.Compare(us[a].Name(), us[b].Name())
-	})
-	load := make([]int64, n)
-	for _, i := range order {
-		k := 0
-		for j := 1; j < n; j++ {
-			if load[j] < load[k] {
-				k = j
-			}
-		}
-		us[i].Shard = k
-		load[k] += us[i].Weight.Size
-	}
-	return us
 }

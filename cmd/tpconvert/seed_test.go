@@ -29,16 +29,7 @@ func TestSeedReachesRateControl(t *testing.T) {
 		if code, _, stderr := runCLI(t, in, "--bpw", bpw, "--sample-rows", "8", "--seed", seed, "--force", "-o", out); code != 0 {
 			t.Fatalf("--seed %s: exit %d: %s", seed, code, stderr)
 		}
-		code, stdout, stderr := runCLI(t, "inspect", "--json", out)
-		var rep struct {
-			Tensors []struct {
-				Name   string `json:"name"`
-				Params string `json:"params"`
-			} `json:"tensors"`
-		}
-		if code != 0 || json.Unmarshal([]byte(stdout), &rep) != nil {
-			t.Fatalf("inspect: exit %d: %s", code, stderr)
-		}
+		rep := inspectJSON(t, out)
 		c := coded{params: map[string]string{}, restored: map[string][]byte{}}
 		for _, tr := range rep.Tensors {
 			c.params[tr.Name] = tr.Params
@@ -96,4 +87,32 @@ func TestSeedReachesRateControl(t *testing.T) {
 		t.Errorf("none of the %d tensors with a normal grid restores differently under --seed 7", normal)
 	}
 	t.Logf("%d tensors with a normal grid (%d differ), %d with another grid", normal, normalDiffer, other)
+}
+
+// inspected is the part of "inspect --json" the tests read.
+type inspected struct {
+	Codec   string `json:"codec"`
+	Tensors []struct {
+		Name   string `json:"name"`
+		Codec  string `json:"codec"`
+		Params string `json:"params"`
+	} `json:"tensors"`
+	Totals struct {
+		BPWAll float64 `json:"bpw_all"`
+	} `json:"totals"`
+	Allocation []struct {
+		Config  string `json:"config"`
+		Tensors int    `json:"tensors"`
+	} `json:"allocation"`
+}
+
+// inspectJSON runs "inspect --json path".
+func inspectJSON(t *testing.T, path string) inspected {
+	t.Helper()
+	code, stdout, stderr := runCLI(t, "inspect", "--json", path)
+	var rep inspected
+	if code != 0 || json.Unmarshal([]byte(stdout), &rep) != nil {
+		t.Fatalf("inspect %s: exit %d: %s", path, code, stderr)
+	}
+	return rep
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -205,31 +204,8 @@ func (c *toyCodec) Planned(p codec.Plan) (codec.Codec, error) {
 // change to the pipeline, the formats, the library or the CLI.
 func TestToyCodecWithPlanner(t *testing.T) {
 	dir, in := fixture(t)
-	type report struct {
-		Codec   string `json:"codec"`
-		Tensors []struct {
-			Name   string `json:"name"`
-			Codec  string `json:"codec"`
-			Params string `json:"params"`
-		} `json:"tensors"`
-		Totals struct {
-			BPWAll float64 `json:"bpw_all"`
-		} `json:"totals"`
-		Allocation []struct {
-			Config  string `json:"config"`
-			Tensors int    `json:"tensors"`
-		} `json:"allocation"`
-	}
-	inspect := func(path string) report {
-		t.Helper()
-		code, stdout, stderr := runCLI(t, "inspect", "--json", path)
-		var rep report
-		if code != 0 || json.Unmarshal([]byte(stdout), &rep) != nil {
-			t.Fatalf("inspect %s: exit %d: %s", path, code, stderr)
-		}
-		return rep
-	}
-	count := func(rep report) int {
+	inspect := func(path string) inspected { return inspectJSON(t, path) }
+	count := func(rep inspected) int {
 		n := 0
 		for _, tr := range rep.Tensors {
 			if tr.Codec == toyName {

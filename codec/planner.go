@@ -32,9 +32,9 @@ type Planner interface {
 	// It returns an error wrapping ErrUnsupported when x holds values the
 	// codec cannot represent; the tensor is then left out of the plan.
 	Distortions(x []float32, cols int, imp []float32, cfgs []Config) ([]float64, error)
-	// PayloadSize returns the exact payload size of a rows×cols matrix
+	// ConfigSize returns the exact payload size of a rows×cols matrix
 	// coded with cfg.
-	PayloadSize(cfg Config, rows, cols int) (int64, error)
+	ConfigSize(cfg Config, rows, cols int) (int64, error)
 	// Planned returns the codec, configured like this one, that codes
 	// each tensor named in p.Configs with its Config.
 	Planned(p Plan) (Codec, error)

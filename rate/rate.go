@@ -6,7 +6,7 @@
 //
 // For each tensor it codes a deterministic sample of whole rows with every
 // candidate configuration (codec.Planner.Distortions) and scales the error
-// to the whole tensor; payload sizes are exact (codec.Planner.PayloadSize). The allocation minimises
+// to the whole tensor; payload sizes are exact (codec.Planner.ConfigSize). The allocation minimises
 // Σ_t D_t(c_t) subject to Σ_t bytes_t(c_t) ≤ budget by a Lagrangian
 // search over the convex hulls of the candidates, then spends what is
 // left greedily on the upgrades with the best error reduction per byte.
@@ -278,7 +278,7 @@ func estimate(src formats.Source, p codec.Planner, i int, t tensor.Info, imp []f
 	scale := float64(rows) / float64(len(pick))
 	tt := &Tensor{Info: t, Signal: sig * scale, Weight: 1}
 	for k, c := range cands {
-		size, err := p.PayloadSize(c, rows, cols)
+		size, err := p.ConfigSize(c, rows, cols)
 		if err != nil {
 			return nil, err
 		}

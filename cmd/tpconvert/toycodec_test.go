@@ -179,7 +179,7 @@ func (*toyCodec) Distortions(x []float32, cols int, imp []float32, cfgs []codec.
 	return out, nil
 }
 
-func (*toyCodec) PayloadSize(cfg codec.Config, rows, cols int) (int64, error) {
+func (*toyCodec) ConfigSize(cfg codec.Config, rows, cols int) (int64, error) {
 	b, ok := cfg.(toyBits)
 	if !ok {
 		return 0, fmt.Errorf("not a toy configuration: %v", cfg)

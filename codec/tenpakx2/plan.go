@@ -76,8 +76,8 @@ func (c *Codec) Distortions(x []float32, cols int, imp []float32, cfgs []codec.C
 	return Distortions(x, cols, imp, cs, c.seed^DefaultSeed), nil
 }
 
-// PayloadSize implements codec.Planner.
-func (c *Codec) PayloadSize(cfg codec.Config, rows, cols int) (int64, error) {
+// ConfigSize implements codec.Planner: cfg's exact payload size.
+func (c *Codec) ConfigSize(cfg codec.Config, rows, cols int) (int64, error) {
 	cs, err := configs([]codec.Config{cfg})
 	if err != nil {
 		return 0, err

@@ -182,7 +182,7 @@ func planners() []string {
 }
 
 // declaredLayers describes the default layer selections codecs declare
-// (codec.DefaultLayers): "weights for tenpak_x_v2; ".
+// (codec.DefaultLayers): "weights for NAME, the default codec; ".
 func declaredLayers() string {
 	var s string
 	for _, n := range codec.Names() {

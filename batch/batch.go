@@ -49,7 +49,7 @@ type Options struct {
 	// (convert.CompressOptions.PassThrough).
 	PassThrough codec.ByteCodec
 	// BPW, if positive, sizes each weight file to BPW bits per parameter
-	// with tenpak_x_v2's rate control (convert.CompressOptions.Rate).
+	// with Codec's rate control (convert.CompressOptions.Rate).
 	BPW float64
 	// SampleRows is rate control's rows per tensor with BPW
 	// (convert.RateOptions.SampleRows; 0: its default).

@@ -49,7 +49,7 @@ type Settings struct {
 	Include      string `json:"include,omitempty"`
 	Exclude      string `json:"exclude,omitempty"`
 	NoStats      bool   `json:"no_stats,omitempty"`
-	// BPW is tenpak_x_v2's per-file budget in bits per parameter.
+	// BPW is rate control's per-file budget in bits per parameter.
 	BPW float64 `json:"bpw,omitempty"`
 	// SampleRows is rate control's --sample-rows with BPW (0: default).
 	SampleRows int `json:"sample_rows,omitempty"`

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -30,16 +31,72 @@ const (
 )
 
 // Options configures a codec when it is created for encoding. Zero values
-// mean "the codec's default". Codecs ignore options that do not apply to
-// them.
+// mean "the codec's default". Seed and Workers apply to every codec; a
+// codec's Factory refuses, with an error wrapping ErrOption, a Rank or
+// GroupSize it does not take (Options.Only), instead of ignoring it.
 type Options struct {
-	// Rank of low-rank factors (TenPak-X; default 32).
+	// Rank of low-rank factors (TenPak-X v1; default 32).
 	Rank int
 	// GroupSize is the number of weights that share a scale and offset
-	// (int4 default 32; TenPak-X default one row).
+	// (int4 default 32; TenPak-X v1 default one row).
 	GroupSize int
-	// Seed seeds every random choice (default 0).
+	// Seed seeds every random choice (default 0). A codec that makes no
+	// random choice is unaffected by it.
 	Seed uint64
+	// Workers is the number of goroutines one tensor's Encode and Decode
+	// may use (default 0: GOMAXPROCS; at least 0). The payload does not
+	// depend on it.
+	Workers int
+}
+
+// ErrOption is returned (wrapped) by a Factory for an option the codec
+// does not take or a value out of its range.
+var ErrOption = errors.New("codec: option does not apply")
+
+// Takes lists the options of Options, besides Seed and Workers, that a
+// codec takes (Options.Only).
+type Takes uint8
+
+// The options a codec may take.
+const (
+	TakesRank Takes = 1 << iota
+	TakesGroupSize
+)
+
+// Only returns an error wrapping ErrOption if o sets an option that the
+// codec name does not take, or a negative Workers; nil otherwise.
+func (o Options) Only(name string, takes Takes) error {
+	switch {
+	case o.Rank != 0 && takes&TakesRank == 0:
+		return fmt.Errorf("%w: %s takes no rank (got %d)", ErrOption, name, o.Rank)
+	case o.GroupSize != 0 && takes&TakesGroupSize == 0:
+		return fmt.Errorf("%w: %s takes no group size (got %d)", ErrOption, name, o.GroupSize)
+	case o.Workers < 0:
+		return fmt.Errorf("%w: %s: %d workers per tensor", ErrOption, name, o.Workers)
+	}
+	return nil
+}
+
+// PerTensor returns o.Workers, or GOMAXPROCS when it is 0: the goroutines
+// one tensor's Encode and Decode use.
+func (o Options) PerTensor() int {
+	if o.Workers > 0 {
+		return o.Workers
+	}
+	return runtime.GOMAXPROCS(0)
+}
+
+// Accepts reports whether the codec registered under name can be created
+// with o (for example whether it takes a rank).
+func Accepts(name string, o Options) bool {
+	mu.RLock()
+	e, ok := byName[name]
+	mu.RUnlock()
+	if !ok {
+		return false
+	}
+	_, err := e.factory(o)
+	return err == nil
 }
 
 // Codec compresses and decompresses one tensor.
@@ -182,12 +239,14 @@ type entry struct {
 	name    string
 	doc     string
 	factory Factory
+	layers  string
 }
 
 var (
 	mu     sync.RWMutex
 	byID   = map[uint16]*entry{}
 	byName = map[string]*entry{}
+	dflt   string
 )
 
 // Register makes a codec available. It panics if the ID or name is taken
@@ -247,6 +306,57 @@ func Doc(name string) string {
 	defer mu.RUnlock()
 	if e, ok := byName[name]; ok {
 		return e.doc
+	}
+	return ""
+}
+
+// SetDefault declares the registered codec name the one to use when a
+// caller names none (Default). It panics if name is not registered or
+// another codec was declared the default (a programmer error).
+func SetDefault(name string) {
+	mu.Lock()
+	defer mu.Unlock()
+	if _, ok := byName[name]; !ok {
+		panic(fmt.Sprintf("codec: default %q is not registered", name))
+	}
+	if dflt != "" && dflt != name {
+		panic(fmt.Sprintf("codec: default declared twice (%q, %q)", dflt, name))
+	}
+	dflt = name
+}
+
+// Default returns the name of the codec declared by SetDefault, or "none"
+// when no codec was.
+func Default() string {
+	mu.RLock()
+	defer mu.RUnlock()
+	if dflt == "" {
+		return "none"
+	}
+	return dflt
+}
+
+// SetDefaultLayers declares which tensors the registered codec name
+// compresses when the caller selects none: a layer selection in the
+// words of stream.ParseLayers ("weights", "all", ...). It panics if name
+// is not registered.
+func SetDefaultLayers(name, layers string) {
+	mu.Lock()
+	defer mu.Unlock()
+	e, ok := byName[name]
+	if !ok {
+		panic(fmt.Sprintf("codec: %q is not registered", name))
+	}
+	e.layers = layers
+}
+
+// DefaultLayers returns the layer selection declared for the codec name
+// by SetDefaultLayers, or "" (the pipeline's default) when none was.
+func DefaultLayers(name string) string {
+	mu.RLock()
+	defer mu.RUnlock()
+	if e, ok := byName[name]; ok {
+		return e.layers
 	}
 	return ""
 }

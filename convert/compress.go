@@ -37,8 +37,10 @@ type CompressOptions struct {
 	// AllowLarger keeps codec payloads that are not smaller than their
 	// source tensors (stream.CompressOptions.AllowLarger).
 	AllowLarger bool
-	// Rate, if set, replaces Codec by tenpak_x_v2 with a plan that makes
-	// the whole file the requested size.
+	// Rate, if set, has Codec (nil: the default codec, codec.Default),
+	// which must plan (codec.Planner), choose a configuration per tensor
+	// that makes the whole file the requested size; the planned codec
+	// keeps Codec's options (seed, workers).
 	Rate *RateOptions
 	// OnStart, if set, is called once the source is open, with the total
 	// number of source bytes to process.

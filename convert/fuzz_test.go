@@ -19,6 +19,7 @@ import (
 	"github.com/tpconvert/tpconvert/codec"
 	_ "github.com/tpconvert/tpconvert/codec/intq"
 	_ "github.com/tpconvert/tpconvert/codec/lossless"
+	"github.com/tpconvert/tpconvert/codec/numtest"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
 	"github.com/tpconvert/tpconvert/formats"
 	_ "github.com/tpconvert/tpconvert/formats/gguf" // ggml dequantizers
@@ -64,7 +65,7 @@ func seedTPK(tb testing.TB, kind formats.Kind) []byte {
 		x[i] = float32(math.Sin(float64(3*i+1))) * 0.5
 	}
 	add := func(name string, dt tensor.DType, shape []int64, cname string, transposed bool, vals []float32) {
-		c, err := codec.New(cname, codec.Options{Rank: 2, GroupSize: 4})
+		c, err := codec.New(cname, numtest.Options(cname, codec.Options{Rank: 2, GroupSize: 4}))
 		if err != nil {
 			tb.Fatal(err)
 		}

@@ -1,6 +1,7 @@
 package convert
 
 import (
+	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/formats"
 )
 
@@ -26,7 +27,13 @@ func Inspect(path string) (*Report, error) {
 		rep.Kind = string(kind) + " (from " + string(r.Meta().Kind) + ")"
 		rep.Allocation = Allocation(rep.Tensors)
 		if len(rep.Allocation) > 0 {
-			rep.Codec, rep.Params = "tenpak_x_v2", "(configuration per tensor: see allocation)"
+			for _, t := range rep.Tensors {
+				if codec.Plans(t.Codec) {
+					rep.Codec = t.Codec
+					break
+				}
+			}
+			rep.Params = "(configuration per tensor: see allocation)"
 			return rep, nil
 		}
 		for _, e := range r.Entries() {

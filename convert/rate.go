@@ -2,23 +2,24 @@ package convert
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
-	"runtime"
 	"sort"
 	"time"
 
 	"github.com/tpconvert/tpconvert/arch"
-	"github.com/tpconvert/tpconvert/codec/tenpakx2"
+	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/formats"
 	"github.com/tpconvert/tpconvert/rate"
 	"github.com/tpconvert/tpconvert/stream"
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
-// RateOptions ask CompressFile for a file of a given size: tenpak_x_v2
-// with every selected tensor's grid chosen by package rate. Exactly one of
-// BPW and TargetBytes is set.
+// RateOptions ask CompressFile for a file of a given size: the codec,
+// which must plan (codec.Planner), codes every selected tensor with the
+// configuration package rate chooses for it. Exactly one of BPW and
+// TargetBytes is set.
 type RateOptions struct {
 	// BPW is the whole-file size in bits per parameter of the source.
 	BPW float64
@@ -58,11 +59,17 @@ type AllocShare struct {
 }
 
 // Allocation summarises per-tensor configurations (the Params of records
-// coded by tenpak_x_v2), largest share first.
+// coded by codecs that plan, codec.Plans), largest share first.
 func Allocation(ts []TensorReport) []AllocShare {
 	m := map[string]*AllocShare{}
+	plans := map[string]bool{}
 	for _, t := range ts {
-		if t.Codec != "tenpak_x_v2" {
+		p, ok := plans[t.Codec]
+		if !ok {
+			p = codec.Plans(t.Codec)
+			plans[t.Codec] = p
+		}
+		if !p {
 			continue
 		}
 		a := m[t.Params]
@@ -87,11 +94,26 @@ func Allocation(ts []TensorReport) []AllocShare {
 	return out
 }
 
-// planRate builds the tenpak_x_v2 plan for src and returns the planned
-// codec.
-func planRate(ctx context.Context, src formats.Source, o *CompressOptions) (*tenpakx2.Codec, *RateReport, error) {
+// ErrNotPlanner is returned (wrapped) by CompressFile for a rate request
+// whose codec does not plan per tensor (codec.Planner).
+var ErrNotPlanner = errors.New("the codec cannot be sized: it has no per-tensor configurations for rate control")
+
+// planRate builds the plan of the planner o.Codec for src and returns the
+// planned codec.
+func planRate(ctx context.Context, src formats.Source, o *CompressOptions) (codec.Codec, *RateReport, error) {
 	start := time.Now()
 	r := o.Rate
+	c := o.Codec
+	if c == nil {
+		var err error
+		if c, err = codec.New(codec.Default(), codec.Options{}); err != nil {
+			return nil, nil, err
+		}
+	}
+	p, ok := c.(codec.Planner)
+	if !ok {
+		return nil, nil, fmt.Errorf("%s: %w", c.Name(), ErrNotPlanner)
+	}
 	var params int64
 	for _, t := range src.Tensors() {
 		params += t.Elems()
@@ -114,27 +136,29 @@ func planRate(ctx context.Context, src formats.Source, o *CompressOptions) (*ten
 		}
 		r.OnPlanStart(total)
 	}
-	plan, err := rate.Build(ctx, src, sel, rate.Options{Workers: o.Workers, SampleRows: r.SampleRows, Transpose: transpose, Progress: r.OnPlan})
+	plan, err := rate.Build(ctx, src, p, sel, rate.Options{Workers: o.Workers, SampleRows: r.SampleRows, Transpose: transpose, Progress: r.OnPlan})
 	if err != nil {
 		return nil, nil, err
 	}
 	if len(plan.Tensors) == 0 && plan.Unsupported > 0 {
-		return nil, nil, fmt.Errorf("tenpak_x_v2 cannot represent the %d selected tensor(s): they hold values that are not finite or exceed ±%d (compress them with --codec none, or --exclude them)", plan.Unsupported, tenpakx2.MaxAbs)
+		return nil, nil, fmt.Errorf("%s cannot represent the %d selected tensor(s) (%v); compress them with --codec none, or --exclude them", p.Name(), plan.Unsupported, plan.UnsupportedErr)
 	}
 	if len(plan.Tensors) == 0 {
 		return nil, nil, fmt.Errorf("no tensor is selected for compression (see --layers and --include)")
 	}
 	// The overhead depends on the parameter strings, which depend on the
-	// plan: estimate it with a long configuration name; Overhead's margin
-	// per record covers the few bytes longer ones ("…s8") add.
-	longest := map[string]tenpakx2.Config{}
-	for _, t := range plan.Tensors {
-		longest[t.Info.Name] = tenpakx2.Config{Grid: tenpakx2.GridSymmetric, Bits: 8, Group: 128}
+	// plan: it is bounded with each tensor's longest candidate name.
+	longest, err := plan.Longest(p)
+	if err != nil {
+		return nil, nil, err
 	}
-	probe := tenpakx2.NewPlanned(longest, nil, "")
-	// Tensors the plan left out (values tenpak_x_v2 cannot hold) are
+	// Tensors the plan left out (values the codec cannot hold) are
 	// stored unchanged or losslessly: they count as overhead.
-	over, err := stream.OverheadWith(src, newRecordSink, probe, func(t tensor.Info) bool { _, ok := longest[t.Name]; return ok && sel(t) }, o.PassThrough)
+	planned := make(map[string]bool, len(plan.Tensors))
+	for _, t := range plan.Tensors {
+		planned[t.Info.Name] = true
+	}
+	over, err := stream.OverheadWith(src, newRecordSink, longest, func(t tensor.Info) bool { return planned[t.Name] && sel(t) }, o.PassThrough)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -142,8 +166,8 @@ func planRate(ctx context.Context, src formats.Source, o *CompressOptions) (*ten
 	rep.BudgetBytes = rep.TargetBytes - over
 	if err := plan.Allocate(rep.BudgetBytes); err != nil {
 		minBits := float64(over+plan.MinBytes()) * 8 / float64(params)
-		return nil, nil, fmt.Errorf("cannot fit %d bytes (%.3f bits/parameter): the smallest file tenpak_x_v2 can make here is about %d bytes (%.3f bits/parameter); ask for more, or compress fewer tensors",
-			rep.TargetBytes, float64(rep.TargetBytes)*8/float64(params), over+plan.MinBytes(), minBits)
+		return nil, nil, fmt.Errorf("cannot fit %d bytes (%.3f bits/parameter): the smallest file %s can make here is about %d bytes (%.3f bits/parameter); ask for more, or compress fewer tensors",
+			rep.TargetBytes, float64(rep.TargetBytes)*8/float64(params), p.Name(), over+plan.MinBytes(), minBits)
 	}
 	rep.PayloadBytes = plan.Bytes()
 	var rel float64
@@ -160,9 +184,9 @@ func planRate(ctx context.Context, src formats.Source, o *CompressOptions) (*ten
 	if r.BPW > 0 {
 		summary = fmt.Sprintf("bpw=%g %s", r.BPW, summary)
 	}
-	c := tenpakx2.NewPlanned(plan.Configs(), plan.Importance, summary)
-	if o.Workers > 0 {
-		c.SetWorkers(max(1, runtime.GOMAXPROCS(0)/o.Workers))
+	pc, err := p.Planned(codec.Plan{Configs: plan.Configs(), Importance: plan.Importance, Summary: summary})
+	if err != nil {
+		return nil, nil, err
 	}
-	return c, rep, nil
+	return pc, rep, nil
 }

@@ -69,7 +69,8 @@ type Report struct {
 	Totals  Totals         `json:"totals"`
 	// Rate describes the plan of a --bpw / --target-size conversion.
 	Rate *RateReport `json:"rate,omitempty"`
-	// Allocation counts tenpak_x_v2's per-tensor configurations.
+	// Allocation counts the per-tensor configurations of a codec that
+	// plans (codec.Plans).
 	Allocation []AllocShare `json:"allocation,omitempty"`
 }
 

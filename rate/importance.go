@@ -129,11 +129,38 @@ func Importance(src formats.Source) map[string][]float32 {
 		imp := squares(g)
 		head := h[1]
 		if !l.has(head) {
-			head = h[2] // tied embedding: the embedding is the head
+			// Tied embedding: the embedding is also the head, and its
+			// error counts in both roles (Weights): as the head, each
+			// column by its input power; as the embedding, every column
+			// alike. The two relative errors are averaged by weighting
+			// column c by (1 + g_c²/mean g²)/2.
+			head = h[2]
+			imp = tiedImportance(imp)
 		}
 		if cols(l, head) == len(imp) {
 			out[head] = imp
 		}
+	}
+	return out
+}
+
+// tiedImportance returns the column weights of a tied embedding whose
+// head importance is imp: (1 + imp_c/mean(imp))/2, so that the weighted
+// error is the mean of the embedding's (plain) and the head's relative
+// error. imp all zero gives all 1.
+func tiedImportance(imp []float32) []float32 {
+	var mean float64
+	for _, v := range imp {
+		mean += float64(v)
+	}
+	mean /= float64(max(len(imp), 1))
+	out := make([]float32, len(imp))
+	for c, v := range imp {
+		w := 1.0
+		if mean > 0 {
+			w = (1 + float64(v)/mean) / 2
+		}
+		out[c] = float32(w)
 	}
 	return out
 }
@@ -260,7 +287,9 @@ func siluSquare(sigma float64) float64 {
 
 // Weights returns the objective's weight of tensors that do not count 1:
 // the token embedding and the output head count as much as one tensor
-// per transformer layer (L, the number of layers found). Their relative
+// per transformer layer (L, the number of layers found); a token
+// embedding that is also the output head (no head tensor: tied) counts
+// in both roles, 2L. Their relative
 // error perturbs every position's input, or the logits themselves,
 // directly, where a projection's error is one of many added to the
 // residual stream. This is a prior, not a measurement: like llama.cpp's
@@ -284,6 +313,10 @@ func Weights(src formats.Source) map[string]float64 {
 			if names[n] {
 				out[n] = float64(len(layers))
 			}
+		}
+		if names[h[2]] && !names[h[1]] {
+			// A tied embedding is the head too: it counts in both roles.
+			out[h[2]] = 2 * float64(len(layers))
 		}
 	}
 	return out

@@ -1,11 +1,12 @@
-// Package rate is tenpak_x_v2's rate control: given a bit budget, it
-// chooses a tenpakx2.Config for every selected tensor so that the sum of
-// their payloads fits the budget and the estimated, importance-weighted
-// squared error over the model is as small as it can make it.
+// Package rate is the rate control of codecs that plan (codec.Planner):
+// given a bit budget, it chooses one of the codec's configurations for
+// every selected tensor so that the sum of their payloads fits the budget
+// and the estimated, importance-weighted squared error over the model is
+// as small as it can make it. It knows no codec by name.
 //
 // For each tensor it codes a deterministic sample of whole rows with every
-// candidate Config (tenpakx2.Distortions) and scales the error to the
-// whole tensor; payload sizes are exact. The allocation minimises
+// candidate configuration (codec.Planner.Distortions) and scales the error
+// to the whole tensor; payload sizes are exact (codec.Planner.ConfigSize). The allocation minimises
 // Σ_t D_t(c_t) subject to Σ_t bytes_t(c_t) ≤ budget by a Lagrangian
 // search over the convex hulls of the candidates, then spends what is
 // left greedily on the upgrades with the best error reduction per byte.
@@ -21,7 +22,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/tpconvert/tpconvert/codec"
-	"github.com/tpconvert/tpconvert/codec/tenpakx2"
 	"github.com/tpconvert/tpconvert/formats"
 	"github.com/tpconvert/tpconvert/tensor"
 )
@@ -34,8 +34,6 @@ type Options struct {
 	// (default: enough rows for 32768 weights, between 16 and 128; all
 	// rows of smaller tensors).
 	SampleRows int
-	// Seed is the codec seed (codec.Options.Seed).
-	Seed uint64
 	// Transpose reports tensors stored [in, out], as for stream.
 	Transpose func(t tensor.Info) bool
 	// Progress, if set, is called after each tensor is estimated.
@@ -45,38 +43,9 @@ type Options struct {
 // sampleSize returns the default number of sample rows for cols columns.
 func sampleSize(cols int) int { return min(128, max(16, (32768+cols-1)/cols)) }
 
-// Candidates returns the Configs considered for a matrix with cols
-// columns: 8-bit group parameters (s8) for every grid, and FP16 group
-// parameters for the uniform grid with groups of 32 and symmetric 8/32,
-// which reproduce checkpoints dequantized from Q4_1/Q5_1/Q8_0-style
-// formats exactly.
-func Candidates(cols int) []tenpakx2.Config {
-	var out []tenpakx2.Config
-	for _, b := range []int{3, 4, 5, 6, 8} {
-		out = append(out, tenpakx2.Config{Grid: tenpakx2.GridUniform, Bits: b, Group: 32})
-	}
-	out = append(out, tenpakx2.Config{Grid: tenpakx2.GridSymmetric, Bits: 8, Group: 32})
-	for _, g := range []int{16, 32, 64} {
-		for _, b := range []int{2, 3, 4, 5, 6, 8} {
-			out = append(out, tenpakx2.Config{Grid: tenpakx2.GridUniform, Bits: b, Group: g, S8: true})
-		}
-	}
-	for _, g := range []int{16, 32} {
-		for _, b := range []int{4, 5, 6, 8} {
-			out = append(out, tenpakx2.Config{Grid: tenpakx2.GridSymmetric, Bits: b, Group: g, S8: true})
-		}
-	}
-	for _, g := range []int{32, 64, 128} {
-		for b := 1; b <= tenpakx2.MaxNormalBits; b++ {
-			out = append(out, tenpakx2.Config{Grid: tenpakx2.GridNormal, Bits: b, Group: g, S8: true})
-		}
-	}
-	return append(out, tenpakx2.Config{Grid: tenpakx2.GridHalf, Bits: 16})
-}
-
 // Option is one candidate for one tensor.
 type Option struct {
-	Config tenpakx2.Config
+	Config codec.Config
 	Bytes  int64   // exact payload size
 	Dist   float64 // estimated relative weighted squared error, Σ imp·ΔW² / Σ imp·W², times the tensor's Weight
 }
@@ -101,16 +70,18 @@ func (t *Tensor) Chosen() Option { return t.Options[t.Choice] }
 type Plan struct {
 	Tensors []*Tensor
 	// Unsupported counts the selected tensors left out of the plan:
-	// their sampled rows hold values tenpak_x_v2 cannot represent
-	// (non-finite, or beyond ±65504). They are stored unchanged.
+	// their sampled rows hold values the codec cannot represent
+	// (codec.ErrUnsupported from Distortions). They are stored unchanged.
 	Unsupported int
-	Importance  map[string][]float32
-	Budget      int64 // bytes for the payloads of Tensors
+	// UnsupportedErr is the error of the first tensor left out.
+	UnsupportedErr error
+	Importance     map[string][]float32
+	Budget         int64 // bytes for the payloads of Tensors
 }
 
 // Configs returns the chosen Config per tensor name.
-func (p *Plan) Configs() map[string]tenpakx2.Config {
-	m := make(map[string]tenpakx2.Config, len(p.Tensors))
+func (p *Plan) Configs() map[string]codec.Config {
+	m := make(map[string]codec.Config, len(p.Tensors))
 	for _, t := range p.Tensors {
 		m[t.Info.Name] = t.Chosen().Config
 	}
@@ -126,6 +97,23 @@ func (p *Plan) Bytes() int64 {
 	return n
 }
 
+// Longest returns the codec c plans (c built the Plan) with each tensor's
+// candidate of the longest name: the record parameters of any allocation
+// are at most as long as its, which bounds the file's overhead.
+func (p *Plan) Longest(c codec.Planner) (codec.Codec, error) {
+	m := make(map[string]codec.Config, len(p.Tensors))
+	for _, t := range p.Tensors {
+		best := t.Options[0].Config
+		for _, o := range t.Options[1:] {
+			if len(o.Config.String()) > len(best.String()) {
+				best = o.Config
+			}
+		}
+		m[t.Info.Name] = best
+	}
+	return c.Planned(codec.Plan{Configs: m})
+}
+
 // MinBytes returns the smallest total payload any allocation can reach.
 func (p *Plan) MinBytes() int64 {
 	var n int64
@@ -139,9 +127,10 @@ func (p *Plan) MinBytes() int64 {
 	return n
 }
 
-// Build estimates every candidate of every tensor of src that sel selects.
-// It decodes only the sampled rows of each tensor.
-func Build(ctx context.Context, src formats.Source, sel func(tensor.Info) bool, o Options) (*Plan, error) {
+// Build estimates every candidate configuration of planner c for every
+// tensor of src that sel selects. It decodes only the sampled rows of each
+// tensor.
+func Build(ctx context.Context, src formats.Source, c codec.Planner, sel func(tensor.Info) bool, o Options) (*Plan, error) {
 	if o.Workers < 1 {
 		o.Workers = 1
 	}
@@ -155,6 +144,7 @@ func Build(ctx context.Context, src formats.Source, sel func(tensor.Info) bool, 
 		}
 	}
 	plan.Tensors = make([]*Tensor, len(idx))
+	unsupported := make([]error, len(idx))
 	g, ctx := errgroup.WithContext(ctx)
 	g.SetLimit(o.Workers)
 	for k, i := range idx {
@@ -162,11 +152,12 @@ func Build(ctx context.Context, src formats.Source, sel func(tensor.Info) bool, 
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			t, err := estimate(src, i, infos[i], plan.Importance[infos[i].Name], o)
+			t, err := estimate(src, c, i, infos[i], plan.Importance[infos[i].Name], o)
 			if errors.Is(err, codec.ErrUnsupported) {
-				// Values the codec cannot hold (non-finite, beyond
-				// FP16): the tensor stays out of the plan and is
-				// stored unchanged.
+				// Values the codec cannot hold (for example
+				// non-finite): the tensor stays out of the plan and
+				// is stored unchanged.
+				unsupported[k] = err
 				return nil
 			}
 			if err != nil {
@@ -189,11 +180,14 @@ func Build(ctx context.Context, src formats.Source, sel func(tensor.Info) bool, 
 		return nil, err
 	}
 	kept := plan.Tensors[:0]
-	for _, t := range plan.Tensors {
+	for k, t := range plan.Tensors {
 		if t != nil {
 			kept = append(kept, t)
 		} else {
 			plan.Unsupported++
+			if plan.UnsupportedErr == nil {
+				plan.UnsupportedErr = unsupported[k]
+			}
 		}
 	}
 	plan.Tensors = kept
@@ -216,7 +210,7 @@ func sampleRows(rows, n int) []int {
 	return out
 }
 
-func estimate(src formats.Source, i int, t tensor.Info, imp []float32, o Options) (*Tensor, error) {
+func estimate(src formats.Source, p codec.Planner, i int, t tensor.Info, imp []float32, o Options) (*Tensor, error) {
 	r64, c64 := t.Matrix()
 	transposed := o.Transpose != nil && len(t.Shape) == 2 && o.Transpose(t)
 	if transposed {
@@ -224,7 +218,7 @@ func estimate(src formats.Source, i int, t tensor.Info, imp []float32, o Options
 	}
 	rows, cols := int(r64), int(c64)
 	if rows <= 0 || cols <= 0 {
-		return nil, fmt.Errorf("tenpak_x_v2 needs a non-empty matrix, got shape %v", t.Shape)
+		return nil, fmt.Errorf("%s needs a non-empty matrix, got shape %v", p.Name(), t.Shape)
 	}
 	if len(imp) != cols {
 		imp = nil
@@ -262,8 +256,16 @@ func estimate(src formats.Source, i int, t tensor.Info, imp []float32, o Options
 			}
 		}
 	}
-	if err := tenpakx2.CheckRange(x); err != nil {
-		return nil, err // the tensor is stored unchanged
+	cands := p.Candidates(rows, cols)
+	if len(cands) == 0 {
+		return nil, fmt.Errorf("%s offers no configuration for a %d×%d matrix", p.Name(), rows, cols)
+	}
+	dist, err := p.Distortions(x, cols, imp, cands)
+	if err != nil {
+		return nil, err // ErrUnsupported: the tensor is stored unchanged
+	}
+	if len(dist) != len(cands) {
+		return nil, fmt.Errorf("%s: %d distortions for %d candidates", p.Name(), len(dist), len(cands))
 	}
 	var sig float64
 	for k, v := range x {
@@ -274,11 +276,9 @@ func estimate(src formats.Source, i int, t tensor.Info, imp []float32, o Options
 		sig += w * float64(v) * float64(v)
 	}
 	scale := float64(rows) / float64(len(pick))
-	cands := Candidates(cols)
-	dist := tenpakx2.Distortions(x, cols, imp, cands, uint32(o.Seed))
 	tt := &Tensor{Info: t, Signal: sig * scale, Weight: 1}
 	for k, c := range cands {
-		size, err := c.PayloadSize(rows, cols)
+		size, err := p.ConfigSize(c, rows, cols)
 		if err != nil {
 			return nil, err
 		}

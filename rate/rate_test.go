@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/codec/tenpakx2"
 	"github.com/tpconvert/tpconvert/fixtures/gen"
 	"github.com/tpconvert/tpconvert/formats"
@@ -178,7 +179,7 @@ func TestImportanceAndBuild(t *testing.T) {
 		t.Error("no importance for lm_head")
 	}
 	sel := func(t tensor.Info) bool { return len(t.Shape) == 2 }
-	plan, err := Build(context.Background(), src, sel, Options{Workers: 2, SampleRows: 32})
+	plan, err := Build(context.Background(), src, v2(t), sel, Options{Workers: 2, SampleRows: 32})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,18 +189,19 @@ func TestImportanceAndBuild(t *testing.T) {
 	for _, tt := range plan.Tensors {
 		prev := map[[3]int]float64{}
 		for _, o := range tt.Options {
-			if o.Config.Grid == tenpakx2.GridHalf {
+			cfg := o.Config.(tenpakx2.Config)
+			if cfg.Grid == tenpakx2.GridHalf {
 				continue
 			}
-			k := [3]int{int(o.Config.Grid), o.Config.Group, 0}
-			if o.Config.S8 {
+			k := [3]int{int(cfg.Grid), cfg.Group, 0}
+			if cfg.S8 {
 				k[2] = 1
 			}
 			if p, ok := prev[k]; ok && o.Dist >= p {
 				t.Errorf("%s: %s estimates %g, not below the bit depth before (%g)", tt.Info.Name, o.Config, o.Dist, p)
 			}
 			prev[k] = o.Dist
-			if want, _ := tenpakx2.PayloadSize(tt.Info, o.Config); want != o.Bytes {
+			if want, _ := tenpakx2.PayloadSize(tt.Info, cfg); want != o.Bytes {
 				t.Errorf("%s %s: %d bytes, PayloadSize %d", tt.Info.Name, o.Config, o.Bytes, want)
 			}
 		}
@@ -231,10 +233,75 @@ func TestTensorListTakenOnce(t *testing.T) {
 	n := len(st.Tensors())
 	Importance(src)
 	sel := func(t tensor.Info) bool { return len(t.Shape) == 2 }
-	if _, err := Build(context.Background(), src, sel, Options{Workers: 2, SampleRows: 8}); err != nil {
+	if _, err := Build(context.Background(), src, v2(t), sel, Options{Workers: 2, SampleRows: 8}); err != nil {
 		t.Fatal(err)
 	}
 	if c := src.calls.Load(); c > 6 {
 		t.Errorf("Tensors called %d times for %d tensors", c, n)
+	}
+}
+
+// v2 returns tenpak_x_v2 as a planner.
+func v2(t *testing.T) codec.Planner {
+	t.Helper()
+	c, err := codec.New("tenpak_x_v2", codec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.(codec.Planner)
+}
+
+// TestTiedEmbeddingCountsInBothRoles: a token embedding that is also the
+// output head (no lm_head) weighs as much as embedding and head of the
+// untied model together, and its column weights average the embedding's
+// (all 1) and the head's (the final norm's g², normalized to mean 1).
+func TestTiedEmbeddingCountsInBothRoles(t *testing.T) {
+	open := func(tied bool) formats.Source {
+		cfg := gen.Presets["tiny"]
+		cfg.Tied = tied
+		path := filepath.Join(t.TempDir(), "m.safetensors")
+		if err := gen.WriteSafetensors(path, cfg, tensor.BF16, 3); err != nil {
+			t.Fatal(err)
+		}
+		src, err := safetensors.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { src.Close() })
+		return src
+	}
+	const emb, head = "model.embed_tokens.weight", "lm_head.weight"
+	untied, tied := open(false), open(true)
+	wu, wt := Weights(untied), Weights(tied)
+	if wu[emb] <= 0 || wu[head] <= 0 {
+		t.Fatalf("untied weights %v lack the embedding or the head", wu)
+	}
+	if _, ok := wt[head]; ok {
+		t.Fatalf("tied model has a head weight: %v", wt)
+	}
+	if want := wu[emb] + wu[head]; wt[emb] != want {
+		t.Errorf("tied embedding weighs %g, want embedding + head = %g", wt[emb], want)
+	}
+	hu, ht := Importance(untied)[head], Importance(tied)[emb]
+	if len(hu) == 0 || len(ht) != len(hu) {
+		t.Fatalf("head importance %d columns, tied embedding %d", len(hu), len(ht))
+	}
+	var mean float64
+	for _, v := range hu {
+		mean += float64(v)
+	}
+	mean /= float64(len(hu))
+	spread := false
+	for c := range hu {
+		want := (1 + float64(hu[c])/mean) / 2
+		if math.Abs(float64(ht[c])-want) > 1e-6*want {
+			t.Fatalf("column %d: tied weight %g, want (1 + %g/%g)/2 = %g", c, ht[c], hu[c], mean, want)
+		}
+		if math.Abs(want-1) > 1e-3 {
+			spread = true
+		}
+	}
+	if !spread {
+		t.Error("the final norm's gains are all equal: the test cannot tell the roles apart")
 	}
 }

@@ -13,15 +13,6 @@ import (
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
-// defaultCodec is the codec used when --codec is not given: tenpak_x_v2's
-// default grid (asymmetric 4-bit, FP16 scale and minimum per 32 weights,
-// 5 bits/weight) on every weight matrix. It shrinks every checkpoint whose
-// weights take more than 5 bits (F32, F16, BF16, Q8_0, ...) at the quality
-// of llama.cpp's Q4_1 grid; weights already at 5 bits or fewer (Q4_1, Q4_0,
-// k-quants) are stored unchanged, since no tensor is ever stored larger
-// than its source. CONVERTING.md explains the choice.
-var defaultCodec = "tenpak_x_v2"
-
 func cmdCompress(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("compress", "tpconvert [compress] INPUT [-o OUT.tpk] [flags]", stdout)
 	out := fs.String("o", "", "output .tpk file (default: INPUT with its extension replaced by .tpk; a directory m/ gives m.tpk)")

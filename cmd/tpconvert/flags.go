@@ -25,29 +25,30 @@ type convFlags struct {
 	targetSize                      sizeFlag
 	lossless                        *bool
 	set                             map[string]bool
+	rated                           bool // --bpw or --target-size (rate)
 }
 
 func addConvFlags(fs *flag.FlagSet, workersDoc, memDoc string) *convFlags {
 	f := &convFlags{maxMem: sizeFlag(defaultMaxMemory())}
-	f.codec = fs.String("codec", defaultCodec, "codec for the selected tensors: "+strings.Join(codec.Names(), ", "))
-	f.layers = fs.String("layers", "", "weight matrices to compress: all (attention and MLP projections), mlp, attn, weights (every 2-D weight: also embeddings and output head), none (default: weights for tenpak_x_v2, the default codec, and with --bpw or --target-size; all for the other codecs)")
+	f.codec = fs.String("codec", codec.Default(), "codec for the selected tensors: "+strings.Join(codec.Names(), ", "))
+	f.layers = fs.String("layers", "", "weight matrices to compress: all (attention and MLP projections), mlp, attn, weights (every 2-D weight: also embeddings and output head), none (default: weights with --bpw or --target-size; "+declaredLayers()+"all for the other codecs)")
 	f.include = fs.String("include", "", "also compress tensors whose name matches this regular expression")
 	f.exclude = fs.String("exclude", "", "never compress tensors whose name matches this regular expression")
-	f.rank = fs.Int("rank", 0, "rank of the low-rank factors (tenpak_x_v1; default 32)")
-	f.group = fs.Int("group-size", 0, "weights per scale/offset group (int4 default 32; tenpak_x_v1 default one row)")
-	f.seed = fs.Uint64("seed", 0, "seed for every random choice of the codec")
+	f.rank = fs.Int("rank", 0, "rank of the low-rank factors (codecs that take it: "+taking(codec.Options{Rank: 1})+"; default: the codec's); other codecs refuse it")
+	f.group = fs.Int("group-size", 0, "weights per scale/offset group (codecs that take it: "+taking(codec.Options{GroupSize: 1})+"; default: the codec's); other codecs refuse it")
+	f.seed = fs.Uint64("seed", 0, "seed for every random choice of the codec (with --bpw/--target-size too)")
 	f.workers = fs.Int("workers", runtime.NumCPU(), workersDoc)
 	fs.Var(&f.maxMem, "max-memory", memDoc)
 	f.noStats = fs.Bool("no-stats", false, "leave the measured reconstruction error out of the records (each compressed tensor is still decoded once to check it)")
 	f.sampleRows = fs.Int("sample-rows", 0, "rows per tensor that --bpw/--target-size code with every candidate grid to estimate its error (default: enough for 32768 weights, 16-128 rows)")
 	f.lossless = fs.Bool("lossless", false, "store every tensor bit-exact with the lossless codec (same as --codec lossless); the other codecs store the tensors they leave alone with it too, unless --codec none")
-	f.bpw = fs.Float64("bpw", 0, "make the whole output file this many bits per parameter (e.g. 3 or 4.5): tenpak_x_v2 with rate control over every weight matrix, embeddings and output head included")
+	f.bpw = fs.Float64("bpw", 0, "make the whole output file this many bits per parameter (e.g. 3 or 4.5): rate control of the codec ("+strings.Join(planners(), ", ")+"; default "+codec.Default()+") over every weight matrix, embeddings and output head included")
 	return f
 }
 
 // addTargetSize adds --target-size (compress only: one file, one size).
 func (f *convFlags) addTargetSize(fs *flag.FlagSet) {
-	fs.Var(&f.targetSize, "target-size", "make the whole output file at most this size, e.g. 1GiB or 700MB (tenpak_x_v2 with rate control, like --bpw)")
+	fs.Var(&f.targetSize, "target-size", "make the whole output file at most this size, e.g. 1GiB or 700MB (rate control, like --bpw)")
 }
 
 // visit records which flags were given on the command line.
@@ -57,8 +58,9 @@ func (f *convFlags) visit(fs *flag.FlagSet) {
 }
 
 // rate returns the rate-control request, or nil. --bpw and --target-size
-// choose tenpak_x_v2 and, unless --layers is given, every weight matrix
-// (stream.LayersWeights).
+// need a codec that plans (codec.Planner: the default codec unless
+// --codec names another) and, unless --layers is given, select every
+// weight matrix (stream.LayersWeights).
 func (f *convFlags) rate(fs *flag.FlagSet) (*convert.RateOptions, error) {
 	bpw, size := *f.bpw, int64(f.targetSize)
 	// A value given as 0 is refused, not taken as "the default".
@@ -86,10 +88,10 @@ func (f *convFlags) rate(fs *flag.FlagSet) (*convert.RateOptions, error) {
 	case *f.lossless:
 		return nil, errUsage{errors.New("--lossless keeps every tensor exact; it cannot be combined with --bpw or --target-size")}
 	}
-	if f.set["codec"] && *f.codec != "tenpak_x_v2" {
-		return nil, errUsage{fmt.Errorf("--bpw and --target-size use tenpak_x_v2's rate control; --codec %s cannot be sized (drop --codec, or use --codec tenpak_x_v2)", *f.codec)}
+	f.rated = true
+	if !codec.Plans(*f.codec) {
+		return nil, errUsage{fmt.Errorf("--bpw and --target-size need a codec with rate control (%s); --codec %s cannot be sized (drop --codec, or use one of those)", strings.Join(planners(), ", "), *f.codec)}
 	}
-	*f.codec = "tenpak_x_v2"
 	if !f.set["layers"] {
 		*f.layers = string(stream.LayersWeights)
 	}
@@ -106,11 +108,16 @@ func (f *convFlags) build() (codec.Codec, codec.Options, stream.Selector, stream
 	var err error
 	if *f.layers == "" && !f.set["layers"] {
 		*f.layers = string(stream.LayersAll)
-		if *f.codec == "tenpak_x_v2" {
-			*f.layers = string(stream.LayersWeights)
+		if l := codec.DefaultLayers(*f.codec); l != "" {
+			*f.layers = l
 		}
 	}
 	co := codec.Options{Rank: *f.rank, GroupSize: *f.group, Seed: *f.seed}
+	if f.rated {
+		// Rate control's codec codes each of the --workers tensors in
+		// flight with its share of the CPUs.
+		co.Workers = max(1, runtime.GOMAXPROCS(0)/max(*f.workers, 1))
+	}
 	fail := func(err error) (codec.Codec, codec.Options, stream.Selector, stream.Options, error) {
 		return nil, co, sel, stream.Options{}, err
 	}
@@ -150,4 +157,42 @@ func passThrough(c codec.Codec) (codec.ByteCodec, error) {
 		return nil, err
 	}
 	return l.(codec.ByteCodec), nil
+}
+
+// taking lists the codecs that accept o (codec.Accepts).
+func taking(o codec.Options) string {
+	var out []string
+	for _, n := range codec.Names() {
+		if codec.Accepts(n, o) {
+			out = append(out, n)
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
+// planners lists the codecs with rate control (codec.Plans).
+func planners() []string {
+	var out []string
+	for _, n := range codec.Names() {
+		if codec.Plans(n) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// declaredLayers describes the default layer selections codecs declare
+// (codec.DefaultLayers): "weights for NAME, the default codec; ".
+func declaredLayers() string {
+	var s string
+	for _, n := range codec.Names() {
+		if l := codec.DefaultLayers(n); l != "" {
+			s += l + " for " + n
+			if n == codec.Default() {
+				s += ", the default codec"
+			}
+			s += "; "
+		}
+	}
+	return s
 }

@@ -1,7 +1,8 @@
 // Command tpconvert compresses LLM checkpoints (safetensors files, sharded
 // Hugging Face checkouts, GGUF files) into .tpk files with the TenPak-X
-// codecs (v2 by default, sized by --bpw or --target-size) or a baseline codec, and restores .tpk files to the container they
-// came from for runtimes that do not read .tpk.
+// codecs (by default the codec the registry declares, sized by --bpw or
+// --target-size) or a baseline codec, and restores .tpk files to the
+// container they came from for runtimes that do not read .tpk.
 //
 // Usage:
 //
@@ -30,6 +31,7 @@ import (
 	"time"
 
 	"github.com/tpconvert/tpconvert/batch"
+	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/internal/atomicfile"
 	"github.com/tpconvert/tpconvert/stream"
@@ -91,7 +93,18 @@ func buildVersion() string {
 	return v
 }
 
-const usage = `tpconvert: compress LLM checkpoints without calibration data
+// usage is the text of "tpconvert help"; the default codec's name and
+// parameters come from the codec registry.
+func usage() string {
+	c, err := codec.New(codec.Default(), codec.Options{})
+	params := ""
+	if err == nil {
+		params = " (" + c.Params() + ")"
+	}
+	return fmt.Sprintf(usageText, codec.Default(), params)
+}
+
+const usageText = `tpconvert: compress LLM checkpoints without calibration data
 
 Usage:
   tpconvert [compress] INPUT [-o OUT.tpk] [flags]   compress a checkpoint
@@ -106,13 +119,13 @@ INPUT is a .safetensors file, a .gguf file, or a Hugging Face checkout
 directory (model.safetensors.index.json and its shards). Formats are
 recognised by their content, not their names.
 
-By default every weight matrix is coded by tenpak_x_v2's 4-bit grid
-(uniform:4/32, 5 bits/weight); --codec tenpak_x_v1 selects TenPak-X v1.
+By default every weight matrix is coded by %[1]s%[2]s;
+--codec NAME selects another ('tpconvert codecs' lists them).
 No tensor is ever stored larger than its source: one a codec cannot
 shrink is stored unchanged, and the summary says so.
 
 Choose the size with --bpw (bits per parameter, whole file) or
---target-size (bytes, e.g. 1GiB): tenpak_x_v2 then allocates the bits
+--target-size (bytes, e.g. 1GiB): %[1]s then allocates the bits
 over every weight matrix. Example: tpconvert model.safetensors --bpw 4
 Keep every tensor bit-exact (and smaller) with --lossless.
 
@@ -230,7 +243,7 @@ func oneLine(err error) string {
 
 func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, usage())
 		return errUsage{errors.New("no input given")}
 	}
 	switch args[0] {
@@ -242,7 +255,7 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		case args[1] != "codecs" && args[1] != "version":
 			return errUsage{fmt.Errorf("help: unknown command %q", args[1])}
 		}
-		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, usage())
 		return nil
 	case "version", "--version":
 		fmt.Fprintln(stdout, "tpconvert", buildVersion())

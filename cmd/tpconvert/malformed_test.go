@@ -20,6 +20,7 @@ import (
 	"testing"
 
 	"github.com/tpconvert/tpconvert/codec"
+	"github.com/tpconvert/tpconvert/codec/numtest"
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/fixtures/gen"
 	"github.com/tpconvert/tpconvert/formats/tpk"
@@ -221,7 +222,7 @@ func tpkFiles(t testing.TB) map[string][]byte {
 		case "ckpt":
 			in, cname = ckpt, "none"
 		}
-		c, err := codec.New(cname, codec.Options{Rank: 4, GroupSize: 8})
+		c, err := codec.New(cname, numtest.Options(cname, codec.Options{Rank: 4, GroupSize: 8}))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,19 +22,7 @@ func TestBPWFlags(t *testing.T) {
 			t.Errorf("summary lacks %q:\n%s", want, stdout)
 		}
 	}
-	code, stdout, _ = runCLI(t, "inspect", "--json", out)
-	var rep struct {
-		Totals struct {
-			BPWAll float64 `json:"bpw_all"`
-		} `json:"totals"`
-		Allocation []struct {
-			Config  string `json:"config"`
-			Tensors int    `json:"tensors"`
-		} `json:"allocation"`
-	}
-	if code != 0 || json.Unmarshal([]byte(stdout), &rep) != nil {
-		t.Fatalf("inspect --json: exit %d", code)
-	}
+	rep := inspectJSON(t, out)
 	if rep.Totals.BPWAll > 3 || rep.Totals.BPWAll < 2.94 {
 		t.Errorf("--bpw 3 gave %.4f bits/parameter", rep.Totals.BPWAll)
 	}

@@ -290,7 +290,7 @@ func cmdCodecs(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
 	for _, n := range codec.Names() {
 		mark := ""
-		if n == defaultCodec {
+		if n == codec.Default() {
 			mark = " (default)"
 		}
 		fmt.Fprintf(tw, "%s\t%s%s\n", n, codec.Doc(n), mark)

@@ -14,13 +14,19 @@ import (
 )
 
 func init() {
-	codec.Register(codec.IDNone, "none", "source bytes unchanged (lossless, any dtype)", func(codec.Options) (codec.Codec, error) { return None{}, nil })
-	codec.Register(codec.IDF16, "f16", "cast to IEEE binary16 (16 bits/weight)", func(codec.Options) (codec.Codec, error) {
-		return Cast{dt: tensor.F16, id: codec.IDF16, name: "f16"}, nil
-	})
-	codec.Register(codec.IDBF16, "bf16", "cast to bfloat16 (16 bits/weight)", func(codec.Options) (codec.Codec, error) {
-		return Cast{dt: tensor.BF16, id: codec.IDBF16, name: "bf16"}, nil
-	})
+	codec.Register(codec.IDNone, "none", "source bytes unchanged (lossless, any dtype)", noOptions(None{}))
+	codec.Register(codec.IDF16, "f16", "cast to IEEE binary16 (16 bits/weight)", noOptions(Cast{dt: tensor.F16, id: codec.IDF16, name: "f16"}))
+	codec.Register(codec.IDBF16, "bf16", "cast to bfloat16 (16 bits/weight)", noOptions(Cast{dt: tensor.BF16, id: codec.IDBF16, name: "bf16"}))
+}
+
+// noOptions returns the factory of c, which takes no rank or group size.
+func noOptions(c codec.Codec) codec.Factory {
+	return func(o codec.Options) (codec.Codec, error) {
+		if err := o.Only(c.Name(), 0); err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
 }
 
 // None stores a tensor's source bytes unchanged.

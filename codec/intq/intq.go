@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"runtime"
 
 	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/codec/internal/par"
@@ -44,10 +43,18 @@ func init() {
 // Int8 is the "int8" codec: each row r has an FP16 scale s_r =
 // fp16(max|x_r|/127) and each weight is stored as the signed byte
 // q = clamp(round(x/s_r), −127, 127); it decodes to q·s_r.
-type Int8 struct{}
+type Int8 struct {
+	workers int // goroutines per tensor; 0 = GOMAXPROCS
+}
 
-// NewInt8 returns the int8 codec. It has no options; o is ignored.
-func NewInt8(o codec.Options) (codec.Codec, error) { return Int8{}, nil }
+// NewInt8 returns the int8 codec. It takes no rank or group size;
+// o.Workers is the number of goroutines per tensor (default GOMAXPROCS).
+func NewInt8(o codec.Options) (codec.Codec, error) {
+	if err := o.Only("int8", 0); err != nil {
+		return nil, err
+	}
+	return Int8{workers: o.Workers}, nil
+}
 
 // ID returns codec.IDInt8.
 func (Int8) ID() uint16 { return codec.IDInt8 }
@@ -79,7 +86,7 @@ func Int8Size(rows, cols int) (int, error) {
 }
 
 // Encode writes the int8 payload of t.
-func (Int8) Encode(w io.Writer, t tensor.Info, x []float32) error {
+func (c Int8) Encode(w io.Writer, t tensor.Info, x []float32) error {
 	rows, cols, err := matrix("int8", t, len(x))
 	if err != nil {
 		return err
@@ -95,7 +102,7 @@ func (Int8) Encode(w io.Writer, t tensor.Info, x []float32) error {
 	putHeader(buf, Int8Version, rows, cols)
 	scales := buf[Int8HeaderSize : Int8HeaderSize+2*rows]
 	codes := buf[Int8HeaderSize+2*rows:]
-	err = par.For(rows, 1, max(1, (1<<16)/max(cols, 1)), runtime.GOMAXPROCS(0), func(r0, r1 int) error {
+	err = par.For(rows, 1, max(1, (1<<16)/max(cols, 1)), codec.Options{Workers: c.workers}.PerTensor(), func(r0, r1 int) error {
 		for r := r0; r < r1; r++ {
 			row := x[r*cols : (r+1)*cols]
 			var m float32
@@ -176,13 +183,18 @@ func decodeInt8(dst []float32, payload []byte, t tensor.Info, rows, cols, r0, r1
 // groups of GroupSize consecutive weights of a row, with an FP16 scale and
 // offset per group (package-internal q4 layout, shared with tenpak_x_v1).
 type Int4 struct {
-	group int
+	group   int
+	workers int // goroutines per tensor; 0 = GOMAXPROCS
 }
 
 // NewInt4 returns the int4 codec. o.GroupSize is the number of weights per
-// group (default 32, at most 2^32−1); a group never straddles rows. Other
-// options are ignored.
+// group (default 32, at most 2^32−1); a group never straddles rows.
+// o.Workers is the number of goroutines per tensor (default GOMAXPROCS).
+// It takes no rank.
 func NewInt4(o codec.Options) (codec.Codec, error) {
+	if err := o.Only("int4", codec.TakesGroupSize); err != nil {
+		return nil, err
+	}
 	g := o.GroupSize
 	if g == 0 {
 		g = DefaultGroupSize
@@ -190,7 +202,7 @@ func NewInt4(o codec.Options) (codec.Codec, error) {
 	if g < 0 || g > math.MaxUint32 {
 		return nil, fmt.Errorf("int4: group size %d out of range [1, %d]", o.GroupSize, uint32(math.MaxUint32))
 	}
-	return Int4{group: g}, nil
+	return Int4{group: g, workers: o.Workers}, nil
 }
 
 // ID returns codec.IDInt4.
@@ -245,7 +257,7 @@ func (c Int4) Encode(w io.Writer, t tensor.Info, x []float32) error {
 	buf := make([]byte, size)
 	putHeader(buf, Int4Version, rows, cols)
 	binary.LittleEndian.PutUint32(buf[9:], uint32(c.group))
-	if err := q4.Encode(buf[Int4HeaderSize:], x, l, runtime.GOMAXPROCS(0)); err != nil {
+	if err := q4.Encode(buf[Int4HeaderSize:], x, l, codec.Options{Workers: c.workers}.PerTensor()); err != nil {
 		return fmt.Errorf("%w: int4: tensor %q: %v", codec.ErrUnsupported, t.Name, err)
 	}
 	_, err = w.Write(buf)
@@ -257,12 +269,12 @@ func (c Int4) Encode(w io.Writer, t tensor.Info, x []float32) error {
 func (Int4) MaxRelErr(tensor.Info) float64 { return 0.25 }
 
 // Decode reconstructs t from an int4 payload.
-func (Int4) Decode(dst []float32, payload []byte, t tensor.Info, version uint16) error {
+func (c Int4) Decode(dst []float32, payload []byte, t tensor.Info, version uint16) error {
 	rows, cols, err := decodeHeader("int4", payload, t, len(dst), version, Int4Version, Int4HeaderSize)
 	if err != nil {
 		return err
 	}
-	return decodeInt4(dst, payload, t, rows, cols, 0, rows)
+	return decodeInt4(dst, payload, t, rows, cols, 0, rows, c.workers)
 }
 
 // DecodeRows implements codec.RowDecoder.
@@ -271,12 +283,13 @@ func (Int4) DecodeRows(dst []float32, payload []byte, t tensor.Info, version uin
 	if err != nil {
 		return err
 	}
-	return decodeInt4(dst, payload, t, rows, cols, int(r0), int(r1))
+	return decodeInt4(dst, payload, t, rows, cols, int(r0), int(r1), 0)
 }
 
 // decodeInt4 decodes rows [r0, r1) of a rows×cols int4 payload into dst,
-// all of them with the parallel whole-matrix decoder.
-func decodeInt4(dst []float32, payload []byte, t tensor.Info, rows, cols, r0, r1 int) error {
+// all of them with the parallel whole-matrix decoder (workers goroutines;
+// 0: GOMAXPROCS).
+func decodeInt4(dst []float32, payload []byte, t tensor.Info, rows, cols, r0, r1, workers int) error {
 	group := binary.LittleEndian.Uint32(payload[9:])
 	if group == 0 {
 		return fmt.Errorf("%w: int4: tensor %q: group size 0", codec.ErrCorrupt, t.Name)
@@ -287,7 +300,7 @@ func decodeInt4(dst []float32, payload []byte, t tensor.Info, rows, cols, r0, r1
 	}
 	l := q4.Layout{Rows: rows, Cols: cols, Group: int(group)}
 	if r0 == 0 && r1 == rows {
-		err = q4.Decode(dst, payload[Int4HeaderSize:], l, false, runtime.GOMAXPROCS(0))
+		err = q4.Decode(dst, payload[Int4HeaderSize:], l, false, codec.Options{Workers: workers}.PerTensor())
 	} else {
 		err = q4.DecodeRows(dst, payload[Int4HeaderSize:], l, r0, r1)
 	}

@@ -20,7 +20,6 @@ import (
 	"io"
 	"math"
 	"math/bits"
-	"runtime"
 	"sync"
 
 	"github.com/klauspost/compress/huff0"
@@ -32,8 +31,11 @@ import (
 )
 
 func init() {
-	codec.Register(codec.IDLossless, "lossless", "bit-exact: entropy-coded byte planes (floats), zstd or raw (other dtypes)", func(codec.Options) (codec.Codec, error) {
-		return &Codec{}, nil
+	codec.Register(codec.IDLossless, "lossless", "bit-exact: entropy-coded byte planes (floats), zstd or raw (other dtypes)", func(o codec.Options) (codec.Codec, error) {
+		if err := o.Only("lossless", 0); err != nil {
+			return nil, err
+		}
+		return &Codec{workers: o.Workers}, nil
 	})
 }
 
@@ -98,12 +100,7 @@ type Codec struct {
 // tensor (default GOMAXPROCS). The payload does not depend on it.
 func (c *Codec) SetWorkers(n int) { c.workers = n }
 
-func (c *Codec) nworkers() int {
-	if c.workers > 0 {
-		return c.workers
-	}
-	return runtime.GOMAXPROCS(0)
-}
+func (c *Codec) nworkers() int { return codec.Options{Workers: c.workers}.PerTensor() }
 
 // ID implements codec.Codec.
 func (*Codec) ID() uint16 { return codec.IDLossless }

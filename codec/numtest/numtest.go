@@ -241,3 +241,16 @@ func CheckDecode(t testing.TB, c codec.Codec, payload []byte, rows, cols int) er
 	}
 	return err
 }
+
+// Options returns o without the options the codec name does not take
+// (rank, then group size; codec.Options.Only), for tests that create
+// every codec with the same options.
+func Options(name string, o codec.Options) codec.Options {
+	if !codec.Accepts(name, o) {
+		o.Rank = 0
+	}
+	if !codec.Accepts(name, o) {
+		o.GroupSize = 0
+	}
+	return o
+}

@@ -43,7 +43,6 @@ import (
 	"io"
 	"math"
 	"math/rand/v2"
-	"runtime"
 
 	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/codec/internal/par"
@@ -120,14 +119,18 @@ type Codec struct {
 //     row, at most 2^32−1; groups never straddle rows and the last group of
 //     a row may be shorter.
 //   - Seed: seed of the sketch and of k-means, default 0.
+//   - Workers: goroutines per tensor, default GOMAXPROCS.
 func New(o codec.Options) (codec.Codec, error) {
+	if err := o.Only("tenpak_x_v1", codec.TakesRank|codec.TakesGroupSize); err != nil {
+		return nil, err
+	}
 	if o.Rank < 0 || o.Rank > MaxRank {
 		return nil, fmt.Errorf("tenpak_x_v1: rank %d out of range [1, %d]", o.Rank, MaxRank)
 	}
 	if o.GroupSize < 0 || o.GroupSize > math.MaxUint32 {
 		return nil, fmt.Errorf("tenpak_x_v1: group size %d out of range [1, %d]", o.GroupSize, uint32(math.MaxUint32))
 	}
-	c := &Codec{rank: o.Rank, group: o.GroupSize, seed: o.Seed}
+	c := &Codec{rank: o.Rank, group: o.GroupSize, seed: o.Seed, workers: o.Workers}
 	if c.rank == 0 {
 		c.rank = DefaultRank
 	}
@@ -152,12 +155,7 @@ func (c *Codec) Params() string {
 	return fmt.Sprintf("rank=%d group=%s seed=%d", c.rank, g, c.seed)
 }
 
-func (c *Codec) nworkers() int {
-	if c.workers > 0 {
-		return c.workers
-	}
-	return runtime.GOMAXPROCS(0)
-}
+func (c *Codec) nworkers() int { return codec.Options{Workers: c.workers}.PerTensor() }
 
 // shape returns the effective rank and header group size for a rows×cols
 // matrix: the rank clamped to min(rows, cols), and the group size with

@@ -33,7 +33,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"runtime"
 
 	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/codec/internal/par"
@@ -56,6 +55,11 @@ var DefaultConfig = Config{Grid: GridUniform, Bits: 4, Group: 32}
 func init() {
 	codec.Register(codec.IDTenpakXV2, "tenpak_x_v2",
 		"TenPak-X v2: per-tensor grids (uniform, symmetric, Hadamard-rotated Lloyd–Max, f16) chosen by rate control for --bpw/--target-size", New)
+	// The default codec, on every weight matrix: DefaultConfig
+	// shrinks every checkpoint whose weights take more than 5 bits at
+	// the quality of llama.cpp's Q4_1 (CONVERTING.md explains the choice).
+	codec.SetDefault("tenpak_x_v2")
+	codec.SetDefaultLayers("tenpak_x_v2", "weights")
 }
 
 // Codec is the tenpak_x_v2 codec. Its zero plan codes every tensor with
@@ -69,9 +73,15 @@ type Codec struct {
 }
 
 // New returns the codec with an empty plan (for decoding, or encoding
-// every tensor with DefaultConfig).
+// every tensor with DefaultConfig; rate control plans it through
+// codec.Planner). It takes o.Seed (the seed of the rotation signs is
+// DefaultSeed xor its low 32 bits) and o.Workers (goroutines per tensor,
+// default GOMAXPROCS), no rank or group size.
 func New(o codec.Options) (codec.Codec, error) {
-	return &Codec{seed: uint32(DefaultSeed ^ o.Seed), workers: runtime.GOMAXPROCS(0)}, nil
+	if err := o.Only("tenpak_x_v2", 0); err != nil {
+		return nil, err
+	}
+	return &Codec{seed: uint32(DefaultSeed ^ o.Seed), workers: o.PerTensor()}, nil
 }
 
 // NewPlanned returns the codec that codes each tensor named in plan with

@@ -7,8 +7,8 @@
 //	go run ./tools/weightspace -label fixture fixtures/tiny-llama.safetensors
 //
 // Codecs are given as name[:group=N][:rank=N], separated by commas;
-// tenpak_x_v2:bpw=B plans tenpak_x_v2 with rate control for B bits per
-// weight over the measured tensors (the plan's time counts as encoding).
+// NAME:bpw=B, for a codec with rate control (codec.Planner), plans it for
+// B bits per weight over the measured tensors (the plan's time counts as encoding).
 // Beside each SQNR the table gives the Gaussian rate–distortion bound at
 // the same bits per weight, 6.02·bits dB: no coder can do better on
 // i.i.d. Gaussian weights of that rate.
@@ -32,7 +32,7 @@ import (
 	_ "github.com/tpconvert/tpconvert/codec/basic"
 	_ "github.com/tpconvert/tpconvert/codec/intq"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
-	"github.com/tpconvert/tpconvert/codec/tenpakx2"
+	_ "github.com/tpconvert/tpconvert/codec/tenpakx2"
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/rate"
 	"github.com/tpconvert/tpconvert/stream"
@@ -61,7 +61,8 @@ func main() {
 type spec struct {
 	label string
 	c     codec.Codec
-	bpw   float64 // tenpak_x_v2: planned at run time
+	name  string  // with bpw
+	bpw   float64 // a codec.Planner, planned at run time
 }
 
 func parseCodecs(s string) ([]spec, error) {
@@ -69,13 +70,13 @@ func parseCodecs(s string) ([]spec, error) {
 	for _, item := range strings.Split(s, ",") {
 		parts := strings.Split(item, ":")
 		var o codec.Options
-		if parts[0] == "tenpak_x_v2" {
+		if codec.Plans(parts[0]) {
 			k, v, _ := strings.Cut(strings.Join(parts[1:], ":"), "=")
 			b, err := strconv.ParseFloat(v, 64)
 			if k != "bpw" || err != nil || !(b > 0) {
-				return nil, fmt.Errorf("codec %q: want tenpak_x_v2:bpw=B", item)
+				return nil, fmt.Errorf("codec %q: want %s:bpw=B", item, parts[0])
 			}
-			out = append(out, spec{label: item, bpw: b})
+			out = append(out, spec{label: item, name: parts[0], bpw: b})
 			continue
 		}
 		for _, kv := range parts[1:] {
@@ -140,14 +141,21 @@ func run(path, label, layers, include, codecs string, header bool) error {
 			continue
 		}
 		start := time.Now()
-		plan, err := rate.Build(context.Background(), src, sel.Select, rate.Options{Workers: runtime.GOMAXPROCS(0)})
+		pc, err := codec.New(s.name, codec.Options{})
+		if err != nil {
+			return err
+		}
+		planner := pc.(codec.Planner)
+		plan, err := rate.Build(context.Background(), src, planner, sel.Select, rate.Options{Workers: runtime.GOMAXPROCS(0)})
 		if err != nil {
 			return err
 		}
 		if err := plan.Allocate(int64(s.bpw * float64(selWeights) / 8)); err != nil {
 			return fmt.Errorf("%s: %w", s.label, err)
 		}
-		specs[k].c = tenpakx2.NewPlanned(plan.Configs(), plan.Importance, "")
+		if specs[k].c, err = planner.Planned(codec.Plan{Configs: plan.Configs(), Importance: plan.Importance}); err != nil {
+			return err
+		}
 		secs[k] += time.Since(start).Seconds()
 	}
 	var weights int64

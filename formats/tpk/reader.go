@@ -473,9 +473,7 @@ func (r *Reader) PayloadParts(i int) ([]byte, *PayloadHash, error) {
 		p, err := r.Payload(i)
 		return p, &PayloadHash{checked: true}, err
 	}
-	// Readahead goes part by part (WillNeedPayload): ahead of the whole
-	// of a record larger than the free page cache, early pages would be
-	// evicted before their turn and read twice.
+	r.m.WillNeed(e.RecordOffset, e.RecordSize) // start readahead of the whole record
 	rec := r.data[e.RecordOffset : e.RecordOffset+e.RecordSize]
 	if !bytes.Equal(rec[:4], recMagic[:]) {
 		return nil, nil, r.errAt(e, e.RecordOffset, fmt.Errorf("%w: bad record magic", ErrCorrupt))
@@ -518,16 +516,6 @@ func (h *PayloadHash) Check() error {
 		return h.r.errAt(h.e, h.e.RecordOffset, ErrChecksum)
 	}
 	return nil
-}
-
-// WillNeedPayload starts readahead of bytes [off, off+n) of record i's
-// payload (memory-mapped readers only).
-func (r *Reader) WillNeedPayload(i int, off, n int64) {
-	if r.m != nil {
-		e := &r.idx.Tensors[i]
-		off = max(min(off, e.PayloadSize), 0)
-		r.m.WillNeed(e.PayloadOffset+off, min(n, e.PayloadSize-off))
-	}
 }
 
 // ReleasePayload drops the pages of bytes [off, off+n) of record i's

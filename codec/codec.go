@@ -212,6 +212,29 @@ type RowDecoder interface {
 	DecodeRows(dst []float32, payload []byte, t tensor.Info, version uint16, r0, r1 int64) error
 }
 
+// RowEncoder is implemented by codecs whose payload, though not a
+// concatenation of row payloads, has a size known in advance and encodes
+// matrix rows (t.Matrix) independently into fixed places of it: after
+// BeginRows and one EncodeRows call for each range of a partition of the
+// rows, in any order, payload holds the bytes Encode writes for the whole
+// tensor. Calls for disjoint ranges may run concurrently when their
+// bounds are multiples of 8 (or the number of rows), which EncodeRows
+// requires. EncodeRows refuses values the codec cannot represent as Encode
+// does (an error wrapping ErrUnsupported), naming elements by their index
+// in the whole tensor. The pipeline then encodes a large tensor in row
+// chunks, holding only its payload.
+type RowEncoder interface {
+	// PayloadSize returns the exact size of t's payload, or an error
+	// (wrapping ErrUnsupported for a shape the codec cannot code).
+	PayloadSize(t tensor.Info) (int64, error)
+	// BeginRows writes the bytes of the payload that belong to no row
+	// (a header) into payload (PayloadSize(t) bytes).
+	BeginRows(payload []byte, t tensor.Info) error
+	// EncodeRows codes rows [r0, r1) of t, whose elements are x
+	// (len(x) = (r1−r0)·cols), into payload.
+	EncodeRows(payload []byte, t tensor.Info, x []float32, r0, r1 int64) error
+}
+
 // ProgressEncoder is implemented by codecs that report progress within a
 // tensor. EncodeProgress is Encode that calls done(n) each time it has
 // encoded n more elements of x (the calls add up to len(x) at most); done

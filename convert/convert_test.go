@@ -274,10 +274,17 @@ func TestWorkersGiveIdenticalFiles(t *testing.T) {
 	// A budget of 8 KiB processes every tensor of micro that allows it in
 	// row chunks (see TestChunkedReservations in stream).
 	const chunked = 8 << 10
+	// tenpak_x_v2 holds a tensor's payload beside its chunks: 32 KiB
+	// encodes micro's matrices in chunks (see TestChunkedRowEncoder).
+	const chunkedHeld = 32 << 10
 	for _, c := range codec.Names() {
 		var files []string
+		budgets := []int64{64 << 20, chunked}
+		if c == "tenpak_x_v2" {
+			budgets = append(budgets, chunkedHeld)
+		}
 		for _, w := range []int{1, 2, 5} {
-			for _, budget := range []int64{64 << 20, chunked} {
+			for _, budget := range budgets {
 				out := filepath.Join(dir, fmt.Sprintf("%s%d-%d.tpk", c, w, budget))
 				o := opts(t, c, w)
 				o.MaxMemory = budget
@@ -309,6 +316,23 @@ func TestWorkersGiveIdenticalFiles(t *testing.T) {
 				sameFileBytes(t, outs[0], f)
 			}
 		}
+	}
+	// Rate control (a grid per tensor, importance weights), encoded whole
+	// and in row chunks.
+	var rated []string
+	for _, w := range []int{1, 2, 5} {
+		for _, budget := range []int64{64 << 20, chunkedHeld} {
+			out := filepath.Join(dir, fmt.Sprintf("bpw%d-%d.tpk", w, budget))
+			o := convert.CompressOptions{Options: stream.Options{Workers: w, MaxMemory: budget},
+				Selector: stream.Selector{Layers: stream.LayersAll}, Rate: &convert.RateOptions{BPW: 12, SampleRows: 8}}
+			if _, err := convert.CompressFile(ctx, in, out, o); err != nil {
+				t.Fatal(err)
+			}
+			rated = append(rated, out)
+		}
+	}
+	for _, f := range rated[1:] {
+		sameFileBytes(t, rated[0], f)
 	}
 	// GGUF block types stored unchanged, dequantized whole and in chunks.
 	gg := filepath.Join(dir, "m.gguf")

@@ -24,8 +24,17 @@ import (
 // over the memory map; on restore the record header, the payload's
 // checksum being computed by the writer as it goes) followed by its
 // chunks; the writer begins the record (or output tensor) at the
-// preparation and appends each chunk. The output is the same bytes as
-// when the tensor is processed whole.
+// preparation and appends each chunk.
+//
+// A codec.RowEncoder (tenpak_x_v2) writes every row's parameters before
+// any row's codes, so its chunks cannot be appended: its preparation
+// allocates the payload, which the chunks code their rows into (in
+// parallel, at disjoint places), and holds its reservation until the last
+// chunk is written (orderedUntil). Each chunk also decodes its rows; the
+// writer gathers the fallback checks and error sums from the chunks in
+// order (faithful) and writes the record, or stores the tensor unchanged,
+// at the last. The output is the same bytes as when the tensor is
+// processed whole.
 
 // maxChunk caps a chunk's working memory.
 const maxChunk = 64 << 20
@@ -38,7 +47,9 @@ type item struct {
 	chunk  bool
 	r0, r1 int64
 	last   bool
-	cost   int64
+	cost   int64 // reserved from the budget
+	need   int64 // the working memory while it runs, the held reservation included
+	until  int   // the item after whose write the reservation is given back
 }
 
 // split describes a tensor processed in row chunks.
@@ -50,6 +61,10 @@ type split struct {
 	// payload, when not 0, is the size of a record payload that is not
 	// a concatenation of rows (a codec.RowDecoder's; rowBytes is 0).
 	payload int64
+	// hold, when not 0, is the memory the preparation reserves until
+	// the last chunk is written (a codec.RowEncoder's payload, which
+	// the chunks fill), and align the multiple of rows a chunk starts at.
+	hold, align int64
 }
 
 // payRange returns the payload bytes [a, b) of rows [r0, r1): exact for
@@ -84,12 +99,20 @@ func rowBytes(t tensor.Info, dt tensor.DType) int64 {
 // working memory is whole bytes, or 0 to process it whole: a tensor is
 // chunked when whole exceeds half of budget, in chunks of at most a
 // quarter of it (and maxChunk).
+// With a held reservation, the chunks take at most what it leaves.
 func chunkRows(s *split, whole, budget int64) int64 {
 	if s == nil || s.rows < 2 || budget <= 0 || whole <= budget/2 {
 		return 0
 	}
 	per := max(s.perRow, s.prepRow, 1)
-	n := max(min(budget/4, maxChunk)/per, 1)
+	room := min(budget/4, maxChunk)
+	if s.hold > 0 {
+		room = min(room, budget-s.hold)
+	}
+	n := max(room/per, 1)
+	if a := max(s.align, 1); n%a != 0 {
+		n = max(n/a, 1) * a
+	}
 	if n >= s.rows {
 		return 0
 	}
@@ -103,22 +126,38 @@ func planItems(n int, splits []*split, whole func(i int) int64, budget int64, pr
 	for i := 0; i < n; i++ {
 		w := whole(i)
 		per := chunkRows(splits[i], w, budget)
-		if per == 0 {
+		s := splits[i]
+		if per > 0 && s.hold > 0 && s.hold+per*s.perRow > budget {
+			// The payload and a chunk do not fit together: whole, alone
+			// above the budget as any tensor larger than it; the least
+			// budget that would chunk it is its need.
+			items = append(items, item{t: i, cost: w, need: min(w, s.hold+max(s.align, 1)*s.perRow), until: len(items)})
 			splits[i] = nil
-			items = append(items, item{t: i, cost: w})
 			continue
 		}
-		s := splits[i]
-		items = append(items, item{t: i, prep: true, cost: prepFixed + min(per, s.rows)*s.prepRow})
+		if per == 0 {
+			splits[i] = nil
+			items = append(items, item{t: i, cost: w, need: w, until: len(items)})
+			continue
+		}
+		prep := prepFixed + min(per, s.rows)*s.prepRow + s.hold
+		k := len(items)
+		items = append(items, item{t: i, prep: true, cost: prep, need: prep, until: k + int((s.rows+per-1)/per)})
 		for r := int64(0); r < s.rows; r += per {
 			r1 := min(r+per, s.rows)
-			items = append(items, item{t: i, chunk: true, r0: r, r1: r1, last: r1 == s.rows, cost: (r1 - r) * s.perRow})
+			c := (r1 - r) * s.perRow
+			items = append(items, item{t: i, chunk: true, r0: r, r1: r1, last: r1 == s.rows, cost: c, need: c + s.hold, until: len(items)})
+		}
+		if s.hold == 0 {
+			items[k].until = k
 		}
 	}
 	return items
 }
 
 func itemCost(items []item) func(int) int64 { return func(k int) int64 { return items[k].cost } }
+
+func itemUntil(items []item) func(int) int { return func(k int) int { return items[k].until } }
 
 // releaseRange drops bytes [off, off+n) of tensor i of src from resident
 // memory, or nothing if src cannot.
@@ -129,11 +168,17 @@ func releaseRange(src formats.Source, i int, off, n int64) {
 }
 
 // compressSplits returns, per tensor, its split when Compress can process
-// it in row chunks: stored unchanged without a pass-through codec, or cast
-// by a codec.RowCodec to a payload smaller than the source.
+// it in row chunks: stored unchanged without a pass-through codec, cast
+// by a codec.RowCodec to a payload smaller than the source, or encoded by
+// a codec.RowEncoder (that is also a codec.RowDecoder, for the check)
+// into a payload held whole.
 func compressSplits(o *CompressOptions, infos []tensor.Info, selected []bool) []*split {
 	splits := make([]*split, len(infos))
 	rc, isRow := o.Codec.(codec.RowCodec)
+	re, isEnc := o.Codec.(codec.RowEncoder)
+	if _, ok := o.Codec.(codec.RowDecoder); !ok {
+		isEnc = false
+	}
 	for i, t := range infos {
 		rb := rowBytes(t, t.DType)
 		if rb == 0 || rb*t.Shape[0] != t.Size {
@@ -149,10 +194,25 @@ func compressSplits(o *CompressOptions, infos []tensor.Info, selected []bool) []
 			}
 			cols := t.Elems() / t.Shape[0]
 			splits[i] = &split{rows: t.Shape[0], rowBytes: rb, perRow: rb + 4*cols + pr, prepRow: rb + 8*cols + pr}
+		case selected[i] && isEnc && len(t.Shape) >= 2 && tensor.CanDecode(t.DType) && !(o.Transpose != nil && len(t.Shape) == 2 && o.Transpose(t)):
+			p, err := re.PayloadSize(t)
+			if err != nil || p <= 0 {
+				continue
+			}
+			// A chunk holds its source rows, their values, their decoded
+			// values, a code byte per value and its share of the payload's
+			// parameters; the payload is held from the preparation on.
+			rows, cols := t.Shape[0], t.Elems()/t.Shape[0]
+			splits[i] = &split{rows: rows, rowBytes: rb, perRow: rb + 9*cols + (p+rows-1)/rows, hold: p + encRows*4*cols, align: 8}
 		}
 	}
 	return splits
 }
+
+// encRows is the rows of values a codec.RowEncoder's tensor reserves
+// besides its payload while it is encoded in chunks: the buffers of the
+// codec's goroutines.
+const encRows = 16
 
 // castCheck is a chunked cast's preparation: one pass over the tensor in
 // chunks of per rows that encodes, decodes and measures it as
@@ -160,15 +220,12 @@ func compressSplits(o *CompressOptions, infos []tensor.Info, selected []bool) []
 // and the statistics are the same. It returns the record entry, or the
 // whole fallback encoding (whole true) when the tensor is stored unchanged.
 func castCheck(ctx context.Context, o CompressOptions, t tensor.Info, b []byte, s *split, per int64, release func(off, n int64)) (encoded, bool, error) {
-	e := rawEntry(t)
 	cols := t.Elems() / s.rows
-	var acc measureAcc
-	bad, badIn := int64(-1), int64(-1)
-	var badX, badY float32
+	f := newFaithful()
 	x := make([]float32, per*cols)
 	y := make([]float32, per*cols)
 	var buf bytes.Buffer
-	for r := int64(0); r < s.rows && badIn < 0; r += per {
+	for r := int64(0); r < s.rows; r += per {
 		if err := ctx.Err(); err != nil {
 			return encoded{}, false, err
 		}
@@ -181,18 +238,13 @@ func castCheck(ctx context.Context, o CompressOptions, t tensor.Info, b []byte, 
 			return encoded{}, false, err
 		}
 		release(r*s.rowBytes, (r1-r)*s.rowBytes)
-		for k, v := range xc {
-			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-				badIn, badX = r*cols+int64(k), v
-				break
-			}
-		}
-		if badIn >= 0 {
+		if !f.input(xc, r*cols) {
 			break
 		}
 		buf.Reset()
 		if err := o.Codec.Encode(&buf, ct, xc); err != nil {
-			return fallback(o, t, b, e, err)
+			v, err := settle(o, t, b, nil, nil, false, err)
+			return v, true, err
 		}
 		if err := o.Codec.Decode(yc, buf.Bytes(), ct, o.Codec.Version()); err != nil {
 			return encoded{}, false, fmt.Errorf("tensor %q: decoding its own output: %w", t.Name, err)
@@ -202,38 +254,19 @@ func castCheck(ctx context.Context, o CompressOptions, t tensor.Info, b []byte, 
 				return encoded{}, false, fmt.Errorf("tensor %q: %w", t.Name, err)
 			}
 		}
-		for k, v := range yc {
-			if bad < 0 && (math.IsNaN(float64(v)) || math.IsInf(float64(v), 0)) {
-				bad, badX, badY = r*cols+int64(k), xc[k], v
-			}
-		}
-		acc.add(xc, yc)
+		f.output(xc, yc, r*cols)
 	}
-	switch {
-	case badIn >= 0:
-		return fallback(o, t, b, e, fmt.Errorf("%s: %w: element %d is %v", o.Codec.Name(), errUnfaithful, badIn, badX))
-	case bad >= 0:
-		return fallback(o, t, b, e, fmt.Errorf("%s: %w: element %d (%g) decodes to %v", o.Codec.Name(), errUnfaithful, bad, badX, badY))
+	st, err := f.verdict(o.Codec, t)
+	if err != nil {
+		v, err := settle(o, t, b, nil, nil, false, err)
+		return v, true, err
 	}
-	st := acc.stats()
-	if bound := codec.MaxRelErr(o.Codec, t); !(st.RelErr <= bound) {
-		return fallback(o, t, b, e, fmt.Errorf("%s: %w: relative error %.3g exceeds its bound %g", o.Codec.Name(), errUnfaithful, st.RelErr, bound))
-	}
+	e := rawEntry(t)
 	e.Codec, e.CodecID, e.CodecVersion, e.Params = o.Codec.Name(), o.Codec.ID(), o.Codec.Version(), tensorParams(o.Codec, t)
 	if !o.NoStats {
 		e.Stats = &st
 	}
 	return encoded{entry: e}, false, nil
-}
-
-// fallback is what Compress does with a selected tensor the codec refused
-// with err: store it with the pass-through codec or unchanged, whole.
-func fallback(o CompressOptions, t tensor.Info, b []byte, e formats.Record, err error) (encoded, bool, error) {
-	if errors.Is(err, codec.ErrUnsupported) || errors.Is(err, errUnfaithful) {
-		v, err := passThrough(o.PassThrough, t, b, e, fmt.Sprintf("%v; stored unchanged", err))
-		return v, true, err
-	}
-	return encoded{}, false, fmt.Errorf("tensor %q: %w", t.Name, err)
 }
 
 // castRows encodes rows [r0, r1) of t (source bytes b) with the RowCodec
@@ -283,7 +316,7 @@ func (a *measureAcc) stats() formats.Stats {
 func maxItemCost(n int, items []item) func(int) int64 {
 	c := make([]int64, n)
 	for _, it := range items {
-		c[it.t] = max(c[it.t], it.cost)
+		c[it.t] = max(c[it.t], it.need)
 	}
 	return func(i int) int64 { return c[i] }
 }
@@ -304,9 +337,28 @@ type compressChunks struct {
 	write    func(i int, v encoded) error
 	fell     []bool // chunked tensors stored whole after all (writer only)
 	// bytes[i] is chunked tensor i's source bytes, set by its
-	// preparation before it closes ready[i].
+	// preparation before it closes ready[i]; so is enc[i] for a tensor
+	// encoded by a codec.RowEncoder.
 	bytes [][]byte
+	enc   []*rowsEnc
 	ready []chan struct{}
+}
+
+// rowsEnc is a tensor being encoded in row chunks by a codec.RowEncoder:
+// its payload, which the chunks fill, and the checks the writer gathers
+// from them in order.
+type rowsEnc struct {
+	payload []byte
+	check   *faithful
+}
+
+// rowsPart is a chunk of such a tensor as its work leaves it for the
+// writer: its inputs x and decoded values y from element off, or in check
+// why they were not encoded.
+type rowsPart struct {
+	off   int64
+	x, y  []float32
+	check *faithful
 }
 
 func (c *compressChunks) doWork(ctx context.Context, k int) (encoded, error) {
@@ -322,6 +374,18 @@ func (c *compressChunks) doWork(ctx context.Context, k int) (encoded, error) {
 			return encoded{}, err
 		}
 		c.bytes[i] = b
+		if c.selected[i] && s.hold > 0 {
+			re := c.o.Codec.(codec.RowEncoder)
+			size, err := re.PayloadSize(t)
+			if err != nil {
+				return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
+			}
+			p := make([]byte, size)
+			if err := re.BeginRows(p, t); err != nil {
+				return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
+			}
+			c.enc[i] = &rowsEnc{payload: p, check: newFaithful()}
+		}
 		close(c.ready[i])
 	} else {
 		// Bytes once per tensor (it starts the readahead of all of it).
@@ -333,6 +397,11 @@ func (c *compressChunks) doWork(ctx context.Context, k int) (encoded, error) {
 	switch {
 	case it.prep && !c.selected[i]:
 		return encoded{entry: rawEntry(t)}, nil
+	case s.hold > 0 && it.prep:
+		return encoded{}, nil
+	case s.hold > 0:
+		p, err := c.encodeRows(ctx, i, b, it.r0, it.r1)
+		return encoded{rows: p}, err
 	case it.prep:
 		per := c.items[k+1].r1 - c.items[k+1].r0
 		v, whole, err := castCheck(ctx, c.o, t, b, s, per, func(off, n int64) { releaseRange(c.src, i, off, n) })
@@ -351,6 +420,9 @@ func (c *compressChunks) doWrite(k int, v encoded) error {
 		return c.write(it.t, v)
 	}
 	i, t, s := it.t, c.infos[it.t], c.splits[it.t]
+	if s.hold > 0 && c.selected[i] {
+		return c.writeRows(it, v.rows)
+	}
 	if it.prep {
 		if v.whole {
 			c.fell[i] = true
@@ -382,6 +454,77 @@ func (c *compressChunks) doWrite(k int, v encoded) error {
 	c.results[i] = Result{Entry: c.w.Last()}
 	c.prog.written(i, t, t.Size)
 	return nil
+}
+
+// encodeRows encodes rows [r0, r1) of tensor i (source bytes b) into its
+// payload, and decodes them for the writer's checks, as encodeTensor does.
+func (c *compressChunks) encodeRows(ctx context.Context, i int, b []byte, r0, r1 int64) (*rowsPart, error) {
+	t, s, e := c.infos[i], c.splits[i], c.enc[i]
+	cols := t.Elems() / s.rows
+	p := &rowsPart{off: r0 * cols, check: newFaithful()}
+	x := make([]float32, (r1-r0)*cols)
+	if err := tensor.ToFloat32(x, t.DType, b[r0*s.rowBytes:r1*s.rowBytes]); err != nil {
+		return nil, err
+	}
+	if !p.check.input(x, p.off) {
+		return p, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	// Matrix rows per row of the first dimension.
+	mr, _ := t.Matrix()
+	k := mr / s.rows
+	err := c.o.Codec.(codec.RowEncoder).EncodeRows(e.payload, t, x, r0*k, r1*k)
+	if errors.Is(err, codec.ErrUnsupported) {
+		p.check.refused = err
+		return p, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("tensor %q: %w", t.Name, err)
+	}
+	y := make([]float32, len(x))
+	if err := c.o.Codec.(codec.RowDecoder).DecodeRows(y, e.payload, t, c.o.Codec.Version(), r0*k, r1*k); err != nil {
+		return nil, fmt.Errorf("tensor %q: decoding its own output: %w", t.Name, err)
+	}
+	if t.DType.IsFloat() && t.DType != tensor.F32 {
+		if err := roundTo(y, t.DType); err != nil {
+			return nil, fmt.Errorf("tensor %q: %w", t.Name, err)
+		}
+	}
+	p.x, p.y = x, y
+	return p, nil
+}
+
+// writeRows gathers the checks of chunk it of a tensor encoded by a
+// codec.RowEncoder and, at its last chunk, writes the tensor's record, or
+// what settle stores instead.
+func (c *compressChunks) writeRows(it item, p *rowsPart) error {
+	i, t, s := it.t, c.infos[it.t], c.splits[it.t]
+	if it.prep {
+		return nil
+	}
+	e := c.enc[i]
+	e.check.merge(p.check)
+	if p.check.badIn < 0 && p.check.refused == nil {
+		e.check.output(p.x, p.y, p.off)
+	}
+	releaseRange(c.src, i, it.r0*s.rowBytes, (it.r1-it.r0)*s.rowBytes)
+	if !it.last {
+		c.prog.upTo(i, t, it.r1*s.rowBytes, t.Size)
+		return nil
+	}
+	c.enc[i] = nil
+	st, err := e.check.verdict(c.o.Codec, t)
+	var sp *formats.Stats
+	if !c.o.NoStats {
+		sp = &st
+	}
+	v, err := settle(c.o, t, c.bytes[i], e.payload, sp, false, err)
+	if err != nil {
+		return err
+	}
+	return c.write(i, v)
 }
 
 // restoreSplits returns, per record, its split when Restore can write it

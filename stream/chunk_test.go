@@ -3,11 +3,15 @@ package stream
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -97,7 +101,7 @@ func TestChunkedReservations(t *testing.T) {
 						Codec:   c, Select: sel})
 					return err
 				})
-				checkReservations(t, name+" compress", ws, mem, budget)
+				checkReservations(t, name+" compress", ws, mem, budget, false)
 				outs = append(outs, buf.Bytes())
 			}
 		}
@@ -118,7 +122,7 @@ func TestChunkedReservations(t *testing.T) {
 		for _, dt := range []tensor.DType{tensor.Invalid, tensor.BF16} {
 			for _, mem := range []int64{64 << 20, budget} {
 				b, ws := restoreReserving(t, r, RestoreOptions{Options: Options{Workers: 2, MaxMemory: mem}, DType: dt})
-				checkReservations(t, name+" restore", ws, mem, budget)
+				checkReservations(t, name+" restore", ws, mem, budget, false)
 				rest = append(rest, b)
 			}
 			if !bytes.Equal(rest[len(rest)-2], rest[len(rest)-1]) {
@@ -180,7 +184,7 @@ func TestChunkedRestoreRowDecoders(t *testing.T) {
 			var rest [][]byte
 			for _, mem := range []int64{64 << 20, budget} {
 				b, ws := restoreReserving(t, r, RestoreOptions{Options: Options{Workers: 3, MaxMemory: mem}})
-				checkReservations(t, fmt.Sprintf("%s %v restore", name, shape), ws, mem, budget)
+				checkReservations(t, fmt.Sprintf("%s %v restore", name, shape), ws, mem, budget, false)
 				rest = append(rest, b)
 			}
 			r.Close()
@@ -213,7 +217,12 @@ func restoreReserving(t *testing.T, r *tpk.Reader, o RestoreOptions) ([]byte, []
 	return buf.Bytes(), ws
 }
 
-func checkReservations(t *testing.T, what string, ws []int64, mem, budget int64) {
+// checkReservations checks the reservations ws of processing the big
+// tensor (the first) and one more at mem: whole when mem is not budget,
+// else in several chunks of at most half of it, or, when held (a
+// codec.RowEncoder's payload held from the first reservation on), chunks
+// that fit beside the first.
+func checkReservations(t *testing.T, what string, ws []int64, mem, budget int64, held bool) {
 	t.Helper()
 	if mem != budget {
 		if len(ws) != 2 {
@@ -222,10 +231,15 @@ func checkReservations(t *testing.T, what string, ws []int64, mem, budget int64)
 		return
 	}
 	if len(ws) < 5 {
-		t.Errorf("%s within %d bytes: %d reservations, want the 64 KiB tensor in several", what, budget, len(ws))
+		t.Fatalf("%s within %d bytes: %d reservations, want the tensor in several", what, budget, len(ws))
+	}
+	for _, w := range ws[1:] {
+		if held && ws[0]+w > budget {
+			t.Errorf("%s: a chunk of %d bytes beside the payload's %d, more than the %d budget", what, w, ws[0], budget)
+		}
 	}
 	for _, w := range ws {
-		if w > budget/2 {
+		if !held && w > budget/2 {
 			t.Errorf("%s: a reservation of %d bytes, more than a chunk of the %d budget", what, w, budget)
 		}
 	}
@@ -316,4 +330,86 @@ func TestChunkedRestoreChecksum(t *testing.T) {
 		}
 		r.Close()
 	}
+}
+
+// TestChunkedRowEncoder: a tenpak_x_v2 tensor larger than the budget is
+// encoded in several reservations, none above the budget, to the same
+// bytes (statistics and fallbacks included) as when it is encoded whole,
+// for every grid and scale format, 2-D and 3-D, any number of workers;
+// below its need an explicit budget is refused with the least budget
+// that encodes it in chunks, and that budget suffices.
+func TestChunkedRowEncoder(t *testing.T) {
+	const big = "model.layers.0.mlp.up_proj.weight"
+	sel := func(t tensor.Info) bool { return t.Name == big }
+	for _, tc := range []struct {
+		shape  []int64
+		budget int64
+		poison float32 // put in a late row: the tensor is stored unchanged
+	}{
+		{[]int64{1024, 64}, 256 << 10, 0},
+		{[]int64{1000, 63}, 256 << 10, 0},
+		{[]int64{64, 16, 64}, 512 << 10, 0},
+		{[]int64{1024, 64}, 256 << 10, 1e6},
+		{[]int64{1024, 64}, 256 << 10, float32(math.NaN())},
+	} {
+		src := newMemSource(map[string][]int64{big: tc.shape, "norm.weight": {64}}, big, "norm.weight")
+		if tc.poison != 0 {
+			binary.LittleEndian.PutUint32(src.data[0][len(src.data[0])-300:], math.Float32bits(tc.poison))
+		}
+		for _, cfg := range []string{"uniform:4/32", "uniform:3/16s8", "symmetric:8/32", "normal:3/64s8", "normal:2/32", "f16"} {
+			if tc.shape[len(tc.shape)-1] == 63 && strings.HasPrefix(cfg, "normal") {
+				continue // the rotation needs a power-of-two block of columns
+			}
+			c, err := tenpakx2.ParseConfig(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			what := fmt.Sprintf("%s %v poison %v", cfg, tc.shape, tc.poison)
+			imp := make([]float32, tc.shape[len(tc.shape)-1])
+			for k := range imp {
+				imp[k] = float32(1 + k%5)
+			}
+			x2 := tenpakx2.NewPlanned(map[string]tenpakx2.Config{big: c}, map[string][]float32{big: imp}, "")
+			var outs [][]byte
+			var notes []string
+			for _, mem := range []int64{64 << 20, tc.budget} {
+				for _, workers := range []int{1, 3} {
+					var buf bytes.Buffer
+					var res []Result
+					ws := reservations(t, func() error {
+						var err error
+						res, err = compressTPK(context.Background(), src, &buf, CompressOptions{
+							Options: Options{Workers: workers, MaxMemory: mem, StrictMemory: mem == tc.budget},
+							Codec:   x2, Select: sel, AllowLarger: true})
+						return err
+					})
+					checkReservations(t, what, ws, mem, tc.budget, true)
+					outs, notes = append(outs, buf.Bytes()), append(notes, res[0].Note)
+				}
+			}
+			for k := range outs[1:] {
+				if !bytes.Equal(outs[0], outs[k+1]) || notes[0] != notes[k+1] {
+					t.Errorf("%s: output %d differs from the whole-tensor one (notes %q, %q)", what, k+1, notes[0], notes[k+1])
+				}
+			}
+			if (tc.poison != 0) != (notes[0] != "") {
+				t.Errorf("%s: note %q", what, notes[0])
+			}
+		}
+	}
+	// Below the payload and a chunk of 8 rows: refused, naming the need,
+	// which is enough.
+	src := newMemSource(map[string][]int64{big: {1024, 64}}, big)
+	x2 := tenpakx2.NewPlanned(map[string]tenpakx2.Config{big: {Grid: tenpakx2.GridHalf, Bits: 16}}, nil, "")
+	o := CompressOptions{Options: Options{Workers: 2, MaxMemory: 96 << 10, StrictMemory: true}, Codec: x2, Select: sel, AllowLarger: true}
+	var me *MemoryError
+	if _, err := compressTPK(context.Background(), src, io.Discard, o); !errors.As(err, &me) {
+		t.Fatalf("f16 grid of a 256 KiB tensor within 96 KiB: err = %v, want a *MemoryError", err)
+	}
+	if me.Need <= 128<<10 || me.Need > 256<<10 {
+		t.Errorf("need %d bytes: want the 128 KiB payload and 8 rows", me.Need)
+	}
+	o.MaxMemory = me.Need
+	ws := reservations(t, func() error { _, err := compressTPK(context.Background(), src, io.Discard, o); return err })
+	checkReservations(t, "at the named need", ws, me.Need, me.Need, true)
 }

@@ -139,25 +139,11 @@ func Compress(ctx context.Context, src formats.Source, sink formats.RecordSink, 
 		if err != nil {
 			return encoded{}, err
 		}
-		e := rawEntry(t)
 		if !selected[i] {
-			return passThrough(o.PassThrough, t, b, e, "")
+			return passThrough(o.PassThrough, t, b, rawEntry(t), "")
 		}
 		p, st, transposed, err := encodeTensor(ctx, o, t, b, prog.within(i, t, t.Size))
-		if errors.Is(err, codec.ErrUnsupported) || errors.Is(err, errUnfaithful) {
-			return passThrough(o.PassThrough, t, b, e, fmt.Sprintf("%v; stored unchanged", err))
-		}
-		if err != nil {
-			return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
-		}
-		if !o.AllowLarger && len(p) >= len(b) {
-			// A compressor never makes a tensor larger than its source
-			// (as zip stores what it cannot shrink).
-			return passThrough(o.PassThrough, t, b, e, fmt.Sprintf("%s: %d bytes for %d source bytes, %s; stored unchanged", o.Codec.Name(), len(p), len(b), NoteNotSmaller))
-		}
-		e.Codec, e.CodecID, e.CodecVersion, e.Params = o.Codec.Name(), o.Codec.ID(), o.Codec.Version(), tensorParams(o.Codec, t)
-		e.Transposed, e.Stats = transposed, st
-		return encoded{payload: p, entry: e}, nil
+		return settle(o, t, b, p, st, transposed, err)
 	}
 	write := func(i int, v encoded) error {
 		if err := w.WriteRecord(v.entry, v.payload); err != nil {
@@ -170,27 +156,50 @@ func Compress(ctx context.Context, src formats.Source, sink formats.RecordSink, 
 	}
 	cw := compressChunks{o: o, src: src, w: w, infos: infos, selected: selected, splits: splits, items: items,
 		results: results, prog: prog, work: work, write: write, fell: make([]bool, len(infos)),
-		bytes: make([][]byte, len(infos)), ready: make([]chan struct{}, len(infos))}
+		bytes: make([][]byte, len(infos)), enc: make([]*rowsEnc, len(infos)), ready: make([]chan struct{}, len(infos))}
 	for i, s := range splits {
 		if s != nil {
 			cw.ready[i] = make(chan struct{})
 		}
 	}
-	if err := ordered(ctx, len(items), o.Workers, o.MaxMemory, itemCost(items), cw.doWork, cw.doWrite); err != nil {
+	if err := orderedUntil(ctx, len(items), o.Workers, o.MaxMemory, itemCost(items), itemUntil(items), cw.doWork, cw.doWrite); err != nil {
 		return nil, err
 	}
 	return results, nil
 }
 
 // grower is implemented by record sinks that can make room for n records
-// at once (tpk.Writer).
+// at once (the .tpk writer).
 type grower interface{ Grow(n int) }
 
 type encoded struct {
 	payload []byte
 	entry   formats.Record
 	note    string
-	whole   bool // a chunked tensor's fallback, stored whole
+	whole   bool      // a chunked tensor's fallback, stored whole
+	rows    *rowsPart // a chunk of a codec.RowEncoder's tensor
+}
+
+// settle returns what Compress stores for the selected tensor t (source
+// bytes b) given its payload p, statistics st and whether it was coded
+// transposed, or the error err that refused it: a codec's refusal
+// (codec.ErrUnsupported) or errUnfaithful, and a payload not smaller than
+// b, store it unchanged (or with the PassThrough codec); other errors fail.
+func settle(o CompressOptions, t tensor.Info, b, p []byte, st *formats.Stats, transposed bool, err error) (encoded, error) {
+	e := rawEntry(t)
+	switch {
+	case errors.Is(err, codec.ErrUnsupported) || errors.Is(err, errUnfaithful):
+		return passThrough(o.PassThrough, t, b, e, fmt.Sprintf("%v; stored unchanged", err))
+	case err != nil:
+		return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
+	case !o.AllowLarger && len(p) >= len(b):
+		// A compressor never makes a tensor larger than its source (as
+		// zip stores what it cannot shrink).
+		return passThrough(o.PassThrough, t, b, e, fmt.Sprintf("%s: %d bytes for %d source bytes, %s; stored unchanged", o.Codec.Name(), len(p), len(b), NoteNotSmaller))
+	}
+	e.Codec, e.CodecID, e.CodecVersion, e.Params = o.Codec.Name(), o.Codec.ID(), o.Codec.Version(), tensorParams(o.Codec, t)
+	e.Transposed, e.Stats = transposed, st
+	return encoded{payload: p, entry: e}, nil
 }
 
 // appender is implemented by byte codecs that append a payload to a
@@ -409,10 +418,10 @@ func encodeTensor(ctx context.Context, o CompressOptions, t tensor.Info, b []byt
 	if err != nil {
 		return nil, nil, false, err
 	}
-	for k, v := range x {
-		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-			return nil, nil, false, fmt.Errorf("%s: %w: element %d is %v", o.Codec.Name(), errUnfaithful, k, v)
-		}
+	f := newFaithful()
+	if !f.input(x, 0) {
+		_, err := f.verdict(o.Codec, t)
+		return nil, nil, false, err
 	}
 	ct := t.Clone()
 	transposed := o.Transpose != nil && len(t.Shape) == 2 && o.Transpose(t)
@@ -447,20 +456,87 @@ func encodeTensor(ctx context.Context, o CompressOptions, t tensor.Info, b []byt
 			return nil, nil, false, err
 		}
 	}
-	for k, v := range y {
-		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-			return nil, nil, false, fmt.Errorf("%s: %w: element %d (%g) decodes to %v", o.Codec.Name(), errUnfaithful, k, x[k], v)
-		}
-	}
-	s := Measure(x, y)
-	if bound := codec.MaxRelErr(o.Codec, ct); !(s.RelErr <= bound) {
-		return nil, nil, false, fmt.Errorf("%s: %w: relative error %.3g exceeds its bound %g", o.Codec.Name(), errUnfaithful, s.RelErr, bound)
+	f.output(x, y, 0)
+	s, err := f.verdict(o.Codec, ct)
+	if err != nil {
+		return nil, nil, false, err
 	}
 	var st *formats.Stats
 	if !o.NoStats {
 		st = &s
 	}
 	return p, st, transposed, nil
+}
+
+// faithful gathers, over the parts of a tensor in order, what decides
+// whether the codec represents it faithfully, in encodeTensor's order of
+// precedence: a non-finite input, the codec's refusal, a non-finite
+// decoded element, and the relative error against codec.MaxRelErr.
+type faithful struct {
+	acc        measureAcc
+	badIn, bad int64 // the first non-finite input and decoded elements, or -1
+	in, x, y   float32
+	refused    error // the codec's first refusal (codec.ErrUnsupported)
+}
+
+func newFaithful() *faithful { return &faithful{badIn: -1, bad: -1} }
+
+func finite(v float32) bool { return !math.IsNaN(float64(v)) && !math.IsInf(float64(v), 0) }
+
+// input checks inputs x, the elements from off; false if one is not
+// finite (or an earlier part's was).
+func (f *faithful) input(x []float32, off int64) bool {
+	if f.badIn >= 0 {
+		return false
+	}
+	for k, v := range x {
+		if !finite(v) {
+			f.badIn, f.in = off+int64(k), v
+			return false
+		}
+	}
+	return true
+}
+
+// output checks the decoded values y of inputs x, the elements from off,
+// and adds them to the error sums.
+func (f *faithful) output(x, y []float32, off int64) {
+	for k, v := range y {
+		if f.bad < 0 && !finite(v) {
+			f.bad, f.x, f.y = off+int64(k), x[k], v
+			break
+		}
+	}
+	f.acc.add(x, y)
+}
+
+// merge takes the input checks and refusal of a later part p.
+func (f *faithful) merge(p *faithful) {
+	if f.badIn < 0 {
+		f.badIn, f.in = p.badIn, p.in
+	}
+	if f.refused == nil {
+		f.refused = p.refused
+	}
+}
+
+// verdict returns the statistics of the parts, or the error
+// (errUnfaithful, or the codec's refusal) that stores the tensor
+// unchanged.
+func (f *faithful) verdict(c codec.Codec, t tensor.Info) (formats.Stats, error) {
+	switch {
+	case f.badIn >= 0:
+		return formats.Stats{}, fmt.Errorf("%s: %w: element %d is %v", c.Name(), errUnfaithful, f.badIn, f.in)
+	case f.refused != nil:
+		return formats.Stats{}, f.refused
+	case f.bad >= 0:
+		return formats.Stats{}, fmt.Errorf("%s: %w: element %d (%g) decodes to %v", c.Name(), errUnfaithful, f.bad, f.x, f.y)
+	}
+	s := f.acc.stats()
+	if bound := codec.MaxRelErr(c, t); !(s.RelErr <= bound) {
+		return s, fmt.Errorf("%s: %w: relative error %.3g exceeds its bound %g", c.Name(), errUnfaithful, s.RelErr, bound)
+	}
+	return s, nil
 }
 
 // roundTo rounds every element of y to dtype dt in place.

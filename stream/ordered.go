@@ -26,6 +26,20 @@ func ordered[T any](ctx context.Context, n, workers int, maxMem int64,
 	work func(ctx context.Context, i int) (T, error),
 	write func(i int, v T) error,
 ) error {
+	return orderedUntil(ctx, n, workers, maxMem, cost, nil, work, write)
+}
+
+// orderedUntil is ordered where item i's reservation is given back only
+// after write(until(i)) returns (until(i) ≥ i; nil: i), so that memory a
+// work function leaves for later items (a payload filled by the chunks
+// that follow it) stays reserved. The items from i to until(i) must fit
+// in maxMem together, or the dispatcher waits for ever.
+func orderedUntil[T any](ctx context.Context, n, workers int, maxMem int64,
+	cost func(i int) int64,
+	until func(i int) int,
+	work func(ctx context.Context, i int) (T, error),
+	write func(i int, v T) error,
+) error {
 	if workers <= 0 {
 		workers = runtime.NumCPU()
 	}
@@ -81,6 +95,7 @@ func ordered[T any](ctx context.Context, n, workers int, maxMem int64,
 	// Writer: the only goroutine that touches the output.
 	g.Go(func() error {
 		pending := make(map[int]T)
+		held := make(map[int]int64) // weights to give back after write(key)
 		next := 0
 		for r := range results {
 			pending[r.i] = r.v
@@ -91,7 +106,15 @@ func ordered[T any](ctx context.Context, n, workers int, maxMem int64,
 				}
 				delete(pending, next)
 				err := write(next, v)
-				sem.Release(weights[next])
+				if until != nil && until(next) > next {
+					held[until(next)] += weights[next]
+				} else {
+					sem.Release(weights[next])
+				}
+				if w, ok := held[next]; ok {
+					delete(held, next)
+					sem.Release(w)
+				}
 				if err != nil {
 					return err
 				}

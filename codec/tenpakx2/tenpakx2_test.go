@@ -372,3 +372,58 @@ func TestGolden(t *testing.T) {
 	}
 	numtest.Golden(t, "testdata/tiny.golden", all, *update)
 }
+
+// TestEncodeRowsMatchesEncode: a payload assembled by BeginRows and
+// EncodeRows over row ranges (bounds multiples of 8), encoded
+// concurrently and in reverse order, is the bytes Encode writes, for every
+// configuration, with importance weights and an odd number of columns
+// (3-bit rows that do not end on a byte).
+func TestEncodeRowsMatchesEncode(t *testing.T) {
+	for _, sh := range [][2]int{{40, 100}, {19, 64}} {
+		rows, cols := sh[0], sh[1]
+		x := numtest.Realistic().Matrix(numtest.NewRand(uint64(cols)), rows, cols)
+		info := numtest.Info("w", rows, cols)
+		imp := make([]float32, cols)
+		for i := range imp {
+			imp[i] = float32(1 + i%7)
+		}
+		for _, cfg := range allConfigs(cols) {
+			c := NewPlanned(map[string]Config{"w": cfg}, map[string][]float32{"w": imp}, "")
+			var whole bytes.Buffer
+			if err := c.Encode(&whole, info, x); err != nil {
+				t.Fatal(err)
+			}
+			size, err := c.PayloadSize(info)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := make([]byte, size)
+			if err := c.BeginRows(p, info); err != nil {
+				t.Fatal(err)
+			}
+			errs := make(chan error, rows)
+			n := 0
+			for r1 := int64(rows); r1 > 0; n++ {
+				r0 := (r1 - 1) / 16 * 16 // ranges of 16 rows, then a shorter last one
+				go func(r0, r1 int64) {
+					errs <- c.EncodeRows(p, info, x[r0*int64(cols):r1*int64(cols)], r0, r1)
+				}(r0, r1)
+				r1 = r0
+			}
+			for range n {
+				if err := <-errs; err != nil {
+					t.Fatal(err)
+				}
+			}
+			if !bytes.Equal(p, whole.Bytes()) {
+				t.Errorf("%v %s: rows encoded apart differ from Encode", sh, cfg)
+			}
+		}
+	}
+	c := NewPlanned(nil, nil, "")
+	info := numtest.Info("w", 20, 8)
+	p := make([]byte, 4096)
+	if err := c.EncodeRows(p, info, make([]float32, 8*4), 4, 8); err == nil {
+		t.Error("EncodeRows accepted rows that do not start at a multiple of 8")
+	}
+}

@@ -98,6 +98,18 @@ func Allocation(ts []TensorReport) []AllocShare {
 // whose codec does not plan per tensor (codec.Planner).
 var ErrNotPlanner = errors.New("the codec cannot be sized: it has no per-tensor configurations for rate control")
 
+// Errors of rate control, in the library's words (the command line adds
+// the flags that change them).
+var (
+	// ErrBadRate: RateOptions asks for no positive, finite size.
+	ErrBadRate = errors.New("the size asked for must be a positive, finite number of bits per parameter")
+	// ErrUnrepresentable: every selected tensor holds values the rate
+	// codec cannot represent; store them unchanged or leave them out.
+	ErrUnrepresentable = errors.New("cannot represent the selected tensors")
+	// ErrNothingSelected: the selector picks no tensor to compress.
+	ErrNothingSelected = errors.New("no tensor is selected for compression")
+)
+
 // planRate builds the plan of the planner o.Codec for src and returns the
 // planned codec.
 func planRate(ctx context.Context, src formats.Source, o *CompressOptions) (codec.Codec, *RateReport, error) {
@@ -121,7 +133,7 @@ func planRate(ctx context.Context, src formats.Source, o *CompressOptions) (code
 	rep := &RateReport{RequestedBPW: r.BPW, TargetBytes: r.TargetBytes}
 	if r.TargetBytes == 0 {
 		if !(r.BPW > 0) || math.IsInf(r.BPW, 0) {
-			return nil, nil, fmt.Errorf("--bpw must be a positive number of bits per parameter, got %v", r.BPW)
+			return nil, nil, fmt.Errorf("%w, got %v", ErrBadRate, r.BPW)
 		}
 		rep.TargetBytes = int64(math.Floor(r.BPW * float64(params) / 8))
 	}
@@ -141,10 +153,10 @@ func planRate(ctx context.Context, src formats.Source, o *CompressOptions) (code
 		return nil, nil, err
 	}
 	if len(plan.Tensors) == 0 && plan.Unsupported > 0 {
-		return nil, nil, fmt.Errorf("%s cannot represent the %d selected tensor(s) (%v); compress them with --codec none, or --exclude them", p.Name(), plan.Unsupported, plan.UnsupportedErr)
+		return nil, nil, fmt.Errorf("%s %w (%d: %v)", p.Name(), ErrUnrepresentable, plan.Unsupported, plan.UnsupportedErr)
 	}
 	if len(plan.Tensors) == 0 {
-		return nil, nil, fmt.Errorf("no tensor is selected for compression (see --layers and --include)")
+		return nil, nil, ErrNothingSelected
 	}
 	// The overhead depends on the parameter strings, which depend on the
 	// plan: it is bounded with each tensor's longest candidate name.

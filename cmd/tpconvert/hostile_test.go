@@ -522,3 +522,25 @@ func TestBatchFIFOWeight(t *testing.T) {
 		t.Errorf("exit %d, want 1 naming the FIFO: %q", code, stderr)
 	}
 }
+
+// TestRateErrorsNameTheirFlags checks that rate control's errors, in the
+// library's words, reach the user with the flags that change them.
+func TestRateErrorsNameTheirFlags(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "m.safetensors")
+	writeOneTensor(t, in, tensor.F32, 8, 32, func(i int) float32 { return 1e6 * float32(i%5-2) })
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--bpw", "4"}, "compress them with --codec none, or --exclude them"},
+		{[]string{"--bpw", "4", "--layers", "none"}, "(see --layers and --include)"},
+	} {
+		args := append([]string{"compress", in, "-o", filepath.Join(dir, "m.tpk")}, tc.args...)
+		code, _, stderr := runCLI(t, args...)
+		if code != 1 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%v: exit %d, want 1 with %q: %q", tc.args, code, tc.want, stderr)
+		}
+		onlyInputLeft(t, "compress", dir, "m.safetensors")
+	}
+}

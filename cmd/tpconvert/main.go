@@ -224,6 +224,9 @@ var flagHints = []struct {
 	{batch.ErrKeepsContainers, "", ": --to and --shard-size do not apply"},
 	{convert.ErrQuantized, "", ": add --dequantize f16 (or f32, bf16)"},
 	{stream.ErrLayers, "--layers: ", ""},
+	{convert.ErrBadRate, "--bpw: ", ""},
+	{convert.ErrUnrepresentable, "", "; compress them with --codec none, or --exclude them"},
+	{convert.ErrNothingSelected, "", " (see --layers and --include)"},
 }
 
 // flagWords is err's message, on one line, with the hints of flagHints.

@@ -26,7 +26,7 @@ import (
 // chunks; the writer begins the record (or output tensor) at the
 // preparation and appends each chunk.
 //
-// A codec.RowEncoder whose payload holds every row's parameters before
+// A codec.RowEncoder's payload holds every row's parameters before
 // any row's codes, so its chunks cannot be appended: its preparation
 // allocates the payload, which the chunks code their rows into (in
 // parallel, at disjoint places), and holds its reservation until the last

@@ -34,6 +34,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/tpconvert/tpconvert/formats"
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
@@ -60,13 +61,7 @@ type FormatError struct {
 func (e *FormatError) Error() string {
 	var b strings.Builder
 	b.WriteString("safetensors: ")
-	if e.File != "" {
-		b.WriteString(e.File)
-		b.WriteString(": ")
-	}
-	if e.Tensor != "" {
-		fmt.Fprintf(&b, "tensor %q: ", e.Tensor)
-	}
+	formats.WritePlace(&b, e.File, e.Tensor)
 	b.WriteString(e.Err.Error())
 	return b.String()
 }

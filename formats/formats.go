@@ -266,3 +266,15 @@ func Detect(path string) (Kind, error) {
 	}
 	return "", fmt.Errorf("%s: %w", path, ErrUnknownFormat)
 }
+
+// WritePlace writes where a format error was found to b, ahead of its
+// detail: "FILE: tensor "NAME": ", leaving out the parts that are empty.
+func WritePlace(b *strings.Builder, file, tensor string) {
+	if file != "" {
+		b.WriteString(file)
+		b.WriteString(": ")
+	}
+	if tensor != "" {
+		fmt.Fprintf(b, "tensor %q: ", tensor)
+	}
+}

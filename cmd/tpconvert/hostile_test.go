@@ -455,18 +455,26 @@ func TestFallbacksAreReported(t *testing.T) {
 	}
 }
 
+// tinyCheckout creates the checkout dir/models/name holding the tiny preset
+// in BF16 as the weight file file, and returns its path.
+func tinyCheckout(t *testing.T, dir, name, file string) string {
+	t.Helper()
+	ck := filepath.Join(dir, "models", name)
+	if err := os.MkdirAll(ck, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := gen.WriteSafetensors(filepath.Join(ck, file), gen.Presets["tiny"], tensor.BF16, 1); err != nil {
+		t.Fatal(err)
+	}
+	return ck
+}
+
 // TestManifestWithoutWeights checks that a batch model directory whose
 // manifest lists no weights ("weights": null, [] or missing) is refused
 // rather than restored as its side files alone with exit 0.
 func TestManifestWithoutWeights(t *testing.T) {
 	dir := t.TempDir()
-	models := filepath.Join(dir, "models", "alpha")
-	if err := os.MkdirAll(models, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := gen.WriteSafetensors(filepath.Join(models, "model.safetensors"), gen.Presets["tiny"], tensor.BF16, 1); err != nil {
-		t.Fatal(err)
-	}
+	models := tinyCheckout(t, dir, "alpha", "model.safetensors")
 	os.WriteFile(filepath.Join(models, "config.json"), []byte(`{}`), 0o644)
 	out := filepath.Join(dir, "out")
 	if code, _, stderr := runCLI(t, "batch", filepath.Dir(models), "-o", out, "--codec", "none"); code != 0 {
@@ -507,13 +515,7 @@ func TestManifestWithoutWeights(t *testing.T) {
 // file in a checkout, at once, rather than skipping it or blocking.
 func TestBatchFIFOWeight(t *testing.T) {
 	dir := t.TempDir()
-	ck := filepath.Join(dir, "models", "m")
-	if err := os.MkdirAll(ck, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := gen.WriteSafetensors(filepath.Join(ck, "model-00001-of-00002.safetensors"), gen.Presets["tiny"], tensor.BF16, 1); err != nil {
-		t.Fatal(err)
-	}
+	ck := tinyCheckout(t, dir, "m", "model-00001-of-00002.safetensors")
 	if err := syscall.Mkfifo(filepath.Join(ck, "model-00002-of-00002.safetensors"), 0o644); err != nil {
 		t.Fatal(err)
 	}

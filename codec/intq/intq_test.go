@@ -228,6 +228,16 @@ func TestEncodeRefuses(t *testing.T) {
 	}
 }
 
+// decodeCase is a payload Decode must refuse: n values of info, record
+// version version.
+type decodeCase struct {
+	what    string
+	payload []byte
+	info    tensor.Info
+	n       int
+	version uint16
+}
+
 func TestDecodeErrors(t *testing.T) {
 	info := numtest.Info("m", 3, 5)
 	x := numtest.Weights{}.Matrix(numtest.NewRand(2), 3, 5)
@@ -235,13 +245,7 @@ func TestDecodeErrors(t *testing.T) {
 		c := mustNew(t, name, codec.Options{GroupSize: 2})
 		good := encode(t, c, info, x)
 		mutate := func(f func(b []byte)) []byte { b := slices.Clone(good); f(b); return b }
-		cases := []struct {
-			what    string
-			payload []byte
-			info    tensor.Info
-			n       int
-			version uint16
-		}{
+		cases := []decodeCase{
 			{"empty", nil, info, 15, 1},
 			{"short", good[:5], info, 15, 1},
 			{"truncated", good[:len(good)-1], info, 15, 1},
@@ -253,35 +257,11 @@ func TestDecodeErrors(t *testing.T) {
 			{"dst", good, info, 14, 1},
 		}
 		if name == "int8" {
-			cases = append(cases, struct {
-				what    string
-				payload []byte
-				info    tensor.Info
-				n       int
-				version uint16
-			}{"nan-row-scale", mutate(func(b []byte) { binary.LittleEndian.PutUint16(b[Int8HeaderSize:], 0x7E00) }), info, 15, 1})
+			cases = append(cases, decodeCase{"nan-row-scale", mutate(func(b []byte) { binary.LittleEndian.PutUint16(b[Int8HeaderSize:], 0x7E00) }), info, 15, 1})
 		} else {
-			cases = append(cases, struct {
-				what    string
-				payload []byte
-				info    tensor.Info
-				n       int
-				version uint16
-			}{"inf-offset", mutate(func(b []byte) { binary.LittleEndian.PutUint16(b[len(b)-2:], 0x7C00) }), info, 15, 1},
-				struct {
-					what    string
-					payload []byte
-					info    tensor.Info
-					n       int
-					version uint16
-				}{"group-0", mutate(func(b []byte) { binary.LittleEndian.PutUint32(b[9:], 0) }), info, 15, 1},
-				struct {
-					what    string
-					payload []byte
-					info    tensor.Info
-					n       int
-					version uint16
-				}{"group-changed", mutate(func(b []byte) { binary.LittleEndian.PutUint32(b[9:], 3) }), info, 15, 1})
+			cases = append(cases, decodeCase{"inf-offset", mutate(func(b []byte) { binary.LittleEndian.PutUint16(b[len(b)-2:], 0x7C00) }), info, 15, 1},
+				decodeCase{"group-0", mutate(func(b []byte) { binary.LittleEndian.PutUint32(b[9:], 0) }), info, 15, 1},
+				decodeCase{"group-changed", mutate(func(b []byte) { binary.LittleEndian.PutUint32(b[9:], 3) }), info, 15, 1})
 		}
 		for _, tc := range cases {
 			err := c.Decode(make([]float32, tc.n), tc.payload, tc.info, tc.version)

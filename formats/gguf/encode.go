@@ -64,37 +64,21 @@ func appendValue(b []byte, t ValueType, v any, depth int) ([]byte, error) {
 			b = append(b, 0)
 		}
 	case TypeUint16:
-		var x uint16
-		x, ok = v.(uint16)
-		b = le.AppendUint16(b, x)
+		b, ok = appendAs(b, v, le.AppendUint16)
 	case TypeInt16:
-		var x int16
-		x, ok = v.(int16)
-		b = le.AppendUint16(b, uint16(x))
+		b, ok = appendAs(b, v, func(b []byte, x int16) []byte { return le.AppendUint16(b, uint16(x)) })
 	case TypeUint32:
-		var x uint32
-		x, ok = v.(uint32)
-		b = le.AppendUint32(b, x)
+		b, ok = appendAs(b, v, le.AppendUint32)
 	case TypeInt32:
-		var x int32
-		x, ok = v.(int32)
-		b = le.AppendUint32(b, uint32(x))
+		b, ok = appendAs(b, v, func(b []byte, x int32) []byte { return le.AppendUint32(b, uint32(x)) })
 	case TypeFloat32:
-		var x float32
-		x, ok = v.(float32)
-		b = le.AppendUint32(b, math.Float32bits(x))
+		b, ok = appendAs(b, v, func(b []byte, x float32) []byte { return le.AppendUint32(b, math.Float32bits(x)) })
 	case TypeUint64:
-		var x uint64
-		x, ok = v.(uint64)
-		b = le.AppendUint64(b, x)
+		b, ok = appendAs(b, v, le.AppendUint64)
 	case TypeInt64:
-		var x int64
-		x, ok = v.(int64)
-		b = le.AppendUint64(b, uint64(x))
+		b, ok = appendAs(b, v, func(b []byte, x int64) []byte { return le.AppendUint64(b, uint64(x)) })
 	case TypeFloat64:
-		var x float64
-		x, ok = v.(float64)
-		b = le.AppendUint64(b, math.Float64bits(x))
+		b, ok = appendAs(b, v, func(b []byte, x float64) []byte { return le.AppendUint64(b, math.Float64bits(x)) })
 	case TypeString:
 		var x string
 		if x, ok = v.(string); ok {
@@ -115,6 +99,13 @@ func appendValue(b []byte, t ValueType, v any, depth int) ([]byte, error) {
 		return nil, fmt.Errorf("value of Go type %T for GGUF type %s", v, t)
 	}
 	return b, nil
+}
+
+// appendAs appends v, which must be a T, with f; ok is false when v is
+// not a T.
+func appendAs[T any](b []byte, v any, f func([]byte, T) []byte) ([]byte, bool) {
+	x, ok := v.(T)
+	return f(b, x), ok
 }
 
 func appendArray(b []byte, a Array, depth int) ([]byte, error) {

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/tpconvert/tpconvert/formats"
 )
 
 // Errors returned (wrapped in a *FormatError) for malformed input.
@@ -50,13 +52,7 @@ type FormatError struct {
 func (e *FormatError) Error() string {
 	var b strings.Builder
 	b.WriteString("gguf: ")
-	if e.File != "" {
-		b.WriteString(e.File)
-		b.WriteString(": ")
-	}
-	if e.Tensor != "" {
-		fmt.Fprintf(&b, "tensor %q: ", e.Tensor)
-	}
+	formats.WritePlace(&b, e.File, e.Tensor)
 	fmt.Fprintf(&b, "offset %d: ", e.Offset)
 	b.WriteString(strings.TrimPrefix(e.Err.Error(), "gguf: "))
 	return b.String()

@@ -333,18 +333,7 @@ func rewrite(t testing.TB, r *Reader) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, ti := range ts {
-		data, err := r.Bytes(i)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := w.WriteTensor(ti, data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
+	writeAll(t, w, r)
 	if int64(buf.Len()) != w.Size() {
 		t.Fatalf("wrote %d bytes, Size says %d", buf.Len(), w.Size())
 	}

@@ -237,3 +237,21 @@ func openBytes(t testing.TB, b []byte) (*Reader, error) {
 	}
 	return r, err
 }
+
+// writeAll writes every tensor of r to w in r's order and closes w.
+func writeAll(t testing.TB, w *Writer, r *Reader) {
+	t.Helper()
+	for i, ti := range r.Tensors() {
+		data, err := r.Bytes(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.WriteTensor(ti, data); err != nil {
+			t.Fatal(err)
+		}
+		r.Release(i)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -560,65 +560,34 @@ func fixedSlice(t ValueType, p []byte, n int) any {
 	case TypeUint8:
 		return append([]uint8(nil), p...)
 	case TypeInt8:
-		v := make([]int8, n)
-		for i := range v {
-			v[i] = int8(p[i])
-		}
-		return v
+		return decodeLE(p, n, 1, func(b []byte) int8 { return int8(b[0]) })
 	case TypeBool:
-		v := make([]bool, n)
-		for i := range v {
-			v[i] = p[i] != 0
-		}
-		return v
+		return decodeLE(p, n, 1, func(b []byte) bool { return b[0] != 0 })
 	case TypeUint16:
-		v := make([]uint16, n)
-		for i := range v {
-			v[i] = le.Uint16(p[2*i:])
-		}
-		return v
+		return decodeLE(p, n, 2, le.Uint16)
 	case TypeInt16:
-		v := make([]int16, n)
-		for i := range v {
-			v[i] = int16(le.Uint16(p[2*i:]))
-		}
-		return v
+		return decodeLE(p, n, 2, func(b []byte) int16 { return int16(le.Uint16(b)) })
 	case TypeUint32:
-		v := make([]uint32, n)
-		for i := range v {
-			v[i] = le.Uint32(p[4*i:])
-		}
-		return v
+		return decodeLE(p, n, 4, le.Uint32)
 	case TypeInt32:
-		v := make([]int32, n)
-		for i := range v {
-			v[i] = int32(le.Uint32(p[4*i:]))
-		}
-		return v
+		return decodeLE(p, n, 4, func(b []byte) int32 { return int32(le.Uint32(b)) })
 	case TypeFloat32:
-		v := make([]float32, n)
-		for i := range v {
-			v[i] = math.Float32frombits(le.Uint32(p[4*i:]))
-		}
-		return v
+		return decodeLE(p, n, 4, func(b []byte) float32 { return math.Float32frombits(le.Uint32(b)) })
 	case TypeUint64:
-		v := make([]uint64, n)
-		for i := range v {
-			v[i] = le.Uint64(p[8*i:])
-		}
-		return v
+		return decodeLE(p, n, 8, le.Uint64)
 	case TypeInt64:
-		v := make([]int64, n)
-		for i := range v {
-			v[i] = int64(le.Uint64(p[8*i:]))
-		}
-		return v
+		return decodeLE(p, n, 8, func(b []byte) int64 { return int64(le.Uint64(b)) })
 	case TypeFloat64:
-		v := make([]float64, n)
-		for i := range v {
-			v[i] = math.Float64frombits(le.Uint64(p[8*i:]))
-		}
-		return v
+		return decodeLE(p, n, 8, func(b []byte) float64 { return math.Float64frombits(le.Uint64(b)) })
 	}
 	return nil
+}
+
+// decodeLE decodes n elements of size bytes each from p with get.
+func decodeLE[T any](p []byte, n, size int, get func([]byte) T) []T {
+	v := make([]T, n)
+	for i := range v {
+		v[i] = get(p[size*i:])
+	}
+	return v
 }

@@ -89,19 +89,7 @@ func TestRealModel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, ti := range ts {
-		data, err := r.Bytes(i)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := w.WriteTensor(ti, data); err != nil {
-			t.Fatal(err)
-		}
-		r.Release(i)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
+	writeAll(t, w, r)
 	if err := bw.Flush(); err != nil {
 		t.Fatal(err)
 	}

@@ -282,52 +282,43 @@ func updateIndex(meta *formats.Meta, shards []*dirShard, wm map[string]string, t
 func SetTotalSize(index []byte, total int64) ([]byte, bool) {
 	dec := json.NewDecoder(bytes.NewReader(index))
 	dec.UseNumber()
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+	for _, key := range []string{"metadata", "total_size"} {
+		if tok, err := dec.Token(); err != nil || tok != json.Delim('{') || !findKey(dec, key) {
+			return bytes.Clone(index), false
+		}
+	}
+	tok, err := dec.Token()
+	num, ok := tok.(json.Number)
+	if err != nil || !ok {
 		return bytes.Clone(index), false
 	}
-	for dec.More() {
-		key, err := dec.Token()
-		if err != nil {
-			break
-		}
-		if key != "metadata" {
-			var skip json.RawMessage
-			if dec.Decode(&skip) != nil {
-				break
-			}
-			continue
-		}
-		if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-			break
-		}
-		for dec.More() {
-			k, err := dec.Token()
-			if err != nil {
-				break
-			}
-			if k != "total_size" {
-				var skip json.RawMessage
-				if dec.Decode(&skip) != nil {
-					break
-				}
-				continue
-			}
-			tok, err := dec.Token()
-			num, ok := tok.(json.Number)
-			if err != nil || !ok {
-				break
-			}
-			end := int(dec.InputOffset())
-			start := end - len(num)
-			if start < 0 || string(index[start:end]) != string(num) {
-				break
-			}
-			out := append(bytes.Clone(index[:start]), strconv.FormatInt(total, 10)...)
-			return append(out, index[end:]...), true
-		}
-		break
+	end := int(dec.InputOffset())
+	start := end - len(num)
+	if start < 0 || string(index[start:end]) != string(num) {
+		return bytes.Clone(index), false
 	}
-	return bytes.Clone(index), false
+	out := append(bytes.Clone(index[:start]), strconv.FormatInt(total, 10)...)
+	return append(out, index[end:]...), true
+}
+
+// findKey reads the members of the JSON object dec is in up to and
+// including the name key, and reports whether it found it before the
+// object ended or the input broke off.
+func findKey(dec *json.Decoder, key string) bool {
+	for dec.More() {
+		k, err := dec.Token()
+		if err != nil {
+			return false
+		}
+		if k == key {
+			return true
+		}
+		var skip json.RawMessage
+		if dec.Decode(&skip) != nil {
+			return false
+		}
+	}
+	return false
 }
 
 // buildIndex returns an index as transformers writes it: json.dumps(index,

@@ -86,15 +86,7 @@ func TestShardedRoundTrip(t *testing.T) {
 	sums := digests(t, r)
 
 	out := filepath.Join(t.TempDir(), "out", "nested") // created by the writer
-	dw, err := NewDirWriter(out, m, r.Tensors(), DirOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dw.Abort()
-	copyAll(t, r, dw)
-	if err := dw.Close(); err != nil {
-		t.Fatal(err)
-	}
+	writeDir(t, r, m, out)
 	files := []string{m.IndexName}
 	for _, f := range m.Files {
 		files = append(files, f.Name)

@@ -96,23 +96,13 @@ func FuzzOpen(f *testing.F) {
 			t.Fatalf("round trip differs (verbatim %v)", w.Verbatim())
 		}
 		// Regenerated header: same tensors, same bytes.
-		fm := r.Meta().Files[0]
-		fm.Header = nil
-		var buf bytes.Buffer
-		w2, err := NewWriter(&buf, r.Tensors(), &fm)
-		if err != nil {
-			t.Fatal(err)
-		}
-		copyAll(t, r, w2)
-		if err := w2.Close(); err != nil {
-			t.Fatal(err)
-		}
-		pf2, err := parseFile("g.safetensors", buf.Bytes())
+		fm, buf := regenerate(t, r)
+		pf2, err := parseFile("g.safetensors", buf)
 		if err != nil {
 			t.Fatalf("regenerated file does not open: %v", err)
 		}
 		r2 := &Reader{}
-		r2.add(pf2, buf.Bytes())
+		r2.add(pf2, buf)
 		if len(r2.Tensors()) != len(r.Tensors()) {
 			t.Fatalf("%d tensors, want %d", len(r2.Tensors()), len(r.Tensors()))
 		}
@@ -201,15 +191,7 @@ func FuzzIndex(f *testing.F) {
 			}
 		}
 		out := t.TempDir()
-		dw, err := NewDirWriter(out, m, r.Tensors(), DirOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer dw.Abort()
-		copyAll(t, r, dw)
-		if err := dw.Close(); err != nil {
-			t.Fatal(err)
-		}
+		writeDir(t, r, m, out)
 		if got := readFile(t, filepath.Join(out, m.IndexName)); !bytes.Equal(got, index) {
 			t.Fatalf("index not written verbatim")
 		}

@@ -34,6 +34,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/tpconvert/tpconvert/formats"
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
@@ -60,13 +61,7 @@ type FormatError struct {
 func (e *FormatError) Error() string {
 	var b strings.Builder
 	b.WriteString("safetensors: ")
-	if e.File != "" {
-		b.WriteString(e.File)
-		b.WriteString(": ")
-	}
-	if e.Tensor != "" {
-		fmt.Fprintf(&b, "tensor %q: ", e.Tensor)
-	}
+	formats.WritePlace(&b, e.File, e.Tensor)
 	b.WriteString(e.Err.Error())
 	return b.String()
 }
@@ -400,13 +395,9 @@ func parseEntry(name string, raw []byte) (entry, error) {
 				return e, &FormatError{Tensor: name, Err: err}
 			}
 		case "shape":
-			if have[1] {
-				return e, formatErr(name, "duplicate key %q in header entry", key)
-			}
-			have[1] = true
-			shape, err := vs.uints()
+			shape, err := vs.uintsOnce(&have[1], name, key)
 			if err != nil {
-				return e, formatErr(name, "shape: %w", err)
+				return e, err
 			}
 			e.shape = make([]int64, len(shape))
 			for i, v := range shape {
@@ -416,13 +407,9 @@ func parseEntry(name string, raw []byte) (entry, error) {
 				e.shape[i] = int64(v)
 			}
 		case "data_offsets":
-			if have[2] {
-				return e, formatErr(name, "duplicate key %q in header entry", key)
-			}
-			have[2] = true
-			offs, err := vs.uints()
+			offs, err := vs.uintsOnce(&have[2], name, key)
 			if err != nil {
-				return e, formatErr(name, "data_offsets: %w", err)
+				return e, err
 			}
 			if len(offs) != 2 {
 				return e, formatErr(name, "data_offsets has %d values, want 2", len(offs))
@@ -438,6 +425,21 @@ func parseEntry(name string, raw []byte) (entry, error) {
 		}
 	}
 	return e, nil
+}
+
+// uintsOnce parses the array of unsigned integers of the member key of
+// tensor name's header entry; *seen says whether key came before, which is
+// an error, and is set.
+func (s *scanner) uintsOnce(seen *bool, name, key string) ([]uint64, error) {
+	if *seen {
+		return nil, formatErr(name, "duplicate key %q in header entry", key)
+	}
+	*seen = true
+	v, err := s.uints()
+	if err != nil {
+		return nil, formatErr(name, "%s: %w", key, err)
+	}
+	return v, nil
 }
 
 // layout checks the tensors of a header against a data section of dataLen

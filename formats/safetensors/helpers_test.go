@@ -127,3 +127,39 @@ func copyAll(t testing.TB, src formats.Source, sink formats.Sink) {
 		src.Release(i)
 	}
 }
+
+// regenerate writes every tensor of r with a Writer for file 0's metadata
+// stripped of its original header, so that the header is laid out anew;
+// it returns that metadata and the output.
+func regenerate(t testing.TB, r *Reader) (formats.FileMeta, []byte) {
+	t.Helper()
+	fm := r.Meta().Files[0]
+	fm.Header = nil
+	var buf bytes.Buffer
+	w, err := NewWriter(&buf, r.Tensors(), &fm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyAll(t, r, w)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if w.Verbatim() {
+		t.Fatal("writer without the original header reports a verbatim copy")
+	}
+	return fm, buf.Bytes()
+}
+
+// writeDir writes every tensor of r with a DirWriter for m into out.
+func writeDir(t testing.TB, r *Reader, m *formats.Meta, out string) {
+	t.Helper()
+	dw, err := NewDirWriter(out, m, r.Tensors(), DirOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dw.Abort()
+	copyAll(t, r, dw)
+	if err := dw.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

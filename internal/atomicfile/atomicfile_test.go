@@ -42,13 +42,21 @@ func readFile(t *testing.T, path string) string {
 	return string(b)
 }
 
-func TestCommit(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "out.tpk")
+// create returns a new directory, the path of out.tpk in it, and a File
+// created at that path without overwrite.
+func create(t *testing.T) (dir, path string, f *File) {
+	t.Helper()
+	dir = t.TempDir()
+	path = filepath.Join(dir, "out.tpk")
 	f, err := Create(path, false)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return dir, path, f
+}
+
+func TestCommit(t *testing.T) {
+	dir, path, f := create(t)
 	defer f.Abort()
 	if _, err := f.Write([]byte("hello")); err != nil {
 		t.Fatal(err)
@@ -84,12 +92,20 @@ func TestCommit(t *testing.T) {
 	}
 }
 
-func TestExisting(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "out.gguf")
+// previous returns a new directory and the path in it of a file name
+// that holds "previous".
+func previous(t *testing.T, name string) (dir, path string) {
+	t.Helper()
+	dir = t.TempDir()
+	path = filepath.Join(dir, name)
 	if err := os.WriteFile(path, []byte("previous"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	return dir, path
+}
+
+func TestExisting(t *testing.T) {
+	dir, path := previous(t, "out.gguf")
 	if _, err := Create(path, false); !errors.Is(err, ErrExists) || !strings.Contains(err.Error(), path) {
 		t.Fatalf("Create over an existing file: err = %v, want ErrExists naming the path", err)
 	}
@@ -113,11 +129,7 @@ func TestExisting(t *testing.T) {
 }
 
 func TestAbortKeepsPrevious(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "m.safetensors")
-	if err := os.WriteFile(path, []byte("previous"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	dir, path := previous(t, "m.safetensors")
 	n := liveCount()
 	f, err := Create(path, true)
 	if err != nil {
@@ -344,12 +356,7 @@ func TestReadOnlyNamesOutput(t *testing.T) {
 
 // TestInterruptStopsCommit checks that after RemoveAll no Commit renames.
 func TestInterruptStopsCommit(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "out.tpk")
-	f, err := Create(path, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, _, f := create(t)
 	tmpDir, err := MkdirTemp(dir, TempPrefix+"d-*")
 	if err != nil {
 		t.Fatal(err)

@@ -150,14 +150,7 @@ def weightspace(tool: Path, model: Path, pattern: str, bpws: list) -> dict:
 
 def machine() -> str:
     """CPU model, core count and Linux version, for the section's header."""
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = M.cpu_model(platform.machine())
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()} (results do not depend on the machine)"
 
 

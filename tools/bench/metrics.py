@@ -487,3 +487,15 @@ def disk_needed(base_bytes: int, n_restored: int, n_other: int, windows: int, n_
     files = n_restored * (base_bytes + PRODUCED_SHARE * base_bytes) + n_other * PRODUCED_SHARE * base_bytes
     logits = windows * (n_ctx - 1) * vocab * 4
     return int(files) + logits
+
+
+def cpu_model(default: str) -> str:
+    """The CPU's "model name" from /proc/cpuinfo, or default where there is none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return default

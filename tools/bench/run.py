@@ -522,14 +522,7 @@ def evaluate(contestants: list, corpora: list, n_windows: int | None, work: Path
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = M.cpu_model(platform.processor() or platform.machine())
     mem = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

@@ -28,6 +28,7 @@ const (
 	IDLossless  uint16 = 5  // bit-exact entropy coding
 	IDTenpakXV1 uint16 = 16 // TenPak-X v1
 	IDTenpakXV2 uint16 = 17 // TenPak-X v2
+	IDTenpakXV3 uint16 = 18 // TenPak-X v3 (entropy-coded)
 )
 
 // Options configures a codec when it is created for encoding. Zero values

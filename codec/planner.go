@@ -51,6 +51,25 @@ type Plan struct {
 	Importance map[string][]float32
 	// Summary is recorded as the codec's Params ("bpw=4 target=…").
 	Summary string
+	// Bytes, for a Planner that is a SizeEstimator, is the payload size
+	// allotted to each planned tensor, by name: the planned codec writes
+	// no more than that for the tensor (coarsening its coding if the
+	// estimate was short). Planners with exact ConfigSize ignore it.
+	Bytes map[string]int64
+}
+
+// SizeEstimator is implemented by Planners whose payload size depends on
+// the values, not only on the shape (entropy-coded payloads), so that
+// ConfigSize can give only an upper bound. Rate control then takes each
+// candidate's size from EstimateSizes on the sampled rows, allocates with
+// those estimates, and passes each tensor's allotted size to Planned in
+// Plan.Bytes, which the planned codec must not exceed.
+type SizeEstimator interface {
+	// EstimateSizes returns, per Config, an estimate of the payload size
+	// of the whole rows×cols matrix coded with it, from the sample x
+	// (n×cols, row-major: whole rows of the tensor, as for Distortions;
+	// imp as there). The estimate should err high rather than low.
+	EstimateSizes(x []float32, rows, cols int, imp []float32, cfgs []Config) ([]int64, error)
 }
 
 // Plans reports whether the codec registered under name chooses a

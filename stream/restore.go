@@ -141,12 +141,13 @@ func Restore(ctx context.Context, r formats.RecordSource, plan []tensor.Info, si
 		if err := codecs[e.CodecID].Decode(x, p, src, e.CodecVersion); err != nil {
 			return nil, &formats.Error{File: r.Name(), Tensor: e.Name, Offset: e.PayloadOffset, Err: err}
 		}
+		byteDecoded := codec.IsByteDecoder(e.CodecID) // once per record: it builds a codec
 		// Compress stores a tensor whose encoding decodes to a value
 		// that is not finite unchanged instead; such a payload has
 		// damaged parameters (a NaN or infinite scale, say). Tensors
 		// stored unchanged keep whatever values the source held.
 		for k, v := range x {
-			if codec.IsByteDecoder(e.CodecID) {
+			if byteDecoded {
 				break
 			}
 			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {

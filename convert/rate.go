@@ -170,7 +170,14 @@ func planRate(ctx context.Context, src formats.Source, o *CompressOptions) (code
 	for _, t := range plan.Tensors {
 		planned[t.Info.Name] = true
 	}
-	over, err := stream.OverheadWith(src, newRecordSink, longest, func(t tensor.Info) bool { return planned[t.Name] && sel(t) }, o.PassThrough)
+	// An estimated plan's file is bounded more tightly (the offsets in
+	// its index have no more digits than the target); the bound of exact
+	// plans is kept as it was, and with it their allocations.
+	var limit int64
+	if plan.Estimated {
+		limit = rep.TargetBytes
+	}
+	over, err := stream.OverheadWithin(src, newRecordSink, longest, func(t tensor.Info) bool { return planned[t.Name] && sel(t) }, o.PassThrough, limit)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -196,7 +203,13 @@ func planRate(ctx context.Context, src formats.Source, o *CompressOptions) (code
 	if r.BPW > 0 {
 		summary = fmt.Sprintf("bpw=%g %s", r.BPW, summary)
 	}
-	pc, err := p.Planned(codec.Plan{Configs: plan.Configs(), Importance: plan.Importance, Summary: summary})
+	cp := codec.Plan{Configs: plan.Configs(), Importance: plan.Importance, Summary: summary}
+	if plan.Estimated {
+		// Estimated sizes: each tensor's is its cap, so the payloads
+		// stay within the budget whatever the estimates' error.
+		cp.Bytes = plan.Allotted()
+	}
+	pc, err := p.Planned(cp)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -191,7 +191,7 @@ func TestBuildEstimatedMonotone(t *testing.T) {
 	src := openGen(t, gen.Presets["small"])
 	c := toyentropy.New()
 	sel := func(t tensor.Info) bool { return len(t.Shape) == 2 }
-	p, err := Build(context.Background(), src, c, sel, Options{Workers: 2})
+	p, err := Build(context.Background(), src, c, sel, Options{Workers: 2, SampleRows: 32})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +223,7 @@ func TestTiedEmbeddingNotStarved(t *testing.T) {
 	cfg.Tied = true
 	src := openGen(t, cfg)
 	sel := func(t tensor.Info) bool { return len(t.Shape) == 2 }
-	p, err := Build(context.Background(), src, toyentropy.New(), sel, Options{Workers: 2})
+	p, err := Build(context.Background(), src, toyentropy.New(), sel, Options{Workers: 2, SampleRows: 32})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -140,7 +140,7 @@ func TestAllocateMonotoneSpends(t *testing.T) {
 		var step int64
 		for _, tt := range p.Tensors {
 			got += tt.Chosen().Dist
-			h := hull(tt.Options)
+			h := Hull(tt.Options)
 			for i := 1; i < len(h); i++ {
 				step = max(step, tt.Options[h[i]].Bytes-tt.Options[h[i-1]].Bytes)
 			}
@@ -238,7 +238,7 @@ func TestTiedEmbeddingNotStarved(t *testing.T) {
 		t.Fatalf("tied embedding %v: want weight %d (embedding and head)", e, 2*cfg.Layers)
 	}
 	gain := func(tt *Tensor, next bool) (float64, bool) {
-		h := hull(tt.Options)
+		h := Hull(tt.Options)
 		for i, j := range h {
 			if j != tt.Choice {
 				continue

@@ -382,7 +382,7 @@ func (p *Plan) allocateMonotone(budget int64) {
 	var segs []segment
 	var total int64
 	for k, t := range p.Tensors {
-		h := hull(t.Options)
+		h := Hull(t.Options)
 		t.Choice = h[0]
 		total += t.Options[h[0]].Bytes
 		prev := math.Inf(1)
@@ -411,7 +411,7 @@ func (p *Plan) allocateMonotone(budget int64) {
 func (p *Plan) allocateFill(budget int64) error {
 	hulls := make([][]int, len(p.Tensors))
 	for k, t := range p.Tensors {
-		hulls[k] = hull(t.Options)
+		hulls[k] = Hull(t.Options)
 	}
 	pick := func(lambda float64) int64 {
 		var total int64
@@ -520,9 +520,9 @@ func (p *Plan) fill(budget, total int64) int64 {
 	return total
 }
 
-// hull returns the indices of the options on the lower convex hull of
+// Hull returns the indices of the options on the lower convex hull of
 // (bytes, dist), by increasing bytes.
-func hull(opts []Option) []int {
+func Hull(opts []Option) []int {
 	idx := make([]int, len(opts))
 	for i := range idx {
 		idx[i] = i

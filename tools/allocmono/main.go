@@ -6,7 +6,10 @@
 // allocation, the payload bytes left unspent and the estimated mean
 // weighted SQNR (as the conversion summary computes it); then, over every
 // pair of the budgets, how many pairs give some tensor fewer bytes or more
-// estimated error under the larger budget.
+// estimated error under the larger budget. With -tied NAME it also counts,
+// per allocation and budget, the tensors whose last step up their hull is
+// worth less per byte than tensor NAME's next one (NAME starved while
+// bytes buy less elsewhere).
 //
 //	go run ./tools/allocmono -codec tenpak_x_v2 fixtures/tiny-llama.safetensors
 //
@@ -28,14 +31,17 @@ import (
 	"github.com/tpconvert/tpconvert/codec"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx2"
 	"github.com/tpconvert/tpconvert/convert"
+	"github.com/tpconvert/tpconvert/internal/toyentropy"
 	"github.com/tpconvert/tpconvert/rate"
 	"github.com/tpconvert/tpconvert/stream"
 	"github.com/tpconvert/tpconvert/tensor"
 )
 
 func main() {
-	name := flag.String("codec", "tenpak_x_v2", "codec that plans")
+	toyentropy.Register() // a codec of estimated sizes, for comparison
+	name := flag.String("codec", "tenpak_x_v2", "codec that plans (also toy_entropy, the test codec of estimated sizes)")
 	bpws := flag.String("bpw", "2,2.5,3,3.5,4,4.5,5,5.5,6", "payload bits per weight, comma-separated")
+	flag.StringVar(&tied, "tied", "", "tensor whose next step is compared with every other tensor's last")
 	flag.Parse()
 	if flag.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "usage: allocmono [flags] MODEL")
@@ -45,6 +51,48 @@ func main() {
 		fmt.Fprintln(os.Stderr, "allocmono:", err)
 		os.Exit(1)
 	}
+}
+
+var tied string
+
+// hullGain returns the error removed per byte by t's last step up its
+// hull (next: by its next step), and whether there is one.
+func hullGain(t *rate.Tensor, next bool) (float64, bool) {
+	h := rate.Hull(t.Options)
+	for i, j := range h {
+		if j != t.Choice {
+			continue
+		}
+		lo, hi := i-1, i
+		if next {
+			lo, hi = i, i+1
+		}
+		if lo < 0 || hi >= len(h) {
+			return 0, false
+		}
+		a, b := t.Options[h[lo]], t.Options[h[hi]]
+		return (a.Dist - b.Dist) / float64(b.Bytes-a.Bytes), true
+	}
+	return 0, false
+}
+
+// starved counts the tensors whose last step is worth less per byte than
+// the next step of the tensor named tied.
+func starved(p *rate.Plan) int {
+	var ge float64
+	found := false
+	for _, t := range p.Tensors {
+		if t.Info.Name == tied {
+			ge, found = hullGain(t, true)
+		}
+	}
+	n := 0
+	for _, t := range p.Tensors {
+		if g, ok := hullGain(t, false); found && ok && t.Info.Name != tied && g < ge {
+			n++
+		}
+	}
+	return n
 }
 
 func run(path, name, bpws string) error {
@@ -98,6 +146,9 @@ func run(path, name, bpws string) error {
 			choices[mono] = append(choices[mono], ch)
 			rel /= float64(len(plan.Tensors))
 			row += fmt.Sprintf(" %d B (%.3f %%) | %.3f |", b-plan.Bytes(), 100*float64(b-plan.Bytes())/float64(b), -10*math.Log10(rel))
+			if tied != "" {
+				row += fmt.Sprintf(" %d below %s |", starved(plan), tied)
+			}
 		}
 		fmt.Println(row)
 	}

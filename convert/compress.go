@@ -170,7 +170,11 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 		return nil, err
 	}
 	defer f.Abort()
-	sink, err := newRecordSink(stream.CancelWriter(ctx, outputWriter(f)), src.Meta())
+	newSink := newRecordSink
+	if rr != nil && rr.notes != nil {
+		newSink = withNotes(o.Codec.ID(), rr.notes)
+	}
+	sink, err := newSink(stream.CancelWriter(ctx, outputWriter(f)), src.Meta())
 	if err != nil {
 		return nil, err
 	}

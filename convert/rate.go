@@ -48,6 +48,9 @@ type RateReport struct {
 	// relative importance-weighted error the plan expects.
 	EstSQNRdB   float64 `json:"est_weighted_sqnr_db"`
 	PlanSeconds float64 `json:"plan_seconds"`
+	// notes, for a plan of estimated sizes, is each planned tensor's
+	// estimate, appended to its record's params (estNote).
+	notes map[string]string
 }
 
 // AllocShare is the share of one configuration in an allocation.
@@ -64,18 +67,14 @@ func Allocation(ts []TensorReport) []AllocShare {
 	m := map[string]*AllocShare{}
 	plans := map[string]bool{}
 	for _, t := range ts {
-		p, ok := plans[t.Codec]
-		if !ok {
-			p = codec.Plans(t.Codec)
-			plans[t.Codec] = p
-		}
-		if !p {
+		if !plansCached(plans, t.Codec) {
 			continue
 		}
-		a := m[t.Params]
+		cfg, _ := splitEstimate(t.Params)
+		a := m[cfg]
 		if a == nil {
-			a = &AllocShare{Config: t.Params}
-			m[t.Params] = a
+			a = &AllocShare{Config: cfg}
+			m[cfg] = a
 		}
 		a.Tensors++
 		a.Params += t.Elems
@@ -170,7 +169,21 @@ func planRate(ctx context.Context, src formats.Source, o *CompressOptions) (code
 	for _, t := range plan.Tensors {
 		planned[t.Info.Name] = true
 	}
-	over, err := stream.OverheadWith(src, newRecordSink, longest, func(t tensor.Info) bool { return planned[t.Name] && sel(t) }, o.PassThrough)
+	// An estimated plan's file is bounded more tightly (the offsets in
+	// its index have no more digits than the target); the bound of exact
+	// plans is kept as it was, and with it their allocations.
+	var limit int64
+	newSink := newRecordSink
+	if plan.Estimated {
+		limit = rep.TargetBytes
+		// Every planned record's params carry an estimate.
+		longestNotes := make(map[string]string, len(plan.Tensors))
+		for _, t := range plan.Tensors {
+			longestNotes[t.Info.Name] = longestNote
+		}
+		newSink = withNotes(longest.ID(), longestNotes)
+	}
+	over, err := stream.OverheadWithin(src, newSink, longest, func(t tensor.Info) bool { return planned[t.Name] && sel(t) }, o.PassThrough, limit)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -196,7 +209,17 @@ func planRate(ctx context.Context, src formats.Source, o *CompressOptions) (code
 	if r.BPW > 0 {
 		summary = fmt.Sprintf("bpw=%g %s", r.BPW, summary)
 	}
-	pc, err := p.Planned(codec.Plan{Configs: plan.Configs(), Importance: plan.Importance, Summary: summary})
+	cp := codec.Plan{Configs: plan.Configs(), Importance: plan.Importance, Summary: summary}
+	if plan.Estimated {
+		// Estimated sizes: each tensor's is its cap, so the payloads
+		// stay within the budget whatever the estimates' error.
+		cp.Bytes = plan.Allotted()
+		rep.notes = make(map[string]string, len(plan.Tensors))
+		for _, t := range plan.Tensors {
+			rep.notes[t.Info.Name] = estNote(t.Chosen().Dist / t.Weight)
+		}
+	}
+	pc, err := p.Planned(cp)
 	if err != nil {
 		return nil, nil, err
 	}

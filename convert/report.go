@@ -27,6 +27,14 @@ type TensorReport struct {
 	Lossy   bool     `json:"compressed"`
 	Transp  bool     `json:"transposed,omitempty"`
 	RecordN int      `json:"-"`
+	// PayloadBPW, for a tensor coded by a codec that plans
+	// (codec.Plans), is its payload's bits per weight (the record's
+	// header and checksum left out): the rate rate control gave it.
+	PayloadBPW float64 `json:"payload_bpw,omitempty"`
+	// EstSQNRdB is the importance-weighted SQNR the plan estimated for
+	// the tensor, when its record's params carry one (plans of estimated
+	// sizes, codec.SizeEstimator; 999 for no error).
+	EstSQNRdB *float64 `json:"est_wsqnr_db,omitempty"`
 }
 
 // Totals sums a Report.
@@ -79,6 +87,7 @@ type Report struct {
 func newReport(in, out string, inBytes, outBytes int64, n int, entry func(i int) (*formats.Record, string)) *Report {
 	r := &Report{Input: in, Output: out, Tensors: make([]TensorReport, 0, n)}
 	var stored float64
+	plans := map[string]bool{}
 	for i := range n {
 		e, note := entry(i)
 		elems := e.Info().Elems()
@@ -94,6 +103,10 @@ func newReport(in, out string, inBytes, outBytes int64, n int, entry func(i int)
 		if e.Stats != nil {
 			re, sq := e.Stats.RelErr, e.Stats.SQNRdB
 			tr.RelErr, tr.SQNRdB = &re, &sq
+		}
+		if tr.Lossy && elems > 0 && plansCached(plans, e.Codec) {
+			tr.PayloadBPW = float64(e.PayloadSize) * 8 / float64(elems)
+			_, tr.EstSQNRdB = splitEstimate(e.Params)
 		}
 		r.Tensors = append(r.Tensors, tr)
 		r.Totals.Tensors++
@@ -124,4 +137,14 @@ func newReport(in, out string, inBytes, outBytes int64, n int, entry func(i int)
 		t.RatioSource = float64(inBytes) / float64(outBytes)
 	}
 	return r
+}
+
+// plansCached is codec.Plans(name), remembered in m.
+func plansCached(m map[string]bool, name string) bool {
+	p, ok := m[name]
+	if !ok {
+		p = codec.Plans(name)
+		m[name] = p
+	}
+	return p
 }

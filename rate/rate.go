@@ -6,10 +6,21 @@
 //
 // For each tensor it codes a deterministic sample of whole rows with every
 // candidate configuration (codec.Planner.Distortions) and scales the error
-// to the whole tensor; payload sizes are exact (codec.Planner.ConfigSize). The allocation minimises
-// Σ_t D_t(c_t) subject to Σ_t bytes_t(c_t) ≤ budget by a Lagrangian
-// search over the convex hulls of the candidates, then spends what is
-// left greedily on the upgrades with the best error reduction per byte.
+// to the whole tensor. Payload sizes are exact (codec.Planner.ConfigSize),
+// or, for a planner whose sizes depend on the values
+// (codec.SizeEstimator), estimated from the same sample; each tensor's
+// estimate of its chosen configuration is then its allotment, which the
+// planned codec does not exceed (codec.Plan.Bytes).
+//
+// The allocation minimises Σ_t D_t(c_t) subject to Σ_t bytes_t(c_t) ≤
+// budget over the lower convex hulls of the candidates. For estimated
+// sizes it is monotone: every hull segment of every tensor is ranked by
+// its error reduction per byte (ties in a fixed order) and the longest
+// prefix of that ranking that fits is taken, so a larger budget takes a
+// longer prefix and never gives a tensor fewer bytes or more error. For
+// exact sizes (tenpak_x_v2, whose hulls are coarse) a Lagrangian search is
+// followed by greedy filling and pair moves, which spend the budget more
+// fully but are not monotone.
 package rate
 
 import (
@@ -46,8 +57,10 @@ func sampleSize(cols int) int { return min(128, max(16, (32768+cols-1)/cols)) }
 // Option is one candidate for one tensor.
 type Option struct {
 	Config codec.Config
-	Bytes  int64   // exact payload size
-	Dist   float64 // estimated relative weighted squared error, Σ imp·ΔW² / Σ imp·W², times the tensor's Weight
+	// Bytes is the payload size: exact (codec.Planner.ConfigSize), or
+	// the planner's estimate (codec.SizeEstimator, Plan.Estimated).
+	Bytes int64
+	Dist  float64 // estimated relative weighted squared error, Σ imp·ΔW² / Σ imp·W², times the tensor's Weight
 }
 
 // Tensor is one selected tensor with its candidates and, after Allocate,
@@ -77,6 +90,20 @@ type Plan struct {
 	UnsupportedErr error
 	Importance     map[string][]float32
 	Budget         int64 // bytes for the payloads of Tensors
+	// Estimated is set by Build when the planner is a
+	// codec.SizeEstimator: the Options' Bytes are estimates, Allocate is
+	// monotone, and Allotted gives each tensor's cap (codec.Plan.Bytes).
+	Estimated bool
+}
+
+// Allotted returns the chosen payload size per tensor name: for an
+// Estimated plan, the most the planned codec may write for it.
+func (p *Plan) Allotted() map[string]int64 {
+	m := make(map[string]int64, len(p.Tensors))
+	for _, t := range p.Tensors {
+		m[t.Info.Name] = t.Chosen().Bytes
+	}
+	return m
 }
 
 // Configs returns the chosen Config per tensor name.
@@ -134,7 +161,8 @@ func Build(ctx context.Context, src formats.Source, c codec.Planner, sel func(te
 	if o.Workers < 1 {
 		o.Workers = 1
 	}
-	plan := &Plan{Importance: Importance(src)}
+	_, estimated := c.(codec.SizeEstimator)
+	plan := &Plan{Importance: Importance(src), Estimated: estimated}
 	alpha := Weights(src)
 	infos := src.Tensors()
 	var idx []int
@@ -276,12 +304,13 @@ func estimate(src formats.Source, p codec.Planner, i int, t tensor.Info, imp []f
 		sig += w * float64(v) * float64(v)
 	}
 	scale := float64(rows) / float64(len(pick))
+	sizes, err := candidateSizes(p, x, rows, cols, imp, cands)
+	if err != nil {
+		return nil, err
+	}
 	tt := &Tensor{Info: t, Signal: sig * scale, Weight: 1}
 	for k, c := range cands {
-		size, err := p.ConfigSize(c, rows, cols)
-		if err != nil {
-			return nil, err
-		}
+		size := sizes[k]
 		// The objective counts each tensor's relative error: the noise
 		// it adds to its layer's output over that output's power.
 		d := dist[k]
@@ -293,17 +322,96 @@ func estimate(src formats.Source, p codec.Planner, i int, t tensor.Info, imp []f
 	return tt, nil
 }
 
+// candidateSizes returns the payload size of the rows×cols matrix coded
+// with each of cfgs: estimated from the sample x by a SizeEstimator, else
+// exact from the shape.
+func candidateSizes(p codec.Planner, x []float32, rows, cols int, imp []float32, cfgs []codec.Config) ([]int64, error) {
+	se, ok := p.(codec.SizeEstimator)
+	if !ok {
+		sizes := make([]int64, len(cfgs))
+		for k, c := range cfgs {
+			size, err := p.ConfigSize(c, rows, cols)
+			if err != nil {
+				return nil, err
+			}
+			sizes[k] = size
+		}
+		return sizes, nil
+	}
+	sizes, err := se.EstimateSizes(x, rows, cols, imp, cfgs)
+	if err != nil {
+		return nil, err
+	}
+	if len(sizes) != len(cfgs) {
+		return nil, fmt.Errorf("%s: %d size estimates for %d candidates", p.Name(), len(sizes), len(cfgs))
+	}
+	for k, n := range sizes {
+		if n <= 0 {
+			return nil, fmt.Errorf("%s: size estimate %d for %s", p.Name(), n, cfgs[k])
+		}
+	}
+	return sizes, nil
+}
+
 // Allocate chooses one option per tensor so that the payloads total at
 // most budget bytes with the least total estimated error. It fails if
-// even the smallest options exceed the budget.
+// even the smallest options exceed the budget. An Estimated plan is
+// allocated monotonically (see the package comment).
 func (p *Plan) Allocate(budget int64) error {
 	p.Budget = budget
 	if minb := p.MinBytes(); minb > budget {
 		return fmt.Errorf("the budget leaves %d bytes for the compressed tensors; the smallest coding needs %d", budget, minb)
 	}
+	if p.Estimated {
+		p.allocateMonotone(budget)
+		return nil
+	}
+	return p.allocateFill(budget)
+}
+
+// allocateMonotone takes the longest prefix of the hull segments of all
+// tensors, ranked by error reduction per byte, that fits budget. A larger
+// budget takes a longer prefix of the same ranking, so every tensor's
+// choice moves only up its hull: more bytes, less error.
+func (p *Plan) allocateMonotone(budget int64) {
+	type segment struct {
+		k, j  int     // tensor, option at the segment's upper end
+		gain  float64 // error reduction per byte
+		bytes int64
+	}
+	var segs []segment
+	var total int64
+	for k, t := range p.Tensors {
+		h := Hull(t.Options)
+		t.Choice = h[0]
+		total += t.Options[h[0]].Bytes
+		prev := math.Inf(1)
+		for i := 1; i < len(h); i++ {
+			a, b := t.Options[h[i-1]], t.Options[h[i]]
+			// The hull's gains fall along it; rounding must not
+			// reorder a tensor's own segments.
+			g := min(prev, (a.Dist-b.Dist)/float64(b.Bytes-a.Bytes))
+			prev = g
+			segs = append(segs, segment{k, h[i], g, b.Bytes - a.Bytes})
+		}
+	}
+	// Stable: equal gains keep tensor order, then hull order.
+	sort.SliceStable(segs, func(a, b int) bool { return segs[a].gain > segs[b].gain })
+	for _, s := range segs {
+		if total+s.bytes > budget {
+			break
+		}
+		total += s.bytes
+		p.Tensors[s.k].Choice = s.j
+	}
+}
+
+// allocateFill is the allocation of exact sizes: a Lagrangian search on
+// the hulls, greedy filling and pair moves.
+func (p *Plan) allocateFill(budget int64) error {
 	hulls := make([][]int, len(p.Tensors))
 	for k, t := range p.Tensors {
-		hulls[k] = hull(t.Options)
+		hulls[k] = Hull(t.Options)
 	}
 	pick := func(lambda float64) int64 {
 		var total int64
@@ -412,9 +520,9 @@ func (p *Plan) fill(budget, total int64) int64 {
 	return total
 }
 
-// hull returns the indices of the options on the lower convex hull of
+// Hull returns the indices of the options on the lower convex hull of
 // (bytes, dist), by increasing bytes.
-func hull(opts []Option) []int {
+func Hull(opts []Option) []int {
 	idx := make([]int, len(opts))
 	for i := range idx {
 		idx[i] = i

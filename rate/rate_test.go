@@ -89,7 +89,7 @@ func TestAllocateRefusesImpossibleBudget(t *testing.T) {
 
 func TestHull(t *testing.T) {
 	opts := []Option{{Bytes: 10, Dist: 10}, {Bytes: 20, Dist: 9.9}, {Bytes: 20, Dist: 4}, {Bytes: 30, Dist: 3.5}, {Bytes: 40, Dist: 1}, {Bytes: 50, Dist: 2}}
-	h := hull(opts)
+	h := Hull(opts)
 	want := []int{0, 2, 4}
 	if len(h) != len(want) {
 		t.Fatalf("hull %v, want %v", h, want)

@@ -16,6 +16,7 @@ import (
 	"io"
 	"math"
 	"runtime"
+	"strconv"
 	"strings"
 
 	"github.com/tpconvert/tpconvert/codec"
@@ -358,6 +359,12 @@ type NewRecordSink = func(w io.Writer, src *formats.Meta) (formats.RecordSink, e
 // which OverheadWith finds by encoding it (one tensor at a time) when pass
 // is set.
 func OverheadWith(src formats.Source, newSink NewRecordSink, c codec.Codec, sel func(tensor.Info) bool, pass codec.ByteCodec) (int64, error) {
+	return OverheadWithin(src, newSink, c, sel, pass, 0)
+}
+
+// OverheadWithin is OverheadWith for a file of at most limit bytes (0: no
+// limit): no offset or size in its index has more digits than limit.
+func OverheadWithin(src formats.Source, newSink NewRecordSink, c codec.Codec, sel func(tensor.Info) bool, pass codec.ByteCodec, limit int64) (int64, error) {
 	infos := src.Tensors()
 	var cw countWriter
 	w, err := newSink(&cw, src.Meta())
@@ -393,9 +400,14 @@ func OverheadWith(src formats.Source, newSink NewRecordSink, c codec.Codec, sel 
 		return 0, err
 	}
 	// The dry run's offsets are small numbers; real ones have up to 20
-	// digits in each of the 4 offset and size fields of an index entry,
-	// and a parameter string may be longer than the one shown here.
-	return cw.n + raw + int64(len(infos))*(4*20+32), nil
+	// digits (or as many as limit) in each of the 4 offset and size
+	// fields of an index entry, and a parameter string may be longer
+	// than the one shown here.
+	digits := int64(20)
+	if limit > 0 {
+		digits = int64(len(strconv.FormatInt(limit, 10)))
+	}
+	return cw.n + raw + int64(len(infos))*(4*digits+32), nil
 }
 
 type countWriter struct{ n int64 }

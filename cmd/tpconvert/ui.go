@@ -149,7 +149,17 @@ func (p *progress) finish() {
 // printTensors writes one line per tensor of r.
 func printTensors(w io.Writer, r *convert.Report) {
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "tensor\tdtype\tshape\tcodec\tstored\tbits/w\tratio\trel.err\tSQNR dB\t")
+	// A planned file adds each tensor's payload rate and, where the plan
+	// recorded one, its estimated weighted SQNR.
+	planned := false
+	for _, t := range r.Tensors {
+		planned = planned || t.PayloadBPW > 0
+	}
+	head := "tensor\tdtype\tshape\tcodec\tstored\tbits/w\tratio\trel.err\tSQNR dB\t"
+	if planned {
+		head += "payload b/w\test.wSQNR dB\t"
+	}
+	fmt.Fprintln(tw, head)
 	for _, t := range r.Tensors {
 		re, sq := "", ""
 		if t.RelErr != nil {
@@ -160,13 +170,24 @@ func printTensors(w io.Writer, r *convert.Report) {
 		if c == "" {
 			c = "-"
 		}
-		if t.Params != "" && t.Params != r.Params {
-			c += " " + t.Params
+		if params := convert.TensorConfig(t.Params); params != "" && params != r.Params {
+			c += " " + params
 		}
 		if t.Note != "" {
 			c += " (" + t.Note + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.3f\t%.1f%%\t%s\t%s\t\n", t.Name, t.DType, fmtShape(t.Shape), c, human(t.StoredBytes), t.BPW, 100*t.Ratio, re, sq)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.3f\t%.1f%%\t%s\t%s\t", t.Name, t.DType, fmtShape(t.Shape), c, human(t.StoredBytes), t.BPW, 100*t.Ratio, re, sq)
+		if planned {
+			rate, est := "", ""
+			if t.PayloadBPW > 0 {
+				rate = fmt.Sprintf("%.3f", t.PayloadBPW)
+			}
+			if t.EstSQNRdB != nil {
+				est = fmtSQNR(*t.EstSQNRdB)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t", rate, est)
+		}
+		fmt.Fprintln(tw)
 	}
 	tw.Flush()
 	fmt.Fprintln(w)

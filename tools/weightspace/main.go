@@ -8,7 +8,9 @@
 //
 // Codecs are given as name[:group=N][:rank=N], separated by commas;
 // NAME:bpw=B, for a codec with rate control (codec.Planner), plans it for
-// B bits per weight over the measured tensors (the plan's time counts as encoding).
+// B bits per weight over the measured tensors (the plan's time counts as encoding);
+// tenpak_x_v3:k=K codes every measured tensor with the one step exponent K
+// (no rate control). With -decode the table also gives decoding seconds.
 // Beside each SQNR the table gives the Gaussian rate–distortion bound at
 // the same bits per weight, 6.02·bits dB: no coder can do better on
 // i.i.d. Gaussian weights of that rate.
@@ -33,6 +35,7 @@ import (
 	_ "github.com/tpconvert/tpconvert/codec/intq"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx2"
+	"github.com/tpconvert/tpconvert/codec/tenpakx3"
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/rate"
 	"github.com/tpconvert/tpconvert/stream"
@@ -47,12 +50,13 @@ func main() {
 	include := flag.String("include", "", "also measure tensors whose name matches this regular expression (with -layers none: only those)")
 	codecs := flag.String("codecs", defaultCodecs, "codecs to measure")
 	header := flag.Bool("header", false, "print the markdown table header first")
+	decode := flag.Bool("decode", false, "add a column of decoding seconds")
 	flag.Parse()
 	if flag.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "usage: weightspace [flags] MODEL")
 		os.Exit(2)
 	}
-	if err := run(flag.Arg(0), *label, *layers, *include, *codecs, *header); err != nil {
+	if err := run(flag.Arg(0), *label, *layers, *include, *codecs, *header, *decode); err != nil {
 		fmt.Fprintln(os.Stderr, "weightspace:", err)
 		os.Exit(1)
 	}
@@ -70,6 +74,18 @@ func parseCodecs(s string) ([]spec, error) {
 	for _, item := range strings.Split(s, ",") {
 		parts := strings.Split(item, ":")
 		var o codec.Options
+		if parts[0] == "tenpak_x_v3" && len(parts) == 2 && strings.HasPrefix(parts[1], "k=") {
+			cfg, err := tenpakx3.ParseConfig(parts[1])
+			if err != nil {
+				return nil, err
+			}
+			c, err := tenpakx3.NewFixed(cfg)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, spec{label: item, c: c})
+			continue
+		}
 		if codec.Plans(parts[0]) {
 			k, v, _ := strings.Cut(strings.Join(parts[1:], ":"), "=")
 			b, err := strconv.ParseFloat(v, 64)
@@ -103,7 +119,7 @@ func parseCodecs(s string) ([]spec, error) {
 	return out, nil
 }
 
-func run(path, label, layers, include, codecs string, header bool) error {
+func run(path, label, layers, include, codecs string, header, decode bool) error {
 	specs, err := parseCodecs(codecs)
 	if err != nil {
 		return err
@@ -130,6 +146,7 @@ func run(path, label, layers, include, codecs string, header bool) error {
 	noise := make([]float64, len(specs))
 	bytesOut := make([]int64, len(specs))
 	secs := make([]float64, len(specs))
+	dsecs := make([]float64, len(specs))
 	var selWeights int64
 	for _, t := range src.Tensors() {
 		if sel.Select(t) {
@@ -191,9 +208,11 @@ func run(path, label, layers, include, codecs string, header bool) error {
 				return fmt.Errorf("%s: %s: %w", s.label, t.Name, err)
 			}
 			secs[k] += time.Since(start).Seconds()
+			start = time.Now()
 			if err := s.c.Decode(y, buf.Bytes(), t, s.c.Version()); err != nil {
 				return fmt.Errorf("%s: %s: %w", s.label, t.Name, err)
 			}
+			dsecs[k] += time.Since(start).Seconds()
 			bytesOut[k] += int64(buf.Len())
 			for j := range x {
 				d := float64(x[j]) - float64(y[j])
@@ -209,13 +228,21 @@ func run(path, label, layers, include, codecs string, header bool) error {
 		dt = append(dt, fmt.Sprintf("%d×%s", v, k))
 	}
 	if header {
-		fmt.Println("| model | tensors (source dtype) | weights | codec | bits/weight | SQNR dB | Gaussian bound dB | encode s |")
-		fmt.Println("|---|---|---:|---|---:|---:|---:|---:|")
+		h, l := "", ""
+		if decode {
+			h, l = " decode s |", "---:|"
+		}
+		fmt.Println("| model | tensors (source dtype) | weights | codec | bits/weight | SQNR dB | Gaussian bound dB | encode s |" + h)
+		fmt.Println("|---|---|---:|---|---:|---:|---:|---:|" + l)
 	}
 	for k, s := range specs {
 		bpw := float64(bytesOut[k]) * 8 / float64(weights)
-		fmt.Printf("| %s | %d (%s) | %d | %s | %.3f | %.2f | %.2f | %.1f |\n", label, ntens, strings.Join(dt, ", "), weights, s.label,
-			bpw, 10*math.Log10(sig/noise[k]), 20*math.Log10(2)*bpw, secs[k])
+		d := ""
+		if decode {
+			d = fmt.Sprintf(" %.3f |", dsecs[k])
+		}
+		fmt.Printf("| %s | %d (%s) | %d | %s | %.3f | %.2f | %.2f | %.1f |%s\n", label, ntens, strings.Join(dt, ", "), weights, s.label,
+			bpw, 10*math.Log10(sig/noise[k]), 20*math.Log10(2)*bpw, secs[k], d)
 	}
 	return nil
 }

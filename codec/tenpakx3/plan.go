@@ -1,0 +1,221 @@
+package tenpakx3
+
+import (
+	"fmt"
+	"math"
+	"sync"
+
+	"github.com/tpconvert/tpconvert/codec"
+	"github.com/tpconvert/tpconvert/tensor"
+)
+
+// Codec implements codec.Planner and codec.SizeEstimator: rate control
+// chooses a step exponent per tensor from sizes estimated on sampled rows.
+var (
+	_ codec.Planner       = (*Codec)(nil)
+	_ codec.SizeEstimator = (*Codec)(nil)
+	_ codec.RowDecoder    = (*Codec)(nil)
+	_ codec.ErrorBounder  = (*Codec)(nil)
+)
+
+// Candidates returns the Configs considered for every matrix: k from −8
+// to 64 in steps of 2 (about 0.8 to 10 bits per Gaussian weight, the step
+// 2^(1/4) apart).
+func Candidates() []Config {
+	var out []Config
+	for k := -8; k <= 64; k += 2 {
+		out = append(out, Config{K: k})
+	}
+	return out
+}
+
+// Candidates implements codec.Planner (see the function Candidates).
+func (c *Codec) Candidates(rows, cols int) []codec.Config {
+	cs := Candidates()
+	out := make([]codec.Config, len(cs))
+	for i, cfg := range cs {
+		out[i] = cfg
+	}
+	return out
+}
+
+// configs converts the Configs rate control hands back.
+func configs(cfgs []codec.Config) ([]Config, error) {
+	out := make([]Config, len(cfgs))
+	for i, cfg := range cfgs {
+		v, ok := cfg.(Config)
+		if !ok {
+			return nil, fmt.Errorf("tenpak_x_v3: configuration %v (%T) is not a tenpak_x_v3 Config", cfg, cfg)
+		}
+		if err := v.Valid(); err != nil {
+			return nil, err
+		}
+		out[i] = v
+	}
+	return out, nil
+}
+
+// sample checks a sample of whole rows.
+func sample(x []float32, cols int) (int, error) {
+	if cols <= 0 || len(x) == 0 || len(x)%cols != 0 {
+		return 0, fmt.Errorf("tenpak_x_v3: sample of %d values is not whole rows of %d", len(x), cols)
+	}
+	if err := CheckFinite(x); err != nil {
+		return 0, err
+	}
+	return len(x) / cols, nil
+}
+
+// Distortions implements codec.Planner: it codes the sample rows as a
+// tensor of their own (the same rules as Encode: step from their RMS,
+// their classes, column steps from imp), decodes the payload and returns
+// Σ imp[c]·(x − x̂)² for each Config.
+func (c *Codec) Distortions(x []float32, cols int, imp []float32, cfgs []codec.Config) ([]float64, error) {
+	cs, err := configs(cfgs)
+	if err != nil {
+		return nil, err
+	}
+	n, err := sample(x, cols)
+	if err != nil {
+		return nil, err
+	}
+	if len(imp) != cols {
+		imp = nil
+	}
+	jcol := colExps(imp)
+	info := tensor.Info{Name: "sample", DType: tensor.F32, Shape: []int64{int64(n), int64(cols)}}
+	out := make([]float64, len(cs))
+	y := make([]float32, len(x))
+	for i, cfg := range cs {
+		res, err := encodeMatrix(x, n, cols, jcol, cfg.K, 1, c.ncls, 1)
+		if err != nil {
+			return nil, err
+		}
+		if err := c.Decode(y, res.payload, info, Version); err != nil {
+			return nil, fmt.Errorf("tenpak_x_v3: sample does not decode: %w", err)
+		}
+		var e float64
+		for j := range x {
+			d := float64(x[j]) - float64(y[j])
+			if imp != nil {
+				d *= math.Sqrt(float64(imp[j%cols]))
+			}
+			e += d * d
+		}
+		out[i] = e
+	}
+	return out, nil
+}
+
+// ConfigSize implements codec.Planner: an upper bound of the payload size
+// of a rows×cols matrix (raw blocks, one escape in 64 weights); rate
+// control takes the sizes of EstimateSizes instead.
+func (c *Codec) ConfigSize(cfg codec.Config, rows, cols int) (int64, error) {
+	if _, err := configs([]codec.Config{cfg}); err != nil {
+		return 0, err
+	}
+	n := int64(rows) * int64(cols)
+	return fixedSize(rows, cols, true, c.ncls) + n*(1+MaxShift/8) + n/8 + 64, nil
+}
+
+// fixedSize returns the bytes of a rows×cols payload that do not depend on
+// the values: header, column exponents, class ids, group lengths.
+func fixedSize(rows, cols int, jcol bool, ncls [2]int) int64 {
+	s := int64(HeaderSize)
+	if jcol {
+		s += int64(cols)
+	}
+	if min(ncls[0], rows) > 1 {
+		s += int64(rows+3) / 4
+	}
+	if min(ncls[1], cols) > 1 {
+		s += int64(cols+3) / 4
+	}
+	rpg := max(1, GroupWeights/cols)
+	return s + 4*int64((rows+rpg-1)/rpg)
+}
+
+// Estimate error margins: the ideal code length of each context's sample
+// histogram (with the Miller–Madow correction) times fseFactor, plus
+// tableBytes per present symbol and block (FSE's normalized counts),
+// measured by TestEstimateSizes.
+const (
+	fseFactor  = 1.004
+	tableBase  = 8
+	tableBytes = 1.3
+)
+
+// EstimateSizes implements codec.SizeEstimator: for each Config, the
+// payload size of the whole rows×cols matrix estimated from the sample
+// rows x: the sample's symbol histograms per context scaled to rows rows,
+// coded at their entropy, plus the tables of each row group's blocks, the
+// escapes, the raw bits and the fixed parts. It errs high by about 0.5 %.
+func (c *Codec) EstimateSizes(x []float32, rows, cols int, imp []float32, cfgs []codec.Config) ([]int64, error) {
+	cs, err := configs(cfgs)
+	if err != nil {
+		return nil, err
+	}
+	n, err := sample(x, cols)
+	if err != nil {
+		return nil, err
+	}
+	if len(imp) != cols {
+		imp = nil
+	}
+	jcol := colExps(imp)
+	scale := float64(rows) / float64(n)
+	rpg := max(1, GroupWeights/cols)
+	ng := (rows + rpg - 1) / rpg
+	out := make([]int64, len(cs))
+	for i, cfg := range cs {
+		p, ok := analyze(x, n, cols, jcol, cfg.K, 1, c.ncls, 1)
+		if !ok {
+			return nil, fmt.Errorf("%w: the step of k=%d is not a normal float32", codec.ErrUnsupported, cfg.K)
+		}
+		q := p.quantGroup(x, 0, n)
+		var bits float64
+		for k := range q.syms {
+			h := make([]float64, 256)
+			for _, s := range q.syms[k] {
+				h[s]++
+			}
+			present := 0
+			for i := range h {
+				if h[i] > 0 {
+					present++
+				}
+				h[i] *= scale
+			}
+			// Miller–Madow: the plug-in entropy of a sample is short by
+			// about (present−1)/(2·ln 2) bits in all.
+			if present > 1 {
+				bits += float64(present-1) / (2 * math.Ln2) * scale
+			}
+			bits += blockBits(h, ng)
+		}
+		bits *= fseFactor
+		esc := float64(len(q.esc)) * scale
+		low := float64(rows) * float64(cols) * float64(p.shift) / 8
+		size := fixedSize(rows, cols, jcol != nil, c.ncls) + int64(math.Ceil(bits/8+esc+low)) + int64(ng)*6
+		out[i] = size
+	}
+	return out, nil
+}
+
+// Planned implements codec.Planner: a copy of c (workers) that codes each
+// tensor named in p.Configs with its Config, with column steps from
+// p.Importance, and caps each payload at p.Bytes[name] when present.
+func (c *Codec) Planned(p codec.Plan) (codec.Codec, error) {
+	plan := make(map[string]Config, len(p.Configs))
+	for name, cfg := range p.Configs {
+		cs, err := configs([]codec.Config{cfg})
+		if err != nil {
+			return nil, fmt.Errorf("tensor %q: %w", name, err)
+		}
+		plan[name] = cs[0]
+	}
+	cc := *c
+	cc.plan, cc.imp, cc.bytes, cc.summary = plan, p.Importance, p.Bytes, p.Summary
+	cc.used = new(sync.Map)
+	return &cc, nil
+}

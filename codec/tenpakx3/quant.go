@@ -1,0 +1,489 @@
+package tenpakx3
+
+import (
+	"math"
+	"sort"
+
+	"github.com/tpconvert/tpconvert/codec/internal/par"
+)
+
+// Quantizer constants (part of the encoder, not of the format, except
+// where CODECS.md says so).
+const (
+	// NTheta is the number of centroid offsets θ_1..θ_NTheta; magnitudes
+	// above NTheta use θ_NTheta.
+	NTheta = 8
+	// escSym is the symbol that announces an escape.
+	escSym = 255
+)
+
+// Lambda is the rate–distortion multiplier c of λ = c·Δ²: the rounding
+// minimises (t − r(m))² + c·bits(m) in units of the step.
+var Lambda = 0.14
+
+// Classes is the number of row classes (contexts) the encoder uses.
+var Classes = [2]int{4, 4}
+
+// params is everything a tensor's coding depends on besides its values.
+type params struct {
+	rows, cols int
+	step       float32 // Δ
+	jcol       []int8  // per-column step exponents (nil: all 0)
+	inv        []float32
+	stepc      []float32 // Δ·2^(j/16) per column
+	nrc, ncc   int
+	rcls, ccls []uint8
+	shift      uint
+	theta      [NTheta]int8
+	// RDO tables: reconstruction levels used by the rounding, and the
+	// bits of each symbol per context.
+	r1   [NTheta + 1]float32
+	bits [][256]float32
+	lam  float32
+}
+
+// colMul returns the step exponents j_c = round(−8·log2(imp_c/ḡ))
+// (geometric mean ḡ of imp), clamped to int8, for the importance imp.
+func colExps(imp []float32) []int8 {
+	if imp == nil {
+		return nil
+	}
+	var lg float64
+	n := 0
+	for _, v := range imp {
+		if v > 0 && !math.IsInf(float64(v), 0) {
+			lg += math.Log2(float64(v))
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	g := lg / float64(n)
+	j := make([]int8, len(imp))
+	allZero := true
+	for c, v := range imp {
+		e := 127.0
+		if v > 0 && !math.IsInf(float64(v), 0) {
+			// Δ_c ∝ imp_c^(−1/2): 16·log2(Δ_c/Δ) = −8·log2(imp_c/ḡ).
+			e = math.Round(-8 * (math.Log2(float64(v)) - g))
+		} else if v > 0 {
+			e = -127
+		}
+		e = math.Max(-127, math.Min(127, e))
+		j[c] = int8(e)
+		allZero = allZero && j[c] == 0
+	}
+	if allZero {
+		return nil
+	}
+	return j
+}
+
+// colStep returns 2^(j/16).
+func colStep(j int8) float64 { return math.Exp2(float64(j) / 16) }
+
+// stats are the sums of the first pass.
+type stats struct {
+	sumsq   float64   // Σ x²
+	rowT    []float64 // per row Σ (x/mul)²
+	colT    []float64 // per column Σ (x/mul)²
+	sumT    float64
+	nonfine bool
+}
+
+// firstPass computes the sums of squares the step and the classes
+// depend on, in chunks of rows whose partial sums are added in order.
+func firstPass(x []float32, rows, cols int, jcol []int8, workers int) stats {
+	mulInv := make([]float64, cols)
+	for c := range mulInv {
+		mulInv[c] = 1
+		if jcol != nil {
+			mulInv[c] = 1 / colStep(jcol[c])
+		}
+	}
+	chunk := max(1, (1<<16)/cols)
+	nch := (rows + chunk - 1) / chunk
+	parts := make([]stats, nch)
+	_ = par.For(rows, chunk, chunk, workers, func(r0, r1 int) error {
+		for ch := r0 / chunk; ch*chunk < r1; ch++ {
+			p := &parts[ch]
+			p.colT = make([]float64, cols)
+			for r := ch * chunk; r < min(r1, (ch+1)*chunk); r++ {
+				var rs float64
+				for c, v := range x[r*cols : (r+1)*cols] {
+					f := float64(v)
+					p.sumsq += f * f
+					t := f * mulInv[c]
+					t *= t
+					rs += t
+					p.colT[c] += t
+				}
+				p.sumT += rs
+			}
+		}
+		return nil
+	})
+	st := stats{rowT: make([]float64, rows), colT: make([]float64, cols)}
+	for ch := range parts {
+		p := &parts[ch]
+		st.sumsq += p.sumsq
+		st.sumT += p.sumT
+		for c := range cols {
+			st.colT[c] += p.colT[c]
+		}
+	}
+	// Row sums again (cheap, and independent of the chunking).
+	_ = par.For(rows, 1, max(1, (1<<16)/cols), workers, func(r0, r1 int) error {
+		for r := r0; r < r1; r++ {
+			var rs float64
+			for c, v := range x[r*cols : (r+1)*cols] {
+				t := float64(v) * mulInv[c]
+				rs += t * t
+			}
+			st.rowT[r] = rs
+		}
+		return nil
+	})
+	return st
+}
+
+// classes assigns n items with sums of squares ss to nc classes of equal
+// count by rank (ties by index): class = rank·nc/n.
+func classes(ss []float64, nc int) []uint8 {
+	if nc <= 1 {
+		return nil
+	}
+	idx := make([]int, len(ss))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.SliceStable(idx, func(a, b int) bool { return ss[idx[a]] < ss[idx[b]] })
+	out := make([]uint8, len(ss))
+	for rank, i := range idx {
+		out[i] = uint8(rank * nc / len(ss))
+	}
+	return out
+}
+
+// shiftFor returns the number of raw low bits s for a normalized RMS
+// rmsT = RMS(x/Δ_c): the smallest s with 13·rmsT < 255·2^s, so that
+// values up to about 6.5 RMS take no escape.
+func shiftFor(rmsT float64) uint {
+	s := uint(0)
+	for s < 24 && 13*rmsT >= 255*math.Exp2(float64(s)) {
+		s++
+	}
+	return s
+}
+
+// analyze computes a tensor's params for step exponent k and step factor
+// f (1 unless the size cap coarsens it): first pass, classes, step, raw
+// bits, then a plain rounding pass whose histogram and centroids drive
+// the rate–distortion optimised rounding. ok is false when the step is
+// not a positive normal float32.
+func analyze(x []float32, rows, cols int, jcol []int8, k int, f float64, ncls [2]int, workers int) (*params, bool) {
+	st := firstPass(x, rows, cols, jcol, workers)
+	n := float64(rows) * float64(cols)
+	rms := math.Sqrt(st.sumsq / n)
+	rmsT := math.Sqrt(st.sumT / n)
+	step := rms * math.Exp2(-float64(k)/8) * f
+	if rms == 0 {
+		step = 1
+	}
+	p := &params{rows: rows, cols: cols, step: float32(step), jcol: jcol, lam: float32(Lambda)}
+	if !(p.step >= math.SmallestNonzeroFloat32*(1<<23)) || math.IsInf(float64(p.step), 0) {
+		return nil, false
+	}
+	p.nrc, p.ncc = min(ncls[0], rows), min(ncls[1], cols)
+	if p.nrc < 1 {
+		p.nrc = 1
+	}
+	if p.ncc < 1 {
+		p.ncc = 1
+	}
+	p.rcls = classes(st.rowT, p.nrc)
+	p.ccls = classes(st.colT, p.ncc)
+	p.setSteps()
+	if rmsT > 0 {
+		p.shift = shiftFor(rmsT / float64(p.step))
+	}
+	rpg := max(1, GroupWeights/cols)
+	p.plainPass(x, (rows+rpg-1)/rpg, workers)
+	return p, true
+}
+
+// setSteps fills the per-column steps from step and jcol.
+func (p *params) setSteps() {
+	p.stepc = make([]float32, p.cols)
+	p.inv = make([]float32, p.cols)
+	for c := range p.cols {
+		s := float64(p.step)
+		if p.jcol != nil {
+			s *= colStep(p.jcol[c])
+		}
+		p.stepc[c] = float32(s)
+		p.inv[c] = float32(1 / s)
+	}
+}
+
+func (p *params) ctx(r, c int) int {
+	k := 0
+	if p.rcls != nil {
+		k = int(p.rcls[r]) * p.ncc
+	}
+	if p.ccls != nil {
+		k += int(p.ccls[c])
+	}
+	return k
+}
+
+// binSums accumulates, per magnitude bin b = min(m, NTheta) (b ≥ 1), Σ w
+// and Σ w·(m − t), whose ratio is the centroid offset θ_b.
+// Bin 0 and a, b, c give the squared error in units of x: with
+// e0 = |x| − m·Δ_c, a = Σ e0², b = Σ e0·Δ_c, c = Σ Δ_c² (a[0] = Σ x² of
+// the zeros), so that Σ(x − x̂)² = Σ a + 2θ·b + θ²·c.
+type binSums struct {
+	w, d    [NTheta + 1]float64
+	a, b, c [NTheta + 1]float64
+}
+
+func (b *binSums) add(o *binSums) {
+	for i := range b.w {
+		b.w[i] += o.w[i]
+		b.d[i] += o.d[i]
+		b.a[i] += o.a[i]
+		b.b[i] += o.b[i]
+		b.c[i] += o.c[i]
+	}
+}
+
+// thetas returns θ_b = round(256·Σw(m−t)/Σw) clamped to int8 (0 for an
+// empty bin).
+func (b *binSums) thetas() [NTheta]int8 {
+	var th [NTheta]int8
+	for i := 1; i <= NTheta; i++ {
+		if b.w[i] > 0 {
+			v := math.Round(256 * b.d[i] / b.w[i])
+			th[i-1] = int8(math.Max(-127, math.Min(127, v)))
+		}
+	}
+	return th
+}
+
+// plainPass rounds every value to the nearest level, builds each
+// context's symbol histogram (the bits of the optimised rounding) and the
+// centroids of the plain rounding (its reconstruction levels).
+func (p *params) plainPass(x []float32, ng, workers int) {
+	nctx := p.nrc * p.ncc
+	chunk := max(1, (1<<16)/p.cols)
+	nch := (p.rows + chunk - 1) / chunk
+	hs := make([][]uint32, nch)
+	bs := make([]binSums, nch)
+	_ = par.For(p.rows, chunk, chunk, workers, func(r0, r1 int) error {
+		for ch := r0 / chunk; ch*chunk < r1; ch++ {
+			h := make([]uint32, nctx*256)
+			b := &bs[ch]
+			for r := ch * chunk; r < min(r1, (ch+1)*chunk); r++ {
+				for c, v := range x[r*p.cols : (r+1)*p.cols] {
+					t := p.norm(v, c)
+					m := math.Round(t)
+					u := 2 * m
+					if v < 0 && m > 0 {
+						u--
+					}
+					sym := escSym
+					if us := u / float64(uint64(1)<<p.shift); us < escSym {
+						sym = int(us)
+					}
+					h[p.ctx(r, c)*256+sym]++
+					if m > 0 {
+						i := int(math.Min(m, NTheta))
+						b.w[i]++
+						b.d[i] += m - t
+					}
+				}
+			}
+			hs[ch] = h
+		}
+		return nil
+	})
+	tot := make([]uint64, nctx*256)
+	var b binSums
+	for ch := range nch {
+		for i, v := range hs[ch] {
+			tot[i] += uint64(v)
+		}
+		b.add(&bs[ch])
+	}
+	th := b.thetas()
+	for m := 1; m <= NTheta; m++ {
+		p.r1[m] = float32(m) - float32(th[m-1])/256
+	}
+	// Keep the row and column classes only where they pay for their
+	// tables: of nrc×ncc, nrc×1, 1×ncc and 1×1 contexts, the one whose
+	// histograms cost the fewest bits.
+	bestBits, bestR, bestC := math.Inf(1), 1, 1
+	var bestH []float64
+	for _, rc := range [][2]int{{p.nrc, p.ncc}, {p.nrc, 1}, {1, p.ncc}, {1, 1}} {
+		h := make([]float64, rc[0]*rc[1]*256)
+		for a := range p.nrc {
+			for b := range p.ncc {
+				k := (a%rc[0])*rc[1] + b%rc[1]
+				if rc[0] == 1 {
+					k = b % rc[1]
+				}
+				if rc[1] == 1 {
+					k = a % rc[0]
+				}
+				for s := range 256 {
+					h[k*256+s] += float64(tot[(a*p.ncc+b)*256+s])
+				}
+			}
+		}
+		var bits float64
+		for k := range rc[0] * rc[1] {
+			bits += blockBits(h[k*256:(k+1)*256], ng)
+		}
+		if bits < bestBits-0.5 {
+			bestBits, bestR, bestC, bestH = bits, rc[0], rc[1], h
+		}
+	}
+	if bestR == 1 {
+		p.rcls = nil
+	}
+	if bestC == 1 {
+		p.ccls = nil
+	}
+	p.nrc, p.ncc = bestR, bestC
+	nctx = bestR * bestC
+	p.bits = make([][256]float32, nctx)
+	for k := range nctx {
+		var n float64
+		for s := range 256 {
+			n += bestH[k*256+s]
+		}
+		for s := range 256 {
+			// Add-one-half smoothing: an unseen symbol costs a bit more
+			// than the rarest seen one.
+			p.bits[k][s] = float32(math.Log2((n + 128) / (bestH[k*256+s] + 0.5)))
+		}
+		// An escape also sends its value, about a byte.
+		p.bits[k][escSym] += 8
+	}
+}
+
+// fseLog is the FSE table log the encoder asks for.
+const fseLog = 12
+
+// blockBits estimates the bits of ng FSE blocks whose symbols have the
+// histogram h in all: the code length under FSE's normalized counts
+// (each present symbol at least 1 of 2^fseLog) and each block's table.
+func blockBits(h []float64, ng int) float64 {
+	var tot, qs float64
+	present := 0
+	for _, v := range h {
+		tot += v
+		if v > 0 {
+			present++
+		}
+	}
+	if tot == 0 {
+		return 0
+	}
+	if present == 1 {
+		return 16 * float64(ng)
+	}
+	const T = 1 << fseLog
+	q := make([]float64, len(h))
+	for i, v := range h {
+		if v > 0 {
+			q[i] = math.Max(1, math.Round(v*T/tot))
+			qs += q[i]
+		}
+	}
+	var bits float64
+	for i, v := range h {
+		if v > 0 {
+			bits -= v * math.Log2(q[i]/qs)
+		}
+	}
+	return bits + 8*float64(ng)*(tableBase+tableBytes*float64(present))
+}
+
+// norm returns |x|/Δ_c, the magnitude in units of column c's step.
+func (p *params) norm(v float32, c int) float64 {
+	return math.Abs(float64(v) * float64(p.inv[c]))
+}
+
+// level returns the RDO reconstruction level of magnitude m.
+func (p *params) level(m float64) float64 {
+	if m <= NTheta {
+		return float64(p.r1[int(m)])
+	}
+	return m - float64(NTheta) + float64(p.r1[NTheta])
+}
+
+// symBits is the cost in bits of zigzag value u in context k (the raw
+// low bits, the same for every choice, left out).
+func (p *params) symBits(k int, u float64) float64 {
+	us := u / float64(uint64(1)<<p.shift)
+	if us >= escSym {
+		return float64(p.bits[k][escSym])
+	}
+	return float64(p.bits[k][int(us)])
+}
+
+// round returns the magnitude m chosen for normalized value t ≥ 0 with
+// sign neg in context k: of ⌊t⌋, ⌊t⌋+1 and 0, the one with the least
+// (t − level(m))² + c·bits.
+func (p *params) round(t float64, neg bool, k int) float64 {
+	if t > 1<<40 {
+		return math.Round(t)
+	}
+	lo := math.Floor(t)
+	lam := float64(p.lam)
+	best, bestCost := 0.0, t*t+lam*float64(p.bits[k][0])
+	for _, m := range [2]float64{lo, lo + 1} {
+		if m == 0 {
+			continue
+		}
+		d := t - p.level(m)
+		u := 2 * m
+		if neg {
+			u--
+		}
+		if cost := d*d + lam*p.symBits(k, u); cost < bestCost {
+			best, bestCost = m, cost
+		}
+	}
+	return best
+}
+
+// recon is the decoder's reconstruction table: level(m) for m ≤ NTheta
+// from the stored θ.
+type recon [NTheta + 1]float64
+
+func newRecon(th [NTheta]int8) recon {
+	var r recon
+	for m := 1; m <= NTheta; m++ {
+		r[m] = float64(m) - float64(th[m-1])/256
+	}
+	return r
+}
+
+// value returns the decoded weight of magnitude m, sign neg, column step
+// sc: float32(±(m − θ)·sc).
+func (r *recon) value(m uint64, neg bool, sc float32) float32 {
+	var l float64
+	if m <= NTheta {
+		l = r[m]
+	} else {
+		l = float64(m-NTheta) + r[NTheta]
+	}
+	v := float32(l * float64(sc))
+	if neg {
+		v = -v
+	}
+	return v
+}

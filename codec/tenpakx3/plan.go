@@ -195,7 +195,7 @@ func (c *Codec) EstimateSizes(x []float32, rows, cols int, imp []float32, cfgs [
 		}
 		bits *= fseFactor
 		esc := float64(len(q.esc)) * scale
-		low := float64(rows) * float64(cols) * float64(p.shift) / 8
+		low := float64(len(q.low)) * scale
 		size := fixedSize(rows, cols, jcol != nil, c.ncls) + int64(math.Ceil(bits/8+esc+low)) + int64(ng)*6
 		out[i] = size
 	}

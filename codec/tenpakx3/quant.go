@@ -166,12 +166,17 @@ func classes(ss []float64, nc int) []uint8 {
 	return out
 }
 
+// Alphabet is the magnitude the encoder keeps below 2^s·Alphabet for
+// values up to 6.5 RMS (s the raw low bits of each magnitude): larger
+// alphabets cost more table than they save.
+var Alphabet = 100.0
+
 // shiftFor returns the number of raw low bits s for a normalized RMS
-// rmsT = RMS(x/Δ_c): the smallest s with 13·rmsT < 255·2^s, so that
-// values up to about 6.5 RMS take no escape.
+// rmsT = RMS(x/Δ_c): the smallest s with 6.5·rmsT < Alphabet·2^s, so
+// that values up to about 6.5 RMS take no escape.
 func shiftFor(rmsT float64) uint {
 	s := uint(0)
-	for s < 24 && 13*rmsT >= 255*math.Exp2(float64(s)) {
+	for s < MaxShift && 6.5*rmsT >= Alphabet*math.Exp2(float64(s)) {
 		s++
 	}
 	return s
@@ -288,13 +293,9 @@ func (p *params) plainPass(x []float32, ng, workers int) {
 				for c, v := range x[r*p.cols : (r+1)*p.cols] {
 					t := p.norm(v, c)
 					m := math.Round(t)
-					u := 2 * m
-					if v < 0 && m > 0 {
-						u--
-					}
 					sym := escSym
-					if us := u / float64(uint64(1)<<p.shift); us < escSym {
-						sym = int(us)
+					if ms := math.Floor(m / float64(uint64(1)<<p.shift)); ms < escSym {
+						sym = int(ms)
 					}
 					h[p.ctx(r, c)*256+sym]++
 					if m > 0 {
@@ -424,20 +425,21 @@ func (p *params) level(m float64) float64 {
 	return m - float64(NTheta) + float64(p.r1[NTheta])
 }
 
-// symBits is the cost in bits of zigzag value u in context k (the raw
-// low bits, the same for every choice, left out).
-func (p *params) symBits(k int, u float64) float64 {
-	us := u / float64(uint64(1)<<p.shift)
-	if us >= escSym {
-		return float64(p.bits[k][escSym])
+// symBits is the cost in bits of magnitude m > 0 in context k: its
+// symbol and its sign (the raw low bits, the same for every choice, left
+// out).
+func (p *params) symBits(k int, m float64) float64 {
+	ms := math.Floor(m / float64(uint64(1)<<p.shift))
+	if ms >= escSym {
+		return float64(p.bits[k][escSym]) + 1
 	}
-	return float64(p.bits[k][int(us)])
+	return float64(p.bits[k][int(ms)]) + 1
 }
 
-// round returns the magnitude m chosen for normalized value t ≥ 0 with
-// sign neg in context k: of ⌊t⌋, ⌊t⌋+1 and 0, the one with the least
+// round returns the magnitude m chosen for normalized value t ≥ 0 in
+// context k: of ⌊t⌋, ⌊t⌋+1 and 0, the one with the least
 // (t − level(m))² + c·bits.
-func (p *params) round(t float64, neg bool, k int) float64 {
+func (p *params) round(t float64, k int) float64 {
 	if t > 1<<40 {
 		return math.Round(t)
 	}
@@ -449,11 +451,7 @@ func (p *params) round(t float64, neg bool, k int) float64 {
 			continue
 		}
 		d := t - p.level(m)
-		u := 2 * m
-		if neg {
-			u--
-		}
-		if cost := d*d + lam*p.symBits(k, u); cost < bestCost {
+		if cost := d*d + lam*p.symBits(k, m); cost < bestCost {
 			best, bestCost = m, cost
 		}
 	}

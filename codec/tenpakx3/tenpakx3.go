@@ -485,28 +485,29 @@ func (p *params) quantGroup(x []float32, r0, r1 int) *quantized {
 		for c, v := range x[r*p.cols : (r+1)*p.cols] {
 			t := p.norm(v, c)
 			k := p.ctx(r, c)
-			neg := v < 0
-			m := p.round(t, neg, k)
+			m := p.round(t, k)
 			ax := math.Abs(float64(v))
 			if m == 0 {
 				syms[k] = append(syms[k], 0)
-				low.write(0)
+				low.write(0, p.shift)
 				b.a[0] += ax * ax
 				continue
 			}
 			sc := float64(p.stepc[c])
-			u := uint64(2 * m)
-			if neg {
-				u--
-			}
-			hi := u >> p.shift
+			mu := uint64(m)
+			hi := mu >> p.shift
 			if hi >= escSym {
 				syms[k] = append(syms[k], escSym)
 				q.esc = binary.AppendUvarint(q.esc, hi-escSym)
 			} else {
 				syms[k] = append(syms[k], byte(hi))
 			}
-			low.write(u & smask)
+			low.write(mu&smask, p.shift)
+			if v < 0 {
+				low.write(1, 1)
+			} else {
+				low.write(0, 1)
+			}
 			i := int(math.Min(m, NTheta))
 			e0 := ax - m*sc
 			b.w[i]++
@@ -579,24 +580,24 @@ func allSame(b []byte) bool {
 	return true
 }
 
-// bitWriter packs fixed-width values least significant bit first.
+// bitWriter packs values least significant bit first.
 type bitWriter struct {
 	buf  []byte
 	acc  uint64
 	nacc uint
-	w    uint
 }
 
 func newBitWriter(n int, w uint) *bitWriter {
-	return &bitWriter{buf: make([]byte, 0, (uint64(n)*uint64(w)+7)/8), w: w}
+	return &bitWriter{buf: make([]byte, 0, (uint64(n)*uint64(w+1)+7)/8)}
 }
 
-func (b *bitWriter) write(v uint64) {
-	if b.w == 0 {
+// write appends the low w ≤ 32 bits of v.
+func (b *bitWriter) write(v uint64, w uint) {
+	if w == 0 {
 		return
 	}
 	b.acc |= v << b.nacc
-	b.nacc += b.w
+	b.nacc += w
 	for b.nacc >= 8 {
 		b.buf = append(b.buf, byte(b.acc))
 		b.acc >>= 8
@@ -610,6 +611,30 @@ func (b *bitWriter) bytes() []byte {
 		b.acc, b.nacc = 0, 0
 	}
 	return b.buf
+}
+
+// bitReader reads values written by bitWriter, refusing to read past
+// its bytes.
+type bitReader struct {
+	src  []byte
+	i    int
+	acc  uint64
+	nacc uint
+}
+
+func (b *bitReader) read(w uint) (uint64, bool) {
+	for b.nacc < w {
+		if b.i >= len(b.src) {
+			return 0, false
+		}
+		b.acc |= uint64(b.src[b.i]) << b.nacc
+		b.i++
+		b.nacc += 8
+	}
+	v := b.acc & (uint64(1)<<w - 1)
+	b.acc >>= w
+	b.nacc -= w
+	return v, true
 }
 
 // header is a parsed payload.
@@ -807,17 +832,9 @@ func (p *params) decodeGroup(dst []float32, q []byte, r0, r1 int, rc *recon, sc 
 		return corrupt("escape stream length")
 	}
 	esc := q[m : m+int(el)]
-	low := q[m+int(el):]
-	n := uint64(r1-r0) * uint64(p.cols)
-	if uint64(len(low)) != (n*uint64(p.shift)+7)/8 {
-		return corrupt("%d bytes of raw bits for %d weights of %d bits", len(low), n, p.shift)
-	}
+	low := bitReader{src: q[m+int(el):]}
 	pos := make([]int, nctx)
-	var acc uint64
-	var nacc uint
-	li := 0
 	w := p.shift
-	mask := uint64(1)<<w - 1
 	for r := r0; r < r1; r++ {
 		row := dst[(r-r0)*p.cols : (r-r0+1)*p.cols]
 		for c := range row {
@@ -832,26 +849,26 @@ func (p *params) decodeGroup(dst []float32, q []byte, r0, r1 int, rc *recon, sc 
 				esc = esc[m:]
 				hi = escSym + v
 			}
-			u := hi << w
-			if w > 0 {
-				for nacc < w {
-					acc |= uint64(low[li]) << nacc
-					li++
-					nacc += 8
-				}
-				u |= acc & mask
-				acc >>= w
-				nacc -= w
+			if hi > maxMag>>w {
+				return corrupt("magnitude of %d high bits", hi)
 			}
-			if u == 0 {
+			lb, ok := low.read(w)
+			if !ok {
+				return corrupt("raw bits end early")
+			}
+			mg := hi<<w | lb
+			if mg == 0 {
 				row[c] = 0
 				continue
 			}
-			mg := (u + 1) / 2
 			if mg > maxMag {
 				return corrupt("magnitude %d", mg)
 			}
-			v := rc.value(mg, u&1 == 1, p.stepc[c])
+			neg, ok := low.read(1)
+			if !ok {
+				return corrupt("raw bits end early")
+			}
+			v := rc.value(mg, neg == 1, p.stepc[c])
 			if math.IsInf(float64(v), 0) {
 				return corrupt("weight overflows")
 			}
@@ -861,8 +878,8 @@ func (p *params) decodeGroup(dst []float32, q []byte, r0, r1 int, rc *recon, sc 
 	if len(esc) != 0 {
 		return corrupt("%d bytes left in the escape stream", len(esc))
 	}
-	if acc != 0 {
-		return corrupt("raw padding bits set")
+	if low.i != len(low.src) || low.acc != 0 {
+		return corrupt("raw bits: %d bytes of %d read, padding %#x", low.i, len(low.src), low.acc)
 	}
 	return nil
 }

@@ -172,30 +172,23 @@ func (c *Codec) EstimateSizes(x []float32, rows, cols int, imp []float32, cfgs [
 		if !ok {
 			return nil, fmt.Errorf("%w: the step of k=%d is not a normal float32", codec.ErrUnsupported, cfg.K)
 		}
-		q := p.quantGroup(x, 0, n)
-		var bits float64
-		for k := range q.syms {
-			h := make([]float64, 256)
-			for _, s := range q.syms[k] {
-				h[s]++
-			}
-			present := 0
-			for i := range h {
-				if h[i] > 0 {
-					present++
-				}
-				h[i] *= scale
-			}
-			// Miller–Madow: the plug-in entropy of a sample is short by
-			// about (present−1)/(2·ln 2) bits in all.
-			if present > 1 {
-				bits += float64(present-1) / (2 * math.Ln2) * scale
-			}
-			bits += blockBits(h, ng)
+		in := []*quantized{p.quantGroup(x, 0, n)}
+		bits, escBytes, lowBytes := estBits(in, p.nrc*p.ncc, scale, ng)
+		if p.ccls != nil && n >= 2 {
+			// Column classes drawn from the sample fit its noise, which
+			// makes its own histograms optimistic; classes of each half
+			// taken from the other half make them pessimistic. The
+			// estimate takes the mean of the two.
+			h := n / 2
+			pa, pb := *p, *p
+			pa.ccls = classes(colSums(x[h*cols:], cols, jcol), p.ncc)
+			pb.ccls = classes(colSums(x[:h*cols], cols, jcol), p.ncc)
+			cross := []*quantized{pa.quantGroup(x, 0, h), pb.quantGroup(x, h, n)}
+			b2, _, _ := estBits(cross, p.nrc*p.ncc, scale, ng)
+			bits = (bits + b2) / 2
 		}
-		bits *= fseFactor
-		esc := float64(len(q.esc)) * scale
-		low := float64(len(q.low)) * scale
+		esc := float64(escBytes) * scale
+		low := float64(lowBytes) * scale
 		size := fixedSize(rows, cols, jcol != nil, c.ncls) + int64(math.Ceil(bits/8+esc+low)) + int64(ng)*6
 		out[i] = size
 	}
@@ -218,4 +211,50 @@ func (c *Codec) Planned(p codec.Plan) (codec.Codec, error) {
 	cc.plan, cc.imp, cc.bytes, cc.summary = plan, p.Importance, p.Bytes, p.Summary
 	cc.used = new(sync.Map)
 	return &cc, nil
+}
+
+// colSums returns Σ (x/2^(j/16))² per column of the rows x.
+func colSums(x []float32, cols int, jcol []int8) []float64 {
+	s := make([]float64, cols)
+	for i, v := range x {
+		c := i % cols
+		t := float64(v)
+		if jcol != nil {
+			t /= colStep(jcol[c])
+		}
+		s[c] += t * t
+	}
+	return s
+}
+
+// estBits returns the estimated FSE bits of the symbols of qs (contexts
+// nctx) scaled by scale, in ng row groups, and the bytes of their escapes
+// and raw bits.
+func estBits(qs []*quantized, nctx int, scale float64, ng int) (bits float64, esc, low int) {
+	for _, q := range qs {
+		esc += len(q.esc)
+		low += len(q.low)
+	}
+	for k := range nctx {
+		h := make([]float64, 256)
+		for _, q := range qs {
+			for _, s := range q.syms[k] {
+				h[s]++
+			}
+		}
+		present := 0
+		for i := range h {
+			if h[i] > 0 {
+				present++
+			}
+			h[i] *= scale
+		}
+		// Miller–Madow: the plug-in entropy of a sample is short by
+		// about (present−1)/(2·ln 2) bits in all.
+		if present > 1 {
+			bits += float64(present-1) / (2 * math.Ln2) * scale
+		}
+		bits += blockBits(h, ng)
+	}
+	return bits * fseFactor, esc, low
 }

@@ -241,10 +241,10 @@ func TestSpecialValues(t *testing.T) {
 }
 
 // TestEstimateSizes: sizes estimated from a sample of 24 rows lie within
-// 2.5 % of the actual payload size, on Gaussian, heavy-tailed and
-// realistic rows. The estimate aims 0.5 % high; the sample's RMS (hence
-// its step) is off by about 1/sqrt(2·n) of the full tensor's, which moves
-// the size by up to 1.7 % at the lowest rates.
+// −1.5 % and +2.5 % of the actual payload size, on Gaussian, heavy-tailed
+// and realistic rows (measured: −0.4 % to +1.5 %; the estimate aims
+// 0.5 % high, and the sample's RMS, hence its step, is off by about
+// 1/sqrt(2·n) of the whole tensor's).
 func TestEstimateSizes(t *testing.T) {
 	rows, cols := 768, 1024
 	rng := numtest.NewRand(9)
@@ -273,7 +273,7 @@ func TestEstimateSizes(t *testing.T) {
 			}
 			r := float64(est[0])/float64(buf.Len()) - 1
 			t.Logf("%s k=%d: estimate %d, actual %d (%+.2f%%)", w.name, k, est[0], buf.Len(), 100*r)
-			if r < -0.025 || r > 0.025 {
+			if r < -0.015 || r > 0.025 {
 				t.Errorf("%s k=%d: estimate %d for %d bytes (%+.2f%%)", w.name, k, est[0], buf.Len(), 100*r)
 			}
 		}

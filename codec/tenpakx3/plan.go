@@ -140,7 +140,7 @@ func fixedSize(rows, cols int, jcol bool, ncls [2]int) int64 {
 // tableBytes per present symbol and block (FSE's normalized counts),
 // measured by TestEstimateSizes.
 const (
-	fseFactor  = 1.004
+	fseFactor  = 1.01
 	tableBase  = 8
 	tableBytes = 1.3
 )
@@ -168,7 +168,7 @@ func (c *Codec) EstimateSizes(x []float32, rows, cols int, imp []float32, cfgs [
 	ng := (rows + rpg - 1) / rpg
 	out := make([]int64, len(cs))
 	for i, cfg := range cs {
-		p, ok := analyze(x, n, cols, jcol, cfg.K, 1, c.ncls, 1)
+		p, ok := analyze(x, n, rows, cols, jcol, cfg.K, 1, c.ncls, 1)
 		if !ok {
 			return nil, fmt.Errorf("%w: the step of k=%d is not a normal float32", codec.ErrUnsupported, cfg.K)
 		}

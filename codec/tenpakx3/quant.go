@@ -28,6 +28,7 @@ var Classes = [2]int{4, 4}
 type params struct {
 	rows, cols int
 	step       float32 // Δ
+	scale      float32 // S: Δ = S·2^(−k/8)·f
 	jcol       []int8  // per-column step exponents (nil: all 0)
 	inv        []float32
 	stepc      []float32 // Δ·2^(j/16) per column
@@ -86,6 +87,7 @@ func colStep(j int8) float64 { return math.Exp2(float64(j) / 16) }
 // stats are the sums of the first pass.
 type stats struct {
 	sumsq   float64   // Σ x²
+	sumabs  float64   // Σ |x|
 	rowT    []float64 // per row Σ (x/mul)²
 	colT    []float64 // per column Σ (x/mul)²
 	sumT    float64
@@ -114,6 +116,7 @@ func firstPass(x []float32, rows, cols int, jcol []int8, workers int) stats {
 				for c, v := range x[r*cols : (r+1)*cols] {
 					f := float64(v)
 					p.sumsq += f * f
+					p.sumabs += math.Abs(f)
 					t := f * mulInv[c]
 					t *= t
 					rs += t
@@ -128,6 +131,7 @@ func firstPass(x []float32, rows, cols int, jcol []int8, workers int) stats {
 	for ch := range parts {
 		p := &parts[ch]
 		st.sumsq += p.sumsq
+		st.sumabs += p.sumabs
 		st.sumT += p.sumT
 		for c := range cols {
 			st.colT[c] += p.colT[c]
@@ -187,16 +191,23 @@ func shiftFor(rmsT float64) uint {
 // bits, then a plain rounding pass whose histogram and centroids drive
 // the rate–distortion optimised rounding. ok is false when the step is
 // not a positive normal float32.
-func analyze(x []float32, rows, cols int, jcol []int8, k int, f float64, ncls [2]int, workers int) (*params, bool) {
+//
+// The contexts are chosen as for a tensor of fullRows rows (≥ rows): the
+// histograms scaled by fullRows/rows against the tables of its row
+// groups, so that a sample picks the contexts of its whole tensor.
+func analyze(x []float32, rows, fullRows, cols int, jcol []int8, k int, f float64, ncls [2]int, workers int) (*params, bool) {
 	st := firstPass(x, rows, cols, jcol, workers)
 	n := float64(rows) * float64(cols)
-	rms := math.Sqrt(st.sumsq / n)
+	// The scale is the mean magnitude times sqrt(π/2) (the RMS of
+	// Gaussian weights): unlike the RMS it is not dominated by a few
+	// outlier rows, so that a sample of rows gives the same step.
+	rms := st.sumabs / n * math.Sqrt(math.Pi/2)
 	rmsT := math.Sqrt(st.sumT / n)
 	step := rms * math.Exp2(-float64(k)/8) * f
 	if rms == 0 {
 		step = 1
 	}
-	p := &params{rows: rows, cols: cols, step: float32(step), jcol: jcol, lam: float32(Lambda)}
+	p := &params{rows: rows, cols: cols, step: float32(step), scale: float32(rms), jcol: jcol, lam: float32(Lambda)}
 	if !(p.step >= math.SmallestNonzeroFloat32*(1<<23)) || math.IsInf(float64(p.step), 0) {
 		return nil, false
 	}
@@ -214,7 +225,7 @@ func analyze(x []float32, rows, cols int, jcol []int8, k int, f float64, ncls [2
 		p.shift = shiftFor(rmsT / float64(p.step))
 	}
 	rpg := max(1, GroupWeights/cols)
-	p.plainPass(x, (rows+rpg-1)/rpg, workers)
+	p.plainPass(x, float64(fullRows)/float64(rows), (fullRows+rpg-1)/rpg, workers)
 	return p, true
 }
 
@@ -279,7 +290,7 @@ func (b *binSums) thetas() [NTheta]int8 {
 // plainPass rounds every value to the nearest level, builds each
 // context's symbol histogram (the bits of the optimised rounding) and the
 // centroids of the plain rounding (its reconstruction levels).
-func (p *params) plainPass(x []float32, ng, workers int) {
+func (p *params) plainPass(x []float32, scale float64, ng, workers int) {
 	nctx := p.nrc * p.ncc
 	chunk := max(1, (1<<16)/p.cols)
 	nch := (p.rows + chunk - 1) / chunk
@@ -338,7 +349,7 @@ func (p *params) plainPass(x []float32, ng, workers int) {
 					k = a % rc[0]
 				}
 				for s := range 256 {
-					h[k*256+s] += float64(tot[(a*p.ncc+b)*256+s])
+					h[k*256+s] += scale * float64(tot[(a*p.ncc+b)*256+s])
 				}
 			}
 		}

@@ -2,8 +2,9 @@
 // entropy-coded scalar quantization with one step per tensor.
 //
 // A tensor, seen as a rows×cols matrix, is coded with one step
-// Δ = RMS(x)·2^(−k/8)·f (k the Config, f = 1 unless a size cap coarsens
-// it; with column importance, column c's step is Δ·2^(j_c/16)). Each
+// Δ = S·2^(−k/8)·f (k the Config, S = sqrt(π/2)·mean|x| the tensor's
+// scale, f = 1 unless a size cap coarsens it; with column importance,
+// column c's step is Δ·2^(j_c/16)). Each
 // weight becomes a signed index q whose magnitude m is chosen, among the
 // two nearest levels and 0, to minimise (t − level(m))² + c·bits(q) with
 // t = |x|/Δ_c (rate–distortion optimised rounding, which gives a deadzone);
@@ -63,7 +64,8 @@ const (
 // (whole rows, at least one).
 var GroupWeights = 1 << 20
 
-// Config is the step exponent k: Δ = RMS·2^(−k/8).
+// Config is the step exponent k: Δ = S·2^(−k/8), with the tensor's scale
+// S = sqrt(π/2)·mean|x| (its RMS if the weights are Gaussian).
 type Config struct {
 	K int
 }
@@ -333,7 +335,7 @@ type groupOut struct {
 
 // encodeMatrix codes x with step exponent k and step factor f.
 func encodeMatrix(x []float32, rows, cols int, jcol []int8, k int, f float64, ncls [2]int, workers int) (*encoded, error) {
-	p, ok := analyze(x, rows, cols, jcol, k, f, ncls, workers)
+	p, ok := analyze(x, rows, rows, cols, jcol, k, f, ncls, workers)
 	if !ok {
 		return nil, fmt.Errorf("%w: the step of k=%d is not a normal float32 (RMS too small or too large)", codec.ErrUnsupported, k)
 	}
@@ -364,7 +366,7 @@ func encodeMatrix(x []float32, rows, cols int, jcol []int8, k int, f float64, nc
 		sq += float64(v) * float64(v)
 	}
 	e := bins.err(p.theta)
-	hdr := p.header(k, ng, rpg, math.Sqrt(sq/float64(len(x))))
+	hdr := p.header(k, ng, rpg)
 	size := len(hdr)
 	for g := range outs {
 		size += len(outs[g].data)
@@ -386,7 +388,7 @@ func encodeMatrix(x []float32, rows, cols int, jcol []int8, k int, f float64, nc
 }
 
 // header returns the fixed header, θ, column exponents and class ids.
-func (p *params) header(k, ng, rpg int, rms float64) []byte {
+func (p *params) header(k, ng, rpg int) []byte {
 	le := binary.LittleEndian
 	h := make([]byte, HeaderSize, HeaderSize+p.cols+p.rows/4+p.cols/4+2+4*ng)
 	h[0] = Version
@@ -400,7 +402,7 @@ func (p *params) header(k, ng, rpg int, rms float64) []byte {
 	h[13] = byte(p.shift)
 	h[14] = NTheta
 	le.PutUint32(h[16:], math.Float32bits(p.step))
-	le.PutUint32(h[20:], math.Float32bits(float32(rms)))
+	le.PutUint32(h[20:], math.Float32bits(p.scale))
 	le.PutUint32(h[24:], uint32(rpg))
 	le.PutUint32(h[28:], uint32(ng))
 	for i, th := range p.theta {

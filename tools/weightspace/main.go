@@ -51,12 +51,13 @@ func main() {
 	codecs := flag.String("codecs", defaultCodecs, "codecs to measure")
 	header := flag.Bool("header", false, "print the markdown table header first")
 	decode := flag.Bool("decode", false, "add a column of decoding seconds")
+	estimate := flag.Bool("estimate", false, "print, for each codec with a size estimator, the sizes it estimates from rate control's sample rows against the actual sizes (on standard error)")
 	flag.Parse()
 	if flag.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "usage: weightspace [flags] MODEL")
 		os.Exit(2)
 	}
-	if err := run(flag.Arg(0), *label, *layers, *include, *codecs, *header, *decode); err != nil {
+	if err := run(flag.Arg(0), *label, *layers, *include, *codecs, *header, *decode, *estimate); err != nil {
 		fmt.Fprintln(os.Stderr, "weightspace:", err)
 		os.Exit(1)
 	}
@@ -119,7 +120,7 @@ func parseCodecs(s string) ([]spec, error) {
 	return out, nil
 }
 
-func run(path, label, layers, include, codecs string, header, decode bool) error {
+func run(path, label, layers, include, codecs string, header, decode, estimate bool) error {
 	specs, err := parseCodecs(codecs)
 	if err != nil {
 		return err
@@ -147,6 +148,7 @@ func run(path, label, layers, include, codecs string, header, decode bool) error
 	bytesOut := make([]int64, len(specs))
 	secs := make([]float64, len(specs))
 	dsecs := make([]float64, len(specs))
+	est := make([]int64, len(specs))
 	var selWeights int64
 	for _, t := range src.Tensors() {
 		if sel.Select(t) {
@@ -214,6 +216,13 @@ func run(path, label, layers, include, codecs string, header, decode bool) error
 			}
 			dsecs[k] += time.Since(start).Seconds()
 			bytesOut[k] += int64(buf.Len())
+			if e, ok := s.c.(codec.SizeEstimator); ok && estimate {
+				n, err := estimateSize(e, s.c, t, x)
+				if err != nil {
+					return fmt.Errorf("%s: %s: %w", s.label, t.Name, err)
+				}
+				est[k] += n
+			}
 			for j := range x {
 				d := float64(x[j]) - float64(y[j])
 				noise[k] += d * d
@@ -236,6 +245,11 @@ func run(path, label, layers, include, codecs string, header, decode bool) error
 		fmt.Println("|---|---|---:|---|---:|---:|---:|---:|" + l)
 	}
 	for k, s := range specs {
+		if est[k] > 0 {
+			fmt.Fprintf(os.Stderr, "%s: estimated %d bytes, actual %d (%+.2f%%)\n", s.label, est[k], bytesOut[k], 100*(float64(est[k])/float64(bytesOut[k])-1))
+		}
+	}
+	for k, s := range specs {
 		bpw := float64(bytesOut[k]) * 8 / float64(weights)
 		d := ""
 		if decode {
@@ -245,4 +259,31 @@ func run(path, label, layers, include, codecs string, header, decode bool) error
 			bpw, 10*math.Log10(sig/noise[k]), 20*math.Log10(2)*bpw, secs[k], d)
 	}
 	return nil
+}
+
+// estimateSize returns e's size estimate of t (values x) under the Config
+// c codes it with, from the sample rows rate control takes: up to 128
+// rows, about 32768 values, spread evenly.
+func estimateSize(e codec.SizeEstimator, c codec.Codec, t tensor.Info, x []float32) (int64, error) {
+	tp, ok := c.(codec.TensorParamser)
+	if !ok {
+		return 0, fmt.Errorf("%s records no configuration per tensor", c.Name())
+	}
+	cfg, err := tenpakx3.ParseConfig(strings.Fields(tp.TensorParams(t))[0])
+	if err != nil {
+		return 0, err
+	}
+	r64, c64 := t.Matrix()
+	rows, cols := int(r64), int(c64)
+	n := min(rows, min(128, max(16, (32768+cols-1)/cols)))
+	smp := make([]float32, 0, n*cols)
+	for i := range n {
+		r := int(int64(2*i+1) * int64(rows) / int64(2*n))
+		smp = append(smp, x[r*cols:(r+1)*cols]...)
+	}
+	s, err := e.EstimateSizes(smp, rows, cols, nil, []codec.Config{cfg})
+	if err != nil {
+		return 0, err
+	}
+	return s[0], nil
 }

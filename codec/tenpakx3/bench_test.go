@@ -1,0 +1,47 @@
+package tenpakx3
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/tpconvert/tpconvert/codec/numtest"
+)
+
+// benchMatrix is an 8960×1536 matrix (an MLP projection of a 1.5B-parameter
+// model), or a 896×1536 one with -short.
+func benchMatrix(b *testing.B) ([]float32, int, int) {
+	rows, cols := 8960, 1536
+	if testing.Short() {
+		rows = 896
+	}
+	return numtest.Realistic().Matrix(numtest.NewRand(1), rows, cols), rows, cols
+}
+
+func BenchmarkEncode(b *testing.B) {
+	x, rows, cols := benchMatrix(b)
+	c := fixed(b, 20)
+	info := numtest.Info("w", rows, cols)
+	b.SetBytes(int64(4 * len(x)))
+	for b.Loop() {
+		if err := c.Encode(&bytes.Buffer{}, info, x); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkDecode(b *testing.B) {
+	x, rows, cols := benchMatrix(b)
+	c := fixed(b, 20)
+	info := numtest.Info("w", rows, cols)
+	var buf bytes.Buffer
+	if err := c.Encode(&buf, info, x); err != nil {
+		b.Fatal(err)
+	}
+	y := make([]float32, len(x))
+	b.SetBytes(int64(4 * len(x)))
+	for b.Loop() {
+		if err := c.Decode(y, buf.Bytes(), info, Version); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -215,12 +215,16 @@ func checkShape(t tensor.Info) (rows, cols int, err error) {
 	return int(r), int(cl), nil
 }
 
+// MaxAbs is the largest magnitude the codec accepts (a reconstruction
+// a little above a value near the float32 maximum would overflow).
+const MaxAbs = 1e37
+
 // CheckFinite returns an error wrapping codec.ErrUnsupported if x holds a
-// value that is not finite.
+// value that is not finite or exceeds MaxAbs in magnitude.
 func CheckFinite(x []float32) error {
 	for k, v := range x {
-		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-			return fmt.Errorf("%w: element %d is %g", codec.ErrUnsupported, k, v)
+		if !(math.Abs(float64(v)) <= MaxAbs) {
+			return fmt.Errorf("%w: element %d is %g (finite values up to %g only)", codec.ErrUnsupported, k, v, MaxAbs)
 		}
 	}
 	return nil
@@ -445,6 +449,9 @@ func (b *binSums) err(th [NTheta]int8) float64 {
 // codeGroup quantizes and codes rows [r0, r1).
 func (p *params) codeGroup(x []float32, r0, r1 int, sc *fse.Scratch) (groupOut, error) {
 	q := p.quantGroup(x, r0, r1)
+	if q.tooLarge {
+		return groupOut{}, fmt.Errorf("%w: a weight is more than 2^40 steps from zero (an extreme outlier)", codec.ErrUnsupported)
+	}
 	var out []byte
 	for k := range q.syms {
 		if len(q.syms[k]) == 0 {
@@ -468,6 +475,8 @@ type quantized struct {
 	esc  []byte
 	low  []byte
 	bins binSums
+	// tooLarge is set when a magnitude exceeds 2^40 (maxMag).
+	tooLarge bool
 }
 
 // quantGroup quantizes rows [r0, r1) of x.
@@ -496,6 +505,10 @@ func (p *params) quantGroup(x []float32, r0, r1 int) *quantized {
 				continue
 			}
 			sc := float64(p.stepc[c])
+			if m > maxMag {
+				q.tooLarge = true
+				m = maxMag
+			}
 			mu := uint64(m)
 			hi := mu >> p.shift
 			if hi >= escSym {

@@ -9,6 +9,8 @@ import (
 	"math"
 	"testing"
 
+	"github.com/klauspost/compress/fse"
+
 	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/codec/numtest"
 	"github.com/tpconvert/tpconvert/tensor"
@@ -222,7 +224,20 @@ func TestSpecialValues(t *testing.T) {
 			t.Errorf("constant %g: relative error %g", v, res.RelErr)
 		}
 	}
-	for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1))} {
+	// A weight more than 2^40 steps from zero (which takes a tensor of
+	// 2^32 weights and one outlier) is refused, not written as an escape
+	// the decoder would refuse.
+	x := numtest.Weights{}.Matrix(numtest.NewRand(1), 4, 16)
+	p, ok := analyze(x, 4, 4, 16, nil, 20, 1, Classes, 1)
+	if !ok {
+		t.Fatal("analyze refused the step")
+	}
+	p.step = 1e-13
+	p.setSteps()
+	if _, err := p.codeGroup(x, 0, 4, new(fse.Scratch)); !errors.Is(err, codec.ErrUnsupported) {
+		t.Errorf("weights 2^43 steps from zero: codeGroup returned %v, want ErrUnsupported", err)
+	}
+	for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1)), 2e37, -3e38} {
 		x := make([]float32, 64)
 		x[17] = bad
 		if err := c.Encode(&bytes.Buffer{}, info, x); !errors.Is(err, codec.ErrUnsupported) {

@@ -3,6 +3,7 @@ package tenpakx3
 import (
 	"bytes"
 	"testing"
+	"time"
 
 	"github.com/tpconvert/tpconvert/codec/numtest"
 )
@@ -22,11 +23,13 @@ func BenchmarkEncode(b *testing.B) {
 	c := fixed(b, 20)
 	info := numtest.Info("w", rows, cols)
 	b.SetBytes(int64(4 * len(x)))
+	c0 := cpuTime()
 	for b.Loop() {
 		if err := c.Encode(&bytes.Buffer{}, info, x); err != nil {
 			b.Fatal(err)
 		}
 	}
+	reportCPU(b, c0, len(x))
 }
 
 func BenchmarkDecode(b *testing.B) {
@@ -39,9 +42,20 @@ func BenchmarkDecode(b *testing.B) {
 	}
 	y := make([]float32, len(x))
 	b.SetBytes(int64(4 * len(x)))
+	c0 := cpuTime()
 	for b.Loop() {
 		if err := c.Decode(y, buf.Bytes(), info, Version); err != nil {
 			b.Fatal(err)
 		}
 	}
+	reportCPU(b, c0, len(x))
+}
+
+// reportCPU reports the CPU time per operation and the F32 input
+// megabytes per CPU-second since c0 (the machine may be shared: wall
+// times are then longer).
+func reportCPU(b *testing.B, c0 time.Duration, n int) {
+	cpu := (cpuTime() - c0).Seconds() / float64(b.N)
+	b.ReportMetric(cpu*1e3, "cpu-ms/op")
+	b.ReportMetric(4*float64(n)/cpu/1e6, "cpu-MB/s")
 }

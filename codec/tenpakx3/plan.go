@@ -86,8 +86,9 @@ func (c *Codec) Distortions(x []float32, cols int, imp []float32, cfgs []codec.C
 	info := tensor.Info{Name: "sample", DType: tensor.F32, Shape: []int64{int64(n), int64(cols)}}
 	out := make([]float64, len(cs))
 	y := make([]float32, len(x))
+	pr := prepare(x, n, cols, jcol, c.ncls, 1)
 	for i, cfg := range cs {
-		res, err := encodeMatrix(x, n, cols, jcol, cfg.K, 1, c.ncls, 1)
+		res, err := encodeMatrix(x, pr, cfg.K, 1, 1)
 		if err != nil {
 			return nil, err
 		}
@@ -167,8 +168,14 @@ func (c *Codec) EstimateSizes(x []float32, rows, cols int, imp []float32, cfgs [
 	rpg := max(1, GroupWeights/cols)
 	ng := (rows + rpg - 1) / rpg
 	out := make([]int64, len(cs))
+	pr := prepare(x, n, cols, jcol, c.ncls, 1)
+	var ccA, ccB []uint8
+	if pr.ccls != nil && n >= 2 {
+		ccA = classes(colSums(x[n/2*cols:], cols, jcol), pr.ncc)
+		ccB = classes(colSums(x[:n/2*cols], cols, jcol), pr.ncc)
+	}
 	for i, cfg := range cs {
-		p, ok := analyze(x, n, rows, cols, jcol, cfg.K, 1, c.ncls, 1)
+		p, ok := analyze(x, pr, rows, cfg.K, 1, 1)
 		if !ok {
 			return nil, fmt.Errorf("%w: the step of k=%d is not a normal float32", codec.ErrUnsupported, cfg.K)
 		}
@@ -181,8 +188,7 @@ func (c *Codec) EstimateSizes(x []float32, rows, cols int, imp []float32, cfgs [
 			// estimate takes the mean of the two.
 			h := n / 2
 			pa, pb := *p, *p
-			pa.ccls = classes(colSums(x[h*cols:], cols, jcol), p.ncc)
-			pb.ccls = classes(colSums(x[:h*cols], cols, jcol), p.ncc)
+			pa.ccls, pb.ccls = ccA, ccB
 			cross := []*quantized{pa.quantGroup(x, 0, h), pb.quantGroup(x, h, n)}
 			b2, _, _ := estBits(cross, p.nrc*p.ncc, scale, ng)
 			bits = (bits + b2) / 2

@@ -38,9 +38,11 @@ type params struct {
 	theta      [NTheta]int8
 	// RDO tables: reconstruction levels used by the rounding, and the
 	// bits of each symbol per context.
-	r1   [NTheta + 1]float32
-	bits [][256]float32
-	lam  float32
+	r1    [NTheta + 1]float32
+	bits  [][256]float32
+	cost  [][256]float64
+	cost0 []float64
+	lam   float32
 }
 
 // colMul returns the step exponents j_c = round(−8·log2(imp_c/ḡ))
@@ -186,8 +188,28 @@ func shiftFor(rmsT float64) uint {
 	return s
 }
 
+// prep is what a tensor's coding takes from its values whatever the
+// step: the first pass's sums and the classes.
+type prep struct {
+	rows, cols int
+	jcol       []int8
+	st         stats
+	nrc, ncc   int
+	rcls, ccls []uint8
+}
+
+// prepare runs the first pass over x (rows×cols) and ranks its rows and
+// columns into at most ncls classes.
+func prepare(x []float32, rows, cols int, jcol []int8, ncls [2]int, workers int) *prep {
+	pr := &prep{rows: rows, cols: cols, jcol: jcol, st: firstPass(x, rows, cols, jcol, workers)}
+	pr.nrc, pr.ncc = max(1, min(ncls[0], rows)), max(1, min(ncls[1], cols))
+	pr.rcls = classes(pr.st.rowT, pr.nrc)
+	pr.ccls = classes(pr.st.colT, pr.ncc)
+	return pr
+}
+
 // analyze computes a tensor's params for step exponent k and step factor
-// f (1 unless the size cap coarsens it): first pass, classes, step, raw
+// f (1 unless the size cap coarsens it) from its first pass pr: step, raw
 // bits, then a plain rounding pass whose histogram and centroids drive
 // the rate–distortion optimised rounding. ok is false when the step is
 // not a positive normal float32.
@@ -195,8 +217,9 @@ func shiftFor(rmsT float64) uint {
 // The contexts are chosen as for a tensor of fullRows rows (≥ rows): the
 // histograms scaled by fullRows/rows against the tables of its row
 // groups, so that a sample picks the contexts of its whole tensor.
-func analyze(x []float32, rows, fullRows, cols int, jcol []int8, k int, f float64, ncls [2]int, workers int) (*params, bool) {
-	st := firstPass(x, rows, cols, jcol, workers)
+func analyze(x []float32, pr *prep, fullRows, k int, f float64, workers int) (*params, bool) {
+	st := &pr.st
+	rows, cols := pr.rows, pr.cols
 	n := float64(rows) * float64(cols)
 	// The scale is the mean magnitude times sqrt(π/2) (the RMS of
 	// Gaussian weights): unlike the RMS it is not dominated by a few
@@ -207,19 +230,11 @@ func analyze(x []float32, rows, fullRows, cols int, jcol []int8, k int, f float6
 	if rms == 0 {
 		step = 1
 	}
-	p := &params{rows: rows, cols: cols, step: float32(step), scale: float32(rms), jcol: jcol, lam: float32(Lambda)}
+	p := &params{rows: rows, cols: cols, step: float32(step), scale: float32(rms), jcol: pr.jcol, lam: float32(Lambda)}
 	if !(p.step >= math.SmallestNonzeroFloat32*(1<<23)) || math.IsInf(float64(p.step), 0) {
 		return nil, false
 	}
-	p.nrc, p.ncc = min(ncls[0], rows), min(ncls[1], cols)
-	if p.nrc < 1 {
-		p.nrc = 1
-	}
-	if p.ncc < 1 {
-		p.ncc = 1
-	}
-	p.rcls = classes(st.rowT, p.nrc)
-	p.ccls = classes(st.colT, p.ncc)
+	p.nrc, p.ncc, p.rcls, p.ccls = pr.nrc, pr.ncc, pr.rcls, pr.ccls
 	p.setSteps()
 	if rmsT > 0 {
 		p.shift = shiftFor(rmsT / float64(p.step))
@@ -305,8 +320,8 @@ func (p *params) plainPass(x []float32, scale float64, ng, workers int) {
 					t := p.norm(v, c)
 					m := math.Round(t)
 					sym := escSym
-					if ms := math.Floor(m / float64(uint64(1)<<p.shift)); ms < escSym {
-						sym = int(ms)
+					if m < 1<<40 {
+						sym = p.sym(int64(m))
 					}
 					h[p.ctx(r, c)*256+sym]++
 					if m > 0 {
@@ -383,6 +398,7 @@ func (p *params) plainPass(x []float32, scale float64, ng, workers int) {
 		// An escape also sends its value, about a byte.
 		p.bits[k][escSym] += 8
 	}
+	p.setCosts()
 }
 
 // fseLog is the FSE table log the encoder asks for.
@@ -436,35 +452,46 @@ func (p *params) level(m float64) float64 {
 	return m - float64(NTheta) + float64(p.r1[NTheta])
 }
 
-// symBits is the cost in bits of magnitude m > 0 in context k: its
-// symbol and its sign (the raw low bits, the same for every choice, left
-// out).
-func (p *params) symBits(k int, m float64) float64 {
-	ms := math.Floor(m / float64(uint64(1)<<p.shift))
-	if ms >= escSym {
-		return float64(p.bits[k][escSym]) + 1
+// setCosts fills the rounding's rate terms c·bits per context and
+// symbol (the sign included for m > 0).
+func (p *params) setCosts() {
+	p.cost = make([][256]float64, len(p.bits))
+	lam := float64(p.lam)
+	for k := range p.bits {
+		for s := range 256 {
+			p.cost[k][s] = lam * (float64(p.bits[k][s]) + 1)
+		}
+		p.cost0 = append(p.cost0, lam*float64(p.bits[k][0]))
 	}
-	return float64(p.bits[k][int(ms)]) + 1
+}
+
+// sym returns the symbol of magnitude m: min(m >> s, 255).
+func (p *params) sym(m int64) int {
+	return int(min(m>>p.shift, escSym))
 }
 
 // round returns the magnitude m chosen for normalized value t ≥ 0 in
 // context k: of ⌊t⌋, ⌊t⌋+1 and 0, the one with the least
-// (t − level(m))² + c·bits.
+// (t − level(m))² + c·bits, bits counting the symbol (plus 8 for an
+// escape) and the sign; the raw low bits, the same for every choice, are
+// left out.
 func (p *params) round(t float64, k int) float64 {
 	if t > 1<<40 {
 		return math.Round(t)
 	}
 	lo := math.Floor(t)
-	lam := float64(p.lam)
-	best, bestCost := 0.0, t*t+lam*float64(p.bits[k][0])
-	for _, m := range [2]float64{lo, lo + 1} {
-		if m == 0 {
-			continue
+	mi := int64(lo)
+	cost := &p.cost[k]
+	best, bestCost := 0.0, t*t+p.cost0[k]
+	if mi > 0 {
+		d := t - p.level(lo)
+		if c := d*d + cost[p.sym(mi)]; c < bestCost {
+			best, bestCost = lo, c
 		}
-		d := t - p.level(m)
-		if cost := d*d + lam*p.symBits(k, m); cost < bestCost {
-			best, bestCost = m, cost
-		}
+	}
+	d := t - p.level(lo+1)
+	if c := d*d + cost[p.sym(mi+1)]; c < bestCost {
+		best = lo + 1
 	}
 	return best
 }

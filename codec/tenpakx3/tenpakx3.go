@@ -252,10 +252,11 @@ func (c *Codec) Encode(w io.Writer, t tensor.Info, x []float32) error {
 	}
 	jcol := colExps(imp)
 	limit, capped := c.bytes[t.Name]
-	res, err := encodeMatrix(x, rows, cols, jcol, cfg.K, 1, c.ncls, c.workers)
+	pr := prepare(x, rows, cols, jcol, c.ncls, c.workers)
+	res, err := encodeMatrix(x, pr, cfg.K, 1, c.workers)
 	if err == nil && capped && int64(len(res.payload)) > limit {
 		res, err = fit(res, limit, func(lf float64) (*encoded, error) {
-			return encodeMatrix(x, rows, cols, jcol, cfg.K, math.Exp2(lf), c.ncls, c.workers)
+			return encodeMatrix(x, pr, cfg.K, math.Exp2(lf), c.workers)
 		}, float64(rows)*float64(cols))
 	}
 	if err != nil {
@@ -338,8 +339,9 @@ type groupOut struct {
 }
 
 // encodeMatrix codes x with step exponent k and step factor f.
-func encodeMatrix(x []float32, rows, cols int, jcol []int8, k int, f float64, ncls [2]int, workers int) (*encoded, error) {
-	p, ok := analyze(x, rows, rows, cols, jcol, k, f, ncls, workers)
+func encodeMatrix(x []float32, pr *prep, k int, f float64, workers int) (*encoded, error) {
+	rows, cols := pr.rows, pr.cols
+	p, ok := analyze(x, pr, rows, k, f, workers)
 	if !ok {
 		return nil, fmt.Errorf("%w: the step of k=%d is not a normal float32 (RMS too small or too large)", codec.ErrUnsupported, k)
 	}
@@ -365,10 +367,7 @@ func encodeMatrix(x []float32, rows, cols int, jcol []int8, k int, f float64, nc
 		bins.add(&outs[g].bins)
 	}
 	p.theta = bins.thetas()
-	var sq float64
-	for _, v := range x {
-		sq += float64(v) * float64(v)
-	}
+	sq := pr.st.sumsq
 	e := bins.err(p.theta)
 	hdr := p.header(k, ng, rpg)
 	size := len(hdr)

@@ -59,3 +59,23 @@ func reportCPU(b *testing.B, c0 time.Duration, n int) {
 	b.ReportMetric(cpu*1e3, "cpu-ms/op")
 	b.ReportMetric(4*float64(n)/cpu/1e6, "cpu-MB/s")
 }
+
+// BenchmarkEstimate is rate control's work for one tensor: Distortions
+// and EstimateSizes of every candidate on a sample of 21 rows of 1536
+// (the 32768 weights package rate samples).
+func BenchmarkEstimate(b *testing.B) {
+	rows, cols := 8960, 1536
+	x := numtest.Realistic().Matrix(numtest.NewRand(1), 21, cols)
+	c := fixed(b, 20)
+	cfgs := c.Candidates(rows, cols)
+	c0 := cpuTime()
+	for b.Loop() {
+		if _, err := c.Distortions(x, cols, nil, cfgs); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.EstimateSizes(x, rows, cols, nil, cfgs); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric((cpuTime()-c0).Seconds()/float64(b.N)*1e3, "cpu-ms/op")
+}

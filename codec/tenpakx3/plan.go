@@ -6,7 +6,6 @@ import (
 	"sync"
 
 	"github.com/tpconvert/tpconvert/codec"
-	"github.com/tpconvert/tpconvert/tensor"
 )
 
 // Codec implements codec.Planner and codec.SizeEstimator: rate control
@@ -66,10 +65,11 @@ func sample(x []float32, cols int) (int, error) {
 	return len(x) / cols, nil
 }
 
-// Distortions implements codec.Planner: it codes the sample rows as a
-// tensor of their own (the same rules as Encode: step from their RMS,
-// their classes, column steps from imp), decodes the payload and returns
-// Σ imp[c]·(x − x̂)² for each Config.
+// Distortions implements codec.Planner: it rounds the sample rows as
+// Encode rounds a tensor of those rows (step from their scale, their
+// classes, column steps from imp, the centroids Encode would write) and
+// returns, for each Config, Σ imp[c]·(x − x̂)² with x̂ the values Decode
+// would give (TestRoundTrip checks it against a decode).
 func (c *Codec) Distortions(x []float32, cols int, imp []float32, cfgs []codec.Config) ([]float64, error) {
 	cs, err := configs(cfgs)
 	if err != nil {
@@ -83,23 +83,29 @@ func (c *Codec) Distortions(x []float32, cols int, imp []float32, cfgs []codec.C
 		imp = nil
 	}
 	jcol := colExps(imp)
-	info := tensor.Info{Name: "sample", DType: tensor.F32, Shape: []int64{int64(n), int64(cols)}}
 	out := make([]float64, len(cs))
-	y := make([]float32, len(x))
 	pr := prepare(x, n, cols, jcol, c.ncls, 1)
 	for i, cfg := range cs {
-		res, err := encodeMatrix(x, pr, cfg.K, 1, 1)
-		if err != nil {
-			return nil, err
+		p, ok := analyze(x, pr, n, cfg.K, 1, 1)
+		if !ok {
+			return nil, fmt.Errorf("%w: the step of k=%d is not a normal float32", codec.ErrUnsupported, cfg.K)
 		}
-		if err := c.Decode(y, res.payload, info, Version); err != nil {
-			return nil, fmt.Errorf("tenpak_x_v3: sample does not decode: %w", err)
+		s := p.roundSample(x)
+		if s.tooLarge {
+			return nil, fmt.Errorf("%w: a weight is more than 2^40 steps from zero", codec.ErrUnsupported)
 		}
+		// The decoder's values, from the centroids Encode would write.
+		rc := newRecon(s.bins.thetas())
 		var e float64
-		for j := range x {
-			d := float64(x[j]) - float64(y[j])
+		for j, v := range x {
+			cj := j % cols
+			var y float32
+			if s.mags[j] > 0 {
+				y = rc.value(s.mags[j], s.neg[j], p.stepc[cj])
+			}
+			d := float64(v) - float64(y)
 			if imp != nil {
-				d *= math.Sqrt(float64(imp[j%cols]))
+				d *= math.Sqrt(float64(imp[cj]))
 			}
 			e += d * d
 		}
@@ -179,22 +185,23 @@ func (c *Codec) EstimateSizes(x []float32, rows, cols int, imp []float32, cfgs [
 		if !ok {
 			return nil, fmt.Errorf("%w: the step of k=%d is not a normal float32", codec.ErrUnsupported, cfg.K)
 		}
-		in := []*quantized{p.quantGroup(x, 0, n)}
-		bits, escBytes, lowBytes := estBits(in, p.nrc*p.ncc, scale, ng)
-		if p.ccls != nil && n >= 2 {
+		s := p.roundSample(x)
+		nctx := p.nrc * p.ncc
+		h := newHist(nctx)
+		p.hist(h, s, p.ccls, 0, n)
+		bits := estBits(h, scale, ng)
+		if p.ccls != nil && ccA != nil {
 			// Column classes drawn from the sample fit its noise, which
 			// makes its own histograms optimistic; classes of each half
 			// taken from the other half make them pessimistic. The
 			// estimate takes the mean of the two.
-			h := n / 2
-			pa, pb := *p, *p
-			pa.ccls, pb.ccls = ccA, ccB
-			cross := []*quantized{pa.quantGroup(x, 0, h), pb.quantGroup(x, h, n)}
-			b2, _, _ := estBits(cross, p.nrc*p.ncc, scale, ng)
-			bits = (bits + b2) / 2
+			h2 := newHist(nctx)
+			p.hist(h2, s, ccA, 0, n/2)
+			p.hist(h2, s, ccB, n/2, n)
+			bits = (bits + estBits(h2, scale, ng)) / 2
 		}
-		esc := float64(escBytes) * scale
-		low := float64(lowBytes) * scale
+		esc := float64(s.esc) * scale
+		low := float64(s.low) * scale
 		size := fixedSize(rows, cols, jcol != nil, c.ncls) + int64(math.Ceil(bits/8+esc+low)) + int64(ng)*6
 		out[i] = size
 	}
@@ -233,34 +240,24 @@ func colSums(x []float32, cols int, jcol []int8) []float64 {
 	return s
 }
 
-// estBits returns the estimated FSE bits of the symbols of qs (contexts
-// nctx) scaled by scale, in ng row groups, and the bytes of their escapes
-// and raw bits.
-func estBits(qs []*quantized, nctx int, scale float64, ng int) (bits float64, esc, low int) {
-	for _, q := range qs {
-		esc += len(q.esc)
-		low += len(q.low)
-	}
-	for k := range nctx {
-		h := make([]float64, 256)
-		for _, q := range qs {
-			for _, s := range q.syms[k] {
-				h[s]++
-			}
-		}
+// estBits returns the estimated FSE bits of the symbol histograms h of a
+// sample (per context) scaled by scale, in ng row groups.
+func estBits(h [][]float64, scale float64, ng int) float64 {
+	var bits float64
+	for _, hk := range h {
 		present := 0
-		for i := range h {
-			if h[i] > 0 {
+		for i := range hk {
+			if hk[i] > 0 {
 				present++
 			}
-			h[i] *= scale
+			hk[i] *= scale
 		}
 		// Miller–Madow: the plug-in entropy of a sample is short by
 		// about (present−1)/(2·ln 2) bits in all.
 		if present > 1 {
 			bits += float64(present-1) / (2 * math.Ln2) * scale
 		}
-		bits += blockBits(h, ng)
+		bits += blockBits(hk, ng)
 	}
-	return bits * fseFactor, esc, low
+	return bits * fseFactor
 }

@@ -1,6 +1,7 @@
 package tenpakx3
 
 import (
+	"encoding/binary"
 	"math"
 	"sort"
 
@@ -325,7 +326,7 @@ func (p *params) plainPass(x []float32, scale float64, ng, workers int) {
 					}
 					h[p.ctx(r, c)*256+sym]++
 					if m > 0 {
-						i := int(math.Min(m, NTheta))
+						i := bin(m)
 						b.w[i]++
 						b.d[i] += m - t
 					}
@@ -522,4 +523,89 @@ func (r *recon) value(m uint64, neg bool, sc float32) float32 {
 		v = -v
 	}
 	return v
+}
+
+// bin returns the centroid bin of magnitude m ≥ 1: min(m, NTheta).
+func bin(m float64) int {
+	if m >= NTheta {
+		return NTheta
+	}
+	return int(m)
+}
+
+// sampled is the rounding of a sample: per weight (row-major) its
+// magnitude, and the bytes its escapes and raw bits take.
+type sampled struct {
+	mags      []uint64
+	neg       []bool
+	esc, low  int
+	bins      binSums
+	tooLarge  bool
+}
+
+// roundSample rounds every weight of x (p.rows rows) as quantGroup does,
+// keeping the magnitudes instead of coding them.
+func (p *params) roundSample(x []float32) *sampled {
+	s := &sampled{mags: make([]uint64, len(x)), neg: make([]bool, len(x))}
+	var lowBits uint64
+	var tmp [binary.MaxVarintLen64]byte
+	for r := range p.rows {
+		for c, v := range x[r*p.cols : (r+1)*p.cols] {
+			i := r*p.cols + c
+			t := p.norm(v, c)
+			m := p.round(t, p.ctx(r, c))
+			lowBits += uint64(p.shift)
+			if m == 0 {
+				s.bins.a[0] += float64(v) * float64(v)
+				continue
+			}
+			if m > maxMag {
+				s.tooLarge = true
+				m = maxMag
+			}
+			mu := uint64(m)
+			s.mags[i], s.neg[i] = mu, v < 0
+			lowBits++
+			if hi := mu >> p.shift; hi >= escSym {
+				s.esc += binary.PutUvarint(tmp[:], hi-escSym)
+			}
+			sc := float64(p.stepc[c])
+			e0 := math.Abs(float64(v)) - m*sc
+			b := bin(m)
+			s.bins.w[b]++
+			s.bins.d[b] += m - t
+			s.bins.a[b] += e0 * e0
+			s.bins.b[b] += e0 * sc
+			s.bins.c[b] += sc * sc
+		}
+	}
+	s.low = int((lowBits + 7) / 8)
+	return s
+}
+
+// hist adds to h (per context, 256 symbols) the symbols of rows [r0, r1)
+// of the sample, with column classes ccls (nil: one column class) and
+// p's row classes.
+func (p *params) hist(h [][]float64, s *sampled, ccls []uint8, r0, r1 int) {
+	for r := r0; r < r1; r++ {
+		base := 0
+		if p.rcls != nil {
+			base = int(p.rcls[r]) * p.ncc
+		}
+		for c := range p.cols {
+			k := base
+			if ccls != nil {
+				k += int(ccls[c])
+			}
+			h[k][min(s.mags[r*p.cols+c]>>p.shift, escSym)]++
+		}
+	}
+}
+
+func newHist(nctx int) [][]float64 {
+	h := make([][]float64, nctx)
+	for k := range h {
+		h[k] = make([]float64, 256)
+	}
+	return h
 }

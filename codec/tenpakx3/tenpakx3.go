@@ -522,7 +522,7 @@ func (p *params) quantGroup(x []float32, r0, r1 int) *quantized {
 			} else {
 				low.write(0, 1)
 			}
-			i := int(math.Min(m, NTheta))
+			i := bin(m)
 			e0 := ax - m*sc
 			b.w[i]++
 			b.d[i] += m - t

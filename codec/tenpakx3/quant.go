@@ -536,11 +536,11 @@ func bin(m float64) int {
 // sampled is the rounding of a sample: per weight (row-major) its
 // magnitude, and the bytes its escapes and raw bits take.
 type sampled struct {
-	mags      []uint64
-	neg       []bool
-	esc, low  int
-	bins      binSums
-	tooLarge  bool
+	mags     []uint64
+	neg      []bool
+	esc, low int
+	bins     binSums
+	tooLarge bool
 }
 
 // roundSample rounds every weight of x (p.rows rows) as quantGroup does,

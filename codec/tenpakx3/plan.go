@@ -54,15 +54,25 @@ func configs(cfgs []codec.Config) ([]Config, error) {
 	return out, nil
 }
 
-// sample checks a sample of whole rows.
-func sample(x []float32, cols int) (int, error) {
+// sampled checks the Configs and a sample of whole rows x, and runs its
+// first pass: the Configs, the sample's rows, imp (nil unless it has cols
+// values) and the first pass.
+func (c *Codec) sampled(x []float32, cols int, imp []float32, cfgs []codec.Config) ([]Config, int, []float32, *prep, error) {
+	cs, err := configs(cfgs)
+	if err != nil {
+		return nil, 0, nil, nil, err
+	}
 	if cols <= 0 || len(x) == 0 || len(x)%cols != 0 {
-		return 0, fmt.Errorf("tenpak_x_v3: sample of %d values is not whole rows of %d", len(x), cols)
+		return nil, 0, nil, nil, fmt.Errorf("tenpak_x_v3: sample of %d values is not whole rows of %d", len(x), cols)
 	}
 	if err := CheckFinite(x); err != nil {
-		return 0, err
+		return nil, 0, nil, nil, err
 	}
-	return len(x) / cols, nil
+	if len(imp) != cols {
+		imp = nil
+	}
+	n := len(x) / cols
+	return cs, n, imp, prepare(x, n, cols, colExps(imp), c.ncls, 1), nil
 }
 
 // Distortions implements codec.Planner: it rounds the sample rows as
@@ -71,20 +81,11 @@ func sample(x []float32, cols int) (int, error) {
 // returns, for each Config, Σ imp[c]·(x − x̂)² with x̂ the values Decode
 // would give (TestRoundTrip checks it against a decode).
 func (c *Codec) Distortions(x []float32, cols int, imp []float32, cfgs []codec.Config) ([]float64, error) {
-	cs, err := configs(cfgs)
+	cs, n, imp, pr, err := c.sampled(x, cols, imp, cfgs)
 	if err != nil {
 		return nil, err
 	}
-	n, err := sample(x, cols)
-	if err != nil {
-		return nil, err
-	}
-	if len(imp) != cols {
-		imp = nil
-	}
-	jcol := colExps(imp)
 	out := make([]float64, len(cs))
-	pr := prepare(x, n, cols, jcol, c.ncls, 1)
 	for i, cfg := range cs {
 		p, ok := analyze(x, pr, n, cfg.K, 1, 1)
 		if !ok {
@@ -158,23 +159,15 @@ const (
 // coded at their entropy, plus the tables of each row group's blocks, the
 // escapes, the raw bits and the fixed parts. It errs high by about 0.5 %.
 func (c *Codec) EstimateSizes(x []float32, rows, cols int, imp []float32, cfgs []codec.Config) ([]int64, error) {
-	cs, err := configs(cfgs)
+	cs, n, imp, pr, err := c.sampled(x, cols, imp, cfgs)
 	if err != nil {
 		return nil, err
 	}
-	n, err := sample(x, cols)
-	if err != nil {
-		return nil, err
-	}
-	if len(imp) != cols {
-		imp = nil
-	}
-	jcol := colExps(imp)
+	jcol := pr.jcol
 	scale := float64(rows) / float64(n)
 	rpg := max(1, GroupWeights/cols)
 	ng := (rows + rpg - 1) / rpg
 	out := make([]int64, len(cs))
-	pr := prepare(x, n, cols, jcol, c.ncls, 1)
 	var ccA, ccB []uint8
 	if pr.ccls != nil && n >= 2 {
 		ccA = classes(colSums(x[n/2*cols:], cols, jcol), pr.ncc)

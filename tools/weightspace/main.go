@@ -50,7 +50,7 @@ func main() {
 	include := flag.String("include", "", "also measure tensors whose name matches this regular expression (with -layers none: only those)")
 	codecs := flag.String("codecs", defaultCodecs, "codecs to measure")
 	header := flag.Bool("header", false, "print the markdown table header first")
-	decode := flag.Bool("decode", false, "add a column of decoding seconds")
+	decode := flag.Bool("decode", false, "add a column of decoding seconds (and give both to the millisecond)")
 	estimate := flag.Bool("estimate", false, "print, for each codec with a size estimator, the sizes it estimates from rate control's sample rows against the actual sizes (on standard error)")
 	flag.Parse()
 	if flag.NArg() != 1 {
@@ -251,12 +251,12 @@ func run(path, label, layers, include, codecs string, header, decode, estimate b
 	}
 	for k, s := range specs {
 		bpw := float64(bytesOut[k]) * 8 / float64(weights)
-		d := ""
+		enc, d := fmt.Sprintf("%.1f", secs[k]), ""
 		if decode {
-			d = fmt.Sprintf(" %.3f |", dsecs[k])
+			enc, d = fmt.Sprintf("%.3f", secs[k]), fmt.Sprintf(" %.3f |", dsecs[k])
 		}
-		fmt.Printf("| %s | %d (%s) | %d | %s | %.3f | %.2f | %.2f | %.1f |%s\n", label, ntens, strings.Join(dt, ", "), weights, s.label,
-			bpw, 10*math.Log10(sig/noise[k]), 20*math.Log10(2)*bpw, secs[k], d)
+		fmt.Printf("| %s | %d (%s) | %d | %s | %.3f | %.2f | %.2f | %s |%s\n", label, ntens, strings.Join(dt, ", "), weights, s.label,
+			bpw, 10*math.Log10(sig/noise[k]), 20*math.Log10(2)*bpw, enc, d)
 	}
 	return nil
 }

@@ -187,11 +187,12 @@ func (c *Codec) EstimateSizes(x []float32, rows, cols int, imp []float32, cfgs [
 			// Column classes drawn from the sample fit its noise, which
 			// makes its own histograms optimistic; classes of each half
 			// taken from the other half make them pessimistic. The
-			// estimate takes the mean of the two.
+			// estimate weights them 0.6 and 0.4 (on MiniLM's matrices
+			// that lands within 0.5 % above the payload sizes).
 			h2 := newHist(nctx)
 			p.hist(h2, s, ccA, 0, n/2)
 			p.hist(h2, s, ccB, n/2, n)
-			bits = (bits + estBits(h2, scale, ng)) / 2
+			bits = 0.4*estBits(h2, scale, ng) + 0.6*bits
 		}
 		esc := float64(s.esc) * scale
 		low := float64(s.low) * scale

@@ -255,13 +255,13 @@ func TestSpecialValues(t *testing.T) {
 	}
 }
 
-// TestEstimateSizes: sizes estimated from a sample of 24 rows lie within
+// TestEstimateSizes: sizes estimated from a sample of 24 of 512 rows lie within
 // −1.5 % and +2.5 % of the actual payload size, on Gaussian, heavy-tailed
-// and realistic rows (measured: −0.4 % to +1.5 %; the estimate aims
+// and realistic rows (measured: −0.7 % to +2.0 %; the estimate aims
 // 0.5 % high, and the sample's RMS, hence its step, is off by about
 // 1/sqrt(2·n) of the whole tensor's).
 func TestEstimateSizes(t *testing.T) {
-	rows, cols := 768, 1024
+	rows, cols := 512, 768
 	rng := numtest.NewRand(9)
 	for _, w := range []struct {
 		name string
@@ -276,7 +276,7 @@ func TestEstimateSizes(t *testing.T) {
 			r := i * rows / 24
 			smp = append(smp, w.x[r*cols:(r+1)*cols]...)
 		}
-		for _, k := range []int{-4, 8, 20, 32, 48} {
+		for _, k := range []int{-4, 8, 24, 44} {
 			c := fixed(t, k)
 			est, err := c.EstimateSizes(smp, rows, cols, nil, []codec.Config{Config{K: k}})
 			if err != nil {

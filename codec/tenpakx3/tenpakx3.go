@@ -318,7 +318,7 @@ func fit(first *encoded, limit int64, enc func(lf float64) (*encoded, error), n 
 		prev, cur = cur, r
 	}
 	if best == nil {
-		return nil, fmt.Errorf("cannot fit %d bytes (smallest payload tried %d)", limit, len(cur.payload))
+		return nil, fmt.Errorf("%w: cannot fit the %d bytes allotted (smallest payload tried %d)", codec.ErrUnsupported, limit, len(cur.payload))
 	}
 	return best, nil
 }

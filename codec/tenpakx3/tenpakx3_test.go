@@ -305,6 +305,13 @@ func TestSizeCap(t *testing.T) {
 	if err := fixed(t, 24).Encode(&natural, info, x); err != nil {
 		t.Fatal(err)
 	}
+	// Below the size of a payload of zeros nothing fits: the tensor is
+	// refused as unsupported (stored unchanged), not an error that stops
+	// the conversion.
+	pc, _ := fixed(t, 0).Planned(codec.Plan{Configs: map[string]codec.Config{"w": Config{K: 24}}, Bytes: map[string]int64{"w": 30}})
+	if err := pc.Encode(&bytes.Buffer{}, info, x); !errors.Is(err, codec.ErrUnsupported) {
+		t.Errorf("30 bytes allotted: Encode returned %v, want ErrUnsupported", err)
+	}
 	for _, frac := range []float64{1.5, 0.97, 0.8, 0.5} {
 		limit := int64(float64(natural.Len()) * frac)
 		pc, err := fixed(t, 0).Planned(codec.Plan{Configs: map[string]codec.Config{"w": Config{K: 24}}, Bytes: map[string]int64{"w": limit}})

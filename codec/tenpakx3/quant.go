@@ -22,7 +22,8 @@ const (
 // minimises (t − r(m))² + c·bits(m) in units of the step.
 var Lambda = 0.14
 
-// Classes is the number of row classes (contexts) the encoder uses.
+// Classes is the largest number of row classes and of column classes
+// (contexts) the encoder uses, at most MaxClasses each.
 var Classes = [2]int{4, 4}
 
 // params is everything a tensor's coding depends on besides its values.

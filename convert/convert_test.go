@@ -17,6 +17,7 @@ import (
 	_ "github.com/tpconvert/tpconvert/codec/lossless"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx2"
+	_ "github.com/tpconvert/tpconvert/codec/tenpakx3"
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/fixtures/gen"
 	"github.com/tpconvert/tpconvert/formats/gguf"

@@ -42,6 +42,7 @@ import (
 	_ "github.com/tpconvert/tpconvert/codec/lossless"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx2"
+	_ "github.com/tpconvert/tpconvert/codec/tenpakx3"
 )
 
 // version, if set at build time with -ldflags "-X main.version=...",

@@ -8,7 +8,9 @@
 //
 // Codecs are given as name[:group=N][:rank=N], separated by commas;
 // NAME:bpw=B, for a codec with rate control (codec.Planner), plans it for
-// B bits per weight over the measured tensors (the plan's time counts as encoding).
+// B bits per weight over the measured tensors (the plan's time counts as encoding);
+// tenpak_x_v3:k=K codes every measured tensor with the one step exponent K
+// (no rate control). With -decode the table also gives decoding seconds.
 // Beside each SQNR the table gives the Gaussian rate–distortion bound at
 // the same bits per weight, 6.02·bits dB: no coder can do better on
 // i.i.d. Gaussian weights of that rate.
@@ -33,6 +35,7 @@ import (
 	_ "github.com/tpconvert/tpconvert/codec/intq"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx2"
+	"github.com/tpconvert/tpconvert/codec/tenpakx3"
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/rate"
 	"github.com/tpconvert/tpconvert/stream"
@@ -47,12 +50,14 @@ func main() {
 	include := flag.String("include", "", "also measure tensors whose name matches this regular expression (with -layers none: only those)")
 	codecs := flag.String("codecs", defaultCodecs, "codecs to measure")
 	header := flag.Bool("header", false, "print the markdown table header first")
+	decode := flag.Bool("decode", false, "add a column of decoding seconds (and give both to the millisecond)")
+	estimate := flag.Bool("estimate", false, "print, for each codec with a size estimator, the sizes it estimates from rate control's sample rows against the actual sizes (on standard error)")
 	flag.Parse()
 	if flag.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "usage: weightspace [flags] MODEL")
 		os.Exit(2)
 	}
-	if err := run(flag.Arg(0), *label, *layers, *include, *codecs, *header); err != nil {
+	if err := run(flag.Arg(0), *label, *layers, *include, *codecs, *header, *decode, *estimate); err != nil {
 		fmt.Fprintln(os.Stderr, "weightspace:", err)
 		os.Exit(1)
 	}
@@ -70,6 +75,18 @@ func parseCodecs(s string) ([]spec, error) {
 	for _, item := range strings.Split(s, ",") {
 		parts := strings.Split(item, ":")
 		var o codec.Options
+		if parts[0] == "tenpak_x_v3" && len(parts) == 2 && strings.HasPrefix(parts[1], "k=") {
+			cfg, err := tenpakx3.ParseConfig(parts[1])
+			if err != nil {
+				return nil, err
+			}
+			c, err := tenpakx3.NewFixed(cfg)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, spec{label: item, c: c})
+			continue
+		}
 		if codec.Plans(parts[0]) {
 			k, v, _ := strings.Cut(strings.Join(parts[1:], ":"), "=")
 			b, err := strconv.ParseFloat(v, 64)
@@ -103,7 +120,7 @@ func parseCodecs(s string) ([]spec, error) {
 	return out, nil
 }
 
-func run(path, label, layers, include, codecs string, header bool) error {
+func run(path, label, layers, include, codecs string, header, decode, estimate bool) error {
 	specs, err := parseCodecs(codecs)
 	if err != nil {
 		return err
@@ -130,6 +147,8 @@ func run(path, label, layers, include, codecs string, header bool) error {
 	noise := make([]float64, len(specs))
 	bytesOut := make([]int64, len(specs))
 	secs := make([]float64, len(specs))
+	dsecs := make([]float64, len(specs))
+	est := make([]int64, len(specs))
 	var selWeights int64
 	for _, t := range src.Tensors() {
 		if sel.Select(t) {
@@ -191,10 +210,19 @@ func run(path, label, layers, include, codecs string, header bool) error {
 				return fmt.Errorf("%s: %s: %w", s.label, t.Name, err)
 			}
 			secs[k] += time.Since(start).Seconds()
+			start = time.Now()
 			if err := s.c.Decode(y, buf.Bytes(), t, s.c.Version()); err != nil {
 				return fmt.Errorf("%s: %s: %w", s.label, t.Name, err)
 			}
+			dsecs[k] += time.Since(start).Seconds()
 			bytesOut[k] += int64(buf.Len())
+			if e, ok := s.c.(codec.SizeEstimator); ok && estimate {
+				n, err := estimateSize(e, s.c, t, x)
+				if err != nil {
+					return fmt.Errorf("%s: %s: %w", s.label, t.Name, err)
+				}
+				est[k] += n
+			}
 			for j := range x {
 				d := float64(x[j]) - float64(y[j])
 				noise[k] += d * d
@@ -209,13 +237,53 @@ func run(path, label, layers, include, codecs string, header bool) error {
 		dt = append(dt, fmt.Sprintf("%d×%s", v, k))
 	}
 	if header {
-		fmt.Println("| model | tensors (source dtype) | weights | codec | bits/weight | SQNR dB | Gaussian bound dB | encode s |")
-		fmt.Println("|---|---|---:|---|---:|---:|---:|---:|")
+		h, l := "", ""
+		if decode {
+			h, l = " decode s |", "---:|"
+		}
+		fmt.Println("| model | tensors (source dtype) | weights | codec | bits/weight | SQNR dB | Gaussian bound dB | encode s |" + h)
+		fmt.Println("|---|---|---:|---|---:|---:|---:|---:|" + l)
+	}
+	for k, s := range specs {
+		if est[k] > 0 {
+			fmt.Fprintf(os.Stderr, "%s: estimated %d bytes, actual %d (%+.2f%%)\n", s.label, est[k], bytesOut[k], 100*(float64(est[k])/float64(bytesOut[k])-1))
+		}
 	}
 	for k, s := range specs {
 		bpw := float64(bytesOut[k]) * 8 / float64(weights)
-		fmt.Printf("| %s | %d (%s) | %d | %s | %.3f | %.2f | %.2f | %.1f |\n", label, ntens, strings.Join(dt, ", "), weights, s.label,
-			bpw, 10*math.Log10(sig/noise[k]), 20*math.Log10(2)*bpw, secs[k])
+		enc, d := fmt.Sprintf("%.1f", secs[k]), ""
+		if decode {
+			enc, d = fmt.Sprintf("%.3f", secs[k]), fmt.Sprintf(" %.3f |", dsecs[k])
+		}
+		fmt.Printf("| %s | %d (%s) | %d | %s | %.3f | %.2f | %.2f | %s |%s\n", label, ntens, strings.Join(dt, ", "), weights, s.label,
+			bpw, 10*math.Log10(sig/noise[k]), 20*math.Log10(2)*bpw, enc, d)
 	}
 	return nil
+}
+
+// estimateSize returns e's size estimate of t (values x) under the Config
+// c codes it with, from the sample rows rate control takes: up to 128
+// rows, about 32768 values, spread evenly.
+func estimateSize(e codec.SizeEstimator, c codec.Codec, t tensor.Info, x []float32) (int64, error) {
+	tp, ok := c.(codec.TensorParamser)
+	if !ok {
+		return 0, fmt.Errorf("%s records no configuration per tensor", c.Name())
+	}
+	cfg, err := tenpakx3.ParseConfig(strings.Fields(tp.TensorParams(t))[0])
+	if err != nil {
+		return 0, err
+	}
+	r64, c64 := t.Matrix()
+	rows, cols := int(r64), int(c64)
+	n := min(rows, min(128, max(16, (32768+cols-1)/cols)))
+	smp := make([]float32, 0, n*cols)
+	for i := range n {
+		r := int(int64(2*i+1) * int64(rows) / int64(2*n))
+		smp = append(smp, x[r*cols:(r+1)*cols]...)
+	}
+	s, err := e.EstimateSizes(smp, rows, cols, nil, []codec.Config{cfg})
+	if err != nil {
+		return 0, err
+	}
+	return s[0], nil
 }

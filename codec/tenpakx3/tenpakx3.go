@@ -1,0 +1,937 @@
+// Package tenpakx3 implements the tenpak_x_v3 codec (TenPak-X v3):
+// entropy-coded scalar quantization with one step per tensor.
+//
+// A tensor, seen as a rows×cols matrix, is coded with one step
+// Δ = S·2^(−k/8)·f (k the Config, S = sqrt(π/2)·mean|x| the tensor's
+// scale, f = 1 unless a size cap coarsens it; with column importance,
+// column c's step is Δ·2^(j_c/16)). Each
+// weight becomes a signed index q whose magnitude m is chosen, among the
+// two nearest levels and 0, to minimise (t − level(m))² + c·bits(q) with
+// t = |x|/Δ_c (rate–distortion optimised rounding, which gives a deadzone);
+// the decoder reconstructs x̂ = sign(q)·(m − θ_m)·Δ_c with per-tensor
+// centroid offsets θ. The indices, zigzag-mapped, are split into a high
+// part coded with github.com/klauspost/compress/fse (one block per context
+// — a class of rows by RMS — and row group, with escapes for outliers) and
+// raw low bits. Row groups decode independently, in parallel and by rows
+// (codec.RowDecoder).
+//
+// Rate control (package rate) chooses k per tensor through codec.Planner
+// and codec.SizeEstimator; the planned codec coarsens a tensor's step
+// until its payload fits the size rate control allotted it. The payload
+// layout is specified in formats/tpk/CODECS.md.
+package tenpakx3
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/klauspost/compress/fse"
+
+	"github.com/tpconvert/tpconvert/codec"
+	"github.com/tpconvert/tpconvert/codec/internal/par"
+	"github.com/tpconvert/tpconvert/tensor"
+)
+
+// Format constants.
+const (
+	// Version is the payload version (record version and first byte).
+	Version = 1
+	// HeaderSize is the size of the fixed header in bytes.
+	HeaderSize = 40
+	// MaxClasses is the largest number of row or column classes.
+	MaxClasses = 4
+	// MaxShift is the largest number of raw low bits per weight.
+	MaxShift = 24
+	// maxMag bounds a decoded magnitude (2^40).
+	maxMag = 1 << 40
+)
+
+// Block modes of a context's symbols in a row group.
+const (
+	modeFSE = 0
+	modeRLE = 1
+	modeRaw = 2
+)
+
+// GroupWeights is the number of weights the encoder puts in a row group
+// (whole rows, at least one).
+var GroupWeights = 1 << 20
+
+// Config is the step exponent k: Δ = S·2^(−k/8), with the tensor's scale
+// S = sqrt(π/2)·mean|x| (its RMS if the weights are Gaussian).
+type Config struct {
+	K int
+}
+
+// MinK and MaxK bound the step exponents (about 0.3 to 10 bits per weight
+// on Gaussian weights).
+const (
+	MinK = -16
+	MaxK = 72
+)
+
+// String returns "k=K".
+func (c Config) String() string { return "k=" + strconv.Itoa(c.K) }
+
+// Valid reports whether k is within [MinK, MaxK].
+func (c Config) Valid() error {
+	if c.K < MinK || c.K > MaxK {
+		return fmt.Errorf("tenpak_x_v3: step exponent k=%d outside [%d, %d]", c.K, MinK, MaxK)
+	}
+	return nil
+}
+
+// ParseConfig parses "k=K".
+func ParseConfig(s string) (Config, error) {
+	v, ok := strings.CutPrefix(s, "k=")
+	k, err := strconv.Atoi(v)
+	if !ok || err != nil {
+		return Config{}, fmt.Errorf("tenpak_x_v3: configuration %q, want k=K", s)
+	}
+	c := Config{K: k}
+	return c, c.Valid()
+}
+
+// DefaultConfig codes tensors that have no entry in the plan (about 4.4
+// bits per Gaussian weight).
+var DefaultConfig = Config{K: 20}
+
+func init() {
+	codec.Register(codec.IDTenpakXV3, "tenpak_x_v3",
+		"TenPak-X v3: one step per tensor, rate–distortion optimised rounding, FSE-coded indices; sized by rate control for --bpw/--target-size", New)
+}
+
+// Codec is the tenpak_x_v3 codec.
+type Codec struct {
+	plan    map[string]Config
+	imp     map[string][]float32
+	bytes   map[string]int64
+	workers int
+	summary string
+	ncls    [2]int
+	dflt    Config
+	used    *sync.Map // tensor name → string (the step used)
+}
+
+// New returns the codec with an empty plan (decoding, or encoding every
+// tensor with DefaultConfig). It takes o.Workers; Seed is unused (the
+// coding makes no random choice).
+func New(o codec.Options) (codec.Codec, error) {
+	if err := o.Only("tenpak_x_v3", 0); err != nil {
+		return nil, err
+	}
+	return &Codec{workers: o.PerTensor(), ncls: Classes, dflt: DefaultConfig, used: new(sync.Map)}, nil
+}
+
+// NewFixed returns the codec that codes every tensor with cfg (for
+// measurements that need no rate control).
+func NewFixed(cfg Config) (*Codec, error) {
+	if err := cfg.Valid(); err != nil {
+		return nil, err
+	}
+	c, _ := New(codec.Options{})
+	cc := c.(*Codec)
+	cc.dflt = cfg
+	return cc, nil
+}
+
+// NewPlanned returns the codec that codes each tensor named in plan with
+// its Config, its column steps set by imp[name] when present and its
+// payload capped at limit[name] bytes when present.
+func NewPlanned(plan map[string]Config, imp map[string][]float32, limit map[string]int64, summary string) *Codec {
+	c, _ := New(codec.Options{})
+	cc := c.(*Codec)
+	cc.plan, cc.imp, cc.bytes, cc.summary = plan, imp, limit, summary
+	return cc
+}
+
+// SetWorkers sets the goroutines Encode and Decode use per tensor.
+func (c *Codec) SetWorkers(n int) { c.workers = max(n, 1) }
+
+// ID returns codec.IDTenpakXV3.
+func (*Codec) ID() uint16 { return codec.IDTenpakXV3 }
+
+// Name returns "tenpak_x_v3".
+func (*Codec) Name() string { return "tenpak_x_v3" }
+
+// Version returns the payload version.
+func (*Codec) Version() uint16 { return Version }
+
+// Params describes the plan.
+func (c *Codec) Params() string {
+	if c.summary != "" {
+		return c.summary
+	}
+	return "config=" + c.dflt.String()
+}
+
+// TensorParams returns t's Config and, once t is encoded, the step used
+// and the SQNR reached ("k=20 step=0.00123 sqnr=24.1dB").
+func (c *Codec) TensorParams(t tensor.Info) string {
+	if v, ok := c.used.Load(t.Name); ok {
+		return v.(string)
+	}
+	return c.config(t).String()
+}
+
+// MaxRelErr implements codec.ErrorBounder: 2·2^(−k/8), at most 1, and 1
+// for a tensor whose size is capped (its step may be coarser). No
+// reconstruction is worse than zeros: the offsets are centroids.
+func (c *Codec) MaxRelErr(t tensor.Info) float64 {
+	if _, ok := c.bytes[t.Name]; ok {
+		return 1
+	}
+	return math.Min(1, 2*math.Exp2(-float64(c.config(t).K)/8))
+}
+
+func (c *Codec) config(t tensor.Info) Config {
+	if cfg, ok := c.plan[t.Name]; ok {
+		return cfg
+	}
+	return c.dflt
+}
+
+// Cost returns the working memory of Encode or Decode beyond input and
+// output: the payload (at most about 2 bytes per weight) and the symbol
+// buffers of the row groups in flight.
+func (c *Codec) Cost(t tensor.Info) int64 {
+	_, cols := t.Matrix()
+	g := int64(GroupWeights) + cols
+	return 2*t.Elems() + int64(c.workers)*6*g + 1<<20
+}
+
+func checkShape(t tensor.Info) (rows, cols int, err error) {
+	r, cl := t.Matrix()
+	if r <= 0 || cl <= 0 || r > math.MaxUint32 || cl > math.MaxUint32 || t.Elems() > tensor.MaxElems {
+		return 0, 0, fmt.Errorf("%w: tenpak_x_v3 needs a non-empty matrix, got shape %v", codec.ErrUnsupported, t.Shape)
+	}
+	return int(r), int(cl), nil
+}
+
+// MaxAbs is the largest magnitude the codec accepts (a reconstruction
+// a little above a value near the float32 maximum would overflow).
+const MaxAbs = 1e37
+
+// CheckFinite returns an error wrapping codec.ErrUnsupported if x holds a
+// value that is not finite or exceeds MaxAbs in magnitude.
+func CheckFinite(x []float32) error {
+	for k, v := range x {
+		if !(math.Abs(float64(v)) <= MaxAbs) {
+			return fmt.Errorf("%w: element %d is %g (finite values up to %g only)", codec.ErrUnsupported, k, v, MaxAbs)
+		}
+	}
+	return nil
+}
+
+// Encode writes t's payload under its planned Config (and size cap).
+func (c *Codec) Encode(w io.Writer, t tensor.Info, x []float32) error {
+	rows, cols, err := checkShape(t)
+	if err != nil {
+		return err
+	}
+	if int64(len(x)) != t.Elems() {
+		return fmt.Errorf("tenpak_x_v3: %d values for shape %v", len(x), t.Shape)
+	}
+	if err := CheckFinite(x); err != nil {
+		return fmt.Errorf("tenpak_x_v3: tensor %q: %w", t.Name, err)
+	}
+	cfg := c.config(t)
+	if err := cfg.Valid(); err != nil {
+		return err
+	}
+	imp := c.imp[t.Name]
+	if len(imp) != cols {
+		imp = nil
+	}
+	jcol := colExps(imp)
+	limit, capped := c.bytes[t.Name]
+	pr := prepare(x, rows, cols, jcol, c.ncls, c.workers)
+	res, err := encodeMatrix(x, pr, cfg.K, 1, c.workers)
+	if err == nil && capped && int64(len(res.payload)) > limit {
+		res, err = fit(res, limit, func(lf float64) (*encoded, error) {
+			return encodeMatrix(x, pr, cfg.K, math.Exp2(lf), c.workers)
+		}, float64(rows)*float64(cols))
+	}
+	if err != nil {
+		return fmt.Errorf("tenpak_x_v3: tensor %q: %w", t.Name, err)
+	}
+	s := fmt.Sprintf("%s step=%.6g sqnr=%.2fdB", cfg, res.step, res.sqnr)
+	if res.lf != 0 {
+		s = fmt.Sprintf("%s coarsened=2^(%d/64)", s, int(math.Round(64*res.lf)))
+	}
+	c.used.Store(t.Name, s)
+	_, err = w.Write(res.payload)
+	return err
+}
+
+// fit coarsens the step by factors 2^(n/64) until the payload fits limit
+// bytes, aiming within 0.5 % below it: a secant search on log2 of the
+// factor (about one bit per weight less per doubling of the step), at
+// most 16 codings. enc codes with log2 factor lf; first is lf = 0.
+func fit(first *encoded, limit int64, enc func(lf float64) (*encoded, error), n float64) (*encoded, error) {
+	var best *encoded
+	lo, hi := 0.0, math.Inf(1) // lf too fine, lf that fits
+	cur, prev := first, (*encoded)(nil)
+	for range 16 {
+		size := float64(len(cur.payload))
+		if int64(size) <= limit {
+			hi = math.Min(hi, cur.lf)
+			if best == nil || len(cur.payload) > len(best.payload) {
+				best = cur
+			}
+			if size >= 0.995*float64(limit) {
+				break
+			}
+		} else {
+			lo = math.Max(lo, cur.lf)
+		}
+		slope := n / 8 // bytes per unit of lf
+		if prev != nil && prev.lf != cur.lf {
+			if s := (float64(len(prev.payload)) - size) / (cur.lf - prev.lf); s > 0 {
+				slope = s
+			}
+		}
+		next := cur.lf + (size-0.998*float64(limit))/slope
+		next = math.Round(next*64) / 64
+		if !(next > lo && next < hi) {
+			if math.IsInf(hi, 1) {
+				next = lo + math.Max(1.0/64, 2*(lo-cur.lf+1.0/64))
+			} else {
+				next = math.Round((lo+hi)*32) / 64
+			}
+		}
+		if next <= lo || next >= hi {
+			break
+		}
+		r, err := enc(next)
+		if err != nil {
+			return nil, err
+		}
+		r.lf = next
+		prev, cur = cur, r
+	}
+	if best == nil {
+		return nil, fmt.Errorf("%w: cannot fit the %d bytes allotted (smallest payload tried %d)", codec.ErrUnsupported, limit, len(cur.payload))
+	}
+	return best, nil
+}
+
+// encoded is one tensor's payload and its figures.
+type encoded struct {
+	payload []byte
+	step    float32
+	sqnr    float64
+	sq, err float64 // Σx², Σ(x−x̂)²
+	lf      float64 // log2 of the step factor
+}
+
+// groupOut is one row group's coded bytes and the sums of its centroids.
+type groupOut struct {
+	data []byte
+	bins binSums
+}
+
+// encodeMatrix codes x with step exponent k and step factor f.
+func encodeMatrix(x []float32, pr *prep, k int, f float64, workers int) (*encoded, error) {
+	rows, cols := pr.rows, pr.cols
+	p, ok := analyze(x, pr, rows, k, f, workers)
+	if !ok {
+		return nil, fmt.Errorf("%w: the step of k=%d is not a normal float32 (RMS too small or too large)", codec.ErrUnsupported, k)
+	}
+	rpg := max(1, GroupWeights/cols)
+	ng := (rows + rpg - 1) / rpg
+	outs := make([]groupOut, ng)
+	err := par.For(ng, 1, 1, workers, func(g0, g1 int) error {
+		var sc fse.Scratch
+		for g := g0; g < g1; g++ {
+			var err error
+			outs[g], err = p.codeGroup(x, g*rpg, min(rows, (g+1)*rpg), &sc)
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	var bins binSums
+	for g := range outs {
+		bins.add(&outs[g].bins)
+	}
+	p.theta = bins.thetas()
+	sq := pr.st.sumsq
+	e := bins.err(p.theta)
+	hdr := p.header(k, ng, rpg)
+	size := len(hdr)
+	for g := range outs {
+		size += len(outs[g].data)
+	}
+	out := make([]byte, 0, size)
+	out = append(out, hdr...)
+	le := binary.LittleEndian
+	for g := range outs {
+		out = le.AppendUint32(out, uint32(len(outs[g].data)))
+	}
+	for g := range outs {
+		out = append(out, outs[g].data...)
+	}
+	res := &encoded{payload: out, step: p.step, sq: sq, err: e, sqnr: math.Inf(1)}
+	if e > 0 {
+		res.sqnr = 10 * math.Log10(sq/e)
+	}
+	return res, nil
+}
+
+// header returns the fixed header, θ, column exponents and class ids.
+func (p *params) header(k, ng, rpg int) []byte {
+	le := binary.LittleEndian
+	h := make([]byte, HeaderSize, HeaderSize+p.cols+p.rows/4+p.cols/4+2+4*ng)
+	h[0] = Version
+	if p.jcol != nil {
+		h[1] = 1
+	}
+	h[2], h[3] = byte(p.nrc), byte(p.ncc)
+	le.PutUint32(h[4:], uint32(p.rows))
+	le.PutUint32(h[8:], uint32(p.cols))
+	h[12] = byte(int8(k))
+	h[13] = byte(p.shift)
+	h[14] = NTheta
+	le.PutUint32(h[16:], math.Float32bits(p.step))
+	le.PutUint32(h[20:], math.Float32bits(p.scale))
+	le.PutUint32(h[24:], uint32(rpg))
+	le.PutUint32(h[28:], uint32(ng))
+	for i, th := range p.theta {
+		h[32+i] = byte(th)
+	}
+	for _, j := range p.jcol {
+		h = append(h, byte(j))
+	}
+	h = appendClasses(h, p.rcls, p.nrc)
+	h = appendClasses(h, p.ccls, p.ncc)
+	return h
+}
+
+// appendClasses packs class ids two bits each, least significant first
+// (nothing for a single class).
+func appendClasses(h []byte, cls []uint8, nc int) []byte {
+	if nc <= 1 {
+		return h
+	}
+	for i := 0; i < len(cls); i += 4 {
+		var b byte
+		for j := i; j < min(i+4, len(cls)); j++ {
+			b |= cls[j] << (2 * (j - i))
+		}
+		h = append(h, b)
+	}
+	return h
+}
+
+// err returns the squared error Σ(x − x̂)² of the coding, from the sums.
+func (b *binSums) err(th [NTheta]int8) float64 {
+	e := b.a[0]
+	for i := 1; i <= NTheta; i++ {
+		t := float64(th[i-1]) / 256
+		e += b.a[i] + 2*t*b.b[i] + t*t*b.c[i]
+	}
+	return math.Max(e, 0)
+}
+
+// codeGroup quantizes and codes rows [r0, r1).
+func (p *params) codeGroup(x []float32, r0, r1 int, sc *fse.Scratch) (groupOut, error) {
+	q := p.quantGroup(x, r0, r1)
+	if q.tooLarge {
+		return groupOut{}, fmt.Errorf("%w: a weight is more than 2^40 steps from zero (an extreme outlier)", codec.ErrUnsupported)
+	}
+	var out []byte
+	for k := range q.syms {
+		if len(q.syms[k]) == 0 {
+			continue
+		}
+		var err error
+		if out, err = appendBlock(out, q.syms[k], sc); err != nil {
+			return groupOut{}, err
+		}
+	}
+	out = binary.AppendUvarint(out, uint64(len(q.esc)))
+	out = append(out, q.esc...)
+	out = append(out, q.low...)
+	return groupOut{data: out, bins: q.bins}, nil
+}
+
+// quantized is a row group's symbols per context, escape stream and raw
+// low bits, before entropy coding.
+type quantized struct {
+	syms [][]byte
+	esc  []byte
+	low  []byte
+	bins binSums
+	// tooLarge is set when a magnitude exceeds 2^40 (maxMag).
+	tooLarge bool
+}
+
+// quantGroup quantizes rows [r0, r1) of x.
+func (p *params) quantGroup(x []float32, r0, r1 int) *quantized {
+	nctx := p.nrc * p.ncc
+	n := (r1 - r0) * p.cols
+	cnt := p.counts(r0, r1)
+	q := &quantized{syms: make([][]byte, nctx)}
+	for k := range q.syms {
+		q.syms[k] = make([]byte, 0, cnt[k])
+	}
+	syms := q.syms
+	low := newBitWriter(n, p.shift)
+	b := &q.bins
+	smask := uint64(1)<<p.shift - 1
+	for r := r0; r < r1; r++ {
+		for c, v := range x[r*p.cols : (r+1)*p.cols] {
+			t := p.norm(v, c)
+			k := p.ctx(r, c)
+			m := p.round(t, k)
+			ax := math.Abs(float64(v))
+			if m == 0 {
+				syms[k] = append(syms[k], 0)
+				low.write(0, p.shift)
+				b.a[0] += ax * ax
+				continue
+			}
+			sc := float64(p.stepc[c])
+			if m > maxMag {
+				q.tooLarge = true
+				m = maxMag
+			}
+			mu := uint64(m)
+			hi := mu >> p.shift
+			if hi >= escSym {
+				syms[k] = append(syms[k], escSym)
+				q.esc = binary.AppendUvarint(q.esc, hi-escSym)
+			} else {
+				syms[k] = append(syms[k], byte(hi))
+			}
+			low.write(mu&smask, p.shift)
+			if v < 0 {
+				low.write(1, 1)
+			} else {
+				low.write(0, 1)
+			}
+			i := bin(m)
+			e0 := ax - m*sc
+			b.w[i]++
+			b.d[i] += m - t
+			b.a[i] += e0 * e0
+			b.b[i] += e0 * sc
+			b.c[i] += sc * sc
+		}
+	}
+	q.low = low.bytes()
+	return q
+}
+
+// counts returns the number of weights of each context in rows [r0, r1).
+func (p *params) counts(r0, r1 int) []int {
+	rc := make([]int, p.nrc)
+	for r := r0; r < r1; r++ {
+		if p.rcls != nil {
+			rc[p.rcls[r]]++
+		} else {
+			rc[0]++
+		}
+	}
+	cc := make([]int, p.ncc)
+	for c := range p.cols {
+		if p.ccls != nil {
+			cc[p.ccls[c]]++
+		} else {
+			cc[0]++
+		}
+	}
+	out := make([]int, p.nrc*p.ncc)
+	for a := range p.nrc {
+		for b := range p.ncc {
+			out[a*p.ncc+b] = rc[a] * cc[b]
+		}
+	}
+	return out
+}
+
+// appendBlock appends one context's symbols: FSE, or one symbol (RLE), or
+// raw bytes when FSE does not pay.
+func appendBlock(out, syms []byte, sc *fse.Scratch) ([]byte, error) {
+	sc.TableLog = 12
+	sc.Out = nil
+	enc, err := fse.Compress(syms, sc)
+	switch {
+	case errors.Is(err, fse.ErrUseRLE):
+		return append(out, modeRLE, syms[0]), nil
+	case errors.Is(err, fse.ErrIncompressible) || (err == nil && len(enc)+binary.MaxVarintLen32 >= len(syms)):
+		if len(syms) == 1 || allSame(syms) {
+			return append(out, modeRLE, syms[0]), nil
+		}
+		out = append(out, modeRaw)
+		return append(out, syms...), nil
+	case err != nil:
+		return nil, fmt.Errorf("fse: %w", err)
+	}
+	out = append(out, modeFSE)
+	out = binary.AppendUvarint(out, uint64(len(enc)))
+	return append(out, enc...), nil
+}
+
+func allSame(b []byte) bool {
+	for _, v := range b {
+		if v != b[0] {
+			return false
+		}
+	}
+	return true
+}
+
+// bitWriter packs values least significant bit first.
+type bitWriter struct {
+	buf  []byte
+	acc  uint64
+	nacc uint
+}
+
+func newBitWriter(n int, w uint) *bitWriter {
+	return &bitWriter{buf: make([]byte, 0, (uint64(n)*uint64(w+1)+7)/8)}
+}
+
+// write appends the low w ≤ 32 bits of v.
+func (b *bitWriter) write(v uint64, w uint) {
+	if w == 0 {
+		return
+	}
+	b.acc |= v << b.nacc
+	b.nacc += w
+	for b.nacc >= 8 {
+		b.buf = append(b.buf, byte(b.acc))
+		b.acc >>= 8
+		b.nacc -= 8
+	}
+}
+
+func (b *bitWriter) bytes() []byte {
+	if b.nacc > 0 {
+		b.buf = append(b.buf, byte(b.acc))
+		b.acc, b.nacc = 0, 0
+	}
+	return b.buf
+}
+
+// bitReader reads values written by bitWriter, refusing to read past
+// its bytes.
+type bitReader struct {
+	src  []byte
+	i    int
+	acc  uint64
+	nacc uint
+}
+
+func (b *bitReader) read(w uint) (uint64, bool) {
+	for b.nacc < w {
+		if b.i >= len(b.src) {
+			return 0, false
+		}
+		b.acc |= uint64(b.src[b.i]) << b.nacc
+		b.i++
+		b.nacc += 8
+	}
+	v := b.acc & (uint64(1)<<w - 1)
+	b.acc >>= w
+	b.nacc -= w
+	return v, true
+}
+
+// header is a parsed payload.
+type header struct {
+	rows, cols int
+	nrc, ncc   int
+	k          int
+	shift      uint
+	step       float32
+	theta      [NTheta]int8
+	jcol       []int8
+	rcls, ccls []uint8
+	rpg, ng    int
+	groups     [][]byte
+}
+
+func corrupt(format string, a ...any) error {
+	return fmt.Errorf("%w: tenpak_x_v3 "+format, append([]any{codec.ErrCorrupt}, a...)...)
+}
+
+// parse checks the whole header and the group table of payload p for t.
+func parse(p []byte, t tensor.Info, version uint16) (*header, error) {
+	if version < 1 || version > Version {
+		return nil, corrupt("version %d (this build reads up to %d)", version, Version)
+	}
+	if _, _, err := checkShape(t); err != nil {
+		return nil, fmt.Errorf("%w: %v", codec.ErrCorrupt, err)
+	}
+	if len(p) < HeaderSize {
+		return nil, corrupt("payload of %d bytes is shorter than its header", len(p))
+	}
+	le := binary.LittleEndian
+	h := &header{nrc: int(p[2]), ncc: int(p[3]), k: int(int8(p[12])), shift: uint(p[13])}
+	if p[0] != Version || p[1] > 1 || p[14] != NTheta || p[15] != 0 {
+		return nil, corrupt("header version %d, flags %d, %d offsets, reserved %d", p[0], p[1], p[14], p[15])
+	}
+	rows, cols := t.Matrix()
+	if int64(le.Uint32(p[4:])) != rows || int64(le.Uint32(p[8:])) != cols {
+		return nil, corrupt("payload is %d×%d, record shape %v", le.Uint32(p[4:]), le.Uint32(p[8:]), t.Shape)
+	}
+	h.rows, h.cols = int(rows), int(cols)
+	if h.nrc < 1 || h.nrc > MaxClasses || h.ncc < 1 || h.ncc > MaxClasses || h.nrc > h.rows || h.ncc > h.cols || h.shift > MaxShift {
+		return nil, corrupt("%d row classes, %d column classes, %d raw bits", h.nrc, h.ncc, h.shift)
+	}
+	h.step = math.Float32frombits(le.Uint32(p[16:]))
+	if !(h.step > 0) || math.IsInf(float64(h.step), 0) {
+		return nil, corrupt("step %v", h.step)
+	}
+	h.rpg, h.ng = int(le.Uint32(p[24:])), int(le.Uint32(p[28:]))
+	if h.rpg < 1 || h.ng != (h.rows+h.rpg-1)/h.rpg {
+		return nil, corrupt("%d groups of %d rows for %d rows", h.ng, h.rpg, h.rows)
+	}
+	for i := range h.theta {
+		h.theta[i] = int8(p[32+i])
+	}
+	q := p[HeaderSize:]
+	if p[1] == 1 {
+		if len(q) < h.cols {
+			return nil, corrupt("payload too short for its column steps")
+		}
+		h.jcol = make([]int8, h.cols)
+		for i := range h.jcol {
+			h.jcol[i] = int8(q[i])
+		}
+		q = q[h.cols:]
+	}
+	var err error
+	if h.rcls, q, err = readClasses(q, h.rows, h.nrc); err != nil {
+		return nil, err
+	}
+	if h.ccls, q, err = readClasses(q, h.cols, h.ncc); err != nil {
+		return nil, err
+	}
+	if uint64(len(q)) < 4*uint64(h.ng) {
+		return nil, corrupt("payload too short for %d group lengths", h.ng)
+	}
+	tab := q[:4*h.ng]
+	q = q[4*h.ng:]
+	h.groups = make([][]byte, h.ng)
+	for g := range h.ng {
+		n := uint64(le.Uint32(tab[4*g:]))
+		if n > uint64(len(q)) {
+			return nil, corrupt("group %d of %d bytes, %d left", g, n, len(q))
+		}
+		h.groups[g], q = q[:n], q[n:]
+	}
+	if len(q) != 0 {
+		return nil, corrupt("%d bytes after the last group", len(q))
+	}
+	return h, nil
+}
+
+// readClasses reads n class ids below nc (none when nc is 1).
+func readClasses(q []byte, n, nc int) ([]uint8, []byte, error) {
+	if nc <= 1 {
+		return nil, q, nil
+	}
+	nb := (n + 3) / 4
+	if len(q) < nb {
+		return nil, nil, corrupt("payload too short for %d class ids", n)
+	}
+	cls := make([]uint8, n)
+	for i := range cls {
+		cls[i] = q[i/4] >> (2 * (i % 4)) & 3
+		if int(cls[i]) >= nc {
+			return nil, nil, corrupt("class %d of %d", cls[i], nc)
+		}
+	}
+	if n%4 != 0 && q[nb-1]>>(2*(n%4)) != 0 {
+		return nil, nil, corrupt("class padding bits set")
+	}
+	return cls, q[nb:], nil
+}
+
+// Decode reconstructs t from payload.
+func (c *Codec) Decode(dst []float32, payload []byte, t tensor.Info, version uint16) error {
+	h, err := parse(payload, t, version)
+	if err != nil {
+		return err
+	}
+	if int64(len(dst)) != t.Elems() {
+		return fmt.Errorf("tenpak_x_v3: destination has %d values for shape %v", len(dst), t.Shape)
+	}
+	return c.decodeRows(dst, h, 0, h.rows)
+}
+
+// DecodeRows implements codec.RowDecoder: it decodes only the row groups
+// that hold rows [r0, r1).
+func (c *Codec) DecodeRows(dst []float32, payload []byte, t tensor.Info, version uint16, r0, r1 int64) error {
+	h, err := parse(payload, t, version)
+	if err != nil {
+		return err
+	}
+	if r0 < 0 || r0 > r1 || r1 > int64(h.rows) || int64(len(dst)) != (r1-r0)*int64(h.cols) {
+		return fmt.Errorf("tenpak_x_v3: rows [%d, %d) of %d into %d values", r0, r1, h.rows, len(dst))
+	}
+	return c.decodeRows(dst, h, int(r0), int(r1))
+}
+
+func (c *Codec) decodeRows(dst []float32, h *header, r0, r1 int) error {
+	if r0 == r1 {
+		return nil
+	}
+	p := &params{rows: h.rows, cols: h.cols, step: h.step, jcol: h.jcol, nrc: h.nrc, ncc: h.ncc, rcls: h.rcls, ccls: h.ccls, shift: h.shift}
+	p.setSteps()
+	for _, s := range p.stepc {
+		if !(s > 0) || math.IsInf(float64(s), 0) {
+			return corrupt("column step %v", s)
+		}
+	}
+	rc := newRecon(h.theta)
+	g0, g1 := r0/h.rpg, (r1-1)/h.rpg+1
+	return par.For(g1-g0, 1, 1, c.workers, func(a, b int) error {
+		var sc fse.Scratch
+		var buf []float32
+		for g := g0 + a; g < g0+b; g++ {
+			gr0, gr1 := g*h.rpg, min(h.rows, (g+1)*h.rpg)
+			lo, hi := max(gr0, r0), min(gr1, r1)
+			out := dst[(lo-r0)*h.cols : (hi-r0)*h.cols]
+			if lo != gr0 || hi != gr1 {
+				if need := (gr1 - gr0) * h.cols; cap(buf) < need {
+					buf = make([]float32, need)
+				}
+				buf = buf[:(gr1-gr0)*h.cols]
+				if err := p.decodeGroup(buf, h.groups[g], gr0, gr1, &rc, &sc); err != nil {
+					return fmt.Errorf("group %d: %w", g, err)
+				}
+				copy(out, buf[(lo-gr0)*h.cols:(hi-gr0)*h.cols])
+				continue
+			}
+			if err := p.decodeGroup(out, h.groups[g], gr0, gr1, &rc, &sc); err != nil {
+				return fmt.Errorf("group %d: %w", g, err)
+			}
+		}
+		return nil
+	})
+}
+
+// decodeGroup decodes rows [r0, r1) from their group's bytes q.
+func (p *params) decodeGroup(dst []float32, q []byte, r0, r1 int, rc *recon, sc *fse.Scratch) error {
+	nctx := p.nrc * p.ncc
+	cnt := p.counts(r0, r1)
+	syms := make([][]byte, nctx)
+	var err error
+	for k := range nctx {
+		if cnt[k] == 0 {
+			continue
+		}
+		if syms[k], q, err = readBlock(q, cnt[k], sc); err != nil {
+			return err
+		}
+	}
+	el, m := binary.Uvarint(q)
+	if m <= 0 || el > uint64(len(q)-m) {
+		return corrupt("escape stream length")
+	}
+	esc := q[m : m+int(el)]
+	low := bitReader{src: q[m+int(el):]}
+	pos := make([]int, nctx)
+	w := p.shift
+	for r := r0; r < r1; r++ {
+		row := dst[(r-r0)*p.cols : (r-r0+1)*p.cols]
+		for c := range row {
+			k := p.ctx(r, c)
+			hi := uint64(syms[k][pos[k]])
+			pos[k]++
+			if hi == escSym {
+				v, m := binary.Uvarint(esc)
+				if m <= 0 || v > maxMag {
+					return corrupt("escape value")
+				}
+				esc = esc[m:]
+				hi = escSym + v
+			}
+			if hi > maxMag>>w {
+				return corrupt("magnitude of %d high bits", hi)
+			}
+			lb, ok := low.read(w)
+			if !ok {
+				return corrupt("raw bits end early")
+			}
+			mg := hi<<w | lb
+			if mg == 0 {
+				row[c] = 0
+				continue
+			}
+			if mg > maxMag {
+				return corrupt("magnitude %d", mg)
+			}
+			neg, ok := low.read(1)
+			if !ok {
+				return corrupt("raw bits end early")
+			}
+			v := rc.value(mg, neg == 1, p.stepc[c])
+			if math.IsInf(float64(v), 0) {
+				return corrupt("weight overflows")
+			}
+			row[c] = v
+		}
+	}
+	if len(esc) != 0 {
+		return corrupt("%d bytes left in the escape stream", len(esc))
+	}
+	if low.i != len(low.src) || low.acc != 0 {
+		return corrupt("raw bits: %d bytes of %d read, padding %#x", low.i, len(low.src), low.acc)
+	}
+	return nil
+}
+
+// readBlock reads one context block of n symbols.
+func readBlock(q []byte, n int, sc *fse.Scratch) ([]byte, []byte, error) {
+	if len(q) < 1 {
+		return nil, nil, corrupt("missing block")
+	}
+	mode := q[0]
+	q = q[1:]
+	switch mode {
+	case modeRLE:
+		if len(q) < 1 {
+			return nil, nil, corrupt("missing RLE symbol")
+		}
+		return bytes.Repeat(q[:1], n), q[1:], nil
+	case modeRaw:
+		if len(q) < n {
+			return nil, nil, corrupt("raw block of %d symbols, %d bytes left", n, len(q))
+		}
+		return q[:n], q[n:], nil
+	case modeFSE:
+		l, m := binary.Uvarint(q)
+		if m <= 0 || l > uint64(len(q)-m) {
+			return nil, nil, corrupt("FSE block length")
+		}
+		blk := q[m : m+int(l)]
+		sc.DecompressLimit = n
+		sc.Out = nil
+		out, err := fse.Decompress(blk, sc)
+		if err != nil {
+			return nil, nil, corrupt("FSE block: %v", err)
+		}
+		if len(out) != n {
+			return nil, nil, corrupt("FSE block of %d symbols, want %d", len(out), n)
+		}
+		return out, q[m+int(l):], nil
+	}
+	return nil, nil, corrupt("block mode %d", mode)
+}

@@ -172,8 +172,9 @@ func (c *Codec) Params() string {
 	return "config=" + c.dflt.String()
 }
 
-// TensorParams returns t's Config and, once t is encoded, the step used
-// and the SQNR reached ("k=20 step=0.00123 sqnr=24.1dB").
+// TensorParams returns t's Config ("k=20") and, once t is encoded with a
+// step coarser than its Config because of a size cap, the coarsening in
+// 64ths of an octave ("k=20 c=3": the step is 2^(3/64) times k's).
 func (c *Codec) TensorParams(t tensor.Info) string {
 	if v, ok := c.used.Load(t.Name); ok {
 		return v.(string)
@@ -262,9 +263,12 @@ func (c *Codec) Encode(w io.Writer, t tensor.Info, x []float32) error {
 	if err != nil {
 		return fmt.Errorf("tenpak_x_v3: tensor %q: %w", t.Name, err)
 	}
-	s := fmt.Sprintf("%s step=%.6g sqnr=%.2fdB", cfg, res.step, res.sqnr)
+	// The params stay short (rate control bounds a record's overhead by
+	// its Config's length and a little slack): the step is in the
+	// payload, the error in the record's statistics.
+	s := cfg.String()
 	if res.lf != 0 {
-		s = fmt.Sprintf("%s coarsened=2^(%d/64)", s, int(math.Round(64*res.lf)))
+		s = fmt.Sprintf("%s c=%d", s, int(math.Round(64*res.lf)))
 	}
 	c.used.Store(t.Name, s)
 	_, err = w.Write(res.payload)

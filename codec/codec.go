@@ -6,6 +6,7 @@
 package codec
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -250,9 +251,10 @@ type ChunkEncoder interface {
 	ChunkBytes(t tensor.Info) int64
 	// MeasureChunks reads the source bytes src of t in order, window
 	// chunks at a time, calls release(off, n) for each range of src it
-	// is done with, and returns t's chunk coder. Its memory besides src
-	// is its goroutines' scratch.
-	MeasureChunks(t tensor.Info, src []byte, window int, release func(off, n int64)) (Chunks, error)
+	// is done with, and returns t's chunk coder; it stops with ctx's
+	// error between windows. Its memory besides src is its goroutines'
+	// scratch.
+	MeasureChunks(ctx context.Context, t tensor.Info, src []byte, window int, release func(off, n int64)) (Chunks, error)
 }
 
 // Chunks codes one tensor's payload in parts (ChunkEncoder).

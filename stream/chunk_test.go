@@ -18,6 +18,7 @@ import (
 	"github.com/tpconvert/tpconvert/codec"
 	_ "github.com/tpconvert/tpconvert/codec/basic"
 	_ "github.com/tpconvert/tpconvert/codec/intq"
+	_ "github.com/tpconvert/tpconvert/codec/lossless"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
 	"github.com/tpconvert/tpconvert/codec/tenpakx2"
 	"github.com/tpconvert/tpconvert/formats"
@@ -412,4 +413,133 @@ func TestChunkedRowEncoder(t *testing.T) {
 	o.MaxMemory = me.Need
 	ws := reservations(t, func() error { _, err := compressTPK(context.Background(), src, io.Discard, o); return err })
 	checkReservations(t, "at the named need", ws, me.Need, me.Need, true)
+}
+
+// TestChunkedLossless: tensors larger than the budget stored with the
+// lossless codec (--lossless, and the pass-through of a lossy codec) are
+// coded in chunks of the codec (codec.ChunkEncoder) in several
+// reservations, none above half the budget, and restored so
+// (codec.ChunkDecoder): the same bytes as whole, for any worker count, for
+// every form (BF16, F32 whose values are all BF16, a 1-D tensor,
+// incompressible integers stored unchanged).
+func TestChunkedLossless(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	src := &memSource{}
+	add := func(name string, dt tensor.DType, shape []int64, fill func(b []byte)) {
+		ti := tensor.Info{Name: name, DType: dt, Shape: shape}
+		ti.Size, _ = tensor.ByteSize(dt, shape)
+		for _, p := range src.infos {
+			ti.Offset += p.Size
+		}
+		b := make([]byte, ti.Size)
+		fill(b)
+		src.infos, src.data = append(src.infos, ti), append(src.data, b)
+	}
+	normal := func(dt tensor.DType) func(b []byte) {
+		return func(b []byte) {
+			x := make([]float32, int64(len(b))/dt.BlockBytes())
+			for k := range x {
+				x[k] = float32(r.NormFloat64()) * 0.02
+			}
+			if err := tensor.FromFloat32(b, dt, x); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	add("model.layers.0.mlp.up_proj.weight", tensor.BF16, []int64{643, 512}, normal(tensor.BF16))
+	add("model.embed_tokens.weight", tensor.F32, []int64{3*65536 + 5}, func(b []byte) {
+		normal(tensor.F32)(b)
+		for k := 0; k < len(b); k += 4 {
+			b[k], b[k+1] = 0, 0 // every value a BF16
+		}
+	})
+	add("position_ids", tensor.I32, []int64{3, 70001}, func(b []byte) {
+		for k := range b {
+			b[k] = byte(r.Uint32())
+		}
+	})
+	add("model.norm.weight", tensor.F32, []int64{64}, normal(tensor.F32))
+	const budget = 2 << 20
+	dir := t.TempDir()
+	for _, name := range []string{"lossless", "f16"} {
+		c, err := codec.New(name, codec.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pass, err := codec.New("lossless", codec.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var outs [][]byte
+		for _, mem := range []int64{64 << 20, budget} {
+			for _, workers := range []int{1, 3} {
+				var buf bytes.Buffer
+				var res []Result
+				ws := reservations(t, func() error {
+					var err error
+					res, err = compressTPK(context.Background(), src, &buf, CompressOptions{
+						Options: Options{Workers: workers, MaxMemory: mem, StrictMemory: mem == budget},
+						Codec:   c, PassThrough: pass.(codec.ByteCodec),
+						Select: func(t tensor.Info) bool { return t.Name == "model.norm.weight" }})
+					return err
+				})
+				checkLosslessReservations(t, name+" compress", ws, len(src.infos), mem, budget)
+				for k, want := range []string{"lossless", "lossless", "none"} {
+					if got := res[k].Entry.Codec; got != want {
+						t.Errorf("%s: %s stored with %s, want %s", name, src.infos[k].Name, got, want)
+					}
+				}
+				outs = append(outs, buf.Bytes())
+			}
+		}
+		for k := range outs[1:] {
+			if !bytes.Equal(outs[0], outs[k+1]) {
+				t.Fatalf("%s: compress output %d differs from the whole-tensor one", name, k+1)
+			}
+		}
+		path := filepath.Join(dir, name+".tpk")
+		if err := os.WriteFile(path, outs[0], 0o644); err != nil {
+			t.Fatal(err)
+		}
+		rd, err := tpk.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rest [][]byte
+		for _, mem := range []int64{64 << 20, budget} {
+			b, ws := restoreReserving(t, rd, RestoreOptions{Options: Options{Workers: 2, MaxMemory: mem}})
+			checkLosslessReservations(t, name+" restore", ws, len(src.infos), mem, budget)
+			rest = append(rest, b)
+		}
+		rd.Close()
+		if !bytes.Equal(rest[0], rest[1]) {
+			t.Errorf("%s: restore in chunks differs from the whole-tensor one", name)
+		}
+		for k, want := range src.data[:3] {
+			if !bytes.Contains(rest[1], want) {
+				t.Errorf("%s: restored file lacks the bytes of %s", name, src.infos[k].Name)
+			}
+		}
+	}
+}
+
+// checkLosslessReservations checks the reservations ws of processing n
+// tensors at mem: one each when mem is not budget, else several for each
+// of the three large ones, none above half the budget.
+func checkLosslessReservations(t *testing.T, what string, ws []int64, n int, mem, budget int64) {
+	t.Helper()
+	if mem != budget {
+		if len(ws) != n {
+			t.Errorf("%s with %d bytes: %d reservations, want %d (whole tensors)", what, mem, len(ws), n)
+		}
+		return
+	}
+	if len(ws) < n+3*3 {
+		t.Errorf("%s within %d bytes: %d reservations, want the large tensors in several each", what, budget, len(ws))
+	}
+	for _, w := range ws {
+		if w > budget/2 {
+			t.Errorf("%s: a reservation of %d bytes, more than a chunk of the %d budget", what, w, budget)
+		}
+	}
 }

@@ -156,7 +156,8 @@ func Compress(ctx context.Context, src formats.Source, sink formats.RecordSink, 
 	}
 	cw := compressChunks{o: o, src: src, w: w, infos: infos, selected: selected, splits: splits, items: items,
 		results: results, prog: prog, work: work, write: write, fell: make([]bool, len(infos)),
-		bytes: make([][]byte, len(infos)), enc: make([]*rowsEnc, len(infos)), ready: make([]chan struct{}, len(infos))}
+		bytes: make([][]byte, len(infos)), enc: make([]*rowsEnc, len(infos)), ready: make([]chan struct{}, len(infos)),
+		chunks: make([]codec.Chunks, len(infos))}
 	for i, s := range splits {
 		if s != nil {
 			cw.ready[i] = make(chan struct{})
@@ -177,6 +178,7 @@ type encoded struct {
 	entry   formats.Record
 	note    string
 	whole   bool      // a chunked tensor's fallback, stored whole
+	size    int64     // the payload size of a tensor coded in codec chunks (its preparation)
 	rows    *rowsPart // a chunk of a codec.RowEncoder's tensor
 }
 

@@ -14,6 +14,7 @@
 package lossless
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -422,7 +423,7 @@ func (*Codec) ChunkBytes(t tensor.Info) int64 {
 
 // MeasureChunks implements codec.ChunkEncoder: it codes every chunk once,
 // window chunks at a time in parallel, keeping only their sizes.
-func (c *Codec) MeasureChunks(t tensor.Info, src []byte, window int, release func(off, n int64)) (codec.Chunks, error) {
+func (c *Codec) MeasureChunks(ctx context.Context, t tensor.Info, src []byte, window int, release func(off, n int64)) (codec.Chunks, error) {
 	window = max(window, 1)
 	ch, err := begin(t, src, int64(window)*c.ChunkBytes(t), release)
 	if err != nil {
@@ -432,6 +433,9 @@ func (c *Codec) MeasureChunks(t tensor.Info, src []byte, window int, release fun
 	sizes := make([]int64, min(window, nchunks))
 	ch.body = headerSize
 	for w0 := 0; w0 < nchunks; w0 += window {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		w1 := min(w0+window, nchunks)
 		err := par.For(w1-w0, 1, 1, c.nworkers(), func(lo, hi int) error {
 			buf := outPool.Get().(*[]byte)

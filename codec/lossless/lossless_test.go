@@ -2,6 +2,7 @@ package lossless
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"flag"
@@ -142,7 +143,7 @@ func TestChunksMatchWhole(t *testing.T) {
 		nchunks := int((fc.ti.Size + cb - 1) / cb)
 		for _, per := range []int{1, 2, 3, nchunks} {
 			var released []int64 // the measuring pass's ranges, in order
-			ch, err := c.MeasureChunks(fc.ti, fc.src, per, func(off, n int64) {
+			ch, err := c.MeasureChunks(context.Background(), fc.ti, fc.src, per, func(off, n int64) {
 				if off == 0 {
 					released = released[:0]
 				}

@@ -423,42 +423,7 @@ func TestChunkedRowEncoder(t *testing.T) {
 // every form (BF16, F32 whose values are all BF16, a 1-D tensor,
 // incompressible integers stored unchanged).
 func TestChunkedLossless(t *testing.T) {
-	r := rand.New(rand.NewPCG(5, 6))
-	src := &memSource{}
-	add := func(name string, dt tensor.DType, shape []int64, fill func(b []byte)) {
-		ti := tensor.Info{Name: name, DType: dt, Shape: shape}
-		ti.Size, _ = tensor.ByteSize(dt, shape)
-		for _, p := range src.infos {
-			ti.Offset += p.Size
-		}
-		b := make([]byte, ti.Size)
-		fill(b)
-		src.infos, src.data = append(src.infos, ti), append(src.data, b)
-	}
-	normal := func(dt tensor.DType) func(b []byte) {
-		return func(b []byte) {
-			x := make([]float32, int64(len(b))/dt.BlockBytes())
-			for k := range x {
-				x[k] = float32(r.NormFloat64()) * 0.02
-			}
-			if err := tensor.FromFloat32(b, dt, x); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	add("model.layers.0.mlp.up_proj.weight", tensor.BF16, []int64{643, 512}, normal(tensor.BF16))
-	add("model.embed_tokens.weight", tensor.F32, []int64{3*65536 + 5}, func(b []byte) {
-		normal(tensor.F32)(b)
-		for k := 0; k < len(b); k += 4 {
-			b[k], b[k+1] = 0, 0 // every value a BF16
-		}
-	})
-	add("position_ids", tensor.I32, []int64{3, 70001}, func(b []byte) {
-		for k := range b {
-			b[k] = byte(r.Uint32())
-		}
-	})
-	add("model.norm.weight", tensor.F32, []int64{64}, normal(tensor.F32))
+	src := losslessSource(t)
 	const budget = 2 << 20
 	dir := t.TempDir()
 	for _, name := range []string{"lossless", "f16"} {
@@ -519,6 +484,79 @@ func TestChunkedLossless(t *testing.T) {
 			if !bytes.Contains(rest[1], want) {
 				t.Errorf("%s: restored file lacks the bytes of %s", name, src.infos[k].Name)
 			}
+		}
+	}
+}
+
+// losslessSource returns tensors of several lossless forms, three of
+// several chunks (BF16; F32 whose values are all BF16, 1-D;
+// incompressible I32) and a small F32 one.
+func losslessSource(t *testing.T) *memSource {
+	r := rand.New(rand.NewPCG(5, 6))
+	src := &memSource{}
+	add := func(name string, dt tensor.DType, shape []int64, fill func(b []byte)) {
+		ti := tensor.Info{Name: name, DType: dt, Shape: shape}
+		ti.Size, _ = tensor.ByteSize(dt, shape)
+		for _, p := range src.infos {
+			ti.Offset += p.Size
+		}
+		b := make([]byte, ti.Size)
+		fill(b)
+		src.infos, src.data = append(src.infos, ti), append(src.data, b)
+	}
+	normal := func(dt tensor.DType) func(b []byte) {
+		return func(b []byte) {
+			x := make([]float32, int64(len(b))/dt.BlockBytes())
+			for k := range x {
+				x[k] = float32(r.NormFloat64()) * 0.02
+			}
+			if err := tensor.FromFloat32(b, dt, x); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	add("model.layers.0.mlp.up_proj.weight", tensor.BF16, []int64{643, 512}, normal(tensor.BF16))
+	add("model.embed_tokens.weight", tensor.F32, []int64{3*65536 + 5}, func(b []byte) {
+		normal(tensor.F32)(b)
+		for k := 0; k < len(b); k += 4 {
+			b[k], b[k+1] = 0, 0 // every value a BF16
+		}
+	})
+	add("position_ids", tensor.I32, []int64{3, 70001}, func(b []byte) {
+		for k := range b {
+			b[k] = byte(r.Uint32())
+		}
+	})
+	add("model.norm.weight", tensor.F32, []int64{64}, normal(tensor.F32))
+	return src
+}
+
+// TestPassThroughSize: the size OverheadWith counts for a tensor stored
+// with the pass-through codec, measured chunk by chunk, is that of the
+// record passThrough makes of the whole tensor.
+func TestPassThroughSize(t *testing.T) {
+	src := losslessSource(t)
+	pass, err := codec.New("lossless", codec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc := pass.(codec.ByteCodec)
+	for i, ti := range src.infos {
+		v, err := passThrough(pc, ti, src.data[i], rawEntry(ti), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := rawEntry(ti)
+		var released int64
+		n, err := passThroughSize(pc, ti, src.data[i], &e, func(_, n int64) { released += n })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != int64(len(v.payload)) || e.Codec != v.entry.Codec {
+			t.Errorf("%s: measured %d bytes with %s, stored %d with %s", ti.Name, n, e.Codec, len(v.payload), v.entry.Codec)
+		}
+		if released < ti.Size {
+			t.Errorf("%s: released %d of %d bytes", ti.Name, released, ti.Size)
 		}
 	}
 }

@@ -378,12 +378,12 @@ func OverheadWith(src formats.Source, newSink NewRecordSink, c codec.Codec, sel 
 			if err != nil {
 				return 0, err
 			}
-			v, err := passThrough(pass, t, b, e, "")
+			n, err := passThroughSize(pass, t, b, &e, func(off, n int64) { releaseRange(src, i, off, n) })
 			src.Release(i)
 			if err != nil {
 				return 0, err
 			}
-			e, raw = v.entry, raw+int64(len(v.payload))
+			raw += n
 		} else {
 			raw += t.Size
 		}
@@ -399,6 +399,36 @@ func OverheadWith(src formats.Source, newSink NewRecordSink, c codec.Codec, sel 
 	// and a parameter string may be longer than the one shown here.
 	return cw.n + raw + int64(len(infos))*(4*20+32), nil
 }
+
+// passThroughSize returns the size of what passThrough stores for the
+// source bytes b of t and sets *e to its entry. A codec.ChunkEncoder
+// measures its payload chunk by chunk in windows of overheadWindow bytes,
+// releasing them, so that it holds no tensor whole.
+func passThroughSize(pc codec.ByteCodec, t tensor.Info, b []byte, e *formats.Record, release func(off, n int64)) (int64, error) {
+	ce, ok := pc.(codec.ChunkEncoder)
+	cb := int64(0)
+	if ok {
+		cb = ce.ChunkBytes(t)
+	}
+	if cb <= 0 || len(b) == 0 {
+		v, err := passThrough(pc, t, b, *e, "")
+		*e = v.entry
+		return int64(len(v.payload)), err
+	}
+	ch, err := ce.MeasureChunks(context.Background(), t, b, int(max(overheadWindow/cb, 1)), release)
+	if err != nil {
+		return 0, fmt.Errorf("tensor %q: %w", t.Name, err)
+	}
+	if ch.Size() >= int64(len(b)) {
+		return int64(len(b)), nil
+	}
+	e.Codec, e.CodecID, e.CodecVersion, e.Params = pc.Name(), pc.ID(), pc.Version(), pc.Params()
+	return ch.Size(), nil
+}
+
+// overheadWindow is the source bytes passThroughSize reads before it
+// releases them.
+const overheadWindow = 16 << 20
 
 type countWriter struct{ n int64 }
 

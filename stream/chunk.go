@@ -220,14 +220,14 @@ func compressSplits(o *CompressOptions, infos []tensor.Info, selected []bool) []
 		switch {
 		case !selected[i] && o.PassThrough == nil:
 			splits[i] = &split{rows: t.Shape[0], rowBytes: rb, perRow: rb}
-		case selected[i] && isRow && tensor.CanDecode(t.DType) && !(o.Transpose != nil && len(t.Shape) == 2 && o.Transpose(t)):
+		case selected[i] && isRow && tensor.CanDecode(t.DType) && !o.transposed(t):
 			pr := rc.RowBytes(t)
 			if pr <= 0 || (!o.AllowLarger && pr >= rb) {
 				continue
 			}
 			cols := t.Elems() / t.Shape[0]
 			splits[i] = &split{rows: t.Shape[0], rowBytes: rb, perRow: rb + 4*cols + pr, prepRow: rb + 8*cols + pr}
-		case selected[i] && isEnc && len(t.Shape) >= 2 && tensor.CanDecode(t.DType) && !(o.Transpose != nil && len(t.Shape) == 2 && o.Transpose(t)):
+		case selected[i] && isEnc && len(t.Shape) >= 2 && tensor.CanDecode(t.DType) && !o.transposed(t):
 			p, err := re.PayloadSize(t)
 			if err != nil || p <= 0 {
 				continue

@@ -272,7 +272,7 @@ func TestWholeMatrixCodecRefusedBelowItsNeed(t *testing.T) {
 		case name != "f16" && buf.Len() != 0:
 			t.Errorf("%s: %d bytes written before the refusal", name, buf.Len())
 		}
-		if err := CheckMemory(src, c, nil, sel, 16<<10); (err == nil) != (name == "f16") {
+		if err := CheckMemory(src, c, nil, sel, nil, 16<<10); (err == nil) != (name == "f16") {
 			t.Errorf("CheckMemory(%s) = %v", name, err)
 		}
 	}
@@ -579,5 +579,46 @@ func checkLosslessReservations(t *testing.T, what string, ws []int64, n int, mem
 		if w > budget/2 {
 			t.Errorf("%s: a reservation of %d bytes, more than a chunk of the %d budget", what, w, budget)
 		}
+	}
+}
+
+// TestTransposedNeedIsWhole: a tensor stored [in, out] (GPT-2 Conv1D) is
+// encoded whole and transposed; CheckMemory, before any work, names the
+// same need as Compress's own check, the transposed copy included, and
+// that need is enough.
+func TestTransposedNeedIsWhole(t *testing.T) {
+	const conv = "h.0.mlp.c_fc.weight"
+	src := newMemSource(map[string][]int64{conv: {256, 64}}, conv)
+	c, err := codec.New("f16", codec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := func(tensor.Info) bool { return true }
+	tr := func(t tensor.Info) bool { return t.Name == conv }
+	const budget = 16 << 10
+	if err := CheckMemory(src, c, nil, all, nil, budget); err != nil {
+		t.Fatalf("not transposed, in row chunks: %v", err)
+	}
+	var me *MemoryError
+	if err := CheckMemory(src, c, nil, all, tr, budget); !errors.As(err, &me) {
+		t.Fatalf("transposed: CheckMemory = %v, want a *MemoryError", err)
+	}
+	// Its source, input, transposed input and decoded values at least.
+	if n := src.infos[0].Elems(); me.Need < src.infos[0].Size+12*n || me.Tensor != conv ||
+		me.Need-compressCost(c, nil, src.infos[0], true, false) != 4*n {
+		t.Errorf("CheckMemory: %+v, want the whole tensor's need with its transposed copy", me)
+	}
+	compress := func(mem int64) error {
+		var buf bytes.Buffer
+		_, err := compressTPK(context.Background(), src, &buf, CompressOptions{
+			Options: Options{Workers: 1, MaxMemory: mem, StrictMemory: true}, Codec: c, Select: all, Transpose: tr})
+		return err
+	}
+	var me2 *MemoryError
+	if err := compress(budget); !errors.As(err, &me2) || me2.Need != me.Need {
+		t.Errorf("Compress within %d bytes: %v, want the need %d", budget, err, me.Need)
+	}
+	if err := compress(me.Need); err != nil {
+		t.Errorf("Compress within the need %d: %v", me.Need, err)
 	}
 }

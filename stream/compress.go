@@ -125,7 +125,9 @@ func Compress(ctx context.Context, src formats.Source, sink formats.RecordSink, 
 	}
 	results := make([]Result, len(infos))
 	prog := newTracker(o.Progress, len(infos))
-	cost := func(i int) int64 { return compressCost(o.Codec, o.PassThrough, infos[i], selected[i]) }
+	cost := func(i int) int64 {
+		return compressCost(o.Codec, o.PassThrough, infos[i], selected[i], o.transposed(infos[i]))
+	}
 	splits := compressSplits(&o, infos, selected)
 	items := planItems(len(infos), splits, cost, o.MaxMemory, 0)
 	if o.StrictMemory {
@@ -268,13 +270,17 @@ func (c cancelWriter) Write(p []byte) (int, error) {
 }
 
 // compressCost is the working memory Compress reserves for t: its source
-// bytes, and when c encodes it the float32 input, the decoded copy for
-// the statistics, the payload and the codec's own.
-func compressCost(c codec.Codec, pass codec.ByteCodec, t tensor.Info, selected bool) int64 {
+// bytes, and when c encodes it the float32 input (and its transpose, for
+// a tensor stored [in, out]), the decoded copy for the statistics, the
+// payload and the codec's own.
+func compressCost(c codec.Codec, pass codec.ByteCodec, t tensor.Info, selected, transposed bool) int64 {
 	cost := t.Size
 	if selected {
 		n := t.Elems()
 		cost += 8*n + 2*n + c.Cost(t)
+		if transposed {
+			cost += 4 * n
+		}
 	} else if pass != nil {
 		cost += pass.Cost(t)
 	}
@@ -305,10 +311,17 @@ func checkMemory(infos []tensor.Info, cost func(int) int64, budget int64) error 
 	return nil
 }
 
+// transposed reports whether Compress hands t to the codec transposed.
+func (o *CompressOptions) transposed(t tensor.Info) bool {
+	return o.Transpose != nil && len(t.Shape) == 2 && o.Transpose(t)
+}
+
 // CheckMemory returns a *MemoryError if a tensor of src that Compress
-// would encode with c (those sel selects; the others with pass, if not
-// nil) needs more working memory than budget bytes.
-func CheckMemory(src formats.Source, c codec.Codec, pass codec.ByteCodec, sel func(tensor.Info) bool, budget int64) error {
+// would encode with c (those sel selects, transposed where transpose
+// says, as CompressOptions.Transpose; the others with pass, if not nil)
+// needs more working memory than budget bytes. A transposed tensor is
+// encoded whole: its need is that of the whole tensor.
+func CheckMemory(src formats.Source, c codec.Codec, pass codec.ByteCodec, sel, transpose func(tensor.Info) bool, budget int64) error {
 	infos := src.Tensors()
 	_, raw := c.(codec.ByteCodec)
 	if raw && c.ID() != codec.IDNone {
@@ -318,8 +331,8 @@ func CheckMemory(src formats.Source, c codec.Codec, pass codec.ByteCodec, sel fu
 	for i, t := range infos {
 		selected[i] = !raw && sel != nil && sel(t)
 	}
-	cost := func(i int) int64 { return compressCost(c, pass, infos[i], selected[i]) }
-	o := CompressOptions{Codec: c, PassThrough: pass}
+	o := CompressOptions{Codec: c, PassThrough: pass, Transpose: transpose}
+	cost := func(i int) int64 { return compressCost(c, pass, infos[i], selected[i], o.transposed(infos[i])) }
 	items := planItems(len(infos), compressSplits(&o, infos, selected), cost, budget, 0)
 	return checkMemory(infos, maxItemCost(len(infos), items), budget)
 }
@@ -456,7 +469,7 @@ func encodeTensor(ctx context.Context, o CompressOptions, t tensor.Info, b []byt
 		return nil, nil, false, err
 	}
 	ct := t.Clone()
-	transposed := o.Transpose != nil && len(t.Shape) == 2 && o.Transpose(t)
+	transposed := o.transposed(t)
 	if transposed {
 		x = transpose(x, int(t.Shape[0]), int(t.Shape[1]))
 		ct.Shape = []int64{t.Shape[1], t.Shape[0]}

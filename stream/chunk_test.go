@@ -622,3 +622,69 @@ func TestTransposedNeedIsWhole(t *testing.T) {
 		t.Errorf("Compress within the need %d: %v", me.Need, err)
 	}
 }
+
+// TestChunkedRestoreDir: records restored into a sharded checkout
+// (safetensors.DirWriter, a formats.PartSink) are written in row chunks
+// and codec chunks as into one file, to the same files as whole.
+func TestChunkedRestoreDir(t *testing.T) {
+	src := losslessSource(t)
+	c, err := codec.New("lossless", codec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if _, err := compressTPK(context.Background(), src, &buf, CompressOptions{Options: Options{Workers: 2}, Codec: c}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "m.tpk")
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := tpk.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	const budget = 2 << 20
+	var trees []map[string][]byte
+	for _, mem := range []int64{64 << 20, budget} {
+		o := RestoreOptions{Options: Options{Workers: 3, MaxMemory: mem}}
+		plan, err := Plan(r, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(dir, fmt.Sprint(mem))
+		ws := reservations(t, func() error {
+			w, err := safetensors.NewDirWriter(out, r.Meta(), plan, safetensors.DirOptions{ShardSize: 400 << 10})
+			if err != nil {
+				return err
+			}
+			defer w.Abort()
+			if err := Restore(context.Background(), r, plan, w, o); err != nil {
+				return err
+			}
+			return w.Close()
+		})
+		checkLosslessReservations(t, "restore into a checkout", ws, len(plan), mem, budget)
+		files, err := os.ReadDir(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tree := map[string][]byte{}
+		for _, f := range files {
+			if tree[f.Name()], err = os.ReadFile(filepath.Join(out, f.Name())); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if len(tree) < 3 {
+			t.Fatalf("%d files in the checkout, want several shards and the index", len(tree))
+		}
+		trees = append(trees, tree)
+	}
+	for name, b := range trees[0] {
+		if !bytes.Equal(b, trees[1][name]) {
+			t.Errorf("%s: restored in chunks differs from whole", name)
+		}
+	}
+}

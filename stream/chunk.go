@@ -285,7 +285,7 @@ func castCheck(ctx context.Context, o CompressOptions, t tensor.Info, b []byte, 
 		}
 		buf.Reset()
 		if err := o.Codec.Encode(&buf, ct, xc); err != nil {
-			v, err := settle(o, t, b, nil, nil, false, err)
+			v, err := settle(inParts(ctx, release), o, t, b, nil, nil, false, err)
 			return v, true, err
 		}
 		if err := o.Codec.Decode(yc, buf.Bytes(), ct, o.Codec.Version()); err != nil {
@@ -300,7 +300,7 @@ func castCheck(ctx context.Context, o CompressOptions, t tensor.Info, b []byte, 
 	}
 	st, err := f.verdict(o.Codec, t)
 	if err != nil {
-		v, err := settle(o, t, b, nil, nil, false, err)
+		v, err := settle(inParts(ctx, release), o, t, b, nil, nil, false, err)
 		return v, true, err
 	}
 	e := rawEntry(t)
@@ -366,6 +366,7 @@ func maxItemCost(n int, items []item) func(int) int64 {
 // compressChunks runs Compress's items: whole tensors by work and write,
 // chunked ones here.
 type compressChunks struct {
+	ctx      context.Context // Compress's, for the writer's inParts
 	o        CompressOptions
 	src      formats.Source
 	w        formats.RecordSink
@@ -444,7 +445,8 @@ func (c *compressChunks) doWork(ctx context.Context, k int) (encoded, error) {
 	}
 	switch {
 	case s.size > 0 && c.chunks[i] != nil:
-		p, err := c.chunks[i].AppendChunks(nil, int(it.r0), int(it.r1))
+		_, n := s.bytesOf(it.r0, it.r1)
+		p, err := c.chunks[i].AppendChunks(make([]byte, 0, n+64*(it.r1-it.r0+1)), int(it.r0), int(it.r1))
 		if err != nil {
 			return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
 		}
@@ -604,7 +606,7 @@ func (c *compressChunks) writeRows(it item, p *rowsPart) error {
 	if !c.o.NoStats {
 		sp = &st
 	}
-	v, err := settle(c.o, t, c.bytes[i], e.payload, sp, false, err)
+	v, err := settle(inParts(c.ctx, func(off, n int64) { releaseRange(c.src, i, off, n) }), c.o, t, c.bytes[i], e.payload, sp, false, err)
 	if err != nil {
 		return err
 	}

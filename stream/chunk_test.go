@@ -688,3 +688,64 @@ func TestChunkedRestoreDir(t *testing.T) {
 		}
 	}
 }
+
+// partsOnly is a lossless pass-through codec without Append that counts
+// the tensors it codes whole (EncodeBytes).
+type partsOnly struct {
+	codec.ChunkEncoder
+	mu    sync.Mutex
+	whole int
+}
+
+func (p *partsOnly) EncodeBytes(w io.Writer, t tensor.Info, src []byte) error {
+	p.mu.Lock()
+	p.whole++
+	p.mu.Unlock()
+	return p.ChunkEncoder.EncodeBytes(w, t, src)
+}
+
+// TestChunkedFallbackInParts: a tensor processed in chunks that its codec
+// cannot represent (a NaN in a late row) and that goes to the lossless
+// pass-through is coded in parts, never whole, to the same bytes and note
+// as when it is processed whole: after a chunked cast's first pass, and
+// after the last chunk of a codec.RowEncoder.
+func TestChunkedFallbackInParts(t *testing.T) {
+	const big = "model.layers.0.mlp.up_proj.weight"
+	src := newMemSource(map[string][]int64{big: {256, 1024}}, big)
+	binary.LittleEndian.PutUint32(src.data[0][4*(200*1024+7):], math.Float32bits(float32(math.NaN())))
+	ll, err := codec.New("lossless", codec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const budget = 2 << 20
+	for _, name := range []string{"f16", "tenpak_x_v2"} {
+		c, err := codec.New(name, codec.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var outs [][]byte
+		var notes []string
+		for _, mem := range []int64{64 << 20, budget} {
+			pass := &partsOnly{ChunkEncoder: ll.(codec.ChunkEncoder)}
+			var buf bytes.Buffer
+			var res []Result
+			ws := reservations(t, func() error {
+				var err error
+				res, err = compressTPK(context.Background(), src, &buf, CompressOptions{
+					Options: Options{Workers: 2, MaxMemory: mem}, Codec: c, PassThrough: pass,
+					Select: func(tensor.Info) bool { return true }})
+				return err
+			})
+			if res[0].Entry.Codec != "lossless" || !strings.Contains(res[0].Note, "stored with lossless") {
+				t.Fatalf("%s at %d: stored with %s, note %q", name, mem, res[0].Entry.Codec, res[0].Note)
+			}
+			if chunked := len(ws) > 1; chunked != (mem == budget) || pass.whole != map[bool]int{false: 1, true: 0}[chunked] {
+				t.Errorf("%s at %d: %d reservations, %d tensors coded whole", name, mem, len(ws), pass.whole)
+			}
+			outs, notes = append(outs, buf.Bytes()), append(notes, res[0].Note)
+		}
+		if !bytes.Equal(outs[0], outs[1]) || notes[0] != notes[1] {
+			t.Errorf("%s: the fallback in parts differs from the whole one (notes %q, %q)", name, notes[0], notes[1])
+		}
+	}
+}

@@ -145,10 +145,10 @@ func Compress(ctx context.Context, src formats.Source, sink formats.RecordSink, 
 			return passThrough(o.PassThrough, t, b, rawEntry(t), "")
 		}
 		p, st, transposed, err := encodeTensor(ctx, o, t, b, prog.within(i, t, t.Size))
-		return settle(o, t, b, p, st, transposed, err)
+		return settle(passThrough, o, t, b, p, st, transposed, err)
 	}
 	write := func(i int, v encoded) error {
-		if err := w.WriteRecord(v.entry, v.payload); err != nil {
+		if err := writeEncoded(w, v, func(off, n int64) { releaseRange(src, i, off, n) }); err != nil {
 			return err
 		}
 		src.Release(i)
@@ -156,7 +156,7 @@ func Compress(ctx context.Context, src formats.Source, sink formats.RecordSink, 
 		prog.written(i, infos[i], infos[i].Size)
 		return nil
 	}
-	cw := compressChunks{o: o, src: src, w: w, infos: infos, selected: selected, splits: splits, items: items,
+	cw := compressChunks{ctx: ctx, o: o, src: src, w: w, infos: infos, selected: selected, splits: splits, items: items,
 		results: results, prog: prog, work: work, write: write, fell: make([]bool, len(infos)),
 		bytes: make([][]byte, len(infos)), enc: make([]*rowsEnc, len(infos)), ready: make([]chan struct{}, len(infos)),
 		chunks: make([]codec.Chunks, len(infos))}
@@ -179,27 +179,33 @@ type encoded struct {
 	payload []byte
 	entry   formats.Record
 	note    string
-	whole   bool      // a chunked tensor's fallback, stored whole
-	size    int64     // the payload size of a tensor coded in codec chunks (its preparation)
-	rows    *rowsPart // a chunk of a codec.RowEncoder's tensor
+	whole   bool  // a chunked tensor's fallback, stored whole
+	size    int64 // the payload size of a tensor coded in codec chunks (its preparation, or coder's)
+	// coder, when not nil, codes the payload, of n chunks of
+	// chunkBytes source bytes, as the writer writes it (inParts).
+	coder      codec.Chunks
+	n          int
+	chunkBytes int64
+	rows       *rowsPart // a chunk of a codec.RowEncoder's tensor
 }
 
 // settle returns what Compress stores for the selected tensor t (source
 // bytes b) given its payload p, statistics st and whether it was coded
 // transposed, or the error err that refused it: a codec's refusal
 // (codec.ErrUnsupported) or errUnfaithful, and a payload not smaller than
-// b, store it unchanged (or with the PassThrough codec); other errors fail.
-func settle(o CompressOptions, t tensor.Info, b, p []byte, st *formats.Stats, transposed bool, err error) (encoded, error) {
+// b, store it unchanged (or with the PassThrough codec, through pass);
+// other errors fail.
+func settle(pass passFunc, o CompressOptions, t tensor.Info, b, p []byte, st *formats.Stats, transposed bool, err error) (encoded, error) {
 	e := rawEntry(t)
 	switch {
 	case errors.Is(err, codec.ErrUnsupported) || errors.Is(err, errUnfaithful):
-		return passThrough(o.PassThrough, t, b, e, fmt.Sprintf("%v; stored unchanged", err))
+		return pass(o.PassThrough, t, b, e, fmt.Sprintf("%v; stored unchanged", err))
 	case err != nil:
 		return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
 	case !o.AllowLarger && len(p) >= len(b):
 		// A compressor never makes a tensor larger than its source (as
 		// zip stores what it cannot shrink).
-		return passThrough(o.PassThrough, t, b, e, fmt.Sprintf("%s: %d bytes for %d source bytes, %s; stored unchanged", o.Codec.Name(), len(p), len(b), NoteNotSmaller))
+		return pass(o.PassThrough, t, b, e, fmt.Sprintf("%s: %d bytes for %d source bytes, %s; stored unchanged", o.Codec.Name(), len(p), len(b), NoteNotSmaller))
 	}
 	e.Codec, e.CodecID, e.CodecVersion, e.Params = o.Codec.Name(), o.Codec.ID(), o.Codec.Version(), tensorParams(o.Codec, t)
 	e.Transposed, e.Stats = transposed, st
@@ -212,8 +218,75 @@ type appender interface {
 	Append(dst []byte, t tensor.Info, src []byte) ([]byte, error)
 }
 
-// passThrough stores the source bytes b of t with the lossless codec pc
-// when that is smaller than b, else unchanged (entry e, the none codec).
+// passFunc stores the source bytes b of t with the lossless codec pc
+// when that is smaller than b, else unchanged (entry e, the none codec),
+// and says so in note: passThrough, or inParts.
+type passFunc func(pc codec.ByteCodec, t tensor.Info, b []byte, e formats.Record, note string) (encoded, error)
+
+// passed returns what a passFunc stores when pc codes b in size bytes.
+func passed(pc codec.ByteCodec, b []byte, e formats.Record, note string, size int64) (formats.Record, string, bool) {
+	if size >= int64(len(b)) {
+		return e, note, false
+	}
+	e.Codec, e.CodecID, e.CodecVersion, e.Params = pc.Name(), pc.ID(), pc.Version(), pc.Params()
+	return e, strings.Replace(note, "stored unchanged", "stored with "+pc.Name(), 1), true
+}
+
+// inParts is the passFunc of tensors processed in chunks: a pc that is a
+// codec.ChunkEncoder measures its payload chunk by chunk, reading b in
+// windows of partsWindow bytes and calling release after each, and codes
+// it again as the writer writes it (writeEncoded), so that no tensor is
+// coded whole; others are passThrough.
+func inParts(ctx context.Context, release func(off, n int64)) passFunc {
+	return func(pc codec.ByteCodec, t tensor.Info, b []byte, e formats.Record, note string) (encoded, error) {
+		ce, ok := pc.(codec.ChunkEncoder)
+		var cb int64
+		if ok {
+			cb = ce.ChunkBytes(t)
+		}
+		if cb <= 0 || len(b) == 0 {
+			return passThrough(pc, t, b, e, note)
+		}
+		ch, err := ce.MeasureChunks(ctx, t, b, int(max(partsWindow/cb, 1)), release)
+		if err != nil {
+			return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
+		}
+		e, note, coded := passed(pc, b, e, note, ch.Size())
+		if !coded {
+			return encoded{payload: b, entry: e, note: note}, nil
+		}
+		return encoded{entry: e, note: note, size: ch.Size(), coder: ch, n: int((int64(len(b)) + cb - 1) / cb), chunkBytes: cb}, nil
+	}
+}
+
+// partsWindow is the source bytes inParts reads before it releases them.
+const partsWindow = 16 << 20
+
+// writeEncoded writes the record of v to w, coding it chunk by chunk when
+// v has a coder and calling release for the source bytes of each chunk.
+func writeEncoded(w formats.RecordSink, v encoded, release func(off, n int64)) error {
+	if v.coder == nil {
+		return w.WriteRecord(v.entry, v.payload)
+	}
+	if err := w.BeginRecord(v.entry, v.size); err != nil {
+		return err
+	}
+	var buf []byte
+	for k := range v.n {
+		var err error
+		if buf, err = v.coder.AppendChunks(buf[:0], k, k+1); err != nil {
+			return fmt.Errorf("tensor %q: %w", v.entry.Name, err)
+		}
+		if err := w.WritePayload(buf); err != nil {
+			return err
+		}
+		release(int64(k)*v.chunkBytes, v.chunkBytes)
+	}
+	return w.EndRecord()
+}
+
+// passThrough is the passFunc of tensors processed whole: pc codes b at
+// once.
 func passThrough(pc codec.ByteCodec, t tensor.Info, b []byte, e formats.Record, note string) (encoded, error) {
 	if pc == nil || len(b) == 0 {
 		return encoded{payload: b, entry: e, note: note}, nil
@@ -231,11 +304,11 @@ func passThrough(pc codec.ByteCodec, t tensor.Info, b []byte, e formats.Record, 
 		}
 		p = buf.Bytes()
 	}
-	if len(p) >= len(b) {
-		return encoded{payload: b, entry: e, note: note}, nil
+	e, note, coded := passed(pc, b, e, note, int64(len(p)))
+	if !coded {
+		p = b
 	}
-	e.Codec, e.CodecID, e.CodecVersion, e.Params = pc.Name(), pc.ID(), pc.Version(), pc.Params()
-	return encoded{payload: p, entry: e, note: strings.Replace(note, "stored unchanged", "stored with "+pc.Name(), 1)}, nil
+	return encoded{payload: p, entry: e, note: note}, nil
 }
 
 // cancelChunk is the most CancelWriter writes between checks of its
@@ -414,34 +487,16 @@ func OverheadWith(src formats.Source, newSink NewRecordSink, c codec.Codec, sel 
 }
 
 // passThroughSize returns the size of what passThrough stores for the
-// source bytes b of t and sets *e to its entry. A codec.ChunkEncoder
-// measures its payload chunk by chunk in windows of overheadWindow bytes,
-// releasing them, so that it holds no tensor whole.
+// source bytes b of t and sets *e to its entry, measuring it chunk by
+// chunk (inParts) so that it holds no tensor whole.
 func passThroughSize(pc codec.ByteCodec, t tensor.Info, b []byte, e *formats.Record, release func(off, n int64)) (int64, error) {
-	ce, ok := pc.(codec.ChunkEncoder)
-	cb := int64(0)
-	if ok {
-		cb = ce.ChunkBytes(t)
+	v, err := inParts(context.Background(), release)(pc, t, b, *e, "")
+	if v.coder != nil {
+		v.payload = nil
 	}
-	if cb <= 0 || len(b) == 0 {
-		v, err := passThrough(pc, t, b, *e, "")
-		*e = v.entry
-		return int64(len(v.payload)), err
-	}
-	ch, err := ce.MeasureChunks(context.Background(), t, b, int(max(overheadWindow/cb, 1)), release)
-	if err != nil {
-		return 0, fmt.Errorf("tensor %q: %w", t.Name, err)
-	}
-	if ch.Size() >= int64(len(b)) {
-		return int64(len(b)), nil
-	}
-	e.Codec, e.CodecID, e.CodecVersion, e.Params = pc.Name(), pc.ID(), pc.Version(), pc.Params()
-	return ch.Size(), nil
+	*e = v.entry
+	return v.size + int64(len(v.payload)), err
 }
-
-// overheadWindow is the source bytes passThroughSize reads before it
-// releases them.
-const overheadWindow = 16 << 20
 
 type countWriter struct{ n int64 }
 

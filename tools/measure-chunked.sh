@@ -30,7 +30,7 @@
 #   6. (part "lossless") --lossless at --max-memory 512MiB of one 2 GiB F32
 #      tensor (32768x16384) and one 2 GiB BF16 tensor (32768x32768), and
 #      their restores (the baseline codes and decodes them whole, with its
-#      default budget; LOSSLESS_SHAPES="32768x16384 f32" measures one);
+#      default budget; LOSSLESS_SHAPES=32768x16384:f32 measures one);
 #   7. (part "8glossless") --lossless at --max-memory 512MiB of the 8 GiB
 #      F32 tensor and its restore, new binary only (the baseline codes it
 #      whole: about 17 GiB).
@@ -201,8 +201,8 @@ rm -f "$one"
 fi
 
 if [[ $parts == *" lossless "* ]]; then
-for shape in ${LOSSLESS_SHAPES:-"32768x16384 f32" "32768x32768 bf16"}; do
-	set -- $shape
+for shape in ${LOSSLESS_SHAPES:-32768x16384:f32 32768x32768:bf16}; do
+	set -- "${shape%:*}" "${shape#*:}"
 	two=$work/one-2g-$2.safetensors
 	[ -f "$two" ] || bin/genmodel -one "$1" -dtype "$2" -out "$two"
 	echo "== one 2 GiB $2 tensor ($1), --lossless"

@@ -106,19 +106,7 @@ func TestChunkedReservations(t *testing.T) {
 				outs = append(outs, buf.Bytes())
 			}
 		}
-		for k := range outs[1:] {
-			if !bytes.Equal(outs[0], outs[k+1]) {
-				t.Fatalf("%s: compress output %d differs from the whole-tensor one", name, k+1)
-			}
-		}
-		path := filepath.Join(dir, name+".tpk")
-		if err := os.WriteFile(path, outs[0], 0o644); err != nil {
-			t.Fatal(err)
-		}
-		r, err := tpk.Open(path)
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := sameOutputs(t, name, outs, dir)
 		var rest [][]byte
 		for _, dt := range []tensor.DType{tensor.Invalid, tensor.BF16} {
 			for _, mem := range []int64{64 << 20, budget} {
@@ -216,6 +204,27 @@ func restoreReserving(t *testing.T, r *tpk.Reader, o RestoreOptions) ([]byte, []
 		return w.Close()
 	})
 	return buf.Bytes(), ws
+}
+
+// sameOutputs checks that the compress outputs outs of codec name are
+// the same bytes as the first (whole-tensor) one, and opens it, written to
+// dir.
+func sameOutputs(t *testing.T, name string, outs [][]byte, dir string) *tpk.Reader {
+	t.Helper()
+	for k := range outs[1:] {
+		if !bytes.Equal(outs[0], outs[k+1]) {
+			t.Fatalf("%s: compress output %d differs from the whole-tensor one", name, k+1)
+		}
+	}
+	path := filepath.Join(dir, name+".tpk")
+	if err := os.WriteFile(path, outs[0], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := tpk.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
 
 // checkReservations checks the reservations ws of processing the big
@@ -457,19 +466,7 @@ func TestChunkedLossless(t *testing.T) {
 				outs = append(outs, buf.Bytes())
 			}
 		}
-		for k := range outs[1:] {
-			if !bytes.Equal(outs[0], outs[k+1]) {
-				t.Fatalf("%s: compress output %d differs from the whole-tensor one", name, k+1)
-			}
-		}
-		path := filepath.Join(dir, name+".tpk")
-		if err := os.WriteFile(path, outs[0], 0o644); err != nil {
-			t.Fatal(err)
-		}
-		rd, err := tpk.Open(path)
-		if err != nil {
-			t.Fatal(err)
-		}
+		rd := sameOutputs(t, name, outs, dir)
 		var rest [][]byte
 		for _, mem := range []int64{64 << 20, budget} {
 			b, ws := restoreReserving(t, rd, RestoreOptions{Options: Options{Workers: 2, MaxMemory: mem}})

@@ -625,10 +625,17 @@ func restoreSplits(es []formats.Record, plan []tensor.Info, codecs map[uint16]co
 	for i := range es {
 		e := &es[i]
 		t := e.Info()
-		if cd, ok := codecs[e.CodecID].(codec.ChunkDecoder); ok && plan[i].DType == e.DType && !e.Transposed {
-			if cb := cd.ChunkBytes(t); cb > 0 && t.Size > 0 {
+		if cd, ok := codecs[e.CodecID].(codec.ChunkDecoder); ok && !e.Transposed {
+			// Chunks of floats hold whole elements: converted by --dtype
+			// chunk by chunk.
+			conv := plan[i].DType != e.DType
+			if cb := cd.ChunkBytes(t); cb > 0 && t.Size > 0 && (!conv || e.DType.IsFloat() && plan[i].DType.IsFloat()) {
 				splits[i] = chunkSplit(t.Size, cb)
 				splits[i].payload = e.PayloadSize
+				if conv {
+					n := cb / e.DType.BlockBytes()
+					splits[i].perRow += 4*n + n*plan[i].DType.BlockBytes()
+				}
 			}
 			continue
 		}
@@ -698,7 +705,8 @@ func (c *restoreChunks) payRange(i int, r0, r1 int64) (a, b int64) {
 // outOff returns the offset in record i's output tensor of row r.
 func (c *restoreChunks) outOff(i int, r int64) int64 {
 	if s := c.splits[i]; s.size > 0 {
-		return r * s.rowBytes
+		// Chunks of whole elements, converted to the planned dtype.
+		return r * s.rowBytes / c.r.Entries()[i].DType.BlockBytes() * c.plan[i].DType.BlockBytes()
 	}
 	return r * (c.plan[i].Size / c.splits[i].rows)
 }
@@ -759,7 +767,10 @@ func (c *restoreChunks) decode(i int, it item, e *formats.Record, s *split) ([]b
 		if err := x.DecodeChunks(out, int(it.r0), int(it.r1)); err != nil {
 			return nil, &formats.Error{File: c.r.Name(), Tensor: e.Name, Offset: e.PayloadOffset + a, Err: err}
 		}
-		return out, nil
+		if c.plan[i].DType == e.DType {
+			return out, nil
+		}
+		return convert(out, e.DType, c.plan[i].DType, e.Name)
 	}
 	t := e.Info().Clone()
 	cols := t.Elems() / s.rows
@@ -821,6 +832,20 @@ func (c *restoreChunks) doWrite(k int, b []byte) error {
 	c.r.Release(i)
 	c.prog.written(i, c.plan[i], e.SourceSize)
 	return nil
+}
+
+// convert returns the float elements b of dtype from in dtype to.
+func convert(b []byte, from, to tensor.DType, name string) ([]byte, error) {
+	n := int64(len(b)) / from.BlockBytes()
+	x := make([]float32, n)
+	if err := tensor.ToFloat32(x, from, b); err != nil {
+		return nil, fmt.Errorf("tensor %q: %w", name, err)
+	}
+	out := make([]byte, n*to.BlockBytes())
+	if err := tensor.FromFloat32(out, to, x); err != nil {
+		return nil, fmt.Errorf("tensor %q: %w", name, err)
+	}
+	return out, nil
 }
 
 // await waits for ready to be closed, or ctx to be done.

@@ -433,7 +433,7 @@ func TestChunkedRowEncoder(t *testing.T) {
 // incompressible integers stored unchanged).
 func TestChunkedLossless(t *testing.T) {
 	src := losslessSource(t)
-	const budget = 2 << 20
+	const budget = 4 << 20
 	dir := t.TempDir()
 	for _, name := range []string{"lossless", "f16"} {
 		c, err := codec.New(name, codec.Options{})
@@ -468,15 +468,17 @@ func TestChunkedLossless(t *testing.T) {
 		}
 		rd := sameOutputs(t, name, outs, dir)
 		var rest [][]byte
-		for _, mem := range []int64{64 << 20, budget} {
-			b, ws := restoreReserving(t, rd, RestoreOptions{Options: Options{Workers: 2, MaxMemory: mem}})
-			checkLosslessReservations(t, name+" restore", ws, len(src.infos), mem, budget)
-			rest = append(rest, b)
+		for _, dt := range []tensor.DType{tensor.Invalid, tensor.F16} {
+			for _, mem := range []int64{64 << 20, budget} {
+				b, ws := restoreReserving(t, rd, RestoreOptions{Options: Options{Workers: 2, MaxMemory: mem}, DType: dt})
+				checkLosslessReservations(t, fmt.Sprintf("%s restore to %s", name, dt), ws, len(src.infos), mem, budget)
+				rest = append(rest, b)
+			}
+			if !bytes.Equal(rest[len(rest)-2], rest[len(rest)-1]) {
+				t.Errorf("%s: restore to %s in chunks differs from the whole-tensor one", name, dt)
+			}
 		}
 		rd.Close()
-		if !bytes.Equal(rest[0], rest[1]) {
-			t.Errorf("%s: restore in chunks differs from the whole-tensor one", name)
-		}
 		for k, want := range src.data[:3] {
 			if !bytes.Contains(rest[1], want) {
 				t.Errorf("%s: restored file lacks the bytes of %s", name, src.infos[k].Name)
@@ -560,7 +562,7 @@ func TestPassThroughSize(t *testing.T) {
 
 // checkLosslessReservations checks the reservations ws of processing n
 // tensors at mem: one each when mem is not budget, else several for each
-// of the three large ones, none above half the budget.
+// of at least two of them, none above half the budget.
 func checkLosslessReservations(t *testing.T, what string, ws []int64, n int, mem, budget int64) {
 	t.Helper()
 	if mem != budget {
@@ -569,7 +571,7 @@ func checkLosslessReservations(t *testing.T, what string, ws []int64, n int, mem
 		}
 		return
 	}
-	if len(ws) < n+3*3 {
+	if len(ws) < n+2*3 {
 		t.Errorf("%s within %d bytes: %d reservations, want the large tensors in several each", what, budget, len(ws))
 	}
 	for _, w := range ws {

@@ -6,6 +6,7 @@
 package codec
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -234,6 +235,59 @@ type RowEncoder interface {
 	// EncodeRows codes rows [r0, r1) of t, whose elements are x
 	// (len(x) = (r1−r0)·cols), into payload.
 	EncodeRows(payload []byte, t tensor.Info, x []float32, r0, r1 int64) error
+}
+
+// ChunkEncoder is implemented by lossless byte codecs whose payload is a
+// header followed by chunks, each coding ChunkBytes(t) consecutive source
+// bytes (the last chunk what remains) independently of the others. The
+// pipeline then codes a large tensor in parts: MeasureChunks reads the
+// source once to learn the payload's exact size (a record's size comes
+// before its payload), and the chunks are coded again as they are
+// written.
+type ChunkEncoder interface {
+	ByteCodec
+	// ChunkBytes returns the source bytes each chunk of t codes, or 0
+	// when t is coded whole.
+	ChunkBytes(t tensor.Info) int64
+	// MeasureChunks reads the source bytes src of t in order, window
+	// chunks at a time, calls release(off, n) for each range of src it
+	// is done with, and returns t's chunk coder; it stops with ctx's
+	// error between windows. Its memory besides src is its goroutines'
+	// scratch.
+	MeasureChunks(ctx context.Context, t tensor.Info, src []byte, window int, release func(off, n int64)) (Chunks, error)
+}
+
+// Chunks codes one tensor's payload in parts (ChunkEncoder).
+type Chunks interface {
+	// Size is the payload's exact size: that of what EncodeBytes writes.
+	Size() int64
+	// AppendChunks appends chunks [k0, k1) to dst, the header before
+	// chunk 0 and any padding after the last, so that the parts of a
+	// partition of the chunks, in order, are the bytes EncodeBytes
+	// writes. Calls may run concurrently.
+	AppendChunks(dst []byte, k0, k1 int) ([]byte, error)
+}
+
+// ChunkDecoder is implemented by the byte decoders of ChunkEncoder
+// payloads, so that the pipeline restores a large record in parts.
+type ChunkDecoder interface {
+	ByteDecoder
+	ChunkBytes(t tensor.Info) int64
+	// IndexChunks checks payload against t as DecodeBytes does, reading
+	// its structure once in order and calling release(off, n) for each
+	// range of it that it is done with, and returns where each chunk is.
+	IndexChunks(payload []byte, t tensor.Info, version uint16, release func(off, n int64)) (ChunkIndex, error)
+}
+
+// ChunkIndex decodes the chunks of one checked payload (ChunkDecoder).
+type ChunkIndex interface {
+	// Range returns the payload bytes [a, b) of chunks [k0, k1): chunk
+	// 0's start at 0 and the last's end at the payload's end, so that a
+	// partition of the chunks covers the payload once.
+	Range(k0, k1 int) (a, b int64)
+	// DecodeChunks writes the source bytes of chunks [k0, k1) to dst
+	// (their length). Calls may run concurrently.
+	DecodeChunks(dst []byte, k0, k1 int) error
 }
 
 // ProgressEncoder is implemented by codecs that report progress within a

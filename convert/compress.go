@@ -116,6 +116,10 @@ type reproducible interface{ CheckReproducible() error }
 // tests replace it to make writes fail as on a full disk.
 var outputWriter = func(f *atomicfile.File) io.Writer { return f }
 
+// conv1D reports the tensors stored [in, out] (GPT-2 Conv1D), which are
+// encoded transposed.
+func conv1D(t tensor.Info) bool { return arch.IsConv1D(t.Name) }
+
 // CompressFile compresses the checkpoint at in into the .tpk file out. The
 // output is written to a temporary file beside out and renamed only when
 // complete; on any error, or when ctx is cancelled, nothing is left behind.
@@ -150,7 +154,7 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 	}
 	if o.StrictMemory && o.Codec != nil {
 		// Before a rate plan too: its grids change the need only slightly.
-		if err := stream.CheckMemory(src, o.Codec, o.PassThrough, o.Selector.Select, o.MaxMemory); err != nil {
+		if err := stream.CheckMemory(src, o.Codec, o.PassThrough, o.Selector.Select, conv1D, o.MaxMemory); err != nil {
 			return nil, err
 		}
 	}
@@ -182,7 +186,7 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 		Options:     o.Options,
 		Codec:       o.Codec,
 		Select:      o.Selector.Select,
-		Transpose:   func(t tensor.Info) bool { return arch.IsConv1D(t.Name) },
+		Transpose:   conv1D,
 		NoStats:     o.NoStats,
 		AllowLarger: o.AllowLarger,
 		PassThrough: o.PassThrough,

@@ -335,6 +335,46 @@ func TestWorkersGiveIdenticalFiles(t *testing.T) {
 	for _, f := range rated[1:] {
 		sameFileBytes(t, rated[0], f)
 	}
+	// The lossless codec, itself and as the pass-through of a lossy one,
+	// coded and restored whole and in its chunks (codec.ChunkEncoder):
+	// wide's embedding and MLP matrices are two to three chunks each.
+	wide := gen.Config{Layers: 1, Hidden: 64, Intermediate: 1100, Heads: 2, KVHeads: 1, Vocab: 3000}
+	for _, dt := range []tensor.DType{tensor.BF16, tensor.F32} {
+		win := filepath.Join(dir, fmt.Sprintf("wide-%s.safetensors", dt))
+		if err := gen.WriteSafetensors(win, wide, dt, 5); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []string{"lossless", "f16"} {
+			var files, outs []string
+			for _, w := range []int{1, 2, 5} {
+				for _, budget := range []int64{64 << 20, 1 << 20} {
+					out := filepath.Join(dir, fmt.Sprintf("wide-%s-%s%d-%d.tpk", dt, c, w, budget))
+					o := opts(t, c, w)
+					o.MaxMemory, o.Selector = budget, stream.Selector{Layers: stream.LayersAttn}
+					o.PassThrough = mustCodec(t, "lossless").(codec.ByteCodec)
+					if _, err := convert.CompressFile(ctx, win, out, o); err != nil {
+						t.Fatal(err)
+					}
+					files = append(files, out)
+					r := filepath.Join(dir, fmt.Sprintf("wide-%s-%s%d-%d.safetensors", dt, c, w, budget))
+					ro := convert.RestoreOptions{RestoreOptions: stream.RestoreOptions{Options: stream.Options{Workers: w, MaxMemory: budget}}}
+					if _, err := convert.RestoreFile(ctx, files[0], r, ro); err != nil {
+						t.Fatal(err)
+					}
+					outs = append(outs, r)
+				}
+			}
+			for _, f := range files[1:] {
+				sameFileBytes(t, files[0], f)
+			}
+			for _, f := range outs[1:] {
+				sameFileBytes(t, outs[0], f)
+			}
+			if c == "lossless" {
+				sameFileBytes(t, win, outs[0])
+			}
+		}
+	}
 	// GGUF block types stored unchanged, dequantized whole and in chunks.
 	gg := filepath.Join(dir, "m.gguf")
 	if err := gen.WriteGGUF(gg, tiny, 3); err != nil {

@@ -35,6 +35,17 @@ import (
 // order (faithful) and writes the record, or stores the tensor unchanged,
 // at the last. The output is the same bytes as when the tensor is
 // processed whole.
+//
+// A tensor stored with a lossless codec whose payload is a sequence of
+// independently coded chunks (codec.ChunkEncoder, ChunkDecoder; the
+// pass-through codec, or --lossless) flows in chunks of the codec's
+// chunks, of any shape. Its record's size must be known when the record
+// begins, so the preparation codes every chunk once to measure them
+// (reading the source once more, window by window, and releasing it), and
+// decides from that size whether the tensor is stored coded or unchanged;
+// the chunks are coded again as they are written. On restore the
+// preparation walks the payload's chunk headers; each part decodes its
+// chunks.
 
 // maxChunk caps a chunk's working memory.
 const maxChunk = 64 << 20
@@ -65,6 +76,21 @@ type split struct {
 	// the last chunk is written (a codec.RowEncoder's payload, which
 	// the chunks fill), and align the multiple of rows a chunk starts at.
 	hold, align int64
+	// size, when not 0, is the source bytes of a tensor whose "rows"
+	// are the chunks of a codec.ChunkEncoder's payload (or
+	// ChunkDecoder's), rowBytes source bytes each, the last what
+	// remains.
+	size int64
+}
+
+// bytesOf returns the source (record payload) bytes [off, off+n) of rows
+// [r0, r1).
+func (s *split) bytesOf(r0, r1 int64) (off, n int64) {
+	off, end := r0*s.rowBytes, r1*s.rowBytes
+	if s.size > 0 {
+		end = min(end, s.size)
+	}
+	return off, end - off
 }
 
 // payRange returns the payload bytes [a, b) of rows [r0, r1): exact for
@@ -179,7 +205,14 @@ func compressSplits(o *CompressOptions, infos []tensor.Info, selected []bool) []
 	if _, ok := o.Codec.(codec.RowDecoder); !ok {
 		isEnc = false
 	}
+	ce, isChunk := o.PassThrough.(codec.ChunkEncoder)
 	for i, t := range infos {
+		if !selected[i] && isChunk {
+			if cb := ce.ChunkBytes(t); cb > 0 && t.Size > 0 {
+				splits[i] = chunkSplit(t.Size, cb)
+			}
+			continue
+		}
 		rb := rowBytes(t, t.DType)
 		if rb == 0 || rb*t.Shape[0] != t.Size {
 			continue
@@ -187,14 +220,14 @@ func compressSplits(o *CompressOptions, infos []tensor.Info, selected []bool) []
 		switch {
 		case !selected[i] && o.PassThrough == nil:
 			splits[i] = &split{rows: t.Shape[0], rowBytes: rb, perRow: rb}
-		case selected[i] && isRow && tensor.CanDecode(t.DType) && !(o.Transpose != nil && len(t.Shape) == 2 && o.Transpose(t)):
+		case selected[i] && isRow && tensor.CanDecode(t.DType) && !o.transposed(t):
 			pr := rc.RowBytes(t)
 			if pr <= 0 || (!o.AllowLarger && pr >= rb) {
 				continue
 			}
 			cols := t.Elems() / t.Shape[0]
 			splits[i] = &split{rows: t.Shape[0], rowBytes: rb, perRow: rb + 4*cols + pr, prepRow: rb + 8*cols + pr}
-		case selected[i] && isEnc && len(t.Shape) >= 2 && tensor.CanDecode(t.DType) && !(o.Transpose != nil && len(t.Shape) == 2 && o.Transpose(t)):
+		case selected[i] && isEnc && len(t.Shape) >= 2 && tensor.CanDecode(t.DType) && !o.transposed(t):
 			p, err := re.PayloadSize(t)
 			if err != nil || p <= 0 {
 				continue
@@ -207,6 +240,15 @@ func compressSplits(o *CompressOptions, infos []tensor.Info, selected []bool) []
 		}
 	}
 	return splits
+}
+
+// chunkSplit is the split of a payload of codec chunks (codec.ChunkEncoder
+// or ChunkDecoder) of cb bytes of a tensor of size bytes: a chunk holds
+// its source pages, its coded bytes and its coder's scratch (at most a
+// chunk each, and a few plane headers); the measuring or indexing pass the
+// pages of the window it reads and scratch.
+func chunkSplit(size, cb int64) *split {
+	return &split{rows: (size + cb - 1) / cb, rowBytes: cb, size: size, perRow: 3*cb + 64, prepRow: 2 * cb}
 }
 
 // encRows is the rows of values a codec.RowEncoder's tensor reserves
@@ -243,7 +285,7 @@ func castCheck(ctx context.Context, o CompressOptions, t tensor.Info, b []byte, 
 		}
 		buf.Reset()
 		if err := o.Codec.Encode(&buf, ct, xc); err != nil {
-			v, err := settle(o, t, b, nil, nil, false, err)
+			v, err := settle(inParts(ctx, release), o, t, b, nil, nil, false, err)
 			return v, true, err
 		}
 		if err := o.Codec.Decode(yc, buf.Bytes(), ct, o.Codec.Version()); err != nil {
@@ -258,7 +300,7 @@ func castCheck(ctx context.Context, o CompressOptions, t tensor.Info, b []byte, 
 	}
 	st, err := f.verdict(o.Codec, t)
 	if err != nil {
-		v, err := settle(o, t, b, nil, nil, false, err)
+		v, err := settle(inParts(ctx, release), o, t, b, nil, nil, false, err)
 		return v, true, err
 	}
 	e := rawEntry(t)
@@ -324,6 +366,7 @@ func maxItemCost(n int, items []item) func(int) int64 {
 // compressChunks runs Compress's items: whole tensors by work and write,
 // chunked ones here.
 type compressChunks struct {
+	ctx      context.Context // Compress's, for the writer's inParts
 	o        CompressOptions
 	src      formats.Source
 	w        formats.RecordSink
@@ -342,6 +385,9 @@ type compressChunks struct {
 	bytes [][]byte
 	enc   []*rowsEnc
 	ready []chan struct{}
+	// chunks[i] codes tensor i's payload in parts (codec.ChunkEncoder),
+	// or is nil when it is stored unchanged; set with bytes[i].
+	chunks []codec.Chunks
 }
 
 // rowsEnc is a tensor being encoded in row chunks by a codec.RowEncoder:
@@ -386,6 +432,9 @@ func (c *compressChunks) doWork(ctx context.Context, k int) (encoded, error) {
 			}
 			c.enc[i] = &rowsEnc{payload: p, check: newFaithful()}
 		}
+		if s.size > 0 {
+			return c.measure(ctx, k, b)
+		}
 		close(c.ready[i])
 	} else {
 		// Bytes once per tensor (it starts the readahead of all of it).
@@ -395,6 +444,16 @@ func (c *compressChunks) doWork(ctx context.Context, k int) (encoded, error) {
 		b = c.bytes[i]
 	}
 	switch {
+	case s.size > 0 && c.chunks[i] != nil:
+		_, n := s.bytesOf(it.r0, it.r1)
+		p, err := c.chunks[i].AppendChunks(make([]byte, 0, n+64*(it.r1-it.r0+1)), int(it.r0), int(it.r1))
+		if err != nil {
+			return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
+		}
+		return encoded{payload: p}, nil
+	case s.size > 0:
+		off, n := s.bytesOf(it.r0, it.r1)
+		return encoded{payload: b[off : off+n]}, nil
 	case it.prep && !c.selected[i]:
 		return encoded{entry: rawEntry(t)}, nil
 	case s.hold > 0 && it.prep:
@@ -429,7 +488,10 @@ func (c *compressChunks) doWrite(k int, v encoded) error {
 			return c.write(i, v)
 		}
 		pr := s.rowBytes
-		if c.selected[i] {
+		switch {
+		case s.size > 0:
+			return c.w.BeginRecord(v.entry, v.size)
+		case c.selected[i]:
 			pr = c.o.Codec.(codec.RowCodec).RowBytes(t)
 		}
 		return c.w.BeginRecord(v.entry, s.rows*pr)
@@ -439,9 +501,10 @@ func (c *compressChunks) doWrite(k int, v encoded) error {
 			return err
 		}
 	}
-	releaseRange(c.src, i, it.r0*s.rowBytes, (it.r1-it.r0)*s.rowBytes)
+	off, n := s.bytesOf(it.r0, it.r1)
+	releaseRange(c.src, i, off, n)
 	if !it.last {
-		c.prog.upTo(i, t, it.r1*s.rowBytes, t.Size)
+		c.prog.upTo(i, t, off+n, t.Size)
 		return nil
 	}
 	if c.fell[i] {
@@ -454,6 +517,29 @@ func (c *compressChunks) doWrite(k int, v encoded) error {
 	c.results[i] = Result{Entry: c.w.Last()}
 	c.prog.written(i, t, t.Size)
 	return nil
+}
+
+// measure is the preparation (item k) of tensor i, stored with the
+// PassThrough codec (a codec.ChunkEncoder) in parts: one pass over its
+// source bytes b gives the payload's size, and so the record, or the
+// tensor is stored unchanged if that is not smaller than b, as
+// passThrough decides for a whole tensor.
+func (c *compressChunks) measure(ctx context.Context, k int, b []byte) (encoded, error) {
+	i, t := c.items[k].t, c.infos[c.items[k].t]
+	pc := c.o.PassThrough
+	per := c.items[k+1].r1 - c.items[k+1].r0
+	ch, err := pc.(codec.ChunkEncoder).MeasureChunks(ctx, t, b, int(per), func(off, n int64) { releaseRange(c.src, i, off, n) })
+	if err != nil {
+		return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
+	}
+	e := rawEntry(t)
+	size := int64(len(b))
+	if ch.Size() < size {
+		c.chunks[i], size = ch, ch.Size()
+		e.Codec, e.CodecID, e.CodecVersion, e.Params = pc.Name(), pc.ID(), pc.Version(), pc.Params()
+	}
+	close(c.ready[i])
+	return encoded{entry: e, size: size}, nil
 }
 
 // encodeRows encodes rows [r0, r1) of tensor i (source bytes b) into its
@@ -520,7 +606,7 @@ func (c *compressChunks) writeRows(it item, p *rowsPart) error {
 	if !c.o.NoStats {
 		sp = &st
 	}
-	v, err := settle(c.o, t, c.bytes[i], e.payload, sp, false, err)
+	v, err := settle(inParts(c.ctx, func(off, n int64) { releaseRange(c.src, i, off, n) }), c.o, t, c.bytes[i], e.payload, sp, false, err)
 	if err != nil {
 		return err
 	}
@@ -539,6 +625,20 @@ func restoreSplits(es []formats.Record, plan []tensor.Info, codecs map[uint16]co
 	for i := range es {
 		e := &es[i]
 		t := e.Info()
+		if cd, ok := codecs[e.CodecID].(codec.ChunkDecoder); ok && !e.Transposed {
+			// Chunks of floats hold whole elements: converted by --dtype
+			// chunk by chunk.
+			conv := plan[i].DType != e.DType
+			if cb := cd.ChunkBytes(t); cb > 0 && t.Size > 0 && (!conv || e.DType.IsFloat() && plan[i].DType.IsFloat()) {
+				splits[i] = chunkSplit(t.Size, cb)
+				splits[i].payload = e.PayloadSize
+				if conv {
+					n := cb / e.DType.BlockBytes()
+					splits[i].perRow += 4*n + n*plan[i].DType.BlockBytes()
+				}
+			}
+			continue
+		}
 		if e.Transposed || len(t.Shape) == 0 {
 			continue
 		}
@@ -589,6 +689,26 @@ type restoreChunks struct {
 	pays   [][]byte
 	hashes []formats.PayloadHash
 	ready  []chan struct{}
+	// index[i] finds the chunks of record i's payload when it is coded
+	// in codec chunks (codec.ChunkDecoder); set with pays[i].
+	index []codec.ChunkIndex
+}
+
+// payRange returns the payload bytes [a, b) of rows [r0, r1) of record i.
+func (c *restoreChunks) payRange(i int, r0, r1 int64) (a, b int64) {
+	if x := c.index[i]; x != nil {
+		return x.Range(int(r0), int(r1))
+	}
+	return c.splits[i].payRange(r0, r1)
+}
+
+// outOff returns the offset in record i's output tensor of row r.
+func (c *restoreChunks) outOff(i int, r int64) int64 {
+	if s := c.splits[i]; s.size > 0 {
+		// Chunks of whole elements, converted to the planned dtype.
+		return r * s.rowBytes / c.r.Entries()[i].DType.BlockBytes() * c.plan[i].DType.BlockBytes()
+	}
+	return r * (c.plan[i].Size / c.splits[i].rows)
 }
 
 func (c *restoreChunks) doWork(ctx context.Context, k int) ([]byte, error) {
@@ -605,6 +725,16 @@ func (c *restoreChunks) doWork(ctx context.Context, k int) ([]byte, error) {
 		}
 		if n := c.plan[i].Elems(); e.CodecID != codec.IDNone && n > maxElemsPerPayloadByte*int64(len(p)) {
 			return nil, c.r.Corrupt(i, e.PayloadOffset, fmt.Errorf("%d elements declared for a payload of %d bytes", n, len(p)))
+		}
+		if s.size > 0 {
+			x, err := c.codecs[e.CodecID].(codec.ChunkDecoder).IndexChunks(p, e.Info(), e.CodecVersion, func(off, n int64) { c.r.ReleasePayload(i, off, n) })
+			if err != nil {
+				if verr := c.r.VerifyContext(ctx, i); verr != nil {
+					return nil, verr
+				}
+				return nil, &formats.Error{File: c.r.Name(), Tensor: e.Name, Offset: e.PayloadOffset, Err: err}
+			}
+			c.index[i] = x
 		}
 		c.pays[i], c.hashes[i] = p, h
 		close(c.ready[i])
@@ -626,10 +756,21 @@ func (c *restoreChunks) doWork(ctx context.Context, k int) ([]byte, error) {
 
 // decode returns the output bytes of chunk it of record i.
 func (c *restoreChunks) decode(i int, it item, e *formats.Record, s *split) ([]byte, error) {
-	a, b := s.payRange(it.r0, it.r1)
+	a, b := c.payRange(i, it.r0, it.r1)
 	p := c.pays[i][a:b]
 	if e.CodecID == codec.IDNone && c.plan[i].DType == e.DType {
 		return p, nil
+	}
+	if x := c.index[i]; x != nil {
+		_, n := s.bytesOf(it.r0, it.r1)
+		out := make([]byte, n)
+		if err := x.DecodeChunks(out, int(it.r0), int(it.r1)); err != nil {
+			return nil, &formats.Error{File: c.r.Name(), Tensor: e.Name, Offset: e.PayloadOffset + a, Err: err}
+		}
+		if c.plan[i].DType == e.DType {
+			return out, nil
+		}
+		return convert(out, e.DType, c.plan[i].DType, e.Name)
 	}
 	t := e.Info().Clone()
 	cols := t.Elems() / s.rows
@@ -675,9 +816,9 @@ func (c *restoreChunks) doWrite(k int, b []byte) error {
 	// The output is a temporary file, removed when Restore fails: the
 	// parts of a payload are written as they are hashed, and the last
 	// fails the restore unless the checksum matches.
-	pa, pb := s.payRange(it.r0, it.r1)
+	pa, pb := c.payRange(i, it.r0, it.r1)
 	c.hashes[i].Add(c.pays[i][pa:pb])
-	if err := c.sink.(formats.PartSink).WriteTensorPart(c.plan[i], it.r0*(c.plan[i].Size/s.rows), b); err != nil {
+	if err := c.sink.(formats.PartSink).WriteTensorPart(c.plan[i], c.outOff(i, it.r0), b); err != nil {
 		return err
 	}
 	c.r.ReleasePayload(i, pa, pb-pa)
@@ -691,6 +832,20 @@ func (c *restoreChunks) doWrite(k int, b []byte) error {
 	c.r.Release(i)
 	c.prog.written(i, c.plan[i], e.SourceSize)
 	return nil
+}
+
+// convert returns the float elements b of dtype from in dtype to.
+func convert(b []byte, from, to tensor.DType, name string) ([]byte, error) {
+	n := int64(len(b)) / from.BlockBytes()
+	x := make([]float32, n)
+	if err := tensor.ToFloat32(x, from, b); err != nil {
+		return nil, fmt.Errorf("tensor %q: %w", name, err)
+	}
+	out := make([]byte, n*to.BlockBytes())
+	if err := tensor.FromFloat32(out, to, x); err != nil {
+		return nil, fmt.Errorf("tensor %q: %w", name, err)
+	}
+	return out, nil
 }
 
 // await waits for ready to be closed, or ctx to be done.

@@ -18,6 +18,7 @@ import (
 	"github.com/tpconvert/tpconvert/codec"
 	_ "github.com/tpconvert/tpconvert/codec/basic"
 	_ "github.com/tpconvert/tpconvert/codec/intq"
+	_ "github.com/tpconvert/tpconvert/codec/lossless"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
 	"github.com/tpconvert/tpconvert/codec/tenpakx2"
 	"github.com/tpconvert/tpconvert/formats"
@@ -105,19 +106,7 @@ func TestChunkedReservations(t *testing.T) {
 				outs = append(outs, buf.Bytes())
 			}
 		}
-		for k := range outs[1:] {
-			if !bytes.Equal(outs[0], outs[k+1]) {
-				t.Fatalf("%s: compress output %d differs from the whole-tensor one", name, k+1)
-			}
-		}
-		path := filepath.Join(dir, name+".tpk")
-		if err := os.WriteFile(path, outs[0], 0o644); err != nil {
-			t.Fatal(err)
-		}
-		r, err := tpk.Open(path)
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := sameOutputs(t, name, outs, dir)
 		var rest [][]byte
 		for _, dt := range []tensor.DType{tensor.Invalid, tensor.BF16} {
 			for _, mem := range []int64{64 << 20, budget} {
@@ -217,6 +206,27 @@ func restoreReserving(t *testing.T, r *tpk.Reader, o RestoreOptions) ([]byte, []
 	return buf.Bytes(), ws
 }
 
+// sameOutputs checks that the compress outputs outs of codec name are
+// the same bytes as the first (whole-tensor) one, and opens it, written to
+// dir.
+func sameOutputs(t *testing.T, name string, outs [][]byte, dir string) *tpk.Reader {
+	t.Helper()
+	for k := range outs[1:] {
+		if !bytes.Equal(outs[0], outs[k+1]) {
+			t.Fatalf("%s: compress output %d differs from the whole-tensor one", name, k+1)
+		}
+	}
+	path := filepath.Join(dir, name+".tpk")
+	if err := os.WriteFile(path, outs[0], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := tpk.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 // checkReservations checks the reservations ws of processing the big
 // tensor (the first) and one more at mem: whole when mem is not budget,
 // else in several chunks of at most half of it, or, when held (a
@@ -271,7 +281,7 @@ func TestWholeMatrixCodecRefusedBelowItsNeed(t *testing.T) {
 		case name != "f16" && buf.Len() != 0:
 			t.Errorf("%s: %d bytes written before the refusal", name, buf.Len())
 		}
-		if err := CheckMemory(src, c, nil, sel, 16<<10); (err == nil) != (name == "f16") {
+		if err := CheckMemory(src, c, nil, sel, nil, 16<<10); (err == nil) != (name == "f16") {
 			t.Errorf("CheckMemory(%s) = %v", name, err)
 		}
 	}
@@ -412,4 +422,329 @@ func TestChunkedRowEncoder(t *testing.T) {
 	o.MaxMemory = me.Need
 	ws := reservations(t, func() error { _, err := compressTPK(context.Background(), src, io.Discard, o); return err })
 	checkReservations(t, "at the named need", ws, me.Need, me.Need, true)
+}
+
+// TestChunkedLossless: tensors larger than the budget stored with the
+// lossless codec (--lossless, and the pass-through of a lossy codec) are
+// coded in chunks of the codec (codec.ChunkEncoder) in several
+// reservations, none above half the budget, and restored so
+// (codec.ChunkDecoder): the same bytes as whole, for any worker count, for
+// every form (BF16, F32 whose values are all BF16, a 1-D tensor,
+// incompressible integers stored unchanged).
+func TestChunkedLossless(t *testing.T) {
+	src := losslessSource(t)
+	const budget = 4 << 20
+	dir := t.TempDir()
+	for _, name := range []string{"lossless", "f16"} {
+		c, err := codec.New(name, codec.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pass, err := codec.New("lossless", codec.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var outs [][]byte
+		for _, mem := range []int64{64 << 20, budget} {
+			for _, workers := range []int{1, 3} {
+				var buf bytes.Buffer
+				var res []Result
+				ws := reservations(t, func() error {
+					var err error
+					res, err = compressTPK(context.Background(), src, &buf, CompressOptions{
+						Options: Options{Workers: workers, MaxMemory: mem, StrictMemory: mem == budget},
+						Codec:   c, PassThrough: pass.(codec.ByteCodec),
+						Select: func(t tensor.Info) bool { return t.Name == "model.norm.weight" }})
+					return err
+				})
+				checkLosslessReservations(t, name+" compress", ws, len(src.infos), mem, budget)
+				for k, want := range []string{"lossless", "lossless", "none"} {
+					if got := res[k].Entry.Codec; got != want {
+						t.Errorf("%s: %s stored with %s, want %s", name, src.infos[k].Name, got, want)
+					}
+				}
+				outs = append(outs, buf.Bytes())
+			}
+		}
+		rd := sameOutputs(t, name, outs, dir)
+		var rest [][]byte
+		for _, dt := range []tensor.DType{tensor.Invalid, tensor.F16} {
+			for _, mem := range []int64{64 << 20, budget} {
+				b, ws := restoreReserving(t, rd, RestoreOptions{Options: Options{Workers: 2, MaxMemory: mem}, DType: dt})
+				checkLosslessReservations(t, fmt.Sprintf("%s restore to %s", name, dt), ws, len(src.infos), mem, budget)
+				rest = append(rest, b)
+			}
+			if !bytes.Equal(rest[len(rest)-2], rest[len(rest)-1]) {
+				t.Errorf("%s: restore to %s in chunks differs from the whole-tensor one", name, dt)
+			}
+		}
+		rd.Close()
+		for k, want := range src.data[:3] {
+			if !bytes.Contains(rest[1], want) {
+				t.Errorf("%s: restored file lacks the bytes of %s", name, src.infos[k].Name)
+			}
+		}
+	}
+}
+
+// losslessSource returns tensors of several lossless forms, three of
+// several chunks (BF16; F32 whose values are all BF16, 1-D;
+// incompressible I32) and a small F32 one.
+func losslessSource(t *testing.T) *memSource {
+	r := rand.New(rand.NewPCG(5, 6))
+	src := &memSource{}
+	add := func(name string, dt tensor.DType, shape []int64, fill func(b []byte)) {
+		ti := tensor.Info{Name: name, DType: dt, Shape: shape}
+		ti.Size, _ = tensor.ByteSize(dt, shape)
+		for _, p := range src.infos {
+			ti.Offset += p.Size
+		}
+		b := make([]byte, ti.Size)
+		fill(b)
+		src.infos, src.data = append(src.infos, ti), append(src.data, b)
+	}
+	normal := func(dt tensor.DType) func(b []byte) {
+		return func(b []byte) {
+			x := make([]float32, int64(len(b))/dt.BlockBytes())
+			for k := range x {
+				x[k] = float32(r.NormFloat64()) * 0.02
+			}
+			if err := tensor.FromFloat32(b, dt, x); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	add("model.layers.0.mlp.up_proj.weight", tensor.BF16, []int64{643, 512}, normal(tensor.BF16))
+	add("model.embed_tokens.weight", tensor.F32, []int64{3*65536 + 5}, func(b []byte) {
+		normal(tensor.F32)(b)
+		for k := 0; k < len(b); k += 4 {
+			b[k], b[k+1] = 0, 0 // every value a BF16
+		}
+	})
+	add("position_ids", tensor.I32, []int64{3, 70001}, func(b []byte) {
+		for k := range b {
+			b[k] = byte(r.Uint32())
+		}
+	})
+	add("model.norm.weight", tensor.F32, []int64{64}, normal(tensor.F32))
+	return src
+}
+
+// TestPassThroughSize: the size OverheadWith counts for a tensor stored
+// with the pass-through codec, measured chunk by chunk, is that of the
+// record passThrough makes of the whole tensor.
+func TestPassThroughSize(t *testing.T) {
+	src := losslessSource(t)
+	pass, err := codec.New("lossless", codec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc := pass.(codec.ByteCodec)
+	for i, ti := range src.infos {
+		v, err := passThrough(pc, ti, src.data[i], rawEntry(ti), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := rawEntry(ti)
+		var released int64
+		n, err := passThroughSize(pc, ti, src.data[i], &e, func(_, n int64) { released += n })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != int64(len(v.payload)) || e.Codec != v.entry.Codec {
+			t.Errorf("%s: measured %d bytes with %s, stored %d with %s", ti.Name, n, e.Codec, len(v.payload), v.entry.Codec)
+		}
+		if released < ti.Size {
+			t.Errorf("%s: released %d of %d bytes", ti.Name, released, ti.Size)
+		}
+	}
+}
+
+// checkLosslessReservations checks the reservations ws of processing n
+// tensors at mem: one each when mem is not budget, else several for each
+// of at least two of them, none above half the budget.
+func checkLosslessReservations(t *testing.T, what string, ws []int64, n int, mem, budget int64) {
+	t.Helper()
+	if mem != budget {
+		if len(ws) != n {
+			t.Errorf("%s with %d bytes: %d reservations, want %d (whole tensors)", what, mem, len(ws), n)
+		}
+		return
+	}
+	if len(ws) < n+2*3 {
+		t.Errorf("%s within %d bytes: %d reservations, want the large tensors in several each", what, budget, len(ws))
+	}
+	for _, w := range ws {
+		if w > budget/2 {
+			t.Errorf("%s: a reservation of %d bytes, more than a chunk of the %d budget", what, w, budget)
+		}
+	}
+}
+
+// TestTransposedNeedIsWhole: a tensor stored [in, out] (GPT-2 Conv1D) is
+// encoded whole and transposed; CheckMemory, before any work, names the
+// same need as Compress's own check, the transposed copy included, and
+// that need is enough.
+func TestTransposedNeedIsWhole(t *testing.T) {
+	const conv = "h.0.mlp.c_fc.weight"
+	src := newMemSource(map[string][]int64{conv: {256, 64}}, conv)
+	c, err := codec.New("f16", codec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := func(tensor.Info) bool { return true }
+	tr := func(t tensor.Info) bool { return t.Name == conv }
+	const budget = 16 << 10
+	if err := CheckMemory(src, c, nil, all, nil, budget); err != nil {
+		t.Fatalf("not transposed, in row chunks: %v", err)
+	}
+	var me *MemoryError
+	if err := CheckMemory(src, c, nil, all, tr, budget); !errors.As(err, &me) {
+		t.Fatalf("transposed: CheckMemory = %v, want a *MemoryError", err)
+	}
+	// Its source, input, transposed input and decoded values at least.
+	if n := src.infos[0].Elems(); me.Need < src.infos[0].Size+12*n || me.Tensor != conv ||
+		me.Need-compressCost(c, nil, src.infos[0], true, false) != 4*n {
+		t.Errorf("CheckMemory: %+v, want the whole tensor's need with its transposed copy", me)
+	}
+	compress := func(mem int64) error {
+		var buf bytes.Buffer
+		_, err := compressTPK(context.Background(), src, &buf, CompressOptions{
+			Options: Options{Workers: 1, MaxMemory: mem, StrictMemory: true}, Codec: c, Select: all, Transpose: tr})
+		return err
+	}
+	var me2 *MemoryError
+	if err := compress(budget); !errors.As(err, &me2) || me2.Need != me.Need {
+		t.Errorf("Compress within %d bytes: %v, want the need %d", budget, err, me.Need)
+	}
+	if err := compress(me.Need); err != nil {
+		t.Errorf("Compress within the need %d: %v", me.Need, err)
+	}
+}
+
+// TestChunkedRestoreDir: records restored into a sharded checkout
+// (safetensors.DirWriter, a formats.PartSink) are written in row chunks
+// and codec chunks as into one file, to the same files as whole.
+func TestChunkedRestoreDir(t *testing.T) {
+	src := losslessSource(t)
+	c, err := codec.New("lossless", codec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if _, err := compressTPK(context.Background(), src, &buf, CompressOptions{Options: Options{Workers: 2}, Codec: c}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "m.tpk")
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := tpk.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	const budget = 2 << 20
+	var trees []map[string][]byte
+	for _, mem := range []int64{64 << 20, budget} {
+		o := RestoreOptions{Options: Options{Workers: 3, MaxMemory: mem}}
+		plan, err := Plan(r, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(dir, fmt.Sprint(mem))
+		ws := reservations(t, func() error {
+			w, err := safetensors.NewDirWriter(out, r.Meta(), plan, safetensors.DirOptions{ShardSize: 400 << 10})
+			if err != nil {
+				return err
+			}
+			defer w.Abort()
+			if err := Restore(context.Background(), r, plan, w, o); err != nil {
+				return err
+			}
+			return w.Close()
+		})
+		checkLosslessReservations(t, "restore into a checkout", ws, len(plan), mem, budget)
+		files, err := os.ReadDir(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tree := map[string][]byte{}
+		for _, f := range files {
+			if tree[f.Name()], err = os.ReadFile(filepath.Join(out, f.Name())); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if len(tree) < 3 {
+			t.Fatalf("%d files in the checkout, want several shards and the index", len(tree))
+		}
+		trees = append(trees, tree)
+	}
+	for name, b := range trees[0] {
+		if !bytes.Equal(b, trees[1][name]) {
+			t.Errorf("%s: restored in chunks differs from whole", name)
+		}
+	}
+}
+
+// partsOnly is a lossless pass-through codec without Append that counts
+// the tensors it codes whole (EncodeBytes).
+type partsOnly struct {
+	codec.ChunkEncoder
+	mu    sync.Mutex
+	whole int
+}
+
+func (p *partsOnly) EncodeBytes(w io.Writer, t tensor.Info, src []byte) error {
+	p.mu.Lock()
+	p.whole++
+	p.mu.Unlock()
+	return p.ChunkEncoder.EncodeBytes(w, t, src)
+}
+
+// TestChunkedFallbackInParts: a tensor processed in chunks that its codec
+// cannot represent (a NaN in a late row) and that goes to the lossless
+// pass-through is coded in parts, never whole, to the same bytes and note
+// as when it is processed whole: after a chunked cast's first pass, and
+// after the last chunk of a codec.RowEncoder.
+func TestChunkedFallbackInParts(t *testing.T) {
+	const big = "model.layers.0.mlp.up_proj.weight"
+	src := newMemSource(map[string][]int64{big: {256, 1024}}, big)
+	binary.LittleEndian.PutUint32(src.data[0][4*(200*1024+7):], math.Float32bits(float32(math.NaN())))
+	ll, err := codec.New("lossless", codec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const budget = 2 << 20
+	for _, name := range []string{"f16", "tenpak_x_v2"} {
+		c, err := codec.New(name, codec.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var outs [][]byte
+		var notes []string
+		for _, mem := range []int64{64 << 20, budget} {
+			pass := &partsOnly{ChunkEncoder: ll.(codec.ChunkEncoder)}
+			var buf bytes.Buffer
+			var res []Result
+			ws := reservations(t, func() error {
+				var err error
+				res, err = compressTPK(context.Background(), src, &buf, CompressOptions{
+					Options: Options{Workers: 2, MaxMemory: mem}, Codec: c, PassThrough: pass,
+					Select: func(tensor.Info) bool { return true }})
+				return err
+			})
+			if res[0].Entry.Codec != "lossless" || !strings.Contains(res[0].Note, "stored with lossless") {
+				t.Fatalf("%s at %d: stored with %s, note %q", name, mem, res[0].Entry.Codec, res[0].Note)
+			}
+			if chunked := len(ws) > 1; chunked != (mem == budget) || pass.whole != map[bool]int{false: 1, true: 0}[chunked] {
+				t.Errorf("%s at %d: %d reservations, %d tensors coded whole", name, mem, len(ws), pass.whole)
+			}
+			outs, notes = append(outs, buf.Bytes()), append(notes, res[0].Note)
+		}
+		if !bytes.Equal(outs[0], outs[1]) || notes[0] != notes[1] {
+			t.Errorf("%s: the fallback in parts differs from the whole one (notes %q, %q)", name, notes[0], notes[1])
+		}
+	}
 }

@@ -126,7 +126,9 @@ func Compress(ctx context.Context, src formats.Source, sink formats.RecordSink, 
 	}
 	results := make([]Result, len(infos))
 	prog := newTracker(o.Progress, len(infos))
-	cost := func(i int) int64 { return compressCost(o.Codec, o.PassThrough, infos[i], selected[i]) }
+	cost := func(i int) int64 {
+		return compressCost(o.Codec, o.PassThrough, infos[i], selected[i], o.transposed(infos[i]))
+	}
 	splits := compressSplits(&o, infos, selected)
 	items := planItems(len(infos), splits, cost, o.MaxMemory, 0)
 	if o.StrictMemory {
@@ -144,10 +146,10 @@ func Compress(ctx context.Context, src formats.Source, sink formats.RecordSink, 
 			return passThrough(o.PassThrough, t, b, rawEntry(t), "")
 		}
 		p, st, transposed, err := encodeTensor(ctx, o, t, b, prog.within(i, t, t.Size))
-		return settle(o, t, b, p, st, transposed, err)
+		return settle(passThrough, o, t, b, p, st, transposed, err)
 	}
 	write := func(i int, v encoded) error {
-		if err := w.WriteRecord(v.entry, v.payload); err != nil {
+		if err := writeEncoded(w, v, func(off, n int64) { releaseRange(src, i, off, n) }); err != nil {
 			return err
 		}
 		src.Release(i)
@@ -155,9 +157,10 @@ func Compress(ctx context.Context, src formats.Source, sink formats.RecordSink, 
 		prog.written(i, infos[i], infos[i].Size)
 		return nil
 	}
-	cw := compressChunks{o: o, src: src, w: w, infos: infos, selected: selected, splits: splits, items: items,
+	cw := compressChunks{ctx: ctx, o: o, src: src, w: w, infos: infos, selected: selected, splits: splits, items: items,
 		results: results, prog: prog, work: work, write: write, fell: make([]bool, len(infos)),
-		bytes: make([][]byte, len(infos)), enc: make([]*rowsEnc, len(infos)), ready: make([]chan struct{}, len(infos))}
+		bytes: make([][]byte, len(infos)), enc: make([]*rowsEnc, len(infos)), ready: make([]chan struct{}, len(infos)),
+		chunks: make([]codec.Chunks, len(infos))}
 	for i, s := range splits {
 		if s != nil {
 			cw.ready[i] = make(chan struct{})
@@ -177,26 +180,33 @@ type encoded struct {
 	payload []byte
 	entry   formats.Record
 	note    string
-	whole   bool      // a chunked tensor's fallback, stored whole
-	rows    *rowsPart // a chunk of a codec.RowEncoder's tensor
+	whole   bool  // a chunked tensor's fallback, stored whole
+	size    int64 // the payload size of a tensor coded in codec chunks (its preparation, or coder's)
+	// coder, when not nil, codes the payload, of n chunks of
+	// chunkBytes source bytes, as the writer writes it (inParts).
+	coder      codec.Chunks
+	n          int
+	chunkBytes int64
+	rows       *rowsPart // a chunk of a codec.RowEncoder's tensor
 }
 
 // settle returns what Compress stores for the selected tensor t (source
 // bytes b) given its payload p, statistics st and whether it was coded
 // transposed, or the error err that refused it: a codec's refusal
 // (codec.ErrUnsupported) or errUnfaithful, and a payload not smaller than
-// b, store it unchanged (or with the PassThrough codec); other errors fail.
-func settle(o CompressOptions, t tensor.Info, b, p []byte, st *formats.Stats, transposed bool, err error) (encoded, error) {
+// b, store it unchanged (or with the PassThrough codec, through pass);
+// other errors fail.
+func settle(pass passFunc, o CompressOptions, t tensor.Info, b, p []byte, st *formats.Stats, transposed bool, err error) (encoded, error) {
 	e := rawEntry(t)
 	switch {
 	case errors.Is(err, codec.ErrUnsupported) || errors.Is(err, errUnfaithful):
-		return passThrough(o.PassThrough, t, b, e, fmt.Sprintf("%v; stored unchanged", err))
+		return pass(o.PassThrough, t, b, e, fmt.Sprintf("%v; stored unchanged", err))
 	case err != nil:
 		return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
 	case !o.AllowLarger && len(p) >= len(b):
 		// A compressor never makes a tensor larger than its source (as
 		// zip stores what it cannot shrink).
-		return passThrough(o.PassThrough, t, b, e, fmt.Sprintf("%s: %d bytes for %d source bytes, %s; stored unchanged", o.Codec.Name(), len(p), len(b), NoteNotSmaller))
+		return pass(o.PassThrough, t, b, e, fmt.Sprintf("%s: %d bytes for %d source bytes, %s; stored unchanged", o.Codec.Name(), len(p), len(b), NoteNotSmaller))
 	}
 	e.Codec, e.CodecID, e.CodecVersion, e.Params = o.Codec.Name(), o.Codec.ID(), o.Codec.Version(), tensorParams(o.Codec, t)
 	e.Transposed, e.Stats = transposed, st
@@ -209,8 +219,75 @@ type appender interface {
 	Append(dst []byte, t tensor.Info, src []byte) ([]byte, error)
 }
 
-// passThrough stores the source bytes b of t with the lossless codec pc
-// when that is smaller than b, else unchanged (entry e, the none codec).
+// passFunc stores the source bytes b of t with the lossless codec pc
+// when that is smaller than b, else unchanged (entry e, the none codec),
+// and says so in note: passThrough, or inParts.
+type passFunc func(pc codec.ByteCodec, t tensor.Info, b []byte, e formats.Record, note string) (encoded, error)
+
+// passed returns what a passFunc stores when pc codes b in size bytes.
+func passed(pc codec.ByteCodec, b []byte, e formats.Record, note string, size int64) (formats.Record, string, bool) {
+	if size >= int64(len(b)) {
+		return e, note, false
+	}
+	e.Codec, e.CodecID, e.CodecVersion, e.Params = pc.Name(), pc.ID(), pc.Version(), pc.Params()
+	return e, strings.Replace(note, "stored unchanged", "stored with "+pc.Name(), 1), true
+}
+
+// inParts is the passFunc of tensors processed in chunks: a pc that is a
+// codec.ChunkEncoder measures its payload chunk by chunk, reading b in
+// windows of partsWindow bytes and calling release after each, and codes
+// it again as the writer writes it (writeEncoded), so that no tensor is
+// coded whole; others are passThrough.
+func inParts(ctx context.Context, release func(off, n int64)) passFunc {
+	return func(pc codec.ByteCodec, t tensor.Info, b []byte, e formats.Record, note string) (encoded, error) {
+		ce, ok := pc.(codec.ChunkEncoder)
+		var cb int64
+		if ok {
+			cb = ce.ChunkBytes(t)
+		}
+		if cb <= 0 || len(b) == 0 {
+			return passThrough(pc, t, b, e, note)
+		}
+		ch, err := ce.MeasureChunks(ctx, t, b, int(max(partsWindow/cb, 1)), release)
+		if err != nil {
+			return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
+		}
+		e, note, coded := passed(pc, b, e, note, ch.Size())
+		if !coded {
+			return encoded{payload: b, entry: e, note: note}, nil
+		}
+		return encoded{entry: e, note: note, size: ch.Size(), coder: ch, n: int((int64(len(b)) + cb - 1) / cb), chunkBytes: cb}, nil
+	}
+}
+
+// partsWindow is the source bytes inParts reads before it releases them.
+const partsWindow = 16 << 20
+
+// writeEncoded writes the record of v to w, coding it chunk by chunk when
+// v has a coder and calling release for the source bytes of each chunk.
+func writeEncoded(w formats.RecordSink, v encoded, release func(off, n int64)) error {
+	if v.coder == nil {
+		return w.WriteRecord(v.entry, v.payload)
+	}
+	if err := w.BeginRecord(v.entry, v.size); err != nil {
+		return err
+	}
+	var buf []byte
+	for k := range v.n {
+		var err error
+		if buf, err = v.coder.AppendChunks(buf[:0], k, k+1); err != nil {
+			return fmt.Errorf("tensor %q: %w", v.entry.Name, err)
+		}
+		if err := w.WritePayload(buf); err != nil {
+			return err
+		}
+		release(int64(k)*v.chunkBytes, v.chunkBytes)
+	}
+	return w.EndRecord()
+}
+
+// passThrough is the passFunc of tensors processed whole: pc codes b at
+// once.
 func passThrough(pc codec.ByteCodec, t tensor.Info, b []byte, e formats.Record, note string) (encoded, error) {
 	if pc == nil || len(b) == 0 {
 		return encoded{payload: b, entry: e, note: note}, nil
@@ -228,11 +305,11 @@ func passThrough(pc codec.ByteCodec, t tensor.Info, b []byte, e formats.Record, 
 		}
 		p = buf.Bytes()
 	}
-	if len(p) >= len(b) {
-		return encoded{payload: b, entry: e, note: note}, nil
+	e, note, coded := passed(pc, b, e, note, int64(len(p)))
+	if !coded {
+		p = b
 	}
-	e.Codec, e.CodecID, e.CodecVersion, e.Params = pc.Name(), pc.ID(), pc.Version(), pc.Params()
-	return encoded{payload: p, entry: e, note: strings.Replace(note, "stored unchanged", "stored with "+pc.Name(), 1)}, nil
+	return encoded{payload: p, entry: e, note: note}, nil
 }
 
 // cancelChunk is the most CancelWriter writes between checks of its
@@ -267,13 +344,17 @@ func (c cancelWriter) Write(p []byte) (int, error) {
 }
 
 // compressCost is the working memory Compress reserves for t: its source
-// bytes, and when c encodes it the float32 input, the decoded copy for
-// the statistics, the payload and the codec's own.
-func compressCost(c codec.Codec, pass codec.ByteCodec, t tensor.Info, selected bool) int64 {
+// bytes, and when c encodes it the float32 input (and its transpose, for
+// a tensor stored [in, out]), the decoded copy for the statistics, the
+// payload and the codec's own.
+func compressCost(c codec.Codec, pass codec.ByteCodec, t tensor.Info, selected, transposed bool) int64 {
 	cost := t.Size
 	if selected {
 		n := t.Elems()
 		cost += 8*n + 2*n + c.Cost(t)
+		if transposed {
+			cost += 4 * n
+		}
 	} else if pass != nil {
 		cost += pass.Cost(t)
 	}
@@ -304,10 +385,17 @@ func checkMemory(infos []tensor.Info, cost func(int) int64, budget int64) error 
 	return nil
 }
 
+// transposed reports whether Compress hands t to the codec transposed.
+func (o *CompressOptions) transposed(t tensor.Info) bool {
+	return o.Transpose != nil && len(t.Shape) == 2 && o.Transpose(t)
+}
+
 // CheckMemory returns a *MemoryError if a tensor of src that Compress
-// would encode with c (those sel selects; the others with pass, if not
-// nil) needs more working memory than budget bytes.
-func CheckMemory(src formats.Source, c codec.Codec, pass codec.ByteCodec, sel func(tensor.Info) bool, budget int64) error {
+// would encode with c (those sel selects, transposed where transpose
+// says, as CompressOptions.Transpose; the others with pass, if not nil)
+// needs more working memory than budget bytes. A transposed tensor is
+// encoded whole: its need is that of the whole tensor.
+func CheckMemory(src formats.Source, c codec.Codec, pass codec.ByteCodec, sel, transpose func(tensor.Info) bool, budget int64) error {
 	infos := src.Tensors()
 	_, raw := c.(codec.ByteCodec)
 	if raw && c.ID() != codec.IDNone {
@@ -317,8 +405,8 @@ func CheckMemory(src formats.Source, c codec.Codec, pass codec.ByteCodec, sel fu
 	for i, t := range infos {
 		selected[i] = !raw && sel != nil && sel(t)
 	}
-	cost := func(i int) int64 { return compressCost(c, pass, infos[i], selected[i]) }
-	o := CompressOptions{Codec: c, PassThrough: pass}
+	o := CompressOptions{Codec: c, PassThrough: pass, Transpose: transpose}
+	cost := func(i int) int64 { return compressCost(c, pass, infos[i], selected[i], o.transposed(infos[i])) }
 	items := planItems(len(infos), compressSplits(&o, infos, selected), cost, budget, 0)
 	return checkMemory(infos, maxItemCost(len(infos), items), budget)
 }
@@ -383,12 +471,12 @@ func OverheadWithin(src formats.Source, newSink NewRecordSink, c codec.Codec, se
 			if err != nil {
 				return 0, err
 			}
-			v, err := passThrough(pass, t, b, e, "")
+			n, err := passThroughSize(pass, t, b, &e, func(off, n int64) { releaseRange(src, i, off, n) })
 			src.Release(i)
 			if err != nil {
 				return 0, err
 			}
-			e, raw = v.entry, raw+int64(len(v.payload))
+			raw += n
 		} else {
 			raw += t.Size
 		}
@@ -408,6 +496,18 @@ func OverheadWithin(src formats.Source, newSink NewRecordSink, c codec.Codec, se
 		digits = int64(len(strconv.FormatInt(limit, 10)))
 	}
 	return cw.n + raw + int64(len(infos))*(4*digits+32), nil
+}
+
+// passThroughSize returns the size of what passThrough stores for the
+// source bytes b of t and sets *e to its entry, measuring it chunk by
+// chunk (inParts) so that it holds no tensor whole.
+func passThroughSize(pc codec.ByteCodec, t tensor.Info, b []byte, e *formats.Record, release func(off, n int64)) (int64, error) {
+	v, err := inParts(context.Background(), release)(pc, t, b, *e, "")
+	if v.coder != nil {
+		v.payload = nil
+	}
+	*e = v.entry
+	return v.size + int64(len(v.payload)), err
 }
 
 type countWriter struct{ n int64 }
@@ -436,7 +536,7 @@ func encodeTensor(ctx context.Context, o CompressOptions, t tensor.Info, b []byt
 		return nil, nil, false, err
 	}
 	ct := t.Clone()
-	transposed := o.Transpose != nil && len(t.Shape) == 2 && o.Transpose(t)
+	transposed := o.transposed(t)
 	if transposed {
 		x = transpose(x, int(t.Shape[0]), int(t.Shape[1]))
 		ct.Shape = []int64{t.Shape[1], t.Shape[0]}

@@ -179,7 +179,7 @@ func Restore(ctx context.Context, r formats.RecordSource, plan []tensor.Info, si
 	items := planItems(len(es), splits, cost, o.MaxMemory, 0)
 	rc := restoreChunks{r: r, plan: plan, codecs: codecs, sink: sink, splits: splits, items: items, prog: prog,
 		work: work, write: write, pays: make([][]byte, len(es)), hashes: make([]formats.PayloadHash, len(es)),
-		ready: make([]chan struct{}, len(es))}
+		ready: make([]chan struct{}, len(es)), index: make([]codec.ChunkIndex, len(es))}
 	for i, s := range splits {
 		if s != nil {
 			rc.ready[i] = make(chan struct{})

@@ -26,7 +26,14 @@
 #      (tools/genmodel -preset tinyllama -dtype f16);
 #   5. (part "quant") restore at --max-memory 256MiB of one 1 GiB F32 tensor
 #      (16384x16384) compressed with int8, int4 and tenpak_x_v2 (the
-#      baseline with its default budget).
+#      baseline with its default budget);
+#   6. (part "lossless") --lossless at --max-memory 512MiB of one 2 GiB F32
+#      tensor (32768x16384) and one 2 GiB BF16 tensor (32768x32768), and
+#      their restores (the baseline codes and decodes them whole, with its
+#      default budget; LOSSLESS_SHAPES=32768x16384:f32 measures one);
+#   7. (part "8glossless") --lossless at --max-memory 512MiB of the 8 GiB
+#      F32 tensor and its restore, new binary only (the baseline codes it
+#      whole: about 17 GiB).
 #
 # The baseline runs without --max-memory where it refuses a tensor larger
 # than an explicit budget; new and old runs alternate (ab). Outputs of both binaries are compared (cmp).
@@ -34,6 +41,7 @@
 #
 #   tools/measure-chunked.sh [WORKDIR]   (default /tmp/tpconvert-chunked; needs ~30 GB free)
 #   PARTS="8g 8g16 2g qwen tinyllama quant" RUNS=3 BASE=0d4bbb6 tools/measure-chunked.sh   (the defaults)
+#   PARTS="lossless 8glossless" BASE=b32dd45 tools/measure-chunked.sh   (lossless coded in chunks)
 #   TL_RUNS (default $RUNS) runs the TinyLlama part fewer times: a run takes
 #   5-10 minutes on 2 cores.
 set -euo pipefail
@@ -190,4 +198,33 @@ for c in int8 int4 tenpak_x_v2; do
 	rm -f "$work/r.safetensors" "$work/r-old.safetensors" "$work/$c.tpk"
 done
 rm -f "$one"
+fi
+
+if [[ $parts == *" lossless "* ]]; then
+for shape in ${LOSSLESS_SHAPES:-32768x16384:f32 32768x32768:bf16}; do
+	set -- "${shape%:*}" "${shape#*:}"
+	two=$work/one-2g-$2.safetensors
+	[ -f "$two" ] || bin/genmodel -one "$1" -dtype "$2" -out "$two"
+	echo "== one 2 GiB $2 tensor ($1), --lossless"
+	cat "$two" >/dev/null
+	ab "new --lossless --max-memory 512MiB" "old --lossless (default budget)" \
+		"$new compress $two --lossless --max-memory 512MiB --force -o $work/ll.tpk" \
+		"$old compress $two --lossless --force -o $work/ll-old.tpk"
+	cmp "$work/ll.tpk" "$work/ll-old.tpk" && echo "outputs identical"; rm -f "$work/ll-old.tpk"
+	ab "new restore (lossless) --max-memory 512MiB" "old restore (lossless) (default budget)" \
+		"$new restore $work/ll.tpk --max-memory 512MiB --force -o $work/r.safetensors" \
+		"$old restore $work/ll.tpk --force -o $work/r-old.safetensors"
+	cmp "$two" "$work/r.safetensors" && cmp "$two" "$work/r-old.safetensors" && echo "restored = input"
+	rm -f "$work/r.safetensors" "$work/r-old.safetensors" "$work/ll.tpk" "$two"
+done
+fi
+
+if [[ $parts == *" 8glossless "* ]]; then
+big=$work/one-8g.safetensors
+[ -f "$big" ] || bin/genmodel -one 65536x32768 -dtype f32 -out "$big"
+echo "== one 8 GiB F32 tensor, --lossless (new only)"
+measure "new --lossless --max-memory 512MiB" "$new" compress "$big" --lossless --max-memory 512MiB --force -o "$work/ll.tpk"
+measure "new restore (lossless) --max-memory 512MiB" "$new" restore "$work/ll.tpk" --max-memory 512MiB --force -o "$work/r.safetensors"
+cmp "$big" "$work/r.safetensors" && echo "restored = input"
+rm -f "$work/r.safetensors" "$work/ll.tpk" "$big"
 fi

@@ -14,6 +14,7 @@
 package lossless
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -155,8 +156,9 @@ func chunkOf(form int) int {
 	return FloatChunk
 }
 
-// chooseForm picks the form for src of dtype d.
-func chooseForm(d tensor.DType, src []byte) int {
+// chooseForm picks the form for src of dtype d, reading src window bytes
+// at a time (0: at once) and calling release (if not nil) after each.
+func chooseForm(d tensor.DType, src []byte, window int64, release func(off, n int64)) int {
 	switch d {
 	case tensor.F16:
 		return FormF16
@@ -165,15 +167,39 @@ func chooseForm(d tensor.DType, src []byte) int {
 	case tensor.F64:
 		return FormF64
 	case tensor.F32:
-		if allBF16(src) {
+		if every(src, window, release, allBF16) {
 			return FormF32AsB16
 		}
-		if allF16(src) {
+		if every(src, window, release, allF16) {
 			return FormF32AsF16
 		}
 		return FormF32
 	}
 	return FormBytes
+}
+
+// every reports whether all holds for each window of src (a multiple of
+// 4 bytes), stopping at the first that fails.
+func every(src []byte, window int64, release func(off, n int64), all func([]byte) bool) bool {
+	if window <= 0 || window >= int64(len(src)) {
+		ok := all(src)
+		if release != nil {
+			release(0, int64(len(src)))
+		}
+		return ok
+	}
+	window = max(window/4*4, 4)
+	for off := int64(0); off < int64(len(src)); off += window {
+		n := min(window, int64(len(src))-off)
+		ok := all(src[off : off+n])
+		if release != nil {
+			release(off, n)
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 func allBF16(src []byte) bool {
@@ -288,32 +314,16 @@ func (c *Codec) EncodeBytes(w io.Writer, t tensor.Info, src []byte) error {
 
 // Append appends the payload for the source bytes src of tensor t to dst.
 func (c *Codec) Append(dst []byte, t tensor.Info, src []byte) ([]byte, error) {
-	size, err := tensor.ByteSize(t.DType, t.Shape)
+	ch, err := begin(t, src, 0, nil)
 	if err != nil {
-		return nil, fmt.Errorf("lossless: tensor %q: %w", t.Name, err)
-	}
-	if int64(len(src)) != size {
-		return nil, fmt.Errorf("lossless: tensor %q: %d source bytes for a %s tensor of %d bytes", t.Name, len(src), t.DType, size)
-	}
-	form := chooseForm(t.DType, src)
-	n := len(src)
-	if form != FormBytes {
-		n = int(t.Elems())
-	}
-	chunk := chunkOf(form)
-	if form == FormBytes {
-		if _, _, err := zstdCoders(); err != nil {
-			return nil, err
-		}
+		return nil, err
 	}
 	if dst == nil {
-		dst = make([]byte, 0, size+maxOverhead(size))
+		dst = make([]byte, 0, int64(len(src))+maxOverhead(int64(len(src))))
 	}
 	start := len(dst)
-	dst = append(dst, layout, byte(form))
-	dst = binary.LittleEndian.AppendUint32(dst, uint32(chunk))
-	dst = binary.LittleEndian.AppendUint64(dst, uint64(n))
-	nchunks := (n + chunk - 1) / chunk
+	dst = ch.appendHeader(dst)
+	nchunks := ch.count()
 	// Code a batch of chunks in parallel, append it in order, go on: the
 	// memory beyond the payload is one batch of chunk outputs.
 	batch := max(1, c.nworkers()) * 4
@@ -322,11 +332,8 @@ func (c *Codec) Append(dst []byte, t tensor.Info, src []byte) ([]byte, error) {
 		b1 := min(b0+batch, nchunks)
 		err := par.For(b1-b0, 1, 1, c.nworkers(), func(lo, hi int) error {
 			for j := lo; hi > j; j++ {
-				k := b0 + j
-				v0, v1 := k*chunk, min((k+1)*chunk, n)
 				var err error
-				outs[j], err = encodeChunk(outs[j][:0], form, src, v0, v1)
-				if err != nil {
+				if outs[j], err = ch.appendChunk(outs[j][:0], b0+j); err != nil {
 					return err
 				}
 			}
@@ -341,6 +348,139 @@ func (c *Codec) Append(dst []byte, t tensor.Info, src []byte) ([]byte, error) {
 	}
 	if m := minLen(t.Elems()); int64(len(dst)-start) < m {
 		dst = append(dst, make([]byte, m-int64(len(dst)-start))...)
+	}
+	return dst, nil
+}
+
+// chunks is one tensor's payload coded in parts: its form, the values
+// (or bytes, for FormBytes) per chunk, their count n and the source.
+type chunks struct {
+	form, chunk, n int
+	src            []byte
+	elems, size    int64 // the tensor's elements; the payload's size (MeasureChunks)
+	body           int64 // header and chunks, before any padding
+}
+
+var _ codec.ChunkEncoder = (*Codec)(nil)
+var _ codec.ChunkDecoder = (*Codec)(nil)
+
+// begin checks src against t and picks its form, reading src window
+// bytes at a time and calling release (if not nil) after each.
+func begin(t tensor.Info, src []byte, window int64, release func(off, n int64)) (*chunks, error) {
+	size, err := tensor.ByteSize(t.DType, t.Shape)
+	if err != nil {
+		return nil, fmt.Errorf("lossless: tensor %q: %w", t.Name, err)
+	}
+	if int64(len(src)) != size {
+		return nil, fmt.Errorf("lossless: tensor %q: %d source bytes for a %s tensor of %d bytes", t.Name, len(src), t.DType, size)
+	}
+	form := chooseForm(t.DType, src, window, release)
+	n := len(src)
+	if form != FormBytes {
+		n = int(t.Elems())
+	}
+	if form == FormBytes {
+		if _, _, err := zstdCoders(); err != nil {
+			return nil, err
+		}
+	}
+	return &chunks{form: form, chunk: chunkOf(form), n: n, src: src, elems: t.Elems()}, nil
+}
+
+func (ch *chunks) count() int { return (ch.n + ch.chunk - 1) / ch.chunk }
+
+func (ch *chunks) appendHeader(dst []byte) []byte {
+	dst = append(dst, layout, byte(ch.form))
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(ch.chunk))
+	return binary.LittleEndian.AppendUint64(dst, uint64(ch.n))
+}
+
+// appendChunk appends chunk k to out.
+func (ch *chunks) appendChunk(out []byte, k int) ([]byte, error) {
+	return encodeChunk(out, ch.form, ch.src, k*ch.chunk, min((k+1)*ch.chunk, ch.n))
+}
+
+// srcBytes returns the source bytes of chunks [k0, k1).
+func (ch *chunks) srcBytes(k0, k1 int) (off, n int64) {
+	per := int64(len(ch.src)) / int64(max(ch.n, 1)) * int64(ch.chunk)
+	off = int64(k0) * per
+	return off, min(int64(k1)*per, int64(len(ch.src))) - off
+}
+
+// ChunkBytes implements codec.ChunkEncoder and codec.ChunkDecoder: the
+// source bytes of 65536 values of a float dtype, or 256 KiB.
+func (*Codec) ChunkBytes(t tensor.Info) int64 {
+	size, err := tensor.ByteSize(t.DType, t.Shape)
+	if err != nil || size == 0 {
+		return 0
+	}
+	switch t.DType {
+	case tensor.F16, tensor.BF16, tensor.F32, tensor.F64:
+		return FloatChunk * t.DType.BlockBytes()
+	}
+	return BytesChunk
+}
+
+// MeasureChunks implements codec.ChunkEncoder: it codes every chunk once,
+// window chunks at a time in parallel, keeping only their sizes.
+func (c *Codec) MeasureChunks(ctx context.Context, t tensor.Info, src []byte, window int, release func(off, n int64)) (codec.Chunks, error) {
+	window = max(window, 1)
+	ch, err := begin(t, src, int64(window)*c.ChunkBytes(t), release)
+	if err != nil {
+		return nil, err
+	}
+	nchunks := ch.count()
+	sizes := make([]int64, min(window, nchunks))
+	ch.body = headerSize
+	for w0 := 0; w0 < nchunks; w0 += window {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		w1 := min(w0+window, nchunks)
+		err := par.For(w1-w0, 1, 1, c.nworkers(), func(lo, hi int) error {
+			buf := outPool.Get().(*[]byte)
+			defer outPool.Put(buf)
+			for j := lo; j < hi; j++ {
+				out, err := ch.appendChunk((*buf)[:0], w0+j)
+				if err != nil {
+					return err
+				}
+				*buf, sizes[j] = out, int64(len(out))
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range sizes[:w1-w0] {
+			ch.body += n
+		}
+		if release != nil {
+			release(ch.srcBytes(w0, w1))
+		}
+	}
+	ch.size = max(ch.body, minLen(ch.elems))
+	return ch, nil
+}
+
+var outPool = sync.Pool{New: func() any { return new([]byte) }}
+
+// Size implements codec.Chunks.
+func (ch *chunks) Size() int64 { return ch.size }
+
+// AppendChunks implements codec.Chunks.
+func (ch *chunks) AppendChunks(dst []byte, k0, k1 int) ([]byte, error) {
+	if k0 == 0 {
+		dst = ch.appendHeader(dst)
+	}
+	for k := k0; k < k1; k++ {
+		var err error
+		if dst, err = ch.appendChunk(dst, k); err != nil {
+			return nil, err
+		}
+	}
+	if k1 == ch.count() && ch.size > ch.body {
+		dst = append(dst, make([]byte, ch.size-ch.body)...)
 	}
 	return dst, nil
 }
@@ -444,6 +584,36 @@ func corrupt(format string, args ...any) error {
 // DecodeBytes implements codec.ByteDecoder: it checks the whole payload's
 // structure against t, then returns t's source bytes.
 func (c *Codec) DecodeBytes(payload []byte, t tensor.Info, version uint16) ([]byte, error) {
+	x, err := index(payload, t, version, nil)
+	if err != nil {
+		return nil, err
+	}
+	dst := make([]byte, x.size)
+	nchunks := len(x.offs) - 1
+	err = par.For(nchunks, 1, 1, c.nworkers(), func(lo, hi int) error {
+		a, n := x.srcBytes(lo, hi)
+		return x.DecodeChunks(dst[a:a+n], lo, hi)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return dst, nil
+}
+
+// chunkIndex is a checked payload: its form, values per chunk and count,
+// the planes of every chunk (w each) and where each chunk starts (offs[k];
+// offs[len-1] is the payload's end).
+type chunkIndex struct {
+	form, chunk, n, w int
+	size              int64 // the source bytes
+	planes            []plane
+	offs              []int64
+}
+
+// index checks payload against t and finds its chunks, calling release
+// (if not nil) for each range of the payload it has read the structure
+// of.
+func index(payload []byte, t tensor.Info, version uint16, release func(off, n int64)) (*chunkIndex, error) {
 	if version != 1 {
 		return nil, corrupt("version %d (supported 1)", version)
 	}
@@ -482,9 +652,16 @@ func (c *Codec) DecodeBytes(payload []byte, t tensor.Info, version uint16) ([]by
 	w := width(form)
 	nchunks := int((int64(n) + chunk - 1) / chunk)
 	// Walk every plane header before allocating anything from n.
-	planes := make([]plane, 0, min(nchunks*w, len(payload)/planeHead+1))
-	off := headerSize
+	x := &chunkIndex{form: form, chunk: int(chunk), n: int(n), w: w, size: size,
+		planes: make([]plane, 0, min(nchunks*w, len(payload)/planeHead+1)),
+		offs:   make([]int64, 0, min(nchunks, len(payload)/planeHead)+1)}
+	off, released := headerSize, 0
 	for k := range nchunks {
+		x.offs = append(x.offs, int64(off))
+		if release != nil && off-released >= releaseWindow {
+			release(int64(released), int64(off-released))
+			released = off
+		}
 		m := int(min(chunk, int64(n)-int64(k)*chunk))
 		for range w {
 			if len(payload)-off < planeHead {
@@ -504,7 +681,7 @@ func (c *Codec) DecodeBytes(payload []byte, t tensor.Info, version uint16) ([]by
 			default:
 				return nil, corrupt("chunk %d: plane mode %d with %d bytes for %d values", k, mode, l, m)
 			}
-			planes = append(planes, plane{mode, payload[off : off+int(l)]})
+			x.planes = append(x.planes, plane{mode, payload[off : off+int(l)]})
 			off += int(l)
 		}
 	}
@@ -516,21 +693,48 @@ func (c *Codec) DecodeBytes(payload []byte, t tensor.Info, version uint16) ([]by
 	if len(payload) > off && int64(len(payload)) != minLen(t.Elems()) {
 		return nil, corrupt("%d bytes of padding where %d make the payload's minimum length", len(payload)-off, minLen(t.Elems())-int64(off))
 	}
-	dst := make([]byte, size)
-	err = par.For(nchunks, 1, 1, c.nworkers(), func(lo, hi int) error {
-		for k := lo; k < hi; k++ {
-			v0 := k * int(chunk)
-			v1 := min(v0+int(chunk), int(n))
-			if err := decodeChunk(dst, form, planes[k*w:(k+1)*w], v0, v1); err != nil {
-				return fmt.Errorf("chunk %d: %w", k, err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
+	if len(x.offs) > 0 {
+		x.offs[0] = 0
 	}
-	return dst, nil
+	x.offs = append(x.offs, int64(len(payload)))
+	if release != nil {
+		release(int64(released), int64(len(payload)-released))
+	}
+	return x, nil
+}
+
+// releaseWindow is how much of a payload index reads before it releases it.
+const releaseWindow = 16 << 20
+
+// srcBytes returns the source bytes of chunks [k0, k1).
+func (x *chunkIndex) srcBytes(k0, k1 int) (off, n int64) {
+	per := x.size / int64(max(x.n, 1)) * int64(x.chunk)
+	off = int64(k0) * per
+	return off, min(int64(k1)*per, x.size) - off
+}
+
+// IndexChunks implements codec.ChunkDecoder.
+func (*Codec) IndexChunks(payload []byte, t tensor.Info, version uint16, release func(off, n int64)) (codec.ChunkIndex, error) {
+	return index(payload, t, version, release)
+}
+
+// Range implements codec.ChunkIndex.
+func (x *chunkIndex) Range(k0, k1 int) (a, b int64) { return x.offs[k0], x.offs[k1] }
+
+// DecodeChunks implements codec.ChunkIndex.
+func (x *chunkIndex) DecodeChunks(dst []byte, k0, k1 int) error {
+	if _, n := x.srcBytes(k0, k1); int64(len(dst)) != n || k0 < 0 || k1 > len(x.offs)-1 || k0 > k1 {
+		return fmt.Errorf("lossless: chunks [%d, %d) of %d into %d bytes", k0, k1, len(x.offs)-1, len(dst))
+	}
+	base := k0 * x.chunk
+	for k := k0; k < k1; k++ {
+		v0 := k * x.chunk
+		v1 := min(v0+x.chunk, x.n)
+		if err := decodeChunk(dst, x.form, x.planes[k*x.w:(k+1)*x.w], v0-base, v1-base); err != nil {
+			return fmt.Errorf("chunk %d: %w", k, err)
+		}
+	}
+	return nil
 }
 
 // formFor returns form if it is valid for a tensor of dtype d, else -1.

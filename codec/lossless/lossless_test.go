@@ -2,11 +2,14 @@ package lossless
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"flag"
+	"fmt"
 	"math"
 	"math/rand/v2"
+	"sync"
 	"testing"
 
 	"github.com/tpconvert/tpconvert/codec"
@@ -71,7 +74,15 @@ func roundTrip(t *testing.T, ti tensor.Info, src []byte, wantForm int) []byte {
 	return p
 }
 
-func TestRoundTrip(t *testing.T) {
+type formCase struct {
+	ti   tensor.Info
+	src  []byte
+	form int
+}
+
+// formCases returns a tensor of every form, of several chunks with a
+// short last one, and small and empty ones.
+func formCases(t *testing.T) []formCase {
 	n := 3*FloatChunk + 123 // several chunks, a short last one
 	bf := weights(t, tensor.BF16, n, 1)
 	f32 := weights(t, tensor.F32, n, 2)
@@ -88,11 +99,7 @@ func TestRoundTrip(t *testing.T) {
 		v := float64(math.Float32frombits(binary.LittleEndian.Uint32(f32[4*i:]))) * (1 + 1e-9)
 		binary.LittleEndian.PutUint64(f64[8*i:], math.Float64bits(v))
 	}
-	for _, c := range []struct {
-		ti   tensor.Info
-		src  []byte
-		form int
-	}{
+	return []formCase{
 		{info(tensor.BF16, int64(n)), bf, FormBF16},
 		{info(tensor.F16, 3, int64(n/3)), h[:2*(n/3)*3], FormF16},
 		{info(tensor.F32, int64(n)), f32, FormF32},
@@ -108,8 +115,90 @@ func TestRoundTrip(t *testing.T) {
 		{info(tensor.F32, 4096), make([]byte, 4*4096), FormF32AsB16},                              // zeros
 		{info(tensor.BF16, 7), randomBytes(14, 9), FormBF16},                                      // NaN and Inf patterns included
 		{info(tensor.F32, 3), []byte{1, 0, 0xc0, 0x7f, 0, 0, 0x80, 0x7f, 0, 0, 0, 0x80}, FormF32}, // NaN with payload, +Inf, -0
-	} {
+		{info(tensor.U8, 2*BytesChunk+2), bytes.Repeat([]byte{3, 1, 4, 1, 5}, (2*BytesChunk+2)/5), FormBytes},
+		{info(tensor.BF16, 3*FloatChunk), make([]byte, 6*FloatChunk), FormBF16}, // padded to the minimum length
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	for _, c := range formCases(t) {
 		roundTrip(t, c.ti, c.src, c.form)
+	}
+}
+
+// TestChunksMatchWhole codes and decodes every form in parts, in
+// partitions of the chunks of several sizes, concurrently, and checks
+// that the parts are the bytes of the whole payload and of the source.
+func TestChunksMatchWhole(t *testing.T) {
+	c := &Codec{}
+	for _, fc := range formCases(t) {
+		cb := c.ChunkBytes(fc.ti)
+		if fc.ti.Size == 0 {
+			if cb != 0 {
+				t.Errorf("%v: ChunkBytes = %d for an empty tensor", fc.ti.Shape, cb)
+			}
+			continue
+		}
+		want := encode(t, c, fc.ti, fc.src)
+		nchunks := int((fc.ti.Size + cb - 1) / cb)
+		for _, per := range []int{1, 2, 3, nchunks} {
+			var released []int64 // the measuring pass's ranges, in order
+			ch, err := c.MeasureChunks(context.Background(), fc.ti, fc.src, per, func(off, n int64) {
+				if off == 0 {
+					released = released[:0]
+				}
+				released = append(released, off, n)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ch.Size() != int64(len(want)) {
+				t.Fatalf("%s %v per %d: Size %d, payload %d bytes", fc.ti.DType, fc.ti.Shape, per, ch.Size(), len(want))
+			}
+			var end int64
+			for k := 0; k < len(released); k += 2 {
+				if released[k] != end || released[k+1] > int64(per)*cb {
+					t.Fatalf("%s per %d: released [%d, +%d) after %d", fc.ti.DType, per, released[k], released[k+1], end)
+				}
+				end += released[k+1]
+			}
+			if end != fc.ti.Size {
+				t.Fatalf("%s per %d: released %d of %d bytes", fc.ti.DType, per, end, fc.ti.Size)
+			}
+			parts := make([][]byte, (nchunks+per-1)/per)
+			x, err := c.IndexChunks(want, fc.ti, 1, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dec := make([]byte, fc.ti.Size)
+			var wg sync.WaitGroup
+			errs := make([]error, len(parts))
+			for j := range parts {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					k0, k1 := j*per, min((j+1)*per, nchunks)
+					if parts[j], errs[j] = ch.AppendChunks(nil, k0, k1); errs[j] != nil {
+						return
+					}
+					off := int64(k0) * cb
+					errs[j] = x.DecodeChunks(dec[off:min(int64(k1)*cb, fc.ti.Size)], k0, k1)
+					if a, b := x.Range(k0, k1); !bytes.Equal(want[a:b], parts[j]) {
+						errs[j] = fmt.Errorf("chunks [%d, %d): Range [%d, %d) is not their bytes", k0, k1, a, b)
+					}
+				}()
+			}
+			wg.Wait()
+			if err := errors.Join(errs...); err != nil {
+				t.Fatalf("%s per %d: %v", fc.ti.DType, per, err)
+			}
+			if got := bytes.Join(parts, nil); !bytes.Equal(got, want) {
+				t.Fatalf("%s %v per %d: parts of %d bytes differ from the payload of %d", fc.ti.DType, fc.ti.Shape, per, len(got), len(want))
+			}
+			if !bytes.Equal(dec, fc.src) {
+				t.Fatalf("%s per %d: decoded chunks differ from the source", fc.ti.DType, per)
+			}
+		}
 	}
 }
 
@@ -151,7 +240,7 @@ func TestRandomBytesFallBackToRaw(t *testing.T) {
 		n := 2*BytesChunk/int(d.BlockBytes()) + 17
 		ti := info(d, int64(n))
 		src := randomBytes(int(ti.Size), uint64(d))
-		p := roundTrip(t, ti, src, chooseForm(d, src))
+		p := roundTrip(t, ti, src, chooseForm(d, src, 0, nil))
 		modes := planes(t, p, ti)
 		for i, m := range modes {
 			if m != modeRaw {

@@ -408,6 +408,31 @@ func (dw *DirWriter) WriteTensor(t tensor.Info, data []byte) error {
 }
 
 func (dw *DirWriter) writeTensor(t tensor.Info, data []byte) error {
+	return dw.writeNext(t, func(w *Writer) error { return w.WriteTensor(t, data) })
+}
+
+var _ formats.PartSink = (*DirWriter)(nil)
+
+// WriteTensorPart writes bytes [off, off+len(data)) of the next tensor to
+// its shard (formats.PartSink). After an error every temporary file is
+// removed and every call fails.
+func (dw *DirWriter) WriteTensorPart(t tensor.Info, off int64, data []byte) error {
+	if dw.err != nil {
+		return dw.err
+	}
+	if dw.done {
+		return errors.New("safetensors: WriteTensor after Close")
+	}
+	err := dw.writeNext(t, func(w *Writer) error { return w.WriteTensorPart(t, off, data) })
+	if err != nil {
+		return dw.fail(err)
+	}
+	return nil
+}
+
+// writeNext writes (all or part of) the next tensor t to its shard's
+// Writer with write, and finishes the shard after its last tensor.
+func (dw *DirWriter) writeNext(t tensor.Info, write func(w *Writer) error) error {
 	if dw.next >= len(dw.route) {
 		return fmt.Errorf("safetensors: tensor %q: all %d tensors already written", t.Name, len(dw.route))
 	}
@@ -416,8 +441,12 @@ func (dw *DirWriter) writeTensor(t tensor.Info, data []byte) error {
 		s.bw = bufio.NewWriterSize(s.f, bufSize)
 		s.w = &Writer{w: s.bw, p: s.p}
 	}
-	if err := s.w.WriteTensor(t, data); err != nil {
+	before := s.w.next
+	if err := write(s.w); err != nil {
 		return err
+	}
+	if s.w.next == before {
+		return nil // a part; the tensor is not complete yet
 	}
 	dw.next++
 	s.left--

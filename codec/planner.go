@@ -1,5 +1,7 @@
 package codec
 
+import "fmt"
+
 // Config is one way a Planner can code a tensor (for tenpak_x_v2 a grid,
 // a number of bits and a group length). Rate control treats it as opaque:
 // it only passes it back to the Planner that offered it. String is what a
@@ -88,4 +90,29 @@ func Plans(name string) bool {
 	}
 	_, ok = c.(Planner)
 	return ok
+}
+
+// AsConfigs returns a Planner's own configurations as Configs (for
+// Candidates).
+func AsConfigs[T Config](cs []T) []Config {
+	out := make([]Config, len(cs))
+	for i, c := range cs {
+		out[i] = c
+	}
+	return out
+}
+
+// ConfigsOf converts the Configs that rate control hands back to a
+// Planner's own type T, or returns an error naming the codec and the
+// first Config of another type.
+func ConfigsOf[T Config](codecName string, cfgs []Config) ([]T, error) {
+	out := make([]T, len(cfgs))
+	for i, c := range cfgs {
+		v, ok := c.(T)
+		if !ok {
+			return nil, fmt.Errorf("%s: configuration %v (%T) is not a %s Config", codecName, c, c, codecName)
+		}
+		out[i] = v
+	}
+	return out, nil
 }

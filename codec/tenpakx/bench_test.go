@@ -15,6 +15,8 @@ import (
 	"github.com/tpconvert/tpconvert/codec/internal/q4"
 
 	"github.com/tpconvert/tpconvert/codec/numtest"
+
+	"github.com/tpconvert/tpconvert/internal/procstat"
 )
 
 // residualSample returns n 4-vectors drawn like a residual (Student-t)
@@ -38,23 +40,23 @@ func BenchmarkKMeansAssign(b *testing.B) {
 	q, qw := residualSample(1 << 14)
 	b.Run("kdtree", func(b *testing.B) {
 		var stack kdStack
-		c0 := cpuTime()
+		c0 := procstat.CPUTime()
 		for b.Loop() {
 			for i := range q {
 				tree.nearest(&q[i], &qw[i], -1, &stack)
 			}
 		}
-		b.ReportMetric(float64((cpuTime()-c0).Nanoseconds())/float64(b.N*len(q)), "cpu-ns/vector")
+		b.ReportMetric(float64((procstat.CPUTime()-c0).Nanoseconds())/float64(b.N*len(q)), "cpu-ns/vector")
 		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(q)), "ns/vector")
 	})
 	b.Run("brute", func(b *testing.B) {
-		c0 := cpuTime()
+		c0 := procstat.CPUTime()
 		for b.Loop() {
 			for i := range q {
 				nearestBrute(cb, &q[i], &qw[i])
 			}
 		}
-		b.ReportMetric(float64((cpuTime()-c0).Nanoseconds())/float64(b.N*len(q)), "cpu-ns/vector")
+		b.ReportMetric(float64((procstat.CPUTime()-c0).Nanoseconds())/float64(b.N*len(q)), "cpu-ns/vector")
 		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(q)), "ns/vector")
 	})
 }
@@ -62,7 +64,7 @@ func BenchmarkKMeansAssign(b *testing.B) {
 // reportCPU adds the CPU time per operation to a benchmark's results: on
 // a machine shared with other work it is steadier than wall time.
 func reportCPU(b *testing.B, start time.Duration, unit string, perOp float64) {
-	cpu := float64((cpuTime() - start).Nanoseconds()) / float64(b.N)
+	cpu := float64((procstat.CPUTime() - start).Nanoseconds()) / float64(b.N)
 	b.ReportMetric(cpu/1e6, "cpu-ms/op")
 	if unit != "" {
 		b.ReportMetric(perOp*1e9/cpu, unit)
@@ -86,7 +88,7 @@ func BenchmarkSketch(b *testing.B) {
 	isq := slices.Repeat([]float64{1}, 5632)
 	work := slices.Clone(x)
 	b.ResetTimer()
-	c0 := cpuTime()
+	c0 := procstat.CPUTime()
 	for b.Loop() {
 		if _, _, err := factor(work, 2048, 5632, DefaultRank, isq, numtest.NewRand(1), 1); err != nil {
 			b.Fatal(err)
@@ -101,7 +103,7 @@ func BenchmarkPack(b *testing.B) {
 	n, _ := l.SectionSize()
 	dst := make([]byte, n)
 	b.SetBytes(int64(len(x)) * 2)
-	c0 := cpuTime()
+	c0 := procstat.CPUTime()
 	for b.Loop() {
 		if err := q4.Encode(dst, x, l, 1); err != nil {
 			b.Fatal(err)
@@ -118,7 +120,7 @@ func BenchmarkEncode2048x5632(b *testing.B) {
 			c := newCodec(b, codec.Options{})
 			c.workers = workers
 			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(workers))
-			c0 := cpuTime()
+			c0 := procstat.CPUTime()
 			for b.Loop() {
 				if err := c.Encode(io.Discard, info, x); err != nil {
 					b.Fatal(err)
@@ -140,7 +142,7 @@ func BenchmarkDecode(b *testing.B) {
 			c.workers = workers
 			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(workers))
 			b.SetBytes(int64(len(dst)) * 2) // FP16 output bytes
-			c0 := cpuTime()
+			c0 := procstat.CPUTime()
 			for b.Loop() {
 				if err := c.Decode(dst, payload, info, Version); err != nil {
 					b.Fatal(err)
@@ -177,11 +179,11 @@ func BenchmarkCodecs2048x5632(b *testing.B) {
 			var cpu time.Duration
 			for b.Loop() {
 				var buf bytes.Buffer
-				c0 := cpuTime()
+				c0 := procstat.CPUTime()
 				if err := c.Encode(&buf, info, x); err != nil {
 					b.Fatal(err)
 				}
-				cpu += cpuTime() - c0
+				cpu += procstat.CPUTime() - c0
 				b.StopTimer()
 				y := make([]float32, len(x))
 				if err := c.Decode(y, buf.Bytes(), info, c.Version()); err != nil {
@@ -212,7 +214,7 @@ func BenchmarkEncodeLayer(b *testing.B) {
 	c.workers = 1
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	b.ResetTimer()
-	c0 := cpuTime()
+	c0 := procstat.CPUTime()
 	for b.Loop() {
 		for i, sh := range shapes {
 			if err := c.Encode(io.Discard, numtest.Info("layer", sh[0], sh[1]), xs[i]); err != nil {

@@ -41,25 +41,12 @@ func Candidates(cols int) []Config {
 
 // Candidates implements codec.Planner (see the function Candidates).
 func (c *Codec) Candidates(rows, cols int) []codec.Config {
-	cs := Candidates(cols)
-	out := make([]codec.Config, len(cs))
-	for i, cfg := range cs {
-		out[i] = cfg
-	}
-	return out
+	return codec.AsConfigs(Candidates(cols))
 }
 
 // configs converts the Configs rate control hands back.
 func configs(cfgs []codec.Config) ([]Config, error) {
-	out := make([]Config, len(cfgs))
-	for i, cfg := range cfgs {
-		v, ok := cfg.(Config)
-		if !ok {
-			return nil, fmt.Errorf("tenpak_x_v2: configuration %v (%T) is not a tenpak_x_v2 Config", cfg, cfg)
-		}
-		out[i] = v
-	}
-	return out, nil
+	return codec.ConfigsOf[Config]("tenpak_x_v2", cfgs)
 }
 
 // Distortions implements codec.Planner: the squared error of each Config

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/tpconvert/tpconvert/codec/numtest"
+
+	"github.com/tpconvert/tpconvert/internal/procstat"
 )
 
 // benchMatrix is an 8960×1536 matrix (an MLP projection of a 1.5B-parameter
@@ -23,7 +25,7 @@ func BenchmarkEncode(b *testing.B) {
 	c := fixed(b, 20)
 	info := numtest.Info("w", rows, cols)
 	b.SetBytes(int64(4 * len(x)))
-	c0 := cpuTime()
+	c0 := procstat.CPUTime()
 	for b.Loop() {
 		if err := c.Encode(&bytes.Buffer{}, info, x); err != nil {
 			b.Fatal(err)
@@ -42,7 +44,7 @@ func BenchmarkDecode(b *testing.B) {
 	}
 	y := make([]float32, len(x))
 	b.SetBytes(int64(4 * len(x)))
-	c0 := cpuTime()
+	c0 := procstat.CPUTime()
 	for b.Loop() {
 		if err := c.Decode(y, buf.Bytes(), info, Version); err != nil {
 			b.Fatal(err)
@@ -55,7 +57,7 @@ func BenchmarkDecode(b *testing.B) {
 // megabytes per CPU-second since c0 (the machine may be shared: wall
 // times are then longer).
 func reportCPU(b *testing.B, c0 time.Duration, n int) {
-	cpu := (cpuTime() - c0).Seconds() / float64(b.N)
+	cpu := (procstat.CPUTime() - c0).Seconds() / float64(b.N)
 	b.ReportMetric(cpu*1e3, "cpu-ms/op")
 	b.ReportMetric(4*float64(n)/cpu/1e6, "cpu-MB/s")
 }
@@ -68,7 +70,7 @@ func BenchmarkEstimate(b *testing.B) {
 	x := numtest.Realistic().Matrix(numtest.NewRand(1), 21, cols)
 	c := fixed(b, 20)
 	cfgs := c.Candidates(rows, cols)
-	c0 := cpuTime()
+	c0 := procstat.CPUTime()
 	for b.Loop() {
 		if _, err := c.Distortions(x, cols, nil, cfgs); err != nil {
 			b.Fatal(err)
@@ -77,5 +79,5 @@ func BenchmarkEstimate(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	b.ReportMetric((cpuTime()-c0).Seconds()/float64(b.N)*1e3, "cpu-ms/op")
+	b.ReportMetric((procstat.CPUTime()-c0).Seconds()/float64(b.N)*1e3, "cpu-ms/op")
 }

@@ -30,26 +30,19 @@ func Candidates() []Config {
 
 // Candidates implements codec.Planner (see the function Candidates).
 func (c *Codec) Candidates(rows, cols int) []codec.Config {
-	cs := Candidates()
-	out := make([]codec.Config, len(cs))
-	for i, cfg := range cs {
-		out[i] = cfg
-	}
-	return out
+	return codec.AsConfigs(Candidates())
 }
 
 // configs converts the Configs rate control hands back.
 func configs(cfgs []codec.Config) ([]Config, error) {
-	out := make([]Config, len(cfgs))
-	for i, cfg := range cfgs {
-		v, ok := cfg.(Config)
-		if !ok {
-			return nil, fmt.Errorf("tenpak_x_v3: configuration %v (%T) is not a tenpak_x_v3 Config", cfg, cfg)
-		}
+	out, err := codec.ConfigsOf[Config]("tenpak_x_v3", cfgs)
+	if err != nil {
+		return nil, err
+	}
+	for _, v := range out {
 		if err := v.Valid(); err != nil {
 			return nil, err
 		}
-		out[i] = v
 	}
 	return out, nil
 }

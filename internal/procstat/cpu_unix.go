@@ -1,15 +1,16 @@
 //go:build unix
 
-package tenpakx
+package procstat
 
 import (
 	"syscall"
 	"time"
 )
 
-// cpuTime returns the CPU time (user + system) used by the process so far,
-// for benchmarks on machines shared with other work.
-func cpuTime() time.Duration {
+// CPUTime returns the CPU time (user + system) this process has used so
+// far, for benchmarks on machines shared with other work; 0 if it cannot
+// be read.
+func CPUTime() time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0

@@ -116,3 +116,17 @@ func ConfigsOf[T Config](codecName string, cfgs []Config) ([]T, error) {
 	}
 	return out, nil
 }
+
+// PlanConfigs converts each tensor's Config in p to a Planner's own type
+// T (ConfigsOf), naming the tensor in the error.
+func PlanConfigs[T Config](codecName string, p Plan) (map[string]T, error) {
+	plan := make(map[string]T, len(p.Configs))
+	for name, cfg := range p.Configs {
+		cs, err := ConfigsOf[T](codecName, []Config{cfg})
+		if err != nil {
+			return nil, fmt.Errorf("tensor %q: %w", name, err)
+		}
+		plan[name] = cs[0]
+	}
+	return plan, nil
+}

@@ -76,16 +76,14 @@ func (c *Codec) ConfigSize(cfg codec.Config, rows, cols int) (int64, error) {
 // each tensor named in p.Configs with its Config, weighting column errors
 // by p.Importance, with p.Summary as its Params.
 func (c *Codec) Planned(p codec.Plan) (codec.Codec, error) {
-	plan := make(map[string]Config, len(p.Configs))
-	for name, cfg := range p.Configs {
-		cs, err := configs([]codec.Config{cfg})
-		if err != nil {
+	plan, err := codec.PlanConfigs[Config]("tenpak_x_v2", p)
+	if err != nil {
+		return nil, err
+	}
+	for name, cfg := range plan {
+		if err := cfg.Valid(); err != nil {
 			return nil, fmt.Errorf("tensor %q: %w", name, err)
 		}
-		if err := cs[0].Valid(); err != nil {
-			return nil, fmt.Errorf("tensor %q: %w", name, err)
-		}
-		plan[name] = cs[0]
 	}
 	cc := *c
 	cc.plan, cc.imp, cc.summary = plan, p.Importance, p.Summary

@@ -199,13 +199,14 @@ func (c *Codec) EstimateSizes(x []float32, rows, cols int, imp []float32, cfgs [
 // tensor named in p.Configs with its Config, with column steps from
 // p.Importance, and caps each payload at p.Bytes[name] when present.
 func (c *Codec) Planned(p codec.Plan) (codec.Codec, error) {
-	plan := make(map[string]Config, len(p.Configs))
-	for name, cfg := range p.Configs {
-		cs, err := configs([]codec.Config{cfg})
-		if err != nil {
+	plan, err := codec.PlanConfigs[Config]("tenpak_x_v3", p)
+	if err != nil {
+		return nil, err
+	}
+	for name, cfg := range plan {
+		if err := cfg.Valid(); err != nil {
 			return nil, fmt.Errorf("tensor %q: %w", name, err)
 		}
-		plan[name] = cs[0]
 	}
 	cc := *c
 	cc.plan, cc.imp, cc.bytes, cc.summary = plan, p.Importance, p.Bytes, p.Summary

@@ -74,6 +74,17 @@ type SizeEstimator interface {
 	EstimateSizes(x []float32, rows, cols int, imp []float32, cfgs []Config) ([]int64, error)
 }
 
+// JointEstimator is a SizeEstimator that rounds the sample once per Config
+// for both the size and the distortion: rate control calls Estimate
+// instead of Distortions and EstimateSizes.
+type JointEstimator interface {
+	SizeEstimator
+	// Estimate returns EstimateSizes's sizes and, per Config, the
+	// distortion as Distortions defines it, of the sample rows coded as
+	// part of the whole rows×cols matrix.
+	Estimate(x []float32, rows, cols int, imp []float32, cfgs []Config) ([]int64, []float64, error)
+}
+
 // Plans reports whether the codec registered under name chooses a
 // configuration per tensor (implements Planner): the params of its records
 // then name each tensor's Config.

@@ -288,7 +288,16 @@ func estimate(src formats.Source, p codec.Planner, i int, t tensor.Info, imp []f
 	if len(cands) == 0 {
 		return nil, fmt.Errorf("%s offers no configuration for a %d×%d matrix", p.Name(), rows, cols)
 	}
-	dist, err := p.Distortions(x, cols, imp, cands)
+	var dist []float64
+	var sizes []int64
+	if je, ok := p.(codec.JointEstimator); ok {
+		sizes, dist, err = je.Estimate(x, rows, cols, imp, cands)
+		if err == nil && len(sizes) != len(cands) {
+			return nil, fmt.Errorf("%s: %d sizes for %d candidates", p.Name(), len(sizes), len(cands))
+		}
+	} else {
+		dist, err = p.Distortions(x, cols, imp, cands)
+	}
 	if err != nil {
 		return nil, err // ErrUnsupported: the tensor is stored unchanged
 	}
@@ -304,9 +313,10 @@ func estimate(src formats.Source, p codec.Planner, i int, t tensor.Info, imp []f
 		sig += w * float64(v) * float64(v)
 	}
 	scale := float64(rows) / float64(len(pick))
-	sizes, err := candidateSizes(p, x, rows, cols, imp, cands)
-	if err != nil {
-		return nil, err
+	if sizes == nil {
+		if sizes, err = candidateSizes(p, x, rows, cols, imp, cands); err != nil {
+			return nil, err
+		}
 	}
 	tt := &Tensor{Info: t, Signal: sig * scale, Weight: 1}
 	for k, c := range cands {

@@ -11,10 +11,11 @@ import (
 // Codec implements codec.Planner and codec.SizeEstimator: rate control
 // chooses a step exponent per tensor from sizes estimated on sampled rows.
 var (
-	_ codec.Planner       = (*Codec)(nil)
-	_ codec.SizeEstimator = (*Codec)(nil)
-	_ codec.RowDecoder    = (*Codec)(nil)
-	_ codec.ErrorBounder  = (*Codec)(nil)
+	_ codec.Planner        = (*Codec)(nil)
+	_ codec.SizeEstimator  = (*Codec)(nil)
+	_ codec.JointEstimator = (*Codec)(nil)
+	_ codec.RowDecoder     = (*Codec)(nil)
+	_ codec.ErrorBounder   = (*Codec)(nil)
 )
 
 // Candidates returns the Configs considered for every matrix: k from −8
@@ -74,38 +75,28 @@ func (c *Codec) sampled(x []float32, cols int, imp []float32, cfgs []codec.Confi
 // returns, for each Config, Σ imp[c]·(x − x̂)² with x̂ the values Decode
 // would give (TestRoundTrip checks it against a decode).
 func (c *Codec) Distortions(x []float32, cols int, imp []float32, cfgs []codec.Config) ([]float64, error) {
-	cs, n, imp, pr, err := c.sampled(x, cols, imp, cfgs)
-	if err != nil {
-		return nil, err
+	_, d, err := c.estimate(x, 0, cols, imp, cfgs, false)
+	return d, err
+}
+
+// distortion returns Σ imp[c]·(x − x̂)² of the sample x rounded as s.
+func distortion(x []float32, cols int, imp []float32, p *params, s *sampled) float64 {
+	// The decoder's values, from the centroids Encode would write.
+	rc := newRecon(s.bins.thetas())
+	var e float64
+	for j, v := range x {
+		cj := j % cols
+		var y float32
+		if s.mags[j] > 0 {
+			y = rc.value(s.mags[j], s.neg[j], p.stepc[cj])
+		}
+		d := float64(v) - float64(y)
+		if imp != nil {
+			d *= math.Sqrt(float64(imp[cj]))
+		}
+		e += d * d
 	}
-	out := make([]float64, len(cs))
-	for i, cfg := range cs {
-		p, ok := analyze(x, pr, n, cfg.K, 1, 1)
-		if !ok {
-			return nil, fmt.Errorf("%w: the step of k=%d is not a normal float32", codec.ErrUnsupported, cfg.K)
-		}
-		s := p.roundSample(x)
-		if s.tooLarge {
-			return nil, fmt.Errorf("%w: a weight is more than 2^40 steps from zero", codec.ErrUnsupported)
-		}
-		// The decoder's values, from the centroids Encode would write.
-		rc := newRecon(s.bins.thetas())
-		var e float64
-		for j, v := range x {
-			cj := j % cols
-			var y float32
-			if s.mags[j] > 0 {
-				y = rc.value(s.mags[j], s.neg[j], p.stepc[cj])
-			}
-			d := float64(v) - float64(y)
-			if imp != nil {
-				d *= math.Sqrt(float64(imp[cj]))
-			}
-			e += d * d
-		}
-		out[i] = e
-	}
-	return out, nil
+	return e
 }
 
 // ConfigSize implements codec.Planner: an upper bound of the payload size
@@ -152,26 +143,56 @@ const (
 // coded at their entropy, plus the tables of each row group's blocks, the
 // escapes, the raw bits and the fixed parts. It errs high by about 0.5 %.
 func (c *Codec) EstimateSizes(x []float32, rows, cols int, imp []float32, cfgs []codec.Config) ([]int64, error) {
+	sz, _, err := c.estimate(x, rows, cols, imp, cfgs, true)
+	return sz, err
+}
+
+// Estimate implements codec.JointEstimator: the sizes of EstimateSizes
+// and the distortions of Distortions, from one rounding of the sample
+// per Config, as Encode would round the sample's rows in a matrix of rows
+// rows (its contexts chosen for that matrix).
+func (c *Codec) Estimate(x []float32, rows, cols int, imp []float32, cfgs []codec.Config) ([]int64, []float64, error) {
+	return c.estimate(x, rows, cols, imp, cfgs, true)
+}
+
+// estimate rounds the sample x for each of cfgs as in a matrix of rows
+// rows (rows 0: the sample alone) and returns the distortions and, when
+// sizes is set, the estimated payload sizes.
+func (c *Codec) estimate(x []float32, rows, cols int, imp []float32, cfgs []codec.Config, sizes bool) ([]int64, []float64, error) {
 	cs, n, imp, pr, err := c.sampled(x, cols, imp, cfgs)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	if rows <= 0 {
+		rows = n
 	}
 	jcol := pr.jcol
 	scale := float64(rows) / float64(n)
 	rpg := max(1, GroupWeights/cols)
 	ng := (rows + rpg - 1) / rpg
-	out := make([]int64, len(cs))
+	var out []int64
+	if sizes {
+		out = make([]int64, len(cs))
+	}
+	dist := make([]float64, len(cs))
 	var ccA, ccB []uint8
-	if pr.ccls != nil && n >= 2 {
+	if sizes && pr.ccls != nil && n >= 2 {
 		ccA = classes(colSums(x[n/2*cols:], cols, jcol), pr.ncc)
 		ccB = classes(colSums(x[:n/2*cols], cols, jcol), pr.ncc)
 	}
 	for i, cfg := range cs {
 		p, ok := analyze(x, pr, rows, cfg.K, 1, 1)
 		if !ok {
-			return nil, fmt.Errorf("%w: the step of k=%d is not a normal float32", codec.ErrUnsupported, cfg.K)
+			return nil, nil, fmt.Errorf("%w: the step of k=%d is not a normal float32", codec.ErrUnsupported, cfg.K)
 		}
 		s := p.roundSample(x)
+		if s.tooLarge {
+			return nil, nil, fmt.Errorf("%w: a weight is more than 2^40 steps from zero", codec.ErrUnsupported)
+		}
+		dist[i] = distortion(x, cols, imp, p, s)
+		if !sizes {
+			continue
+		}
 		nctx := p.nrc * p.ncc
 		h := newHist(nctx)
 		p.hist(h, s, p.ccls, 0, n)
@@ -189,10 +210,9 @@ func (c *Codec) EstimateSizes(x []float32, rows, cols int, imp []float32, cfgs [
 		}
 		esc := float64(s.esc) * scale
 		low := float64(s.low) * scale
-		size := fixedSize(rows, cols, jcol != nil, c.ncls) + int64(math.Ceil(bits/8+esc+low)) + int64(ng)*6
-		out[i] = size
+		out[i] = fixedSize(rows, cols, jcol != nil, c.ncls) + int64(math.Ceil(bits/8+esc+low)) + int64(ng)*6
 	}
-	return out, nil
+	return out, dist, nil
 }
 
 // Planned implements codec.Planner: a copy of c (workers) that codes each

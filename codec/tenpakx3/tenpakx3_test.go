@@ -296,6 +296,44 @@ func TestEstimateSizes(t *testing.T) {
 	}
 }
 
+// TestEstimateJoint: Estimate gives EstimateSizes's sizes, Distortions's
+// values for a sample that is its whole matrix, and for a sample of a larger
+// matrix distortions within 2 % of the sample's own (the contexts differ).
+func TestEstimateJoint(t *testing.T) {
+	rows, cols := 512, 256
+	x := numtest.Realistic().Matrix(numtest.NewRand(4), rows, cols)
+	smp := x[:24*cols]
+	c := fixed(t, 0)
+	cfgs := codec.AsConfigs([]Config{{K: 0}, {K: 16}, {K: 40}})
+	sz, d, err := c.Estimate(smp, rows, cols, nil, cfgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := c.EstimateSizes(smp, rows, cols, nil, cfgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dSmp, err := c.Distortions(smp, cols, nil, cfgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, dSelf, err := c.Estimate(smp, 24, cols, nil, cfgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range cfgs {
+		if sz[i] != want[i] {
+			t.Errorf("config %d: size %d, EstimateSizes %d", i, sz[i], want[i])
+		}
+		if dSelf[i] != dSmp[i] {
+			t.Errorf("config %d: distortion %g of the sample alone, Distortions %g", i, dSelf[i], dSmp[i])
+		}
+		if r := d[i]/dSmp[i] - 1; math.Abs(r) > 0.02 || d[i] <= 0 {
+			t.Errorf("config %d: distortion %g in the matrix, %g alone (%+.2f%%)", i, d[i], dSmp[i], 100*r)
+		}
+	}
+}
+
 // TestSizeCap: a planned tensor whose allotted bytes are short of its
 // natural size is coarsened until it fits, and its params say so.
 func TestSizeCap(t *testing.T) {

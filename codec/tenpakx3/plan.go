@@ -180,8 +180,12 @@ func (c *Codec) estimate(x []float32, rows, cols int, imp []float32, cfgs []code
 		ccA = classes(colSums(x[n/2*cols:], cols, jcol), pr.ncc)
 		ccB = classes(colSums(x[:n/2*cols], cols, jcol), pr.ncc)
 	}
+	anchor := anchors(cs)
 	for i, cfg := range cs {
-		p, ok := analyze(x, pr, rows, cfg.K, 1, 1)
+		if !anchor[i] {
+			continue
+		}
+		p, ok := analyze(x, pr, rows, cfg.K, 1, 1, 1)
 		if !ok {
 			return nil, nil, fmt.Errorf("%w: the step of k=%d is not a normal float32", codec.ErrUnsupported, cfg.K)
 		}
@@ -212,7 +216,52 @@ func (c *Codec) estimate(x []float32, rows, cols int, imp []float32, cfgs []code
 		low := float64(s.low) * scale
 		out[i] = fixedSize(rows, cols, jcol != nil, c.ncls) + int64(math.Ceil(bits/8+esc+low)) + int64(ng)*6
 	}
+	interpolate(cs, anchor, out, dist)
 	return out, dist, nil
+}
+
+// anchors marks the Configs estimate rounds the sample for: every one when
+// there are few or they are not in increasing k, else those of k ≤ 8 (the
+// low rates, where size and distortion bend most) and every eighth k above
+// (one bit per weight apart), and the last. The others are interpolated
+// between their neighbours: in k, size is close to linear and the
+// logarithm of the distortion too (a step 2^(1/8) finer per unit of k;
+// TestInterpolatedEstimates measures the error).
+func anchors(cs []Config) []bool {
+	a := make([]bool, len(cs))
+	inc := len(cs) >= 8
+	for i := 1; i < len(cs) && inc; i++ {
+		inc = cs[i].K > cs[i-1].K
+	}
+	for i, c := range cs {
+		a[i] = !inc || i == 0 || i == len(cs)-1 || c.K <= 8 || c.K%8 == 0
+	}
+	return a
+}
+
+// interpolate fills the sizes (when present) and distortions of the
+// Configs that are not anchors from the anchors on either side.
+func interpolate(cs []Config, anchor []bool, sizes []int64, dist []float64) {
+	lo := -1
+	for i := range cs {
+		if anchor[i] {
+			lo = i
+			continue
+		}
+		hi := i + 1
+		for !anchor[hi] {
+			hi++
+		}
+		f := float64(cs[i].K-cs[lo].K) / float64(cs[hi].K-cs[lo].K)
+		if sizes != nil {
+			sizes[i] = int64(math.Ceil(float64(sizes[lo]) + f*float64(sizes[hi]-sizes[lo])))
+		}
+		if a, b := dist[lo], dist[hi]; a > 0 && b > 0 {
+			dist[i] = math.Exp(math.Log(a) + f*(math.Log(b)-math.Log(a)))
+		} else {
+			dist[i] = a + f*(b-a)
+		}
+	}
 }
 
 // Planned implements codec.Planner: a copy of c (workers) that codes each

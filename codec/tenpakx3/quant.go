@@ -219,7 +219,7 @@ func prepare(x []float32, rows, cols int, jcol []int8, ncls [2]int, workers int)
 // The contexts are chosen as for a tensor of fullRows rows (≥ rows): the
 // histograms scaled by fullRows/rows against the tables of its row
 // groups, so that a sample picks the contexts of its whole tensor.
-func analyze(x []float32, pr *prep, fullRows, k int, f float64, workers int) (*params, bool) {
+func analyze(x []float32, pr *prep, fullRows, k int, f float64, stride, workers int) (*params, bool) {
 	st := &pr.st
 	rows, cols := pr.rows, pr.cols
 	n := float64(rows) * float64(cols)
@@ -242,9 +242,13 @@ func analyze(x []float32, pr *prep, fullRows, k int, f float64, workers int) (*p
 		p.shift = shiftFor(rmsT / float64(p.step))
 	}
 	rpg := max(1, GroupWeights/cols)
-	p.plainPass(x, float64(fullRows)/float64(rows), (fullRows+rpg-1)/rpg, workers)
+	p.plainPass(x, float64(fullRows)/float64(rows)*float64(stride), (fullRows+rpg-1)/rpg, stride, workers)
 	return p, true
 }
+
+// statStride returns the stride of the rows a whole rows×cols matrix's
+// first pass rounds: every stride-th row, at least 2^18 weights in all.
+func statStride(rows, cols int) int { return max(1, rows*cols/(1<<18)) }
 
 // setSteps fills the per-column steps from step and jcol.
 func (p *params) setSteps() {
@@ -304,10 +308,11 @@ func (b *binSums) thetas() [NTheta]int8 {
 	return th
 }
 
-// plainPass rounds every value to the nearest level, builds each
-// context's symbol histogram (the bits of the optimised rounding) and the
-// centroids of the plain rounding (its reconstruction levels).
-func (p *params) plainPass(x []float32, scale float64, ng, workers int) {
+// plainPass rounds every value of every stride-th row to the nearest
+// level, builds each context's symbol histogram (the bits of the optimised
+// rounding) and the centroids of the plain rounding (its reconstruction
+// levels).
+func (p *params) plainPass(x []float32, scale float64, ng, stride, workers int) {
 	nctx := p.nrc * p.ncc
 	chunk := max(1, (1<<16)/p.cols)
 	nch := (p.rows + chunk - 1) / chunk
@@ -318,6 +323,9 @@ func (p *params) plainPass(x []float32, scale float64, ng, workers int) {
 			h := make([]uint32, nctx*256)
 			b := &bs[ch]
 			for r := ch * chunk; r < min(r1, (ch+1)*chunk); r++ {
+				if r%stride != 0 {
+					continue
+				}
 				for c, v := range x[r*p.cols : (r+1)*p.cols] {
 					t := p.norm(v, c)
 					m := math.Round(t)

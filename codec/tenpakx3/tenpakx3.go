@@ -345,7 +345,7 @@ type groupOut struct {
 // encodeMatrix codes x with step exponent k and step factor f.
 func encodeMatrix(x []float32, pr *prep, k int, f float64, workers int) (*encoded, error) {
 	rows, cols := pr.rows, pr.cols
-	p, ok := analyze(x, pr, rows, k, f, workers)
+	p, ok := analyze(x, pr, rows, k, f, statStride(rows, cols), workers)
 	if !ok {
 		return nil, fmt.Errorf("%w: the step of k=%d is not a normal float32 (RMS too small or too large)", codec.ErrUnsupported, k)
 	}

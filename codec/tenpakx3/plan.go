@@ -18,12 +18,12 @@ var (
 	_ codec.ErrorBounder   = (*Codec)(nil)
 )
 
-// Candidates returns the Configs considered for every matrix: k from −8
-// to 64 in steps of 2 (about 0.8 to 10 bits per Gaussian weight, the step
-// 2^(1/4) apart).
+// Candidates returns the Configs considered for every matrix: every k
+// from −8 to 64 (about 0.8 to 10 bits per Gaussian weight, the step 2^(1/8)
+// apart; estimate rounds the sample for 16 of them).
 func Candidates() []Config {
 	var out []Config
-	for k := -8; k <= 64; k += 2 {
+	for k := -8; k <= 64; k++ {
 		out = append(out, Config{K: k})
 	}
 	return out
@@ -221,9 +221,9 @@ func (c *Codec) estimate(x []float32, rows, cols int, imp []float32, cfgs []code
 }
 
 // anchors marks the Configs estimate rounds the sample for: every one when
-// there are few or they are not in increasing k, else those of k ≤ 8 (the
-// low rates, where size and distortion bend most) and every eighth k above
-// (one bit per weight apart), and the last. The others are interpolated
+// there are few or they are not in increasing k, else every even k ≤ 8
+// (the low rates, where size and distortion bend most), every eighth k
+// above (one bit per weight apart), the first and the last. The others are interpolated
 // between their neighbours: in k, size is close to linear and the
 // logarithm of the distortion too (a step 2^(1/8) finer per unit of k;
 // TestInterpolatedEstimates measures the error).
@@ -234,7 +234,7 @@ func anchors(cs []Config) []bool {
 		inc = cs[i].K > cs[i-1].K
 	}
 	for i, c := range cs {
-		a[i] = !inc || i == 0 || i == len(cs)-1 || c.K <= 8 || c.K%8 == 0
+		a[i] = !inc || i == 0 || i == len(cs)-1 || c.K <= 8 && c.K%2 == 0 || c.K%8 == 0
 	}
 	return a
 }

@@ -23,6 +23,8 @@
 #   BENCH_VENV  the benchmark's venv, for llama-cpp-python (default .venv-bench)
 #   TL_PRESET   the generated checkpoint's preset (default tinyllama; tiny
 #     for a quick check of the script)
+#   TL_MEM      --max-memory of part 2 (default 512MiB)
+#   PARTS       which parts to run (default "smol tl": part 1, parts 2 and 3)
 #
 # The machine is shared: run it when nothing else runs and read the medians
 # as such.
@@ -58,7 +60,11 @@ rm -f "$work"/*.t
 
 echo "== machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)"
 
+parts=" ${PARTS:-smol tl} "
+tlmem=${TL_MEM:-512MiB}
+
 # ---- 1. SmolLM2
+if [[ $parts == *" smol "* ]]; then
 smol=${SMOL:-}
 if [[ -z $smol ]]; then
 	src=$repo/.bench-cache/model/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -89,16 +95,18 @@ for l in v3-bpw3 v3-bpw4.5 v3-bpw6 v3-q4km; do
 	row "tpconvert --codec tenpak_x_v3 ${l#v3-}" "$l" "$(awk -v a="$(median "$l" 1)" -v b="$q" 'BEGIN {printf "%.2f×", a/b}')"
 done
 rm -f "$work/q4km.gguf" "$work/smol-v3.tpk"
+fi
+[[ $parts == *" tl "* ]] || exit 0
 
-# ---- 2. TinyLlama-shaped FP16, --bpw 4 at --max-memory 512MiB
+# ---- 2. TinyLlama-shaped FP16, --bpw 4 at --max-memory $tlmem
 preset=${TL_PRESET:-tinyllama}
 tl=$work/$preset-f16.safetensors
 [[ -f $tl ]] || bin/genmodel -preset "$preset" -dtype f16 -out "$tl"
 for i in $(seq "$runs"); do
-	timed tl-bpw4 "$tp" compress "$tl" --codec tenpak_x_v3 --bpw 4 --max-memory 512MiB -o "$work/tl.tpk" --force
+	timed tl-bpw4 "$tp" compress "$tl" --codec tenpak_x_v3 --bpw 4 --max-memory "$tlmem" -o "$work/tl.tpk" --force
 done
 echo
-echo "$preset-shaped FP16 checkpoint ($(stat -c %s "$tl") bytes), --codec tenpak_x_v3 --bpw 4 --max-memory 512MiB, medians of $runs:"
+echo "$preset-shaped FP16 checkpoint ($(stat -c %s "$tl") bytes), --codec tenpak_x_v3 --bpw 4 --max-memory $tlmem, medians of $runs:"
 echo
 echo '| run | wall s | peak RSS MiB | target |'
 echo '|---|---:|---:|---:|'

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"strings"
 	"testing"
 
@@ -256,6 +257,21 @@ func TestSpecialValues(t *testing.T) {
 	}
 }
 
+// namedMatrix is a test matrix and its name.
+type namedMatrix struct {
+	name string
+	x    []float32
+}
+
+// testMatrices returns Gaussian, heavy-tailed and realistic rows×cols matrices.
+func testMatrices(rng *rand.Rand, rows, cols int) []namedMatrix {
+	return []namedMatrix{
+		{"gaussian", numtest.Weights{Scale: 0.03}.Matrix(rng, rows, cols)},
+		{"student-t 3", numtest.Weights{Scale: 0.03, DF: 3}.Matrix(rng, rows, cols)},
+		{"realistic", numtest.Realistic().Matrix(rng, rows, cols)},
+	}
+}
+
 // TestEstimateSizes: sizes estimated from a sample of 24 of 512 rows lie within
 // −1.5 % and +2.5 % of the actual payload size, on Gaussian, heavy-tailed
 // and realistic rows (measured: −0.7 % to +2.0 %; the estimate aims
@@ -264,14 +280,7 @@ func TestSpecialValues(t *testing.T) {
 func TestEstimateSizes(t *testing.T) {
 	rows, cols := 512, 768
 	rng := numtest.NewRand(9)
-	for _, w := range []struct {
-		name string
-		x    []float32
-	}{
-		{"gaussian", numtest.Weights{Scale: 0.03}.Matrix(rng, rows, cols)},
-		{"student-t 3", numtest.Weights{Scale: 0.03, DF: 3}.Matrix(rng, rows, cols)},
-		{"realistic", numtest.Realistic().Matrix(rng, rows, cols)},
-	} {
+	for _, w := range testMatrices(rng, rows, cols) {
 		var smp []float32
 		for i := range 24 {
 			r := i * rows / 24
@@ -352,14 +361,7 @@ func TestInterpolatedEstimates(t *testing.T) {
 	if n > len(cs)/2 {
 		t.Errorf("%d of %d candidates are anchors", n, len(cs))
 	}
-	for _, w := range []struct {
-		name string
-		x    []float32
-	}{
-		{"gaussian", numtest.Weights{Scale: 0.03}.Matrix(rng, rows, cols)},
-		{"student-t 3", numtest.Weights{Scale: 0.03, DF: 3}.Matrix(rng, rows, cols)},
-		{"realistic", numtest.Realistic().Matrix(rng, rows, cols)},
-	} {
+	for _, w := range testMatrices(rng, rows, cols) {
 		smp := w.x[:32*cols]
 		c := fixed(t, 0)
 		sz, d, err := c.Estimate(smp, rows, cols, nil, codec.AsConfigs(cs))

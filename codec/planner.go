@@ -129,11 +129,17 @@ func ConfigsOf[T Config](codecName string, cfgs []Config) ([]T, error) {
 }
 
 // PlanConfigs converts each tensor's Config in p to a Planner's own type
-// T (ConfigsOf), naming the tensor in the error.
+// T (ConfigsOf) and, when T has a Valid method, checks it, naming the
+// tensor in the error.
 func PlanConfigs[T Config](codecName string, p Plan) (map[string]T, error) {
 	plan := make(map[string]T, len(p.Configs))
 	for name, cfg := range p.Configs {
 		cs, err := ConfigsOf[T](codecName, []Config{cfg})
+		if err == nil {
+			if v, ok := any(cs[0]).(interface{ Valid() error }); ok {
+				err = v.Valid()
+			}
+		}
 		if err != nil {
 			return nil, fmt.Errorf("tensor %q: %w", name, err)
 		}

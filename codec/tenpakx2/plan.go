@@ -1,10 +1,6 @@
 package tenpakx2
 
-import (
-	"fmt"
-
-	"github.com/tpconvert/tpconvert/codec"
-)
+import "github.com/tpconvert/tpconvert/codec"
 
 // Codec implements codec.Planner: rate control chooses one Config per
 // tensor among Candidates.
@@ -79,11 +75,6 @@ func (c *Codec) Planned(p codec.Plan) (codec.Codec, error) {
 	plan, err := codec.PlanConfigs[Config]("tenpak_x_v2", p)
 	if err != nil {
 		return nil, err
-	}
-	for name, cfg := range plan {
-		if err := cfg.Valid(); err != nil {
-			return nil, fmt.Errorf("tensor %q: %w", name, err)
-		}
 	}
 	cc := *c
 	cc.plan, cc.imp, cc.summary = plan, p.Importance, p.Summary

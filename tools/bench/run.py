@@ -177,22 +177,29 @@ def run_measured(cmd: list, logfile: Path) -> Measured:
 
 
 def open_gguf(path: Path):
-    """Open a GGUF file with gguf-py. Parsing the metadata (49k-token
-    vocabulary) takes seconds, so each file is opened once."""
-    import gguf
+    """Open a GGUF file: its tensors memory-mapped and its scalar metadata
+    (gguffile: under a second where gguf-py's reader parses a 151,936-token
+    vocabulary for 15-30 s)."""
+    from gguffile import GGUFFile
 
-    return gguf.GGUFReader(str(path))
+    return GGUFFile(path)
 
 
-def tensor_f32(t) -> np.ndarray:
-    """Return a GGUF tensor as float32 of shape (ne[1], ne[0]) (or 1-D)."""
-    import gguf
+_GGML = None
 
-    qt = t.tensor_type
-    if qt in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
-        a = np.asarray(t.data, dtype=np.float32)
-    else:
-        a = gguf.quants.dequantize(np.asarray(t.data), qt)
+
+def tensor_f32(t, out: np.ndarray | None = None) -> np.ndarray:
+    """Return a GGUF tensor as float32 of shape (ne[1], ne[0]) (or 1-D).
+    F16 and block types are decoded by libggml's own routines (ggmllib:
+    seconds where gguf-py's numpy decoder takes minutes for a 1.5B model).
+    ``out``, a float32 array of at least the tensor's size, receives the
+    values (the result is a view of it)."""
+    global _GGML
+    if _GGML is None:
+        from ggmllib import GGML
+
+        _GGML = GGML()
+    a = _GGML.dequantize(t.data, t.tensor_type, int(t.n_elements), out=out)
     return a.reshape([int(x) for x in reversed(t.shape)])
 
 
@@ -234,13 +241,8 @@ def type_census(tensors) -> dict:
 
 def gguf_string(reader, key: str) -> str | None:
     """A string field of a GGUF file's metadata, or None."""
-    f = reader.fields.get(key)
-    if f is None or not f.data:
-        return None
-    try:
-        return bytes(f.parts[f.data[0]]).decode("utf-8", errors="replace")
-    except (IndexError, TypeError):
-        return None
+    v = reader.fields.get(key)
+    return v if isinstance(v, str) else None
 
 
 # ---------------------------------------------------------------- producing
@@ -435,6 +437,10 @@ def analyse(base: Contestant, contestants: list) -> tuple[int, dict]:
     names = sorted(n for n, t in btens.items() if len(t.shape) == 2 and int(t.shape[0]) % 256 == 0)
     elements = int(sum(int(btens[n].n_elements) for n in names))
     out = {"tensors": names, "roles": sorted({role(n) for n in names}), "elements": elements, "rows": {}}
+    # Three decode buffers (baseline, contestant, its F32 restore) of the
+    # largest tensor, reused for every tensor of every contestant.
+    most = max(int(t.n_elements) for t in r.tensors)
+    bufs = [np.empty(most, dtype=np.float32) for _ in range(3)]
     done: dict = {}
     for c in contestants:
         twin = done.get(c.gguf)
@@ -464,10 +470,10 @@ def analyse(base: Contestant, contestants: list) -> tuple[int, dict]:
         types = collections.Counter()
         exact = total = 0
         for n in sorted(set(names) | comp):
-            ref = tensor_f32(btens[n])
-            got = tensor_f32(tensors[n])
+            ref = tensor_f32(btens[n], bufs[0])
+            got = tensor_f32(tensors[n], bufs[1])
             if n in comp:
-                exact += M.exact_count(ref, got if gtensors is tensors else tensor_f32(gtensors[n]))
+                exact += M.exact_count(ref, got if gtensors is tensors else tensor_f32(gtensors[n], bufs[2]))
                 total += int(ref.size)
             if n in names:
                 acc.add(ref, got)
@@ -551,6 +557,10 @@ def evaluate(contestants: list, corpora: list, n_windows: int | None, work: Path
     eval_s = {c.name: collections.Counter() for c in contestants}
     loads = []
     speed = {}
+    # The baseline's side of every window (its logits, probabilities and
+    # log-sum-exp), computed once and kept for every contestant.
+    bases: list = [None] * len(flat)
+    scratch = np.empty((N_CTX - 1, vocab), dtype=np.float32)
     t_start = time.perf_counter()
     first: dict = {}  # tensor hash -> the contestant evaluated for it
     for ci, c in enumerate(contestants):
@@ -563,26 +573,31 @@ def evaluate(contestants: list, corpora: list, n_windows: int | None, work: Path
             continue
         if c.tensor_hash:
             first[c.tensor_hash] = c
+        t_load = time.perf_counter()
         if ci > 0:
             llm = load_llama(c.gguf)
-        n_tok = 0
+        t_load = time.perf_counter() - t_load
+        n_tok, t_score = 0, 0.0
         for wi, (path, win) in enumerate(flat):
             t0 = time.perf_counter()
             llm.reset()
             llm.eval(win)
             eval_s[c.name][path] += time.perf_counter() - t0
             n_tok += len(win)
+            t1 = time.perf_counter()
             scores = llm.scores[: N_CTX - 1]
             if ci == 0:
                 mm[wi] = scores
-            accs[c.name][path].add(M.BaseWindow(mm[wi], win).score(scores))
+                bases[wi] = M.BaseWindow(scores, win, scratch[: len(win) - 1])
+            accs[c.name][path].add(bases[wi].score(scores))
+            t_score += time.perf_counter() - t1
             loads.append(os.getloadavg()[0])
         llm.close()
         del llm
         busy = sum(eval_s[c.name].values())  # llama.cpp's own time, scoring excluded
         speed[c.name] = n_tok / busy if busy > 0 else float("nan")
         el = time.perf_counter() - t_start
-        log(f"eval {c.name}: {len(flat)} windows, {speed[c.name]:.1f} tokens/s; "
+        log(f"eval {c.name}: {len(flat)} windows, {speed[c.name]:.1f} tokens/s (load {t_load:.0f}s, llama.cpp {busy:.0f}s, scoring {t_score:.0f}s); "
             f"{el:.0f}s elapsed, ~{el / (ci + 1) * (len(contestants) - ci - 1):.0f}s left")
         if ci == 0:
             mm.flush()
@@ -1129,7 +1144,7 @@ def render_markdown(res: dict, plot_link: str = "docs/rd-plot.png") -> str:
     L.append(
         f"The {len(ws['tensors'])} tensors whose rows are a multiple of 256 ({', '.join(ws['roles'])}; "
         f"{ws['elements']:,} weights) hold no fallback types, so codec meets codec here. Each file's tensors are "
-        "dequantized (`gguf.quants.dequantize` for llama.cpp types; the restored GGUF for tpconvert) and compared with "
+        "decoded to float32 by libggml's own `to_float` routines (the pinned llama-cpp-python's; the restored GGUF for tpconvert) and compared with "
         "the baseline. SQNR = 10·log10(Σx² / Σ(x−x̂)²) over all these tensors together; mean = mean of the per-tensor "
         "values. bits/weight = bytes of these tensors × 8 / weights (tpconvert: stored record bytes from its report)."
     )
@@ -1309,7 +1324,7 @@ def check_disk(st: dict, base: Contestant, work: Path, corpora: list, n_windows:
         wins += cap if n_windows is None else min(cap, n_windows)
     reader = open_gguf(base.gguf)
     field = reader.fields.get("tokenizer.ggml.tokens")
-    vocab = len(field.data) if field is not None else 0
+    vocab = getattr(field, "count", 0)
     del reader
     logits = work / "baseline-logits.npy"
     have = logits.stat().st_size if logits.exists() else 0

@@ -116,6 +116,28 @@ class TestScoreWindow:
         with pytest.raises(ValueError):
             m.score_window(np.zeros((2, 3)), np.zeros((2, 3)), [0, 1, 2, 0])
 
+    def test_kept_windows_sharing_one_buffer_score_as_fresh_ones(self):
+        # evaluate keeps every window's baseline side and scores each
+        # contestant against it with one shared scratch buffer: the results
+        # must equal a fresh BaseWindow's per (window, candidate) pair.
+        rng = np.random.default_rng(5)
+        vocab, n = 300, 8
+        bases = [(rng.normal(size=(n, vocab)) * 3).astype(np.float32) for _ in range(3)]
+        toks = [rng.integers(0, vocab, size=n) for _ in range(3)]
+        buf = np.empty((n - 1, vocab), dtype=np.float32)
+        kept = [m.BaseWindow(b, t, buf) for b, t in zip(bases, toks)]
+        for scale in (0.5, 0.05):
+            for b, t, k in zip(bases, toks, kept):
+                cand = (b + rng.normal(scale=scale, size=b.shape)).astype(np.float32)
+                got, want = k.score(cand), m.BaseWindow(b, t).score(cand)
+                for f in ("nll", "base_nll", "kl", "top1"):
+                    assert np.array_equal(getattr(got, f), getattr(want, f)), f
+                assert np.all(got.kl > 0)
+
+    def test_buffer_of_the_wrong_shape_is_refused(self):
+        with pytest.raises(ValueError):
+            m.BaseWindow(np.zeros((3, 4), dtype=np.float32), [0, 1, 2, 3], np.empty((3, 5), dtype=np.float32))
+
 
 class TestAccumulator:
     def test_two_windows_equal_one_concatenated(self):
@@ -226,6 +248,24 @@ class TestSQNR:
     def test_shape_mismatch(self):
         with pytest.raises(ValueError):
             m.SQNR().add(np.ones(3), np.ones(4))
+
+    @pytest.mark.parametrize("chunk", [1, 7, 1000, 1 << 20])
+    def test_chunks_add_up_to_the_whole(self, chunk, monkeypatch):
+        # add works a chunk at a time; every chunk size, including ones
+        # that leave a partial last chunk, gives the float64 whole-array answer.
+        monkeypatch.setattr(m, "SQNR_CHUNK", chunk)
+        rng = np.random.default_rng(2)
+        ref = rng.normal(size=(50, 41)).astype(np.float32)
+        approx = (ref + rng.normal(scale=0.1, size=ref.shape)).astype(np.float32)
+        r, e = ref.astype(np.float64).ravel(), (ref.astype(np.float64) - approx.astype(np.float64)).ravel()
+        want = 10 * math.log10(np.dot(r, r) / np.dot(e, e))
+        acc = m.SQNR()
+        assert acc.add(ref, approx) == pytest.approx(want, rel=1e-6)
+        assert acc.signal == pytest.approx(np.dot(r, r), rel=1e-6)
+        assert acc.noise == pytest.approx(np.dot(e, e), rel=1e-5)
+        # float64 input stays float64
+        acc64 = m.SQNR()
+        assert acc64.add(ref.astype(np.float64), approx.astype(np.float64)) == pytest.approx(want, rel=1e-12)
 
 
 class TestMarkdown:
@@ -714,3 +754,86 @@ class TestDiskNeeded:
     def test_negative_refused(self):
         with pytest.raises(ValueError):
             m.disk_needed(-1, 0, 0, 0, 2, 2)
+
+
+import gguf  # noqa: E402
+import gguffile as gf  # noqa: E402
+
+FIXTURE_GGUF = Path(__file__).resolve().parents[2] / "fixtures" / "tiny-llama.gguf"
+
+
+def write_gguf(path: Path) -> None:
+    """A small GGUF with every kind of metadata value and three tensor types."""
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_uint32("t.u32", 7)
+    w.add_int64("t.i64", -5)
+    w.add_float32("t.f32", 0.5)
+    w.add_bool("t.bool", True)
+    w.add_string("t.str", "héllo")
+    w.add_array("t.strs", ["a", "bb", "", "dddd"])
+    w.add_array("t.ints", [1, 2, 3])
+    w.add_array("t.nested", [[1, 2], [3]])
+    rng = np.random.default_rng(0)
+    w.add_tensor("a.f32", rng.normal(size=(3, 5)).astype(np.float32))
+    w.add_tensor("b.f16", rng.normal(size=(2, 64)).astype(np.float16))
+    q = rng.integers(0, 256, size=(2, 34), dtype=np.uint8)  # 2 rows of one Q8_0 block
+    w.add_tensor("c.q8", q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+class TestGGUFFile:
+    def check_against_gguf_py(self, path: Path) -> gf.GGUFFile:
+        ours, ref = gf.GGUFFile(path), gguf.GGUFReader(str(path))
+        assert [t.name for t in ours.tensors] == [t.name for t in ref.tensors]
+        for a, b in zip(ours.tensors, ref.tensors):
+            assert a.tensor_type == b.tensor_type
+            assert a.shape == [int(x) for x in b.shape]
+            assert (a.n_elements, a.n_bytes) == (int(b.n_elements), int(b.n_bytes))
+            assert np.array_equal(a.data.view(np.uint8), np.ascontiguousarray(b.data).view(np.uint8).ravel())
+        keys = [k for k in ref.fields if not k.startswith("GGUF.")]
+        assert sorted(ours.fields) == sorted(keys)
+        for k in keys:
+            f, v = ref.fields[k], ours.fields[k]
+            if isinstance(v, gf.GGUFArray):
+                if v.type != gf.ARRAY:
+                    assert v.count == len(f.data), k
+            elif isinstance(v, str):
+                assert v == bytes(f.parts[f.data[0]]).decode(), k
+            else:
+                assert v == f.parts[f.data[0]][0], k
+        return ours
+
+    def test_fixture_matches_gguf_py(self):
+        g = self.check_against_gguf_py(FIXTURE_GGUF)
+        assert len(g.tensors) > 0
+
+    def test_every_value_kind(self, tmp_path):
+        p = tmp_path / "t.gguf"
+        write_gguf(p)
+        g = self.check_against_gguf_py(p)
+        f = g.fields
+        assert (f["t.u32"], f["t.i64"], f["t.f32"], f["t.bool"], f["t.str"]) == (7, -5, 0.5, True, "héllo")
+        assert f["t.strs"] == gf.GGUFArray(gf.STRING, 4)
+        assert f["t.nested"] == gf.GGUFArray(gf.ARRAY, 2)
+        t = {x.name: x for x in g.tensors}
+        assert t["a.f32"].data.dtype == np.float32 and t["a.f32"].shape == [5, 3]
+        assert t["b.f16"].data.dtype == np.float16 and t["c.q8"].n_bytes == 68 and t["c.q8"].n_elements == 64
+
+    @pytest.mark.parametrize("cut", [3, 30, 200])
+    def test_truncated_file_is_an_error(self, tmp_path, cut):
+        p = tmp_path / "t.gguf"
+        write_gguf(p)
+        b = p.read_bytes()
+        bad = tmp_path / "cut.gguf"
+        bad.write_bytes(b[:cut] if cut < 200 else b[:-40])  # 200: lose the end of the last tensor (68 bytes, padded to 96)
+        with pytest.raises(gf.GGUFError):
+            gf.GGUFFile(bad)
+
+    def test_not_gguf(self, tmp_path):
+        p = tmp_path / "x.gguf"
+        p.write_bytes(b"GGML" + bytes(60))
+        with pytest.raises(gf.GGUFError, match="not a GGUF"):
+            gf.GGUFFile(p)

@@ -242,8 +242,8 @@ type RowEncoder interface {
 // bytes (the last chunk what remains) independently of the others. The
 // pipeline then codes a large tensor in parts: MeasureChunks reads the
 // source once to learn the payload's exact size (a record's size comes
-// before its payload), and the chunks are coded again as they are
-// written.
+// before its payload), and the chunks are read back from a Spill as they
+// are written, or coded again without one.
 type ChunkEncoder interface {
 	ByteCodec
 	// ChunkBytes returns the source bytes each chunk of t codes, or 0
@@ -253,8 +253,19 @@ type ChunkEncoder interface {
 	// chunks at a time, calls release(off, n) for each range of src it
 	// is done with, and returns t's chunk coder; it stops with ctx's
 	// error between windows. Its memory besides src is its goroutines'
-	// scratch.
-	MeasureChunks(ctx context.Context, t tensor.Info, src []byte, window int, release func(off, n int64)) (Chunks, error)
+	// scratch. With a spill (nil: none), it writes the chunks it codes
+	// there, and the coder's AppendChunks reads them back instead of
+	// coding them again; a spill that fails (a full disk) is given up and
+	// the chunks are coded again: the bytes are the same either way.
+	MeasureChunks(ctx context.Context, t tensor.Info, src []byte, window int, release func(off, n int64), spill Spill) (Chunks, error)
+}
+
+// Spill is scratch space for coded chunks, typically an unlinked
+// temporary file beside the output (*os.File). Its reads and writes may
+// run concurrently at disjoint offsets.
+type Spill interface {
+	io.ReaderAt
+	io.WriterAt
 }
 
 // Chunks codes one tensor's payload in parts (ChunkEncoder).

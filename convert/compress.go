@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -190,6 +191,9 @@ func CompressFile(ctx context.Context, in, out string, o CompressOptions) (*Repo
 		NoStats:     o.NoStats,
 		AllowLarger: o.AllowLarger,
 		PassThrough: o.PassThrough,
+		// Lossless chunks are kept beside the output between measuring
+		// and writing them (unlinked at once), so each is coded once.
+		SpillDir: filepath.Dir(out),
 	})
 	if err != nil {
 		return nil, err

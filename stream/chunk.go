@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+	"os"
+	"sync"
 
 	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/formats"
@@ -386,8 +388,55 @@ type compressChunks struct {
 	enc   []*rowsEnc
 	ready []chan struct{}
 	// chunks[i] codes tensor i's payload in parts (codec.ChunkEncoder),
-	// or is nil when it is stored unchanged; set with bytes[i].
+	// or is nil when it is stored unchanged; set with bytes[i]. spills[i]
+	// is the file its coded chunks are kept in (o.SpillDir), closed when
+	// its last chunk is written or Compress returns.
 	chunks []codec.Chunks
+	spills []*spillFile
+}
+
+// spillFile is an unlinked temporary file in CompressOptions.SpillDir
+// (where unlinking an open file fails, it is removed when closed).
+type spillFile struct {
+	*os.File
+	name string // to remove at close; "" once unlinked
+	once sync.Once
+}
+
+// newSpill creates a spill file in dir, or returns nil (the chunks are
+// then coded twice).
+func newSpill(dir string) *spillFile {
+	if dir == "" {
+		return nil
+	}
+	f, err := os.CreateTemp(dir, ".tpconvert-spill-*")
+	if err != nil {
+		return nil
+	}
+	s := &spillFile{File: f, name: f.Name()}
+	if os.Remove(f.Name()) == nil {
+		s.name = ""
+	}
+	return s
+}
+
+func (s *spillFile) close() {
+	if s == nil {
+		return
+	}
+	s.once.Do(func() {
+		s.File.Close()
+		if s.name != "" {
+			os.Remove(s.name)
+		}
+	})
+}
+
+// closeSpills closes every spill file still open.
+func (c *compressChunks) closeSpills() {
+	for _, s := range c.spills {
+		s.close()
+	}
 }
 
 // rowsEnc is a tensor being encoded in row chunks by a codec.RowEncoder:
@@ -507,6 +556,7 @@ func (c *compressChunks) doWrite(k int, v encoded) error {
 		c.prog.upTo(i, t, off+n, t.Size)
 		return nil
 	}
+	c.spills[i].close()
 	if c.fell[i] {
 		return nil
 	}
@@ -528,7 +578,11 @@ func (c *compressChunks) measure(ctx context.Context, k int, b []byte) (encoded,
 	i, t := c.items[k].t, c.infos[c.items[k].t]
 	pc := c.o.PassThrough
 	per := c.items[k+1].r1 - c.items[k+1].r0
-	ch, err := pc.(codec.ChunkEncoder).MeasureChunks(ctx, t, b, int(per), func(off, n int64) { releaseRange(c.src, i, off, n) })
+	var spill codec.Spill
+	if sp := newSpill(c.o.SpillDir); sp != nil {
+		c.spills[i], spill = sp, sp
+	}
+	ch, err := pc.(codec.ChunkEncoder).MeasureChunks(ctx, t, b, int(per), func(off, n int64) { releaseRange(c.src, i, off, n) }, spill)
 	if err != nil {
 		return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
 	}
@@ -537,6 +591,8 @@ func (c *compressChunks) measure(ctx context.Context, k int, b []byte) (encoded,
 	if ch.Size() < size {
 		c.chunks[i], size = ch, ch.Size()
 		e.Codec, e.CodecID, e.CodecVersion, e.Params = pc.Name(), pc.ID(), pc.Version(), pc.Params()
+	} else {
+		c.spills[i].close() // stored unchanged: the coded chunks are not needed
 	}
 	close(c.ready[i])
 	return encoded{entry: e, size: size}, nil

@@ -445,25 +445,37 @@ func TestChunkedLossless(t *testing.T) {
 			t.Fatal(err)
 		}
 		var outs [][]byte
+		spillDir := t.TempDir()
 		for _, mem := range []int64{64 << 20, budget} {
 			for _, workers := range []int{1, 3} {
-				var buf bytes.Buffer
-				var res []Result
-				ws := reservations(t, func() error {
-					var err error
-					res, err = compressTPK(context.Background(), src, &buf, CompressOptions{
-						Options: Options{Workers: workers, MaxMemory: mem, StrictMemory: mem == budget},
-						Codec:   c, PassThrough: pass.(codec.ByteCodec),
-						Select: func(t tensor.Info) bool { return t.Name == "model.norm.weight" }})
-					return err
-				})
-				checkLosslessReservations(t, name+" compress", ws, len(src.infos), mem, budget)
-				for k, want := range []string{"lossless", "lossless", "none"} {
-					if got := res[k].Entry.Codec; got != want {
-						t.Errorf("%s: %s stored with %s, want %s", name, src.infos[k].Name, got, want)
-					}
+				// Chunked runs also keep their coded chunks in a spill
+				// file, or try to in a directory that does not exist.
+				spills := []string{""}
+				if mem == budget {
+					spills = append(spills, spillDir, filepath.Join(spillDir, "missing"))
 				}
-				outs = append(outs, buf.Bytes())
+				for _, sd := range spills {
+					var buf bytes.Buffer
+					var res []Result
+					ws := reservations(t, func() error {
+						var err error
+						res, err = compressTPK(context.Background(), src, &buf, CompressOptions{
+							Options: Options{Workers: workers, MaxMemory: mem, StrictMemory: mem == budget},
+							Codec:   c, PassThrough: pass.(codec.ByteCodec), SpillDir: sd,
+							Select: func(t tensor.Info) bool { return t.Name == "model.norm.weight" }})
+						return err
+					})
+					if left, _ := os.ReadDir(spillDir); len(left) != 0 {
+						t.Fatalf("%s: %d files left in the spill directory", name, len(left))
+					}
+					checkLosslessReservations(t, name+" compress", ws, len(src.infos), mem, budget)
+					for k, want := range []string{"lossless", "lossless", "none"} {
+						if got := res[k].Entry.Codec; got != want {
+							t.Errorf("%s: %s stored with %s, want %s", name, src.infos[k].Name, got, want)
+						}
+					}
+					outs = append(outs, buf.Bytes())
+				}
 			}
 		}
 		rd := sameOutputs(t, name, outs, dir)

@@ -80,6 +80,14 @@ type CompressOptions struct {
 	// such a tensor is stored unchanged, with a Note ending in
 	// NoteNotSmaller.
 	AllowLarger bool
+	// SpillDir, if set, is where a tensor coded in lossless chunks
+	// (codec.ChunkEncoder) keeps its coded chunks between measuring them
+	// and writing them, in an unlinked temporary file (at most about the
+	// tensor's size on disk, while the tensor is written), so that each
+	// chunk is coded once. The output's directory is a good choice: the
+	// output needs that space anyway. Empty, or when the file cannot be
+	// made or written, the chunks are coded twice; the bytes are the same.
+	SpillDir string
 }
 
 // Result describes what happened to one tensor.
@@ -166,6 +174,8 @@ func Compress(ctx context.Context, src formats.Source, sink formats.RecordSink, 
 			cw.ready[i] = make(chan struct{})
 		}
 	}
+	cw.spills = make([]*spillFile, len(infos))
+	defer cw.closeSpills()
 	if err := orderedUntil(ctx, len(items), o.Workers, o.MaxMemory, itemCost(items), itemUntil(items), cw.doWork, cw.doWrite); err != nil {
 		return nil, err
 	}
@@ -248,7 +258,7 @@ func inParts(ctx context.Context, release func(off, n int64)) passFunc {
 		if cb <= 0 || len(b) == 0 {
 			return passThrough(pc, t, b, e, note)
 		}
-		ch, err := ce.MeasureChunks(ctx, t, b, int(max(partsWindow/cb, 1)), release)
+		ch, err := ce.MeasureChunks(ctx, t, b, int(max(partsWindow/cb, 1)), release, nil)
 		if err != nil {
 			return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
 		}

@@ -21,7 +21,9 @@ import (
 	"io"
 	"math"
 	"math/bits"
+	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/klauspost/compress/huff0"
 	"github.com/klauspost/compress/zstd"
@@ -359,6 +361,12 @@ type chunks struct {
 	src            []byte
 	elems, size    int64 // the tensor's elements; the payload's size (MeasureChunks)
 	body           int64 // header and chunks, before any padding
+	// spill keeps the coded chunks (MeasureChunks): chunk k's sizes[k]
+	// bytes at k·slot, unless spillFailed.
+	spill       codec.Spill
+	sizes       []int64
+	slot        int64
+	spillFailed atomic.Bool
 }
 
 var _ codec.ChunkEncoder = (*Codec)(nil)
@@ -422,8 +430,10 @@ func (*Codec) ChunkBytes(t tensor.Info) int64 {
 }
 
 // MeasureChunks implements codec.ChunkEncoder: it codes every chunk once,
-// window chunks at a time in parallel, keeping only their sizes.
-func (c *Codec) MeasureChunks(ctx context.Context, t tensor.Info, src []byte, window int, release func(off, n int64)) (codec.Chunks, error) {
+// window chunks at a time in parallel, keeping only their sizes, and with
+// a spill each chunk's bytes there too, chunk k at k·slot (a sparse file
+// holds only what is written).
+func (c *Codec) MeasureChunks(ctx context.Context, t tensor.Info, src []byte, window int, release func(off, n int64), spill codec.Spill) (codec.Chunks, error) {
 	window = max(window, 1)
 	ch, err := begin(t, src, int64(window)*c.ChunkBytes(t), release)
 	if err != nil {
@@ -431,6 +441,11 @@ func (c *Codec) MeasureChunks(ctx context.Context, t tensor.Info, src []byte, wi
 	}
 	nchunks := ch.count()
 	sizes := make([]int64, min(window, nchunks))
+	if spill != nil {
+		ch.spill, ch.sizes = spill, make([]int64, nchunks)
+		in := int64(ch.chunk) * int64(width(ch.form))
+		ch.slot = in + maxOverhead(in)
+	}
 	ch.body = headerSize
 	for w0 := 0; w0 < nchunks; w0 += window {
 		if err := ctx.Err(); err != nil {
@@ -446,6 +461,7 @@ func (c *Codec) MeasureChunks(ctx context.Context, t tensor.Info, src []byte, wi
 					return err
 				}
 				*buf, sizes[j] = out, int64(len(out))
+				ch.keep(w0+j, out)
 			}
 			return nil
 		})
@@ -463,6 +479,34 @@ func (c *Codec) MeasureChunks(ctx context.Context, t tensor.Info, src []byte, wi
 	return ch, nil
 }
 
+// keep writes chunk k's coded bytes to the spill, or gives the spill up.
+func (ch *chunks) keep(k int, out []byte) {
+	if ch.spill == nil || ch.spillFailed.Load() {
+		return
+	}
+	ch.sizes[k] = int64(len(out))
+	if int64(len(out)) > ch.slot {
+		ch.spillFailed.Store(true)
+		return
+	}
+	if _, err := ch.spill.WriteAt(out, int64(k)*ch.slot); err != nil {
+		ch.spillFailed.Store(true)
+	}
+}
+
+// appendKept appends chunk k as kept in the spill, or codes it again.
+func (ch *chunks) appendKept(dst []byte, k int) ([]byte, error) {
+	if ch.spill == nil || ch.spillFailed.Load() {
+		return ch.appendChunk(dst, k)
+	}
+	n := int(ch.sizes[k])
+	dst = slices.Grow(dst, n)
+	if m, err := ch.spill.ReadAt(dst[len(dst):len(dst)+n], int64(k)*ch.slot); m != n || err != nil && !errors.Is(err, io.EOF) {
+		return ch.appendChunk(dst, k)
+	}
+	return dst[:len(dst)+n], nil
+}
+
 var outPool = sync.Pool{New: func() any { return new([]byte) }}
 
 // Size implements codec.Chunks.
@@ -475,7 +519,7 @@ func (ch *chunks) AppendChunks(dst []byte, k0, k1 int) ([]byte, error) {
 	}
 	for k := k0; k < k1; k++ {
 		var err error
-		if dst, err = ch.appendChunk(dst, k); err != nil {
+		if dst, err = ch.appendKept(dst, k); err != nil {
 			return nil, err
 		}
 	}

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/tpconvert/tpconvert/codec"
@@ -142,64 +144,113 @@ func TestChunksMatchWhole(t *testing.T) {
 		want := encode(t, c, fc.ti, fc.src)
 		nchunks := int((fc.ti.Size + cb - 1) / cb)
 		for _, per := range []int{1, 2, 3, nchunks} {
-			var released []int64 // the measuring pass's ranges, in order
-			ch, err := c.MeasureChunks(context.Background(), fc.ti, fc.src, per, func(off, n int64) {
-				if off == 0 {
-					released = released[:0]
+			for _, sk := range []string{"none", "kept", "write fails", "read fails"} {
+				var spill *memSpill
+				var sp codec.Spill
+				if sk != "none" {
+					spill = &memSpill{failWrite: sk == "write fails", failRead: sk == "read fails"}
+					sp = spill
 				}
-				released = append(released, off, n)
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if ch.Size() != int64(len(want)) {
-				t.Fatalf("%s %v per %d: Size %d, payload %d bytes", fc.ti.DType, fc.ti.Shape, per, ch.Size(), len(want))
-			}
-			var end int64
-			for k := 0; k < len(released); k += 2 {
-				if released[k] != end || released[k+1] > int64(per)*cb {
-					t.Fatalf("%s per %d: released [%d, +%d) after %d", fc.ti.DType, per, released[k], released[k+1], end)
+				var released []int64 // the measuring pass's ranges, in order
+				ch, err := c.MeasureChunks(context.Background(), fc.ti, fc.src, per, func(off, n int64) {
+					if off == 0 {
+						released = released[:0]
+					}
+					released = append(released, off, n)
+				}, sp)
+				if err != nil {
+					t.Fatal(err)
 				}
-				end += released[k+1]
-			}
-			if end != fc.ti.Size {
-				t.Fatalf("%s per %d: released %d of %d bytes", fc.ti.DType, per, end, fc.ti.Size)
-			}
-			parts := make([][]byte, (nchunks+per-1)/per)
-			x, err := c.IndexChunks(want, fc.ti, 1, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			dec := make([]byte, fc.ti.Size)
-			var wg sync.WaitGroup
-			errs := make([]error, len(parts))
-			for j := range parts {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					k0, k1 := j*per, min((j+1)*per, nchunks)
-					if parts[j], errs[j] = ch.AppendChunks(nil, k0, k1); errs[j] != nil {
-						return
+				if ch.Size() != int64(len(want)) {
+					t.Fatalf("%s %v per %d: Size %d, payload %d bytes", fc.ti.DType, fc.ti.Shape, per, ch.Size(), len(want))
+				}
+				var end int64
+				for k := 0; k < len(released); k += 2 {
+					if released[k] != end || released[k+1] > int64(per)*cb {
+						t.Fatalf("%s per %d: released [%d, +%d) after %d", fc.ti.DType, per, released[k], released[k+1], end)
 					}
-					off := int64(k0) * cb
-					errs[j] = x.DecodeChunks(dec[off:min(int64(k1)*cb, fc.ti.Size)], k0, k1)
-					if a, b := x.Range(k0, k1); !bytes.Equal(want[a:b], parts[j]) {
-						errs[j] = fmt.Errorf("chunks [%d, %d): Range [%d, %d) is not their bytes", k0, k1, a, b)
+					end += released[k+1]
+				}
+				if end != fc.ti.Size {
+					t.Fatalf("%s per %d: released %d of %d bytes", fc.ti.DType, per, end, fc.ti.Size)
+				}
+				parts := make([][]byte, (nchunks+per-1)/per)
+				x, err := c.IndexChunks(want, fc.ti, 1, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				dec := make([]byte, fc.ti.Size)
+				var wg sync.WaitGroup
+				errs := make([]error, len(parts))
+				for j := range parts {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						k0, k1 := j*per, min((j+1)*per, nchunks)
+						if parts[j], errs[j] = ch.AppendChunks(nil, k0, k1); errs[j] != nil {
+							return
+						}
+						off := int64(k0) * cb
+						errs[j] = x.DecodeChunks(dec[off:min(int64(k1)*cb, fc.ti.Size)], k0, k1)
+						if a, b := x.Range(k0, k1); !bytes.Equal(want[a:b], parts[j]) {
+							errs[j] = fmt.Errorf("chunks [%d, %d): Range [%d, %d) is not their bytes", k0, k1, a, b)
+						}
+					}()
+				}
+				wg.Wait()
+				if err := errors.Join(errs...); err != nil {
+					t.Fatalf("%s per %d: %v", fc.ti.DType, per, err)
+				}
+				if got := bytes.Join(parts, nil); !bytes.Equal(got, want) {
+					t.Fatalf("%s %v per %d: parts of %d bytes differ from the payload of %d", fc.ti.DType, fc.ti.Shape, per, len(got), len(want))
+				}
+				if !bytes.Equal(dec, fc.src) {
+					t.Fatalf("%s per %d: decoded chunks differ from the source", fc.ti.DType, per)
+				}
+				// Kept chunks are read back, each once; a spill that failed
+				// is not read (write) or read and given up (read).
+				if spill != nil {
+					want := map[string]int{"kept": nchunks, "write fails": 0, "read fails": nchunks}[sk]
+					if spill.reads.Load() != int64(want) {
+						t.Fatalf("%s per %d, spill %s: %d reads, want %d", fc.ti.DType, per, sk, spill.reads.Load(), want)
 					}
-				}()
-			}
-			wg.Wait()
-			if err := errors.Join(errs...); err != nil {
-				t.Fatalf("%s per %d: %v", fc.ti.DType, per, err)
-			}
-			if got := bytes.Join(parts, nil); !bytes.Equal(got, want) {
-				t.Fatalf("%s %v per %d: parts of %d bytes differ from the payload of %d", fc.ti.DType, fc.ti.Shape, per, len(got), len(want))
-			}
-			if !bytes.Equal(dec, fc.src) {
-				t.Fatalf("%s per %d: decoded chunks differ from the source", fc.ti.DType, per)
+				}
 			}
 		}
 	}
+}
+
+// memSpill is a codec.Spill in memory that counts its reads and can fail.
+type memSpill struct {
+	mu                  sync.Mutex
+	b                   []byte
+	reads               atomic.Int64
+	failWrite, failRead bool
+}
+
+func (m *memSpill) WriteAt(p []byte, off int64) (int, error) {
+	if m.failWrite {
+		return 0, errors.New("no space left on device")
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if end := off + int64(len(p)); end > int64(len(m.b)) {
+		m.b = append(m.b, make([]byte, end-int64(len(m.b)))...)
+	}
+	return copy(m.b[off:], p), nil
+}
+
+func (m *memSpill) ReadAt(p []byte, off int64) (int, error) {
+	m.reads.Add(1)
+	if m.failRead {
+		return 0, errors.New("input/output error")
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if off+int64(len(p)) > int64(len(m.b)) {
+		return 0, io.EOF
+	}
+	return copy(p, m.b[off:]), nil
 }
 
 // TestRatios checks that coding pays on realistic weights: the exponent

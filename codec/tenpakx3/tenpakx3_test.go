@@ -2,6 +2,7 @@ package tenpakx3
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"flag"
@@ -631,4 +632,39 @@ func ExampleNewFixed() {
 	res, _, _, _ := numtest.RoundTrip(c, numtest.Info("w", rows, cols), x)
 	fmt.Printf("%s: SQNR above 25 dB: %v, under 6 bits per weight: %v\n", c.config(tensor.Info{}), res.SQNR > 25, res.BitsPerWeight < 6)
 	// Output: k=24: SQNR above 25 dB: true, under 6 bits per weight: true
+}
+
+// TestGoldenDigest pins the payloads and decoded values of larger
+// matrices than TestGolden's, by their SHA-256: low and high rates (raw
+// low bits), outliers (escapes), row and column classes (importance), one
+// and several row groups. A change to the encoder or decoder that alters
+// a single bit fails it.
+func TestGoldenDigest(t *testing.T) {
+	h := sha256.New()
+	for si, shape := range [][2]int{{300, 512}, {40, 4096}, {1100, 1000}} {
+		rows, cols := shape[0], shape[1]
+		x := numtest.Realistic().Matrix(numtest.NewRand(uint64(20+si)), rows, cols)
+		for i := 0; i < len(x); i += 997 {
+			x[i] *= 40 // outliers beyond the magnitude alphabet
+		}
+		imp := make([]float32, cols)
+		for i := range imp {
+			imp[i] = float32(1 + (i*7)%11)
+		}
+		info := numtest.Info("w", rows, cols)
+		for _, k := range []int{-8, 4, 20, 40, 64} {
+			for _, im := range [][]float32{nil, imp} {
+				c := NewPlanned(map[string]Config{"w": {K: k}}, map[string][]float32{"w": im}, nil, "")
+				_, p, y, err := numtest.RoundTrip(c, info, x)
+				if err != nil {
+					t.Fatal(err)
+				}
+				h.Write(p)
+				for _, v := range y {
+					h.Write(binary.LittleEndian.AppendUint32(nil, math.Float32bits(v)))
+				}
+			}
+		}
+	}
+	numtest.Golden(t, "testdata/digest.golden", []byte(fmt.Sprintf("%x\n", h.Sum(nil))), *update)
 }

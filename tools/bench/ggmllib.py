@@ -68,13 +68,13 @@ class GGML:
             self._to_float[t] = fn
         return fn
 
-    def dequantize(self, data: np.ndarray, qtype, n: int, check: bool = True, out: np.ndarray | None = None) -> np.ndarray:
+    def dequantize(self, data: np.ndarray, qtype, n: int, out: np.ndarray | None = None) -> np.ndarray:
         """Decode n values of type qtype from the raw bytes data (float32,
         1-D). F32 is copied. The first call for each type also decodes the
         first blocks with gguf-py and requires identical values. ``out``, a
         float32 array of at least n elements, is written instead of a new
         array (reusing one saves the page faults of a fresh 1 GB array)."""
-        from gguf import GGMLQuantizationType, quants
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 
         t = GGMLQuantizationType(int(qtype))
         raw = np.ascontiguousarray(data).view(np.uint8).ravel()
@@ -88,9 +88,7 @@ class GGML:
             return out
         fn = self.to_float(t)
         fn(raw.ctypes.data, out.ctypes.data, n)
-        if check and t not in self._checked:
-            from gguf import GGML_QUANT_SIZES
-
+        if t not in self._checked:
             block, size = GGML_QUANT_SIZES[t]
             nb = min(n // block, 4096)
             ref = np.asarray(quants.dequantize(raw[: nb * size].reshape(nb, size), t), dtype=np.float32).ravel()

@@ -237,6 +237,56 @@ type RowEncoder interface {
 	EncodeRows(payload []byte, t tensor.Info, x []float32, r0, r1 int64) error
 }
 
+// StreamEncoder is implemented by codecs whose payload's size depends on
+// the values but whose statistics come from passes over a matrix's rows
+// (t.Matrix) in order, and whose payload is a header followed by chunks
+// of rows coded independently. The pipeline then encodes a tensor larger
+// than its budget holding only a window of rows: EncodeStream reads the
+// rows from src as often as it needs, keeps the coded chunks in a Spill
+// (or codes them again from src when they are written), and returns the
+// payload's exact size before any byte of it is written.
+type StreamEncoder interface {
+	Codec
+	// StreamAlign returns the rows of t a chunk holds (the last what
+	// remains); windows of rows are multiples of it.
+	StreamAlign(t tensor.Info) int64
+	// StreamCost returns EncodeStream's working memory for t with
+	// windows of rows rows, besides src's: the window's values, its
+	// goroutines' scratch and the statistics of t.
+	StreamCost(t tensor.Info, rows int64) int64
+	// EncodeStream encodes t, reading rows from src in windows of at
+	// most rows rows (at least StreamAlign), and returns its payload's
+	// coder: the bytes are those Encode writes for all of t's values.
+	// It stops with ctx's error between windows, and calls done(n) for
+	// the elements it has coded (adding up to at most t.Elems()). With a
+	// spill (nil: none), it writes the coded chunks there; a spill that
+	// fails is given up and the chunks are coded again from src.
+	EncodeStream(ctx context.Context, t tensor.Info, src RowSource, rows int64, spill Spill, done func(elems int64)) (StreamChunks, error)
+}
+
+// RowSource gives a matrix's rows (StreamEncoder). Calls may run
+// concurrently.
+type RowSource interface {
+	// Rows writes rows [r0, r1) of the matrix to dst ((r1−r0)·cols
+	// values).
+	Rows(dst []float32, r0, r1 int64) error
+}
+
+// StreamChunks codes and decodes the chunks of one payload
+// (StreamEncoder): Chunks, and the values the chunks decode to, so that
+// the pipeline checks the coding a window at a time.
+type StreamChunks interface {
+	Chunks
+	// Len returns the number of chunks.
+	Len() int
+	// ChunkRows returns the matrix rows [r0, r1) chunk k codes.
+	ChunkRows(k int) (r0, r1 int64)
+	// DecodeChunks writes the decoded values of chunks [k0, k1) to dst
+	// (their rows' length), as Decode of the whole payload would. Calls
+	// may run concurrently.
+	DecodeChunks(dst []float32, k0, k1 int) error
+}
+
 // ChunkEncoder is implemented by lossless byte codecs whose payload is a
 // header followed by chunks, each coding ChunkBytes(t) consecutive source
 // bytes (the last chunk what remains) independently of the others. The

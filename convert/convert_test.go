@@ -17,7 +17,7 @@ import (
 	_ "github.com/tpconvert/tpconvert/codec/lossless"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx2"
-	_ "github.com/tpconvert/tpconvert/codec/tenpakx3"
+	"github.com/tpconvert/tpconvert/codec/tenpakx3"
 	"github.com/tpconvert/tpconvert/convert"
 	"github.com/tpconvert/tpconvert/fixtures/gen"
 	"github.com/tpconvert/tpconvert/formats/gguf"
@@ -278,6 +278,11 @@ func TestWorkersGiveIdenticalFiles(t *testing.T) {
 	// tenpak_x_v2 holds a tensor's payload beside its chunks: 32 KiB
 	// encodes micro's matrices in chunks (see TestChunkedRowEncoder).
 	const chunkedHeld = 32 << 10
+	// tenpak_x_v3 encodes a tensor larger than the budget from windows of
+	// its rows (codec.StreamEncoder), in row groups of 512 weights here.
+	oldGroups := tenpakx3.GroupWeights
+	tenpakx3.GroupWeights = 512
+	defer func() { tenpakx3.GroupWeights = oldGroups }()
 	for _, c := range codec.Names() {
 		var files []string
 		budgets := []int64{64 << 20, chunked}
@@ -334,6 +339,23 @@ func TestWorkersGiveIdenticalFiles(t *testing.T) {
 	}
 	for _, f := range rated[1:] {
 		sameFileBytes(t, rated[0], f)
+	}
+	// tenpak_x_v3 under rate control (size caps, importance), whole and
+	// streamed.
+	var rated3 []string
+	for _, w := range []int{1, 2, 5} {
+		for _, budget := range []int64{64 << 20, chunked} {
+			out := filepath.Join(dir, fmt.Sprintf("bpw3-%d-%d.tpk", w, budget))
+			o := convert.CompressOptions{Options: stream.Options{Workers: w, MaxMemory: budget}, Codec: mustCodec(t, "tenpak_x_v3"),
+				Selector: stream.Selector{Layers: stream.LayersAll}, Rate: &convert.RateOptions{BPW: 12, SampleRows: 8}}
+			if _, err := convert.CompressFile(ctx, in, out, o); err != nil {
+				t.Fatal(err)
+			}
+			rated3 = append(rated3, out)
+		}
+	}
+	for _, f := range rated3[1:] {
+		sameFileBytes(t, rated3[0], f)
 	}
 	// The lossless codec, itself and as the pass-through of a lossy one,
 	// coded and restored whole and in its chunks (codec.ChunkEncoder):

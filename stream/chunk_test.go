@@ -21,6 +21,7 @@ import (
 	_ "github.com/tpconvert/tpconvert/codec/lossless"
 	_ "github.com/tpconvert/tpconvert/codec/tenpakx"
 	"github.com/tpconvert/tpconvert/codec/tenpakx2"
+	"github.com/tpconvert/tpconvert/codec/tenpakx3"
 	"github.com/tpconvert/tpconvert/formats"
 	"github.com/tpconvert/tpconvert/formats/safetensors"
 	"github.com/tpconvert/tpconvert/formats/tpk"
@@ -757,6 +758,79 @@ func TestChunkedFallbackInParts(t *testing.T) {
 		}
 		if !bytes.Equal(outs[0], outs[1]) || notes[0] != notes[1] {
 			t.Errorf("%s: the fallback in parts differs from the whole one (notes %q, %q)", name, notes[0], notes[1])
+		}
+	}
+}
+
+// TestStreamedEncoder: a tensor larger than the budget coded by
+// tenpak_x_v3 (codec.StreamEncoder) is encoded from windows of its rows
+// in one reservation within half the budget, with its coded groups in a
+// spill file, in none, or in a directory that does not exist, to the same
+// bytes, notes and statistics as when it is encoded whole, for any worker
+// count; values the codec refuses or cannot represent faithfully, in a
+// late row, store it unchanged with the whole encoding's note.
+func TestStreamedEncoder(t *testing.T) {
+	old := tenpakx3.GroupWeights
+	tenpakx3.GroupWeights = 1 << 14
+	defer func() { tenpakx3.GroupWeights = old }()
+	const big = "model.layers.0.mlp.up_proj.weight"
+	const budget = 24 << 20 // the big tensor is 8 MiB of F32
+	sel := func(t tensor.Info) bool { return t.Name == big }
+	spillDir := t.TempDir()
+	nan := float32(math.NaN())
+	for _, poison := range [][2]float32{{0, 0}, {3e38, 0}, {nan, 0}, {3e38, nan}} {
+		src := newMemSource(map[string][]int64{big: {8192, 256}, "norm.weight": {256}}, big, "norm.weight")
+		// Rows 5000 and 7000: in different windows.
+		for k, v := range poison {
+			if v != 0 {
+				binary.LittleEndian.PutUint32(src.data[0][(5000+2000*k)*256*4+40:], math.Float32bits(v))
+			}
+		}
+		var outs [][]byte
+		var notes []string
+		for _, mem := range []int64{1 << 30, budget} {
+			for _, workers := range []int{1, 3} {
+				spills := []string{""}
+				if mem == budget {
+					spills = append(spills, spillDir, filepath.Join(spillDir, "missing"))
+				}
+				for _, sd := range spills {
+					x3, err := tenpakx3.NewFixed(tenpakx3.Config{K: 20})
+					if err != nil {
+						t.Fatal(err)
+					}
+					var buf bytes.Buffer
+					var res []Result
+					ws := reservations(t, func() error {
+						var err error
+						res, err = compressTPK(context.Background(), src, &buf, CompressOptions{
+							Options: Options{Workers: workers, MaxMemory: mem, StrictMemory: mem == budget},
+							Codec:   x3, Select: sel, SpillDir: sd})
+						return err
+					})
+					if left, _ := os.ReadDir(spillDir); len(left) != 0 {
+						t.Fatalf("poison %v: %d files left in the spill directory", poison, len(left))
+					}
+					if len(ws) != 2 {
+						t.Fatalf("poison %v, %d bytes: %d reservations, want 2", poison, mem, len(ws))
+					}
+					if mem == budget && ws[0] > budget/2 {
+						t.Errorf("poison %v: a reservation of %d bytes, more than half the %d budget", poison, ws[0], budget)
+					}
+					if mem != budget && ws[0] <= budget {
+						t.Errorf("poison %v: %d bytes reserved with the large budget: not encoded whole", poison, ws[0])
+					}
+					outs, notes = append(outs, buf.Bytes()), append(notes, res[0].Note)
+				}
+			}
+		}
+		for k := range outs[1:] {
+			if !bytes.Equal(outs[0], outs[k+1]) || notes[0] != notes[k+1] {
+				t.Errorf("poison %v: output %d differs from the whole-tensor one (notes %q, %q)", poison, k+1, notes[0], notes[k+1])
+			}
+		}
+		if (poison[0] != 0) != (notes[0] != "") || poison[1] != 0 && !strings.Contains(notes[0], "NaN") {
+			t.Errorf("poison %v: note %q", poison, notes[0])
 		}
 	}
 }

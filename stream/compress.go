@@ -134,11 +134,10 @@ func Compress(ctx context.Context, src formats.Source, sink formats.RecordSink, 
 	}
 	results := make([]Result, len(infos))
 	prog := newTracker(o.Progress, len(infos))
-	cost := func(i int) int64 {
-		return compressCost(o.Codec, o.PassThrough, infos[i], selected[i], o.transposed(infos[i]))
-	}
-	splits := compressSplits(&o, infos, selected)
+	splits, windows, cost := compressPlan(&o, infos, selected, o.MaxMemory)
 	items := planItems(len(infos), splits, cost, o.MaxMemory, 0)
+	spills := make([]*spillFile, len(infos))
+	var cw *compressChunks
 	if o.StrictMemory {
 		if err := checkMemory(infos, maxItemCost(len(infos), items), o.MaxMemory); err != nil {
 			return nil, err
@@ -153,11 +152,16 @@ func Compress(ctx context.Context, src formats.Source, sink formats.RecordSink, 
 		if !selected[i] {
 			return passThrough(o.PassThrough, t, b, rawEntry(t), "")
 		}
+		if windows[i] > 0 {
+			return cw.streamTensor(ctx, i, b, windows[i], prog.within(i, t, t.Size))
+		}
 		p, st, transposed, err := encodeTensor(ctx, o, t, b, prog.within(i, t, t.Size))
 		return settle(passThrough, o, t, b, p, st, transposed, err)
 	}
 	write := func(i int, v encoded) error {
-		if err := writeEncoded(w, v, func(off, n int64) { releaseRange(src, i, off, n) }); err != nil {
+		err := writeEncoded(w, v, func(off, n int64) { releaseRange(src, i, off, n) })
+		v.spill.close()
+		if err != nil {
 			return err
 		}
 		src.Release(i)
@@ -165,7 +169,7 @@ func Compress(ctx context.Context, src formats.Source, sink formats.RecordSink, 
 		prog.written(i, infos[i], infos[i].Size)
 		return nil
 	}
-	cw := compressChunks{ctx: ctx, o: o, src: src, w: w, infos: infos, selected: selected, splits: splits, items: items,
+	cw = &compressChunks{ctx: ctx, o: o, src: src, w: w, infos: infos, selected: selected, splits: splits, items: items,
 		results: results, prog: prog, work: work, write: write, fell: make([]bool, len(infos)),
 		bytes: make([][]byte, len(infos)), enc: make([]*rowsEnc, len(infos)), ready: make([]chan struct{}, len(infos)),
 		chunks: make([]codec.Chunks, len(infos))}
@@ -174,7 +178,7 @@ func Compress(ctx context.Context, src formats.Source, sink formats.RecordSink, 
 			cw.ready[i] = make(chan struct{})
 		}
 	}
-	cw.spills = make([]*spillFile, len(infos))
+	cw.spills = spills
 	defer cw.closeSpills()
 	if err := orderedUntil(ctx, len(items), o.Workers, o.MaxMemory, itemCost(items), itemUntil(items), cw.doWork, cw.doWrite); err != nil {
 		return nil, err
@@ -197,7 +201,8 @@ type encoded struct {
 	coder      codec.Chunks
 	n          int
 	chunkBytes int64
-	rows       *rowsPart // a chunk of a codec.RowEncoder's tensor
+	rows       *rowsPart  // a chunk of a codec.RowEncoder's tensor
+	spill      *spillFile // the coder's, closed once the record is written
 }
 
 // settle returns what Compress stores for the selected tensor t (source
@@ -207,20 +212,33 @@ type encoded struct {
 // b, store it unchanged (or with the PassThrough codec, through pass);
 // other errors fail.
 func settle(pass passFunc, o CompressOptions, t tensor.Info, b, p []byte, st *formats.Stats, transposed bool, err error) (encoded, error) {
+	v, coded, err := settleSize(pass, o, t, b, int64(len(p)), st, transposed, err)
+	if coded {
+		v.payload = p
+	}
+	return v, err
+}
+
+// settleSize is settle for a payload of size bytes, which it does not
+// hold: coded reports that the codec's payload is stored (the caller
+// sets it), else v is what is stored instead.
+func settleSize(pass passFunc, o CompressOptions, t tensor.Info, b []byte, size int64, st *formats.Stats, transposed bool, err error) (v encoded, coded bool, _ error) {
 	e := rawEntry(t)
 	switch {
 	case errors.Is(err, codec.ErrUnsupported) || errors.Is(err, errUnfaithful):
-		return pass(o.PassThrough, t, b, e, fmt.Sprintf("%v; stored unchanged", err))
+		v, err := pass(o.PassThrough, t, b, e, fmt.Sprintf("%v; stored unchanged", err))
+		return v, false, err
 	case err != nil:
-		return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
-	case !o.AllowLarger && len(p) >= len(b):
+		return encoded{}, false, fmt.Errorf("tensor %q: %w", t.Name, err)
+	case !o.AllowLarger && size >= int64(len(b)):
 		// A compressor never makes a tensor larger than its source (as
 		// zip stores what it cannot shrink).
-		return pass(o.PassThrough, t, b, e, fmt.Sprintf("%s: %d bytes for %d source bytes, %s; stored unchanged", o.Codec.Name(), len(p), len(b), NoteNotSmaller))
+		v, err := pass(o.PassThrough, t, b, e, fmt.Sprintf("%s: %d bytes for %d source bytes, %s; stored unchanged", o.Codec.Name(), size, len(b), NoteNotSmaller))
+		return v, false, err
 	}
 	e.Codec, e.CodecID, e.CodecVersion, e.Params = o.Codec.Name(), o.Codec.ID(), o.Codec.Version(), tensorParams(o.Codec, t)
 	e.Transposed, e.Stats = transposed, st
-	return encoded{payload: p, entry: e}, nil
+	return encoded{entry: e}, true, nil
 }
 
 // appender is implemented by byte codecs that append a payload to a
@@ -291,7 +309,9 @@ func writeEncoded(w formats.RecordSink, v encoded, release func(off, n int64)) e
 		if err := w.WritePayload(buf); err != nil {
 			return err
 		}
-		release(int64(k)*v.chunkBytes, v.chunkBytes)
+		if v.chunkBytes > 0 {
+			release(int64(k)*v.chunkBytes, v.chunkBytes)
+		}
 	}
 	return w.EndRecord()
 }
@@ -371,6 +391,28 @@ func compressCost(c codec.Codec, pass codec.ByteCodec, t tensor.Info, selected, 
 	return cost
 }
 
+// compressPlan returns how Compress processes each tensor under budget:
+// its row-chunk split (compressSplits), or the rows of the windows it is
+// encoded in by a codec.StreamEncoder (0: none), and the working memory
+// of each tensor processed whole (or streamed).
+func compressPlan(o *CompressOptions, infos []tensor.Info, selected []bool, budget int64) ([]*split, []int64, func(int) int64) {
+	costs := make([]int64, len(infos))
+	windows := make([]int64, len(infos))
+	for i, t := range infos {
+		costs[i] = compressCost(o.Codec, o.PassThrough, t, selected[i], o.transposed(t))
+		if n, c := streamWindow(o, t, selected[i], costs[i], budget); n > 0 {
+			windows[i], costs[i] = n, c
+		}
+	}
+	splits := compressSplits(o, infos, selected)
+	for i := range splits {
+		if windows[i] > 0 {
+			splits[i] = nil
+		}
+	}
+	return splits, windows, func(i int) int64 { return costs[i] }
+}
+
 // MemoryError reports a tensor whose working memory exceeds the budget
 // (Options.StrictMemory).
 type MemoryError struct {
@@ -416,8 +458,8 @@ func CheckMemory(src formats.Source, c codec.Codec, pass codec.ByteCodec, sel, t
 		selected[i] = !raw && sel != nil && sel(t)
 	}
 	o := CompressOptions{Codec: c, PassThrough: pass, Transpose: transpose}
-	cost := func(i int) int64 { return compressCost(c, pass, infos[i], selected[i], o.transposed(infos[i])) }
-	items := planItems(len(infos), compressSplits(&o, infos, selected), cost, budget, 0)
+	splits, _, cost := compressPlan(&o, infos, selected, budget)
+	items := planItems(len(infos), splits, cost, budget, 0)
 	return checkMemory(infos, maxItemCost(len(infos), items), budget)
 }
 

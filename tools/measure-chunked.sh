@@ -33,7 +33,11 @@
 #      default budget; LOSSLESS_SHAPES=32768x16384:f32 measures one);
 #   7. (part "8glossless") --lossless at --max-memory 512MiB of the 8 GiB
 #      F32 tensor and its restore, new binary only (the baseline codes it
-#      whole: about 17 GiB).
+#      whole: about 17 GiB);
+#   8. (part "tl3") --codec tenpak_x_v3 --bpw 4 of the TinyLlama-shaped
+#      checkpoint at --max-memory $TL3_MEM (default 512MiB; streamed from
+#      windows of rows) against the baseline encoding tensors whole with
+#      its default budget (BASE=7090edc: before streamed encoding).
 #
 # The baseline runs without --max-memory where it refuses a tensor larger
 # than an explicit budget; new and old runs alternate (ab). Outputs of both binaries are compared (cmp).
@@ -42,6 +46,7 @@
 #   tools/measure-chunked.sh [WORKDIR]   (default /tmp/tpconvert-chunked; needs ~30 GB free)
 #   PARTS="8g 8g16 2g qwen tinyllama quant" RUNS=3 BASE=0d4bbb6 tools/measure-chunked.sh   (the defaults)
 #   PARTS="lossless 8glossless" BASE=b32dd45 tools/measure-chunked.sh   (lossless coded in chunks)
+#   PARTS=tl3 BASE=7090edc tools/measure-chunked.sh   (tenpak_x_v3 streamed)
 #   TL_RUNS (default $RUNS) runs the TinyLlama part fewer times: a run takes
 #   5-10 minutes on 2 cores.
 set -euo pipefail
@@ -183,6 +188,17 @@ runs=${TL_RUNS:-$runs} ab "new --bpw 4 --max-memory 256MiB" "old --bpw 4 (defaul
 	"$old compress $tl --bpw 4 --force -o $work/tl-old.tpk"
 cmp "$work/tl.tpk" "$work/tl-old.tpk" && echo "outputs identical"
 rm -f "$work/tl.tpk" "$work/tl-old.tpk"
+fi
+
+if [[ $parts == *" tl3 "* ]]; then
+echo "== TinyLlama-shaped FP16, --codec tenpak_x_v3 --bpw 4"
+tl=${TL:-$work/tinyllama-f16.safetensors}
+[ -f "$tl" ] || bin/genmodel -preset tinyllama -dtype f16 -out "$tl"
+runs=${TL_RUNS:-$runs} ab "new tenpak_x_v3 --bpw 4 --max-memory ${TL3_MEM:-512MiB}" "old tenpak_x_v3 --bpw 4 (default budget)" \
+	"$new compress $tl --codec tenpak_x_v3 --bpw 4 --max-memory ${TL3_MEM:-512MiB} --force -o $work/tl3.tpk" \
+	"$old compress $tl --codec tenpak_x_v3 --bpw 4 --force -o $work/tl3-old.tpk"
+cmp "$work/tl3.tpk" "$work/tl3-old.tpk" && echo "outputs identical"
+rm -f "$work/tl3.tpk" "$work/tl3-old.tpk"
 fi
 
 if [[ $parts == *" quant "* ]]; then

@@ -7,11 +7,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"math"
 	"math/rand/v2"
 	"sync"
-	"sync/atomic"
 	"testing"
 
 	"github.com/tpconvert/tpconvert/codec"
@@ -145,10 +143,10 @@ func TestChunksMatchWhole(t *testing.T) {
 		nchunks := int((fc.ti.Size + cb - 1) / cb)
 		for _, per := range []int{1, 2, 3, nchunks} {
 			for _, sk := range []string{"none", "kept", "write fails", "read fails"} {
-				var spill *memSpill
+				var spill *numtest.Spill
 				var sp codec.Spill
 				if sk != "none" {
-					spill = &memSpill{failWrite: sk == "write fails", failRead: sk == "read fails"}
+					spill = &numtest.Spill{FailWrite: sk == "write fails", FailRead: sk == "read fails"}
 					sp = spill
 				}
 				var released []int64 // the measuring pass's ranges, in order
@@ -211,46 +209,13 @@ func TestChunksMatchWhole(t *testing.T) {
 				// is not read (write) or read and given up (read).
 				if spill != nil {
 					want := map[string]int{"kept": nchunks, "write fails": 0, "read fails": nchunks}[sk]
-					if spill.reads.Load() != int64(want) {
-						t.Fatalf("%s per %d, spill %s: %d reads, want %d", fc.ti.DType, per, sk, spill.reads.Load(), want)
+					if spill.Reads.Load() != int64(want) {
+						t.Fatalf("%s per %d, spill %s: %d reads, want %d", fc.ti.DType, per, sk, spill.Reads.Load(), want)
 					}
 				}
 			}
 		}
 	}
-}
-
-// memSpill is a codec.Spill in memory that counts its reads and can fail.
-type memSpill struct {
-	mu                  sync.Mutex
-	b                   []byte
-	reads               atomic.Int64
-	failWrite, failRead bool
-}
-
-func (m *memSpill) WriteAt(p []byte, off int64) (int, error) {
-	if m.failWrite {
-		return 0, errors.New("no space left on device")
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if end := off + int64(len(p)); end > int64(len(m.b)) {
-		m.b = append(m.b, make([]byte, end-int64(len(m.b)))...)
-	}
-	return copy(m.b[off:], p), nil
-}
-
-func (m *memSpill) ReadAt(p []byte, off int64) (int, error) {
-	m.reads.Add(1)
-	if m.failRead {
-		return 0, errors.New("input/output error")
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if off+int64(len(p)) > int64(len(m.b)) {
-		return 0, io.EOF
-	}
-	return copy(p, m.b[off:]), nil
 }
 
 // TestRatios checks that coding pays on realistic weights: the exponent

@@ -8,11 +8,14 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/tpconvert/tpconvert/codec"
@@ -253,4 +256,60 @@ func Options(name string, o codec.Options) codec.Options {
 		o.GroupSize = 0
 	}
 	return o
+}
+
+// Spill is a codec.Spill in memory, sparse (pages of 64 KiB made as they
+// are written, so that offsets far apart cost nothing), that counts its
+// reads and can fail. Reading bytes never written fails.
+type Spill struct {
+	mu                  sync.Mutex
+	pages               map[int64][]byte
+	size                int64
+	Reads               atomic.Int64
+	FailWrite, FailRead bool
+}
+
+const spillPage = 1 << 16
+
+func (m *Spill) WriteAt(p []byte, off int64) (int, error) {
+	if m.FailWrite {
+		return 0, errors.New("no space left on device")
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.pages == nil {
+		m.pages = map[int64][]byte{}
+	}
+	for n := 0; n < len(p); {
+		pg, o := (off+int64(n))/spillPage, (off+int64(n))%spillPage
+		b := m.pages[pg]
+		if b == nil {
+			b = make([]byte, spillPage)
+			m.pages[pg] = b
+		}
+		n += copy(b[o:], p[n:])
+	}
+	m.size = max(m.size, off+int64(len(p)))
+	return len(p), nil
+}
+
+func (m *Spill) ReadAt(p []byte, off int64) (int, error) {
+	m.Reads.Add(1)
+	if m.FailRead {
+		return 0, errors.New("input/output error")
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if off+int64(len(p)) > m.size {
+		return 0, io.EOF
+	}
+	for n := 0; n < len(p); {
+		pg, o := (off+int64(n))/spillPage, (off+int64(n))%spillPage
+		b := m.pages[pg]
+		if b == nil {
+			return n, errors.New("numtest: reading bytes never written")
+		}
+		n += copy(p[n:], b[o:])
+	}
+	return len(p), nil
 }

@@ -185,7 +185,7 @@ func (c *Codec) estimate(x []float32, rows, cols int, imp []float32, cfgs []code
 		if !anchor[i] {
 			continue
 		}
-		p, ok := analyze(x, pr, rows, cfg.K, 1, 1, 1)
+		p, ok := analyze(rowsOf(x, cols), pr, rows, cfg.K, 1, 1, 1)
 		if !ok {
 			return nil, nil, fmt.Errorf("%w: the step of k=%d is not a normal float32", codec.ErrUnsupported, cfg.K)
 		}

@@ -101,59 +101,97 @@ type stats struct {
 // firstPass computes the sums of squares the step and the classes
 // depend on, in chunks of rows whose partial sums are added in order.
 func firstPass(x []float32, rows, cols int, jcol []int8, workers int) stats {
-	mulInv := make([]float64, cols)
-	for c := range mulInv {
-		mulInv[c] = 1
+	a := newFirstAcc(rows, cols, jcol)
+	a.add(x, 0, rows, workers)
+	return a.st
+}
+
+// firstAcc is the first pass over rows given a window at a time, in
+// order: the partial sums of each chunk of max(1, 2^16/cols) rows are
+// added in chunk order, a chunk split by a window's end carried into the
+// next, so that the sums do not depend on the windows or the workers.
+type firstAcc struct {
+	cols, chunk int
+	mulInv      []float64
+	st          stats
+	carry       *stats // the partial sums of the chunk the last window ended in
+}
+
+func newFirstAcc(rows, cols int, jcol []int8) *firstAcc {
+	a := &firstAcc{cols: cols, chunk: max(1, (1<<16)/cols), mulInv: make([]float64, cols),
+		st: stats{rowT: make([]float64, rows), colT: make([]float64, cols)}}
+	for c := range a.mulInv {
+		a.mulInv[c] = 1
 		if jcol != nil {
-			mulInv[c] = 1 / colStep(jcol[c])
+			a.mulInv[c] = 1 / colStep(jcol[c])
 		}
 	}
-	chunk := max(1, (1<<16)/cols)
-	nch := (rows + chunk - 1) / chunk
-	parts := make([]stats, nch)
-	_ = par.For(rows, chunk, chunk, workers, func(r0, r1 int) error {
-		for ch := r0 / chunk; ch*chunk < r1; ch++ {
-			p := &parts[ch]
-			p.colT = make([]float64, cols)
-			for r := ch * chunk; r < min(r1, (ch+1)*chunk); r++ {
-				var rs float64
-				for c, v := range x[r*cols : (r+1)*cols] {
-					f := float64(v)
-					p.sumsq += f * f
-					p.sumabs += math.Abs(f)
-					t := f * mulInv[c]
-					t *= t
-					rs += t
-					p.colT[c] += t
-				}
-				p.sumT += rs
-			}
+	return a
+}
+
+// firstBatch caps the memory of the chunks' column sums in flight.
+const firstBatch = 1 << 20
+
+// add takes rows [w0, w1) of the matrix (of rows rows in all), whose
+// values are x; windows come in order and cover the rows.
+func (a *firstAcc) add(x []float32, w0, w1, workers int) {
+	cols, chunk, rows := a.cols, a.chunk, len(a.st.rowT)
+	c0, c1 := w0/chunk, (w1-1)/chunk+1
+	batch := max(workers, firstBatch/(8*cols))
+	for b0 := c0; b0 < c1; b0 += batch {
+		b1 := min(c1, b0+batch)
+		parts := make([]stats, b1-b0)
+		if b0 == c0 && a.carry != nil {
+			parts[0], a.carry = *a.carry, nil
 		}
-		return nil
-	})
-	st := stats{rowT: make([]float64, rows), colT: make([]float64, cols)}
-	for ch := range parts {
-		p := &parts[ch]
-		st.sumsq += p.sumsq
-		st.sumabs += p.sumabs
-		st.sumT += p.sumT
-		for c := range cols {
-			st.colT[c] += p.colT[c]
+		_ = par.For(b1-b0, 1, 1, workers, func(j0, j1 int) error {
+			for j := j0; j < j1; j++ {
+				ch, p := b0+j, &parts[j]
+				if p.colT == nil {
+					p.colT = make([]float64, cols)
+				}
+				for r := max(w0, ch*chunk); r < min(w1, (ch+1)*chunk); r++ {
+					var rs float64
+					for c, v := range x[(r-w0)*cols : (r-w0+1)*cols] {
+						f := float64(v)
+						p.sumsq += f * f
+						p.sumabs += math.Abs(f)
+						t := f * a.mulInv[c]
+						t *= t
+						rs += t
+						p.colT[c] += t
+					}
+					p.sumT += rs
+				}
+			}
+			return nil
+		})
+		for j := range parts {
+			p := &parts[j]
+			if ch := b0 + j; ch == c1-1 && w1 < min(rows, (ch+1)*chunk) {
+				a.carry = p
+				break
+			}
+			a.st.sumsq += p.sumsq
+			a.st.sumabs += p.sumabs
+			a.st.sumT += p.sumT
+			for c := range cols {
+				a.st.colT[c] += p.colT[c]
+			}
 		}
 	}
 	// Row sums again (cheap, and independent of the chunking).
-	_ = par.For(rows, 1, max(1, (1<<16)/cols), workers, func(r0, r1 int) error {
+	_ = par.For(w1-w0, 1, max(1, (1<<16)/cols), workers, func(r0, r1 int) error {
 		for r := r0; r < r1; r++ {
 			var rs float64
 			for c, v := range x[r*cols : (r+1)*cols] {
-				t := float64(v) * mulInv[c]
+				t := float64(v) * a.mulInv[c]
 				rs += t * t
 			}
-			st.rowT[r] = rs
+			a.st.rowT[w0+r] = rs
 		}
 		return nil
 	})
-	return st
 }
 
 // classes assigns n items with sums of squares ss to nc classes of equal
@@ -203,7 +241,12 @@ type prep struct {
 // prepare runs the first pass over x (rows×cols) and ranks its rows and
 // columns into at most ncls classes.
 func prepare(x []float32, rows, cols int, jcol []int8, ncls [2]int, workers int) *prep {
-	pr := &prep{rows: rows, cols: cols, jcol: jcol, st: firstPass(x, rows, cols, jcol, workers)}
+	return prepared(firstPass(x, rows, cols, jcol, workers), rows, cols, jcol, ncls)
+}
+
+// prepared ranks the rows and columns of the first pass st.
+func prepared(st stats, rows, cols int, jcol []int8, ncls [2]int) *prep {
+	pr := &prep{rows: rows, cols: cols, jcol: jcol, st: st}
 	pr.nrc, pr.ncc = max(1, min(ncls[0], rows)), max(1, min(ncls[1], cols))
 	pr.rcls = classes(pr.st.rowT, pr.nrc)
 	pr.ccls = classes(pr.st.colT, pr.ncc)
@@ -219,7 +262,7 @@ func prepare(x []float32, rows, cols int, jcol []int8, ncls [2]int, workers int)
 // The contexts are chosen as for a tensor of fullRows rows (≥ rows): the
 // histograms scaled by fullRows/rows against the tables of its row
 // groups, so that a sample picks the contexts of its whole tensor.
-func analyze(x []float32, pr *prep, fullRows, k int, f float64, stride, workers int) (*params, bool) {
+func analyze(row func(r int) []float32, pr *prep, fullRows, k int, f float64, stride, workers int) (*params, bool) {
 	st := &pr.st
 	rows, cols := pr.rows, pr.cols
 	n := float64(rows) * float64(cols)
@@ -242,7 +285,7 @@ func analyze(x []float32, pr *prep, fullRows, k int, f float64, stride, workers 
 		p.shift = shiftFor(rmsT / float64(p.step))
 	}
 	rpg := max(1, GroupWeights/cols)
-	p.plainPass(x, float64(fullRows)/float64(rows)*float64(stride), (fullRows+rpg-1)/rpg, stride, workers)
+	p.plainPass(row, float64(fullRows)/float64(rows)*float64(stride), (fullRows+rpg-1)/rpg, stride, workers)
 	return p, true
 }
 
@@ -308,11 +351,16 @@ func (b *binSums) thetas() [NTheta]int8 {
 	return th
 }
 
-// plainPass rounds every value of every stride-th row to the nearest
+// rowsOf returns the accessor of the rows of the matrix x of cols columns.
+func rowsOf(x []float32, cols int) func(r int) []float32 {
+	return func(r int) []float32 { return x[r*cols : (r+1)*cols] }
+}
+
+// plainPass rounds every value of every stride-th row (row(r)) to the nearest
 // level, builds each context's symbol histogram (the bits of the optimised
 // rounding) and the centroids of the plain rounding (its reconstruction
 // levels).
-func (p *params) plainPass(x []float32, scale float64, ng, stride, workers int) {
+func (p *params) plainPass(row func(r int) []float32, scale float64, ng, stride, workers int) {
 	nctx := p.nrc * p.ncc
 	chunk := max(1, (1<<16)/p.cols)
 	nch := (p.rows + chunk - 1) / chunk
@@ -326,7 +374,7 @@ func (p *params) plainPass(x []float32, scale float64, ng, stride, workers int) 
 				if r%stride != 0 {
 					continue
 				}
-				for c, v := range x[r*p.cols : (r+1)*p.cols] {
+				for c, v := range row(r) {
 					t := p.norm(v, c)
 					m := math.Round(t)
 					sym := escSym

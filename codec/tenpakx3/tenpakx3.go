@@ -23,6 +23,7 @@ package tenpakx3
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -31,6 +32,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/klauspost/compress/fse"
 
@@ -222,13 +224,37 @@ const MaxAbs = 1e37
 
 // CheckFinite returns an error wrapping codec.ErrUnsupported if x holds a
 // value that is not finite or exceeds MaxAbs in magnitude.
-func CheckFinite(x []float32) error {
+func CheckFinite(x []float32) error { return checkFinite(x, 0) }
+
+// checkFinite is CheckFinite of the elements of a tensor from off.
+func checkFinite(x []float32, off int64) error {
 	for k, v := range x {
 		if !(math.Abs(float64(v)) <= MaxAbs) {
-			return fmt.Errorf("%w: element %d is %g (finite values up to %g only)", codec.ErrUnsupported, k, v, MaxAbs)
+			return fmt.Errorf("%w: element %d is %g (finite values up to %g only)", codec.ErrUnsupported, off+int64(k), v, MaxAbs)
 		}
 	}
 	return nil
+}
+
+// job is what a tensor's coding takes from the plan.
+type job struct {
+	cfg    Config
+	jcol   []int8
+	limit  int64
+	capped bool
+}
+
+func (c *Codec) job(t tensor.Info, cols int) (job, error) {
+	cfg := c.config(t)
+	if err := cfg.Valid(); err != nil {
+		return job{}, err
+	}
+	imp := c.imp[t.Name]
+	if len(imp) != cols {
+		imp = nil
+	}
+	limit, capped := c.bytes[t.Name]
+	return job{cfg: cfg, jcol: colExps(imp), limit: limit, capped: capped}, nil
 }
 
 // Encode writes t's payload under its planned Config (and size cap).
@@ -243,36 +269,47 @@ func (c *Codec) Encode(w io.Writer, t tensor.Info, x []float32) error {
 	if err := CheckFinite(x); err != nil {
 		return fmt.Errorf("tenpak_x_v3: tensor %q: %w", t.Name, err)
 	}
-	cfg := c.config(t)
-	if err := cfg.Valid(); err != nil {
+	j, err := c.job(t, cols)
+	if err != nil {
 		return err
 	}
-	imp := c.imp[t.Name]
-	if len(imp) != cols {
-		imp = nil
+	m := &matrix{rows: rows, cols: cols, x: x, win: rows}
+	res, err := c.encodeFit(m, prepare(x, rows, cols, j.jcol, c.ncls, c.workers), j, t)
+	if err != nil {
+		return err
 	}
-	jcol := colExps(imp)
-	limit, capped := c.bytes[t.Name]
-	pr := prepare(x, rows, cols, jcol, c.ncls, c.workers)
-	res, err := encodeMatrix(x, pr, cfg.K, 1, c.workers)
-	if err == nil && capped && int64(len(res.payload)) > limit {
-		res, err = fit(res, limit, func(lf float64) (*encoded, error) {
-			return encodeMatrix(x, pr, cfg.K, math.Exp2(lf), c.workers)
-		}, float64(rows)*float64(cols))
+	if _, err := w.Write(res.hdr); err != nil {
+		return err
+	}
+	for _, d := range res.data {
+		if _, err := w.Write(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// encodeFit codes m under j, coarsening the step until the payload fits
+// j's cap, and records the step used for TensorParams.
+func (c *Codec) encodeFit(m *matrix, pr *prep, j job, t tensor.Info) (*encoded, error) {
+	res, err := m.encode(pr, j.cfg.K, 1, c.workers)
+	if err == nil && j.capped && res.size > j.limit {
+		res, err = fit(res, j.limit, func(lf float64) (*encoded, error) {
+			return m.encode(pr, j.cfg.K, math.Exp2(lf), c.workers)
+		}, float64(m.rows)*float64(m.cols))
 	}
 	if err != nil {
-		return fmt.Errorf("tenpak_x_v3: tensor %q: %w", t.Name, err)
+		return nil, fmt.Errorf("tenpak_x_v3: tensor %q: %w", t.Name, err)
 	}
 	// The params stay short (rate control bounds a record's overhead by
 	// its Config's length and a little slack): the step is in the
 	// payload, the error in the record's statistics.
-	s := cfg.String()
+	s := j.cfg.String()
 	if res.lf != 0 {
 		s = fmt.Sprintf("%s c=%d", s, int(math.Round(64*res.lf)))
 	}
 	c.used.Store(t.Name, s)
-	_, err = w.Write(res.payload)
-	return err
+	return res, nil
 }
 
 // fit coarsens the step by factors 2^(n/64) until the payload fits limit
@@ -284,10 +321,10 @@ func fit(first *encoded, limit int64, enc func(lf float64) (*encoded, error), n 
 	lo, hi := 0.0, math.Inf(1) // lf too fine, lf that fits
 	cur, prev := first, (*encoded)(nil)
 	for range 16 {
-		size := float64(len(cur.payload))
-		if int64(size) <= limit {
+		size := float64(cur.size)
+		if cur.size <= limit {
 			hi = math.Min(hi, cur.lf)
-			if best == nil || len(cur.payload) > len(best.payload) {
+			if best == nil || cur.size > best.size {
 				best = cur
 			}
 			if size >= 0.995*float64(limit) {
@@ -298,7 +335,7 @@ func fit(first *encoded, limit int64, enc func(lf float64) (*encoded, error), n 
 		}
 		slope := n / 8 // bytes per unit of lf
 		if prev != nil && prev.lf != cur.lf {
-			if s := (float64(len(prev.payload)) - size) / (cur.lf - prev.lf); s > 0 {
+			if s := (float64(prev.size) - size) / (cur.lf - prev.lf); s > 0 {
 				slope = s
 			}
 		}
@@ -322,14 +359,21 @@ func fit(first *encoded, limit int64, enc func(lf float64) (*encoded, error), n 
 		prev, cur = cur, r
 	}
 	if best == nil {
-		return nil, fmt.Errorf("%w: cannot fit the %d bytes allotted (smallest payload tried %d)", codec.ErrUnsupported, limit, len(cur.payload))
+		return nil, fmt.Errorf("%w: cannot fit the %d bytes allotted (smallest payload tried %d)", codec.ErrUnsupported, limit, cur.size)
 	}
 	return best, nil
 }
 
-// encoded is one tensor's payload and its figures.
+// encoded is one coding of a tensor: its header (with the group table),
+// its groups' bytes (held, kept in the spill, or neither) and figures.
 type encoded struct {
-	payload []byte
+	p       *params
+	hdr     []byte
+	data    [][]byte // per group, when held (Encode)
+	lens    []int
+	size    int64 // the payload's bytes
+	region  int64 // the spill offset of group 0 (spilled)
+	spilled bool  // every group is in the spill
 	step    float32
 	sqnr    float64
 	sq, err float64 // Σx², Σ(x−x̂)²
@@ -342,56 +386,130 @@ type groupOut struct {
 	bins binSums
 }
 
-// encodeMatrix codes x with step exponent k and step factor f.
-func encodeMatrix(x []float32, pr *prep, k int, f float64, workers int) (*encoded, error) {
-	rows, cols := pr.rows, pr.cols
-	p, ok := analyze(x, pr, rows, k, f, statStride(rows, cols), workers)
+// matrix gives a tensor's rows to the coding passes: all of them in
+// memory (Encode), or read from a codec.RowSource a window at a time
+// (EncodeStream), the rows the step's statistics sample gathered once.
+type matrix struct {
+	rows, cols int
+	x          []float32 // all values, or nil
+	win        int       // rows per window: a multiple of a group's rows
+	// Streamed only.
+	ctx      context.Context
+	src      codec.RowSource
+	buf      []float32 // a window's values
+	sample   []float32 // rows 0, stride, 2·stride, …
+	stride   int
+	spill    codec.Spill
+	spillOK  atomic.Bool
+	slot     int64 // the spill bytes of a group (the most it may take)
+	attempts int64
+	done     func(elems int64)
+}
+
+// window returns the values of rows [r0, r1).
+func (m *matrix) window(r0, r1 int) ([]float32, error) {
+	if m.x != nil {
+		return m.x[r0*m.cols : r1*m.cols], nil
+	}
+	if err := m.ctx.Err(); err != nil {
+		return nil, err
+	}
+	b := m.buf[:(r1-r0)*m.cols]
+	return b, m.src.Rows(b, int64(r0), int64(r1))
+}
+
+// row returns row r of the statistics' sample (r a multiple of the
+// stride when streamed).
+func (m *matrix) row(r int) []float32 {
+	if m.x != nil {
+		return m.x[r*m.cols : (r+1)*m.cols]
+	}
+	i := r / m.stride
+	return m.sample[i*m.cols : (i+1)*m.cols]
+}
+
+// encode codes the matrix with step exponent k and step factor f.
+func (m *matrix) encode(pr *prep, k int, f float64, workers int) (*encoded, error) {
+	rows, cols := m.rows, m.cols
+	p, ok := analyze(m.row, pr, rows, k, f, statStride(rows, cols), workers)
 	if !ok {
 		return nil, fmt.Errorf("%w: the step of k=%d is not a normal float32 (RMS too small or too large)", codec.ErrUnsupported, k)
 	}
 	rpg := max(1, GroupWeights/cols)
 	ng := (rows + rpg - 1) / rpg
-	outs := make([]groupOut, ng)
-	err := par.For(ng, 1, 1, workers, func(g0, g1 int) error {
-		var sc fse.Scratch
-		for g := g0; g < g1; g++ {
-			var err error
-			outs[g], err = p.codeGroup(x, g*rpg, min(rows, (g+1)*rpg), &sc)
-			if err != nil {
-				return err
-			}
+	e := &encoded{p: p, lens: make([]int, ng), step: p.step}
+	if m.x != nil {
+		e.data = make([][]byte, ng)
+	}
+	if m.spill != nil && m.spillOK.Load() {
+		e.spilled, e.region = true, m.attempts*int64(ng)*m.slot
+	}
+	first := m.attempts == 0
+	m.attempts++
+	bins := make([]binSums, ng)
+	for w0 := 0; w0 < rows; w0 += m.win {
+		w1 := min(rows, w0+m.win)
+		x, err := m.window(w0, w1)
+		if err != nil {
+			return nil, err
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
+		g0, g1 := w0/rpg, (w1+rpg-1)/rpg
+		err = par.For(g1-g0, 1, 1, workers, func(a, b int) error {
+			var sc fse.Scratch
+			for g := g0 + a; g < g0+b; g++ {
+				r0, r1 := g*rpg, min(rows, (g+1)*rpg)
+				out, err := p.codeGroup(x[(r0-w0)*cols:(r1-w0)*cols], r0, r1, &sc)
+				if err != nil {
+					return err
+				}
+				e.lens[g], bins[g] = len(out.data), out.bins
+				switch {
+				case e.data != nil:
+					e.data[g] = out.data
+				case e.spilled:
+					m.keep(e, g, out.data)
+				}
+				if first && m.done != nil {
+					m.done(int64(r1-r0) * int64(cols))
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
-	var bins binSums
-	for g := range outs {
-		bins.add(&outs[g].bins)
+	e.spilled = e.spilled && m.spillOK.Load()
+	var sum binSums
+	for g := range bins {
+		sum.add(&bins[g])
 	}
-	p.theta = bins.thetas()
-	sq := pr.st.sumsq
-	e := bins.err(p.theta)
+	p.theta = sum.thetas()
+	e.sq, e.err = pr.st.sumsq, sum.err(p.theta)
 	hdr := p.header(k, ng, rpg)
-	size := len(hdr)
-	for g := range outs {
-		size += len(outs[g].data)
-	}
-	out := make([]byte, 0, size)
-	out = append(out, hdr...)
 	le := binary.LittleEndian
-	for g := range outs {
-		out = le.AppendUint32(out, uint32(len(outs[g].data)))
+	e.size = int64(len(hdr)) + 4*int64(ng)
+	for _, n := range e.lens {
+		hdr = le.AppendUint32(hdr, uint32(n))
+		e.size += int64(n)
 	}
-	for g := range outs {
-		out = append(out, outs[g].data...)
+	e.hdr = hdr
+	e.sqnr = math.Inf(1)
+	if e.err > 0 {
+		e.sqnr = 10 * math.Log10(e.sq/e.err)
 	}
-	res := &encoded{payload: out, step: p.step, sq: sq, err: e, sqnr: math.Inf(1)}
-	if e > 0 {
-		res.sqnr = 10 * math.Log10(sq/e)
+	return e, nil
+}
+
+// keep writes group g's bytes to the spill, or gives the spill up.
+func (m *matrix) keep(e *encoded, g int, data []byte) {
+	if int64(len(data)) > m.slot {
+		m.spillOK.Store(false)
+		return
 	}
-	return res, nil
+	if _, err := m.spill.WriteAt(data, e.region+int64(g)*m.slot); err != nil {
+		m.spillOK.Store(false)
+	}
 }
 
 // header returns the fixed header, θ, column exponents and class ids.
@@ -449,7 +567,7 @@ func (b *binSums) err(th [NTheta]int8) float64 {
 	return math.Max(e, 0)
 }
 
-// codeGroup quantizes and codes rows [r0, r1).
+// codeGroup quantizes and codes rows [r0, r1), whose values are x.
 func (p *params) codeGroup(x []float32, r0, r1 int, sc *fse.Scratch) (groupOut, error) {
 	q := p.quantGroup(x, r0, r1)
 	if q.tooLarge {
@@ -482,7 +600,7 @@ type quantized struct {
 	tooLarge bool
 }
 
-// quantGroup quantizes rows [r0, r1) of x.
+// quantGroup quantizes rows [r0, r1), whose values are x.
 func (p *params) quantGroup(x []float32, r0, r1 int) *quantized {
 	nctx := p.nrc * p.ncc
 	n := (r1 - r0) * p.cols
@@ -496,7 +614,7 @@ func (p *params) quantGroup(x []float32, r0, r1 int) *quantized {
 	b := &q.bins
 	smask := uint64(1)<<p.shift - 1
 	for r := r0; r < r1; r++ {
-		for c, v := range x[r*p.cols : (r+1)*p.cols] {
+		for c, v := range x[(r-r0)*p.cols : (r-r0+1)*p.cols] {
 			t := p.norm(v, c)
 			k := p.ctx(r, c)
 			m := p.round(t, k)
@@ -675,62 +793,11 @@ func corrupt(format string, a ...any) error {
 
 // parse checks the whole header and the group table of payload p for t.
 func parse(p []byte, t tensor.Info, version uint16) (*header, error) {
-	if version < 1 || version > Version {
-		return nil, corrupt("version %d (this build reads up to %d)", version, Version)
-	}
-	if _, _, err := checkShape(t); err != nil {
-		return nil, fmt.Errorf("%w: %v", codec.ErrCorrupt, err)
-	}
-	if len(p) < HeaderSize {
-		return nil, corrupt("payload of %d bytes is shorter than its header", len(p))
+	h, tab, q, err := parseHeader(p, t, version)
+	if err != nil {
+		return nil, err
 	}
 	le := binary.LittleEndian
-	h := &header{nrc: int(p[2]), ncc: int(p[3]), k: int(int8(p[12])), shift: uint(p[13])}
-	if p[0] != Version || p[1] > 1 || p[14] != NTheta || p[15] != 0 {
-		return nil, corrupt("header version %d, flags %d, %d offsets, reserved %d", p[0], p[1], p[14], p[15])
-	}
-	rows, cols := t.Matrix()
-	if int64(le.Uint32(p[4:])) != rows || int64(le.Uint32(p[8:])) != cols {
-		return nil, corrupt("payload is %d×%d, record shape %v", le.Uint32(p[4:]), le.Uint32(p[8:]), t.Shape)
-	}
-	h.rows, h.cols = int(rows), int(cols)
-	if h.nrc < 1 || h.nrc > MaxClasses || h.ncc < 1 || h.ncc > MaxClasses || h.nrc > h.rows || h.ncc > h.cols || h.shift > MaxShift {
-		return nil, corrupt("%d row classes, %d column classes, %d raw bits", h.nrc, h.ncc, h.shift)
-	}
-	h.step = math.Float32frombits(le.Uint32(p[16:]))
-	if !(h.step > 0) || math.IsInf(float64(h.step), 0) {
-		return nil, corrupt("step %v", h.step)
-	}
-	h.rpg, h.ng = int(le.Uint32(p[24:])), int(le.Uint32(p[28:]))
-	if h.rpg < 1 || h.ng != (h.rows+h.rpg-1)/h.rpg {
-		return nil, corrupt("%d groups of %d rows for %d rows", h.ng, h.rpg, h.rows)
-	}
-	for i := range h.theta {
-		h.theta[i] = int8(p[32+i])
-	}
-	q := p[HeaderSize:]
-	if p[1] == 1 {
-		if len(q) < h.cols {
-			return nil, corrupt("payload too short for its column steps")
-		}
-		h.jcol = make([]int8, h.cols)
-		for i := range h.jcol {
-			h.jcol[i] = int8(q[i])
-		}
-		q = q[h.cols:]
-	}
-	var err error
-	if h.rcls, q, err = readClasses(q, h.rows, h.nrc); err != nil {
-		return nil, err
-	}
-	if h.ccls, q, err = readClasses(q, h.cols, h.ncc); err != nil {
-		return nil, err
-	}
-	if uint64(len(q)) < 4*uint64(h.ng) {
-		return nil, corrupt("payload too short for %d group lengths", h.ng)
-	}
-	tab := q[:4*h.ng]
-	q = q[4*h.ng:]
 	h.groups = make([][]byte, h.ng)
 	for g := range h.ng {
 		n := uint64(le.Uint32(tab[4*g:]))
@@ -743,6 +810,75 @@ func parse(p []byte, t tensor.Info, version uint16) (*header, error) {
 		return nil, corrupt("%d bytes after the last group", len(q))
 	}
 	return h, nil
+}
+
+// parseHeader checks the header of payload p for t, and returns it, the
+// group table and the bytes after it.
+func parseHeader(p []byte, t tensor.Info, version uint16) (*header, []byte, []byte, error) {
+	h, q, err := parseFixed(p, t, version)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if uint64(len(q)) < 4*uint64(h.ng) {
+		return nil, nil, nil, corrupt("payload too short for %d group lengths", h.ng)
+	}
+	return h, q[:4*h.ng], q[4*h.ng:], nil
+}
+
+// parseFixed checks the fixed header, column exponents and class ids.
+func parseFixed(p []byte, t tensor.Info, version uint16) (*header, []byte, error) {
+	if version < 1 || version > Version {
+		return nil, nil, corrupt("version %d (this build reads up to %d)", version, Version)
+	}
+	if _, _, err := checkShape(t); err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", codec.ErrCorrupt, err)
+	}
+	if len(p) < HeaderSize {
+		return nil, nil, corrupt("payload of %d bytes is shorter than its header", len(p))
+	}
+	le := binary.LittleEndian
+	h := &header{nrc: int(p[2]), ncc: int(p[3]), k: int(int8(p[12])), shift: uint(p[13])}
+	if p[0] != Version || p[1] > 1 || p[14] != NTheta || p[15] != 0 {
+		return nil, nil, corrupt("header version %d, flags %d, %d offsets, reserved %d", p[0], p[1], p[14], p[15])
+	}
+	rows, cols := t.Matrix()
+	if int64(le.Uint32(p[4:])) != rows || int64(le.Uint32(p[8:])) != cols {
+		return nil, nil, corrupt("payload is %d×%d, record shape %v", le.Uint32(p[4:]), le.Uint32(p[8:]), t.Shape)
+	}
+	h.rows, h.cols = int(rows), int(cols)
+	if h.nrc < 1 || h.nrc > MaxClasses || h.ncc < 1 || h.ncc > MaxClasses || h.nrc > h.rows || h.ncc > h.cols || h.shift > MaxShift {
+		return nil, nil, corrupt("%d row classes, %d column classes, %d raw bits", h.nrc, h.ncc, h.shift)
+	}
+	h.step = math.Float32frombits(le.Uint32(p[16:]))
+	if !(h.step > 0) || math.IsInf(float64(h.step), 0) {
+		return nil, nil, corrupt("step %v", h.step)
+	}
+	h.rpg, h.ng = int(le.Uint32(p[24:])), int(le.Uint32(p[28:]))
+	if h.rpg < 1 || h.ng != (h.rows+h.rpg-1)/h.rpg {
+		return nil, nil, corrupt("%d groups of %d rows for %d rows", h.ng, h.rpg, h.rows)
+	}
+	for i := range h.theta {
+		h.theta[i] = int8(p[32+i])
+	}
+	q := p[HeaderSize:]
+	if p[1] == 1 {
+		if len(q) < h.cols {
+			return nil, nil, corrupt("payload too short for its column steps")
+		}
+		h.jcol = make([]int8, h.cols)
+		for i := range h.jcol {
+			h.jcol[i] = int8(q[i])
+		}
+		q = q[h.cols:]
+	}
+	var err error
+	if h.rcls, q, err = readClasses(q, h.rows, h.nrc); err != nil {
+		return nil, nil, err
+	}
+	if h.ccls, q, err = readClasses(q, h.cols, h.ncc); err != nil {
+		return nil, nil, err
+	}
+	return h, q, nil
 }
 
 // readClasses reads n class ids below nc (none when nc is 1).
@@ -796,14 +932,10 @@ func (c *Codec) decodeRows(dst []float32, h *header, r0, r1 int) error {
 	if r0 == r1 {
 		return nil
 	}
-	p := &params{rows: h.rows, cols: h.cols, step: h.step, jcol: h.jcol, nrc: h.nrc, ncc: h.ncc, rcls: h.rcls, ccls: h.ccls, shift: h.shift}
-	p.setSteps()
-	for _, s := range p.stepc {
-		if !(s > 0) || math.IsInf(float64(s), 0) {
-			return corrupt("column step %v", s)
-		}
+	p, rc, err := h.decoder()
+	if err != nil {
+		return err
 	}
-	rc := newRecon(h.theta)
 	g0, g1 := r0/h.rpg, (r1-1)/h.rpg+1
 	return par.For(g1-g0, 1, 1, c.workers, func(a, b int) error {
 		var sc fse.Scratch
@@ -829,6 +961,19 @@ func (c *Codec) decodeRows(dst []float32, h *header, r0, r1 int) error {
 		}
 		return nil
 	})
+}
+
+// decoder returns the params and reconstruction levels that decode the
+// groups of h.
+func (h *header) decoder() (*params, recon, error) {
+	p := &params{rows: h.rows, cols: h.cols, step: h.step, jcol: h.jcol, nrc: h.nrc, ncc: h.ncc, rcls: h.rcls, ccls: h.ccls, shift: h.shift}
+	p.setSteps()
+	for _, s := range p.stepc {
+		if !(s > 0) || math.IsInf(float64(s), 0) {
+			return nil, recon{}, corrupt("column step %v", s)
+		}
+	}
+	return p, newRecon(h.theta), nil
 }
 
 // decodeGroup decodes rows [r0, r1) from their group's bytes q.

@@ -231,7 +231,7 @@ func TestSpecialValues(t *testing.T) {
 	// 2^32 weights and one outlier) is refused, not written as an escape
 	// the decoder would refuse.
 	x := numtest.Weights{}.Matrix(numtest.NewRand(1), 4, 16)
-	p, ok := analyze(x, prepare(x, 4, 16, nil, Classes, 1), 4, 20, 1, 1, 1)
+	p, ok := analyze(rowsOf(x, 16), prepare(x, 4, 16, nil, Classes, 1), 4, 20, 1, 1, 1)
 	if !ok {
 		t.Fatal("analyze refused the step")
 	}

@@ -18,10 +18,10 @@ import (
 // least 2^18 weights: gathered once) and one coding pass per step tried.
 // EncodeStream runs each over windows of whole row groups, with the same
 // chunking of every sum as Encode's single window, so the payload is the
-// same bytes. A group's coded bytes go to the spill at a fixed place (a
-// slot per group and step tried), and are read back, or coded again from
-// the source, when the pipeline writes or checks them: a chunk of the
-// payload is one row group, the header before the first.
+// same bytes. The coded row groups of each window go to the end of the
+// spill (each step tried after the last), and are read back, or coded
+// again from the source, when the pipeline writes or checks them: a chunk
+// of the payload is one row group, the header before the first.
 
 var _ codec.StreamEncoder = (*Codec)(nil)
 
@@ -34,9 +34,10 @@ func (c *Codec) StreamAlign(t tensor.Info) int64 {
 	return groupRows(max(cols, 1))
 }
 
-// StreamCost implements codec.StreamEncoder: a window's values, the
-// groups in flight (as Cost), the first pass's column sums in flight, the
-// sample of rows, and the per-row and per-group statistics.
+// StreamCost implements codec.StreamEncoder: a window's values and coded
+// bytes (at most about 2 per weight), the groups in flight (as Cost), the
+// first pass's column sums in flight, the sample of rows, and the per-row
+// and per-group statistics.
 func (c *Codec) StreamCost(t tensor.Info, rows int64) int64 {
 	r, cols := t.Matrix()
 	cols = max(cols, 1)
@@ -46,7 +47,7 @@ func (c *Codec) StreamCost(t tensor.Info, rows int64) int64 {
 	sample := ((r+stride-1)/stride + 1) * cols * 4
 	first := max(firstBatch, w*8*cols) + 8*cols
 	ng := (r + groupRows(cols) - 1) / groupRows(cols)
-	return 4*rows*cols + w*6*g + first + sample + 10*r + ng*(int64(binSize)+24) + 2*cols + 1<<20
+	return 6*rows*cols + w*6*g + first + sample + 10*r + ng*(int64(binSize)+48) + 2*cols + 1<<20
 }
 
 // binSize is the bytes of one group's binSums.
@@ -66,7 +67,7 @@ func (c *Codec) EncodeStream(ctx context.Context, t tensor.Info, src codec.RowSo
 	win := int(max(window/int64(rpg), 1)) * rpg
 	win = min(win, (rows+rpg-1)/rpg*rpg)
 	m := &matrix{rows: rows, cols: cols, win: win, ctx: ctx, src: src, buf: make([]float32, min(win, rows)*cols),
-		spill: spill, slot: 8*int64(rpg)*int64(cols) + 64, done: done}
+		spill: spill, done: done}
 	m.spillOK.Store(spill != nil)
 	acc := newFirstAcc(rows, cols, j.jcol)
 	for w0 := 0; w0 < rows; w0 += win {
@@ -147,7 +148,7 @@ func (s *streamed) group(dst []byte, g int, sc *fse.Scratch) ([]byte, error) {
 	if s.e.spilled {
 		start := len(dst)
 		dst = slices.Grow(dst, n)[:start+n]
-		if k, _ := s.m.spill.ReadAt(dst[start:], s.e.region+int64(g)*s.m.slot); k == n {
+		if k, _ := s.m.spill.ReadAt(dst[start:], s.e.offs[g]); k == n {
 			return dst, nil
 		}
 		dst = dst[:start]

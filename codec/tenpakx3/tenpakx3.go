@@ -13,7 +13,8 @@
 // part coded with github.com/klauspost/compress/fse (one block per context
 // — a class of rows by RMS — and row group, with escapes for outliers) and
 // raw low bits. Row groups decode independently, in parallel and by rows
-// (codec.RowDecoder).
+// (codec.RowDecoder), and a tensor larger than the pipeline's budget is
+// encoded from windows of its rows (codec.StreamEncoder, stream.go).
 //
 // Rate control (package rate) chooses k per tensor through codec.Planner
 // and codec.SizeEstimator; the planned codec coarsens a tensor's step
@@ -372,7 +373,7 @@ type encoded struct {
 	data    [][]byte // per group, when held (Encode)
 	lens    []int
 	size    int64 // the payload's bytes
-	region  int64 // the spill offset of group 0 (spilled)
+	offs    []int64 // the spill offset of each group (spilled)
 	spilled bool  // every group is in the spill
 	step    float32
 	sqnr    float64
@@ -401,7 +402,7 @@ type matrix struct {
 	stride   int
 	spill    codec.Spill
 	spillOK  atomic.Bool
-	slot     int64 // the spill bytes of a group (the most it may take)
+	spillEnd int64 // the spill's bytes written so far
 	attempts int64
 	done     func(elems int64)
 }
@@ -441,8 +442,9 @@ func (m *matrix) encode(pr *prep, k int, f float64, workers int) (*encoded, erro
 	if m.x != nil {
 		e.data = make([][]byte, ng)
 	}
+	var held [][]byte // a streamed window's groups, until they are spilled
 	if m.spill != nil && m.spillOK.Load() {
-		e.spilled, e.region = true, m.attempts*int64(ng)*m.slot
+		e.spilled, e.offs, held = true, make([]int64, ng), make([][]byte, ng)
 	}
 	first := m.attempts == 0
 	m.attempts++
@@ -467,7 +469,7 @@ func (m *matrix) encode(pr *prep, k int, f float64, workers int) (*encoded, erro
 				case e.data != nil:
 					e.data[g] = out.data
 				case e.spilled:
-					m.keep(e, g, out.data)
+					held[g] = out.data
 				}
 				if first && m.done != nil {
 					m.done(int64(r1-r0) * int64(cols))
@@ -477,6 +479,9 @@ func (m *matrix) encode(pr *prep, k int, f float64, workers int) (*encoded, erro
 		})
 		if err != nil {
 			return nil, err
+		}
+		if e.spilled {
+			m.keep(e, held, g0, g1)
 		}
 	}
 	e.spilled = e.spilled && m.spillOK.Load()
@@ -501,14 +506,18 @@ func (m *matrix) encode(pr *prep, k int, f float64, workers int) (*encoded, erro
 	return e, nil
 }
 
-// keep writes group g's bytes to the spill, or gives the spill up.
-func (m *matrix) keep(e *encoded, g int, data []byte) {
-	if int64(len(data)) > m.slot {
-		m.spillOK.Store(false)
-		return
-	}
-	if _, err := m.spill.WriteAt(data, e.region+int64(g)*m.slot); err != nil {
-		m.spillOK.Store(false)
+// keep writes groups [g0, g1) to the end of the spill, one after the
+// other, and lets them go; a spill that fails is given up.
+func (m *matrix) keep(e *encoded, held [][]byte, g0, g1 int) {
+	for g := g0; g < g1; g++ {
+		if m.spillOK.Load() {
+			if _, err := m.spill.WriteAt(held[g], m.spillEnd); err != nil {
+				m.spillOK.Store(false)
+			}
+		}
+		e.offs[g] = m.spillEnd
+		m.spillEnd += int64(len(held[g]))
+		held[g] = nil
 	}
 }
 

@@ -372,9 +372,9 @@ type encoded struct {
 	hdr     []byte
 	data    [][]byte // per group, when held (Encode)
 	lens    []int
-	size    int64 // the payload's bytes
+	size    int64   // the payload's bytes
 	offs    []int64 // the spill offset of each group (spilled)
-	spilled bool  // every group is in the spill
+	spilled bool    // every group is in the spill
 	step    float32
 	sqnr    float64
 	sq, err float64 // Σx², Σ(x−x̂)²

@@ -357,6 +357,27 @@ func TestWorkersGiveIdenticalFiles(t *testing.T) {
 	for _, f := range rated3[1:] {
 		sameFileBytes(t, rated3[0], f)
 	}
+	// tenpak_x_v3 streamed from GGUF block types (Q8_0, Q4_0, Q4_1, F16
+	// rows), whole and in windows.
+	gin := filepath.Join(dir, "m.gguf")
+	if err := gen.WriteGGUF(gin, micro, 4); err != nil {
+		t.Fatal(err)
+	}
+	var ggufs []string
+	for _, w := range []int{1, 5} {
+		for _, budget := range []int64{64 << 20, chunked} {
+			out := filepath.Join(dir, fmt.Sprintf("gguf3-%d-%d.tpk", w, budget))
+			o := opts(t, "tenpak_x_v3", w)
+			o.MaxMemory, o.AllowLarger = budget, true
+			if _, err := convert.CompressFile(ctx, gin, out, o); err != nil {
+				t.Fatal(err)
+			}
+			ggufs = append(ggufs, out)
+		}
+	}
+	for _, f := range ggufs[1:] {
+		sameFileBytes(t, ggufs[0], f)
+	}
 	// The lossless codec, itself and as the pass-through of a lossy one,
 	// coded and restored whole and in its chunks (codec.ChunkEncoder):
 	// wide's embedding and MLP matrices are two to three chunks each.

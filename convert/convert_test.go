@@ -323,61 +323,46 @@ func TestWorkersGiveIdenticalFiles(t *testing.T) {
 			}
 		}
 	}
+	// sameAcross compresses in for each worker count and budget with the
+	// options o gives and checks the files are the same bytes.
+	sameAcross := func(label, in string, workers []int, budgets []int64, o func(w int, budget int64) convert.CompressOptions) {
+		var files []string
+		for _, w := range workers {
+			for _, budget := range budgets {
+				out := filepath.Join(dir, fmt.Sprintf("%s%d-%d.tpk", label, w, budget))
+				if _, err := convert.CompressFile(ctx, in, out, o(w, budget)); err != nil {
+					t.Fatal(err)
+				}
+				files = append(files, out)
+			}
+		}
+		for _, f := range files[1:] {
+			sameFileBytes(t, files[0], f)
+		}
+	}
+	rated := func(c codec.Codec) func(w int, budget int64) convert.CompressOptions {
+		return func(w int, budget int64) convert.CompressOptions {
+			return convert.CompressOptions{Options: stream.Options{Workers: w, MaxMemory: budget}, Codec: c,
+				Selector: stream.Selector{Layers: stream.LayersAll}, Rate: &convert.RateOptions{BPW: 12, SampleRows: 8}}
+		}
+	}
 	// Rate control (a grid per tensor, importance weights), encoded whole
 	// and in row chunks.
-	var rated []string
-	for _, w := range []int{1, 2, 5} {
-		for _, budget := range []int64{64 << 20, chunkedHeld} {
-			out := filepath.Join(dir, fmt.Sprintf("bpw%d-%d.tpk", w, budget))
-			o := convert.CompressOptions{Options: stream.Options{Workers: w, MaxMemory: budget},
-				Selector: stream.Selector{Layers: stream.LayersAll}, Rate: &convert.RateOptions{BPW: 12, SampleRows: 8}}
-			if _, err := convert.CompressFile(ctx, in, out, o); err != nil {
-				t.Fatal(err)
-			}
-			rated = append(rated, out)
-		}
-	}
-	for _, f := range rated[1:] {
-		sameFileBytes(t, rated[0], f)
-	}
+	sameAcross("bpw", in, []int{1, 2, 5}, []int64{64 << 20, chunkedHeld}, rated(nil))
 	// tenpak_x_v3 under rate control (size caps, importance), whole and
 	// streamed.
-	var rated3 []string
-	for _, w := range []int{1, 2, 5} {
-		for _, budget := range []int64{64 << 20, chunked} {
-			out := filepath.Join(dir, fmt.Sprintf("bpw3-%d-%d.tpk", w, budget))
-			o := convert.CompressOptions{Options: stream.Options{Workers: w, MaxMemory: budget}, Codec: mustCodec(t, "tenpak_x_v3"),
-				Selector: stream.Selector{Layers: stream.LayersAll}, Rate: &convert.RateOptions{BPW: 12, SampleRows: 8}}
-			if _, err := convert.CompressFile(ctx, in, out, o); err != nil {
-				t.Fatal(err)
-			}
-			rated3 = append(rated3, out)
-		}
-	}
-	for _, f := range rated3[1:] {
-		sameFileBytes(t, rated3[0], f)
-	}
+	sameAcross("bpw3-", in, []int{1, 2, 5}, []int64{64 << 20, chunked}, rated(mustCodec(t, "tenpak_x_v3")))
 	// tenpak_x_v3 streamed from GGUF block types (Q8_0, Q4_0, Q4_1, F16
 	// rows), whole and in windows.
 	gin := filepath.Join(dir, "m.gguf")
 	if err := gen.WriteGGUF(gin, micro, 4); err != nil {
 		t.Fatal(err)
 	}
-	var ggufs []string
-	for _, w := range []int{1, 5} {
-		for _, budget := range []int64{64 << 20, chunked} {
-			out := filepath.Join(dir, fmt.Sprintf("gguf3-%d-%d.tpk", w, budget))
-			o := opts(t, "tenpak_x_v3", w)
-			o.MaxMemory, o.AllowLarger = budget, true
-			if _, err := convert.CompressFile(ctx, gin, out, o); err != nil {
-				t.Fatal(err)
-			}
-			ggufs = append(ggufs, out)
-		}
-	}
-	for _, f := range ggufs[1:] {
-		sameFileBytes(t, ggufs[0], f)
-	}
+	sameAcross("gguf3-", gin, []int{1, 5}, []int64{64 << 20, chunked}, func(w int, budget int64) convert.CompressOptions {
+		o := opts(t, "tenpak_x_v3", w)
+		o.MaxMemory, o.AllowLarger = budget, true
+		return o
+	})
 	// The lossless codec, itself and as the pass-through of a lossy one,
 	// coded and restored whole and in its chunks (codec.ChunkEncoder):
 	// wide's embedding and MLP matrices are two to three chunks each.

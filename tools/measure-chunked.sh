@@ -179,26 +179,24 @@ cmp "$work/q16.gguf" "$work/q16-old.gguf" && echo "outputs identical"
 rm -f "$work/q16.gguf" "$work/q16-old.gguf" "$work/q.tpk"
 fi
 
+# tl_ab TITLE NEW_FLAGS OLD_FLAGS: compresses the TinyLlama-shaped FP16
+# checkpoint with the new and old binaries alternately and compares the
+# outputs.
+tl_ab() {
+	echo "== TinyLlama-shaped FP16, $1"
+	local tl=${TL:-$work/tinyllama-f16.safetensors}
+	[ -f "$tl" ] || bin/genmodel -preset tinyllama -dtype f16 -out "$tl"
+	runs=${TL_RUNS:-$runs} ab "new $2" "old $3" \
+		"$new compress $tl $2 --force -o $work/tl.tpk" \
+		"$old compress $tl $3 --force -o $work/tl-old.tpk"
+	cmp "$work/tl.tpk" "$work/tl-old.tpk" && echo "outputs identical"
+	rm -f "$work/tl.tpk" "$work/tl-old.tpk"
+}
 if [[ $parts == *" tinyllama "* ]]; then
-echo "== TinyLlama-shaped FP16, --bpw 4"
-tl=${TL:-$work/tinyllama-f16.safetensors}
-[ -f "$tl" ] || bin/genmodel -preset tinyllama -dtype f16 -out "$tl"
-runs=${TL_RUNS:-$runs} ab "new --bpw 4 --max-memory 256MiB" "old --bpw 4 (default budget)" \
-	"$new compress $tl --bpw 4 --max-memory 256MiB --force -o $work/tl.tpk" \
-	"$old compress $tl --bpw 4 --force -o $work/tl-old.tpk"
-cmp "$work/tl.tpk" "$work/tl-old.tpk" && echo "outputs identical"
-rm -f "$work/tl.tpk" "$work/tl-old.tpk"
+	tl_ab "--bpw 4" "--bpw 4 --max-memory 256MiB" "--bpw 4"
 fi
-
 if [[ $parts == *" tl3 "* ]]; then
-echo "== TinyLlama-shaped FP16, --codec tenpak_x_v3 --bpw 4"
-tl=${TL:-$work/tinyllama-f16.safetensors}
-[ -f "$tl" ] || bin/genmodel -preset tinyllama -dtype f16 -out "$tl"
-runs=${TL_RUNS:-$runs} ab "new tenpak_x_v3 --bpw 4 --max-memory ${TL3_MEM:-512MiB}" "old tenpak_x_v3 --bpw 4 (default budget)" \
-	"$new compress $tl --codec tenpak_x_v3 --bpw 4 --max-memory ${TL3_MEM:-512MiB} --force -o $work/tl3.tpk" \
-	"$old compress $tl --codec tenpak_x_v3 --bpw 4 --force -o $work/tl3-old.tpk"
-cmp "$work/tl3.tpk" "$work/tl3-old.tpk" && echo "outputs identical"
-rm -f "$work/tl3.tpk" "$work/tl3-old.tpk"
+	tl_ab "--codec tenpak_x_v3 --bpw 4" "--codec tenpak_x_v3 --bpw 4 --max-memory ${TL3_MEM:-512MiB}" "--codec tenpak_x_v3 --bpw 4"
 fi
 
 if [[ $parts == *" quant "* ]]; then

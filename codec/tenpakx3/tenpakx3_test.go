@@ -2,6 +2,7 @@ package tenpakx3
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -622,6 +623,21 @@ func FuzzEncode(f *testing.F) {
 				t.Fatalf("y[%d] = %g", i, v)
 			}
 		}
+		// Row groups of two rows, streamed a row at a time: the same bytes.
+		withGroups(2*int(cols), func() {
+			var want bytes.Buffer
+			if err := fixed(t, int(k)).Encode(&want, info, x); err != nil {
+				return
+			}
+			ch, err := fixed(t, int(k)).EncodeStream(context.Background(), info, &memRows{x: x, cols: int64(cols)}, 1, &numtest.Spill{}, nil)
+			if err != nil {
+				t.Fatalf("EncodeStream: %v (Encode succeeded)", err)
+			}
+			got, err := ch.AppendChunks(nil, 0, ch.Len())
+			if err != nil || !bytes.Equal(got, want.Bytes()) {
+				t.Fatalf("streamed: %d bytes, err %v; Encode: %d bytes", len(got), err, want.Len())
+			}
+		})
 	})
 }
 

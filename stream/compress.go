@@ -87,6 +87,9 @@ type CompressOptions struct {
 	// chunk is coded once. The output's directory is a good choice: the
 	// output needs that space anyway. Empty, or when the file cannot be
 	// made or written, the chunks are coded twice; the bytes are the same.
+	// A tensor encoded in windows of rows (codec.StreamEncoder) keeps its
+	// coded row groups there too (about its payload's size for each step
+	// size its codec tries), or codes them again from the input.
 	SpillDir string
 }
 

@@ -307,15 +307,23 @@ func (p *params) setSteps() {
 	}
 }
 
-func (p *params) ctx(r, c int) int {
-	k := 0
+func (p *params) ctx(r, c int) int { return p.ctxOf(p.rowBase(r), c) }
+
+// rowBase returns the first context of row r's class.
+func (p *params) rowBase(r int) int {
 	if p.rcls != nil {
-		k = int(p.rcls[r]) * p.ncc
+		return int(p.rcls[r]) * p.ncc
 	}
+	return 0
+}
+
+// ctxOf returns the context of column c in a row whose first context is
+// base (rowBase).
+func (p *params) ctxOf(base, c int) int {
 	if p.ccls != nil {
-		k += int(p.ccls[c])
+		return base + int(p.ccls[c])
 	}
-	return k
+	return base
 }
 
 // binSums accumulates, per magnitude bin b = min(m, NTheta) (b ≥ 1), Σ w
@@ -374,6 +382,7 @@ func (p *params) plainPass(row func(r int) []float32, scale float64, ng, stride,
 				if r%stride != 0 {
 					continue
 				}
+				base := p.rowBase(r)
 				for c, v := range row(r) {
 					t := p.norm(v, c)
 					m := math.Round(t)
@@ -381,7 +390,7 @@ func (p *params) plainPass(row func(r int) []float32, scale float64, ng, stride,
 					if m < 1<<40 {
 						sym = p.sym(int64(m))
 					}
-					h[p.ctx(r, c)*256+sym]++
+					h[p.ctxOf(base, c)*256+sym]++
 					if m > 0 {
 						i := bin(m)
 						b.w[i]++
@@ -607,10 +616,11 @@ func (p *params) roundSample(x []float32) *sampled {
 	var lowBits uint64
 	var tmp [binary.MaxVarintLen64]byte
 	for r := range p.rows {
+		base := p.rowBase(r)
 		for c, v := range x[r*p.cols : (r+1)*p.cols] {
 			i := r*p.cols + c
 			t := p.norm(v, c)
-			m := p.round(t, p.ctx(r, c))
+			m := p.round(t, p.ctxOf(base, c))
 			lowBits += uint64(p.shift)
 			if m == 0 {
 				s.bins.a[0] += float64(v) * float64(v)

@@ -622,10 +622,12 @@ func (p *params) quantGroup(x []float32, r0, r1 int) *quantized {
 	low := newBitWriter(n, p.shift)
 	b := &q.bins
 	smask := uint64(1)<<p.shift - 1
+	w1 := p.shift + 1
 	for r := r0; r < r1; r++ {
+		base := p.rowBase(r)
 		for c, v := range x[(r-r0)*p.cols : (r-r0+1)*p.cols] {
 			t := p.norm(v, c)
-			k := p.ctx(r, c)
+			k := p.ctxOf(base, c)
 			m := p.round(t, k)
 			ax := math.Abs(float64(v))
 			if m == 0 {
@@ -647,12 +649,12 @@ func (p *params) quantGroup(x []float32, r0, r1 int) *quantized {
 			} else {
 				syms[k] = append(syms[k], byte(hi))
 			}
-			low.write(mu&smask, p.shift)
+			// The low bits, then the sign.
+			sign := uint64(0)
 			if v < 0 {
-				low.write(1, 1)
-			} else {
-				low.write(0, 1)
+				sign = 1
 			}
+			low.write(mu&smask|sign<<p.shift, w1)
 			i := bin(m)
 			e0 := ax - m*sc
 			b.w[i]++
@@ -1009,8 +1011,9 @@ func (p *params) decodeGroup(dst []float32, q []byte, r0, r1 int, rc *recon, sc 
 	w := p.shift
 	for r := r0; r < r1; r++ {
 		row := dst[(r-r0)*p.cols : (r-r0+1)*p.cols]
+		base := p.rowBase(r)
 		for c := range row {
-			k := p.ctx(r, c)
+			k := p.ctxOf(base, c)
 			hi := uint64(syms[k][pos[k]])
 			pos[k]++
 			if hi == escSym {

@@ -328,21 +328,14 @@ func (p *params) ctxOf(base, c int) int {
 
 // binSums accumulates, per magnitude bin b = min(m, NTheta) (b ≥ 1), Σ w
 // and Σ w·(m − t), whose ratio is the centroid offset θ_b.
-// Bin 0 and a, b, c give the squared error in units of x: with
-// e0 = |x| − m·Δ_c, a = Σ e0², b = Σ e0·Δ_c, c = Σ Δ_c² (a[0] = Σ x² of
-// the zeros), so that Σ(x − x̂)² = Σ a + 2θ·b + θ²·c.
 type binSums struct {
-	w, d    [NTheta + 1]float64
-	a, b, c [NTheta + 1]float64
+	w, d [NTheta + 1]float64
 }
 
 func (b *binSums) add(o *binSums) {
 	for i := range b.w {
 		b.w[i] += o.w[i]
 		b.d[i] += o.d[i]
-		b.a[i] += o.a[i]
-		b.b[i] += o.b[i]
-		b.c[i] += o.c[i]
 	}
 }
 
@@ -623,7 +616,6 @@ func (p *params) roundSample(x []float32) *sampled {
 			m := p.round(t, p.ctxOf(base, c))
 			lowBits += uint64(p.shift)
 			if m == 0 {
-				s.bins.a[0] += float64(v) * float64(v)
 				continue
 			}
 			if m > maxMag {
@@ -636,14 +628,9 @@ func (p *params) roundSample(x []float32) *sampled {
 			if hi := mu >> p.shift; hi >= escSym {
 				s.esc += binary.PutUvarint(tmp[:], hi-escSym)
 			}
-			sc := float64(p.stepc[c])
-			e0 := math.Abs(float64(v)) - m*sc
 			b := bin(m)
 			s.bins.w[b]++
 			s.bins.d[b] += m - t
-			s.bins.a[b] += e0 * e0
-			s.bins.b[b] += e0 * sc
-			s.bins.c[b] += sc * sc
 		}
 	}
 	s.low = int((lowBits + 7) / 8)

@@ -51,7 +51,7 @@ func (c *Codec) StreamCost(t tensor.Info, rows int64) int64 {
 }
 
 // binSize is the bytes of one group's binSums.
-const binSize = 5 * (NTheta + 1) * 8
+const binSize = 2 * (NTheta + 1) * 8
 
 // EncodeStream implements codec.StreamEncoder.
 func (c *Codec) EncodeStream(ctx context.Context, t tensor.Info, src codec.RowSource, window int64, spill codec.Spill, done func(elems int64)) (codec.StreamChunks, error) {

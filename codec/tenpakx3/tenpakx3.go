@@ -375,9 +375,6 @@ type encoded struct {
 	size    int64   // the payload's bytes
 	offs    []int64 // the spill offset of each group (spilled)
 	spilled bool    // every group is in the spill
-	step    float32
-	sqnr    float64
-	sq, err float64 // Σx², Σ(x−x̂)²
 	lf      float64 // log2 of the step factor
 }
 
@@ -438,7 +435,7 @@ func (m *matrix) encode(pr *prep, k int, f float64, workers int) (*encoded, erro
 	}
 	rpg := max(1, GroupWeights/cols)
 	ng := (rows + rpg - 1) / rpg
-	e := &encoded{p: p, lens: make([]int, ng), step: p.step}
+	e := &encoded{p: p, lens: make([]int, ng)}
 	if m.x != nil {
 		e.data = make([][]byte, ng)
 	}
@@ -490,7 +487,6 @@ func (m *matrix) encode(pr *prep, k int, f float64, workers int) (*encoded, erro
 		sum.add(&bins[g])
 	}
 	p.theta = sum.thetas()
-	e.sq, e.err = pr.st.sumsq, sum.err(p.theta)
 	hdr := p.header(k, ng, rpg)
 	le := binary.LittleEndian
 	e.size = int64(len(hdr)) + 4*int64(ng)
@@ -499,10 +495,6 @@ func (m *matrix) encode(pr *prep, k int, f float64, workers int) (*encoded, erro
 		e.size += int64(n)
 	}
 	e.hdr = hdr
-	e.sqnr = math.Inf(1)
-	if e.err > 0 {
-		e.sqnr = 10 * math.Log10(e.sq/e.err)
-	}
 	return e, nil
 }
 
@@ -566,16 +558,6 @@ func appendClasses(h []byte, cls []uint8, nc int) []byte {
 	return h
 }
 
-// err returns the squared error Σ(x − x̂)² of the coding, from the sums.
-func (b *binSums) err(th [NTheta]int8) float64 {
-	e := b.a[0]
-	for i := 1; i <= NTheta; i++ {
-		t := float64(th[i-1]) / 256
-		e += b.a[i] + 2*t*b.b[i] + t*t*b.c[i]
-	}
-	return math.Max(e, 0)
-}
-
 // codeGroup quantizes and codes rows [r0, r1), whose values are x.
 func (p *params) codeGroup(x []float32, r0, r1 int, sc *fse.Scratch) (groupOut, error) {
 	q := p.quantGroup(x, r0, r1)
@@ -629,14 +611,11 @@ func (p *params) quantGroup(x []float32, r0, r1 int) *quantized {
 			t := p.norm(v, c)
 			k := p.ctxOf(base, c)
 			m := p.round(t, k)
-			ax := math.Abs(float64(v))
 			if m == 0 {
 				syms[k] = append(syms[k], 0)
 				low.write(0, p.shift)
-				b.a[0] += ax * ax
 				continue
 			}
-			sc := float64(p.stepc[c])
 			if m > maxMag {
 				q.tooLarge = true
 				m = maxMag
@@ -656,12 +635,8 @@ func (p *params) quantGroup(x []float32, r0, r1 int) *quantized {
 			}
 			low.write(mu&smask|sign<<p.shift, w1)
 			i := bin(m)
-			e0 := ax - m*sc
 			b.w[i]++
 			b.d[i] += m - t
-			b.a[i] += e0 * e0
-			b.b[i] += e0 * sc
-			b.c[i] += sc * sc
 		}
 	}
 	q.low = low.bytes()
@@ -823,50 +798,39 @@ func parse(p []byte, t tensor.Info, version uint16) (*header, error) {
 	return h, nil
 }
 
-// parseHeader checks the header of payload p for t, and returns it, the
-// group table and the bytes after it.
+// parseHeader checks the header of payload p for t (fixed header, column
+// exponents, class ids, group table), and returns it, the group table and
+// the bytes after it.
 func parseHeader(p []byte, t tensor.Info, version uint16) (*header, []byte, []byte, error) {
-	h, q, err := parseFixed(p, t, version)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	if uint64(len(q)) < 4*uint64(h.ng) {
-		return nil, nil, nil, corrupt("payload too short for %d group lengths", h.ng)
-	}
-	return h, q[:4*h.ng], q[4*h.ng:], nil
-}
-
-// parseFixed checks the fixed header, column exponents and class ids.
-func parseFixed(p []byte, t tensor.Info, version uint16) (*header, []byte, error) {
 	if version < 1 || version > Version {
-		return nil, nil, corrupt("version %d (this build reads up to %d)", version, Version)
+		return nil, nil, nil, corrupt("version %d (this build reads up to %d)", version, Version)
 	}
 	if _, _, err := checkShape(t); err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", codec.ErrCorrupt, err)
+		return nil, nil, nil, fmt.Errorf("%w: %v", codec.ErrCorrupt, err)
 	}
 	if len(p) < HeaderSize {
-		return nil, nil, corrupt("payload of %d bytes is shorter than its header", len(p))
+		return nil, nil, nil, corrupt("payload of %d bytes is shorter than its header", len(p))
 	}
 	le := binary.LittleEndian
 	h := &header{nrc: int(p[2]), ncc: int(p[3]), k: int(int8(p[12])), shift: uint(p[13])}
 	if p[0] != Version || p[1] > 1 || p[14] != NTheta || p[15] != 0 {
-		return nil, nil, corrupt("header version %d, flags %d, %d offsets, reserved %d", p[0], p[1], p[14], p[15])
+		return nil, nil, nil, corrupt("header version %d, flags %d, %d offsets, reserved %d", p[0], p[1], p[14], p[15])
 	}
 	rows, cols := t.Matrix()
 	if int64(le.Uint32(p[4:])) != rows || int64(le.Uint32(p[8:])) != cols {
-		return nil, nil, corrupt("payload is %d×%d, record shape %v", le.Uint32(p[4:]), le.Uint32(p[8:]), t.Shape)
+		return nil, nil, nil, corrupt("payload is %d×%d, record shape %v", le.Uint32(p[4:]), le.Uint32(p[8:]), t.Shape)
 	}
 	h.rows, h.cols = int(rows), int(cols)
 	if h.nrc < 1 || h.nrc > MaxClasses || h.ncc < 1 || h.ncc > MaxClasses || h.nrc > h.rows || h.ncc > h.cols || h.shift > MaxShift {
-		return nil, nil, corrupt("%d row classes, %d column classes, %d raw bits", h.nrc, h.ncc, h.shift)
+		return nil, nil, nil, corrupt("%d row classes, %d column classes, %d raw bits", h.nrc, h.ncc, h.shift)
 	}
 	h.step = math.Float32frombits(le.Uint32(p[16:]))
 	if !(h.step > 0) || math.IsInf(float64(h.step), 0) {
-		return nil, nil, corrupt("step %v", h.step)
+		return nil, nil, nil, corrupt("step %v", h.step)
 	}
 	h.rpg, h.ng = int(le.Uint32(p[24:])), int(le.Uint32(p[28:]))
 	if h.rpg < 1 || h.ng != (h.rows+h.rpg-1)/h.rpg {
-		return nil, nil, corrupt("%d groups of %d rows for %d rows", h.ng, h.rpg, h.rows)
+		return nil, nil, nil, corrupt("%d groups of %d rows for %d rows", h.ng, h.rpg, h.rows)
 	}
 	for i := range h.theta {
 		h.theta[i] = int8(p[32+i])
@@ -874,7 +838,7 @@ func parseFixed(p []byte, t tensor.Info, version uint16) (*header, []byte, error
 	q := p[HeaderSize:]
 	if p[1] == 1 {
 		if len(q) < h.cols {
-			return nil, nil, corrupt("payload too short for its column steps")
+			return nil, nil, nil, corrupt("payload too short for its column steps")
 		}
 		h.jcol = make([]int8, h.cols)
 		for i := range h.jcol {
@@ -884,12 +848,15 @@ func parseFixed(p []byte, t tensor.Info, version uint16) (*header, []byte, error
 	}
 	var err error
 	if h.rcls, q, err = readClasses(q, h.rows, h.nrc); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if h.ccls, q, err = readClasses(q, h.cols, h.ncc); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return h, q, nil
+	if uint64(len(q)) < 4*uint64(h.ng) {
+		return nil, nil, nil, corrupt("payload too short for %d group lengths", h.ng)
+	}
+	return h, q[:4*h.ng], q[4*h.ng:], nil
 }
 
 // readClasses reads n class ids below nc (none when nc is 1).

@@ -293,10 +293,8 @@ func castCheck(ctx context.Context, o CompressOptions, t tensor.Info, b []byte, 
 		if err := o.Codec.Decode(yc, buf.Bytes(), ct, o.Codec.Version()); err != nil {
 			return encoded{}, false, fmt.Errorf("tensor %q: decoding its own output: %w", t.Name, err)
 		}
-		if t.DType.IsFloat() && t.DType != tensor.F32 {
-			if err := roundTo(yc, t.DType); err != nil {
-				return encoded{}, false, fmt.Errorf("tensor %q: %w", t.Name, err)
-			}
+		if err := roundTo(yc, t.DType); err != nil {
+			return encoded{}, false, fmt.Errorf("tensor %q: %w", t.Name, err)
 		}
 		f.output(xc, yc, r*cols)
 	}
@@ -629,10 +627,8 @@ func (c *compressChunks) encodeRows(ctx context.Context, i int, b []byte, r0, r1
 	if err := c.o.Codec.(codec.RowDecoder).DecodeRows(y, e.payload, t, c.o.Codec.Version(), r0*k, r1*k); err != nil {
 		return nil, fmt.Errorf("tensor %q: decoding its own output: %w", t.Name, err)
 	}
-	if t.DType.IsFloat() && t.DType != tensor.F32 {
-		if err := roundTo(y, t.DType); err != nil {
-			return nil, fmt.Errorf("tensor %q: %w", t.Name, err)
-		}
+	if err := roundTo(y, t.DType); err != nil {
+		return nil, fmt.Errorf("tensor %q: %w", t.Name, err)
 	}
 	p.x, p.y = x, y
 	return p, nil

@@ -139,8 +139,7 @@ func Compress(ctx context.Context, src formats.Source, sink formats.RecordSink, 
 	prog := newTracker(o.Progress, len(infos))
 	splits, windows, cost := compressPlan(&o, infos, selected, o.MaxMemory)
 	items := planItems(len(infos), splits, cost, o.MaxMemory, 0)
-	spills := make([]*spillFile, len(infos))
-	var cw *compressChunks
+	var cw *compressChunks // the work of chunked and streamed tensors
 	if o.StrictMemory {
 		if err := checkMemory(infos, maxItemCost(len(infos), items), o.MaxMemory); err != nil {
 			return nil, err
@@ -181,7 +180,7 @@ func Compress(ctx context.Context, src formats.Source, sink formats.RecordSink, 
 			cw.ready[i] = make(chan struct{})
 		}
 	}
-	cw.spills = spills
+	cw.spills = make([]*spillFile, len(infos))
 	defer cw.closeSpills()
 	if err := orderedUntil(ctx, len(items), o.Workers, o.MaxMemory, itemCost(items), itemUntil(items), cw.doWork, cw.doWrite); err != nil {
 		return nil, err
@@ -618,10 +617,8 @@ func encodeTensor(ctx context.Context, o CompressOptions, t tensor.Info, b []byt
 	}
 	// Restore writes a float source's dtype: judge what it will write
 	// (an F16 source's 65504 that decodes to 65536 would be +Inf).
-	if t.DType.IsFloat() && t.DType != tensor.F32 {
-		if err := roundTo(y, t.DType); err != nil {
-			return nil, nil, false, err
-		}
+	if err := roundTo(y, t.DType); err != nil {
+		return nil, nil, false, err
 	}
 	f.output(x, y, 0)
 	s, err := f.verdict(o.Codec, ct)
@@ -706,8 +703,13 @@ func (f *faithful) verdict(c codec.Codec, t tensor.Info) (formats.Stats, error) 
 	return s, nil
 }
 
-// roundTo rounds every element of y to dtype dt in place.
+// roundTo rounds every element of y to dtype dt in place when dt is a
+// float type narrower than F32 (what restore writes for a float source);
+// other dtypes leave y as it is.
 func roundTo(y []float32, dt tensor.DType) error {
+	if !dt.IsFloat() || dt == tensor.F32 {
+		return nil
+	}
 	const chunk = 1 << 14
 	size := int(dt.BlockBytes()) // float dtypes: one element per block
 	buf := make([]byte, chunk*size)

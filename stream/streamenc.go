@@ -176,10 +176,8 @@ func (c *compressChunks) streamTensor(ctx context.Context, i int, b []byte, rows
 		if err := ch.DecodeChunks(y[:n], k0, k1); err != nil {
 			return encoded{}, fmt.Errorf("tensor %q: decoding its own output: %w", t.Name, err)
 		}
-		if t.DType.IsFloat() && t.DType != tensor.F32 {
-			if err := roundTo(y[:n], t.DType); err != nil {
-				return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
-			}
+		if err := roundTo(y[:n], t.DType); err != nil {
+			return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
 		}
 		f.output(x[:n], y[:n], r0*cols)
 		k0 = k1

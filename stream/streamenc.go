@@ -132,26 +132,21 @@ func (c *compressChunks) streamTensor(ctx context.Context, i int, b []byte, rows
 		return settle(inParts(ctx, release), o, t, b, nil, nil, false, err)
 	}
 	ch, err := o.Codec.(codec.StreamEncoder).EncodeStream(ctx, t, src, rows, spill, done)
-	switch {
-	case errors.Is(err, errBadInput) || src.f.badIn >= 0:
-		_, err := src.f.verdict(o.Codec, t)
-		return fallback(err)
-	case errors.Is(err, codec.ErrUnsupported):
-		// A non-finite value anywhere comes first, as for a whole tensor.
-		src.f.refused = err
-		if err := src.checkRest(rows, mr); err != nil && !errors.Is(err, errBadInput) {
-			return encoded{}, err
-		}
-		_, err := src.f.verdict(o.Codec, t)
-		return fallback(err)
-	case err != nil:
-		return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
+	refused := errors.Is(err, codec.ErrUnsupported)
+	if refused {
+		src.f.refused, err = err, nil
 	}
-	if err := src.checkRest(rows, mr); errors.Is(err, errBadInput) {
+	if err == nil {
+		// A non-finite value anywhere comes first, as for a whole tensor:
+		// the rows the codec has not read are checked too.
+		err = src.checkRest(rows, mr)
+	}
+	switch {
+	case err != nil && !errors.Is(err, errBadInput):
+		return encoded{}, fmt.Errorf("tensor %q: %w", t.Name, err)
+	case src.f.badIn >= 0 || refused:
 		_, err := src.f.verdict(o.Codec, t)
 		return fallback(err)
-	} else if err != nil {
-		return encoded{}, err
 	}
 	x := make([]float32, rows*cols)
 	y := make([]float32, rows*cols)
@@ -186,11 +181,11 @@ func (c *compressChunks) streamTensor(ctx context.Context, i int, b []byte, rows
 	if err != nil {
 		return fallback(err)
 	}
-	var sp2 *formats.Stats
+	var stats *formats.Stats
 	if !o.NoStats {
-		sp2 = &st
+		stats = &st
 	}
-	v, coded, err := settleSize(inParts(ctx, release), o, t, b, ch.Size(), sp2, false, nil)
+	v, coded, err := settleSize(inParts(ctx, release), o, t, b, ch.Size(), stats, false, nil)
 	if err != nil || !coded {
 		sp.close()
 		return v, err

@@ -123,7 +123,7 @@ func fixedSize(rows, cols int, jcol bool, ncls [2]int) int64 {
 	if min(ncls[1], cols) > 1 {
 		s += int64(cols+3) / 4
 	}
-	rpg := max(1, GroupWeights/cols)
+	rpg := groupRows(cols)
 	return s + 4*int64((rows+rpg-1)/rpg)
 }
 
@@ -168,7 +168,7 @@ func (c *Codec) estimate(x []float32, rows, cols int, imp []float32, cfgs []code
 	}
 	jcol := pr.jcol
 	scale := float64(rows) / float64(n)
-	rpg := max(1, GroupWeights/cols)
+	rpg := groupRows(cols)
 	ng := (rows + rpg - 1) / rpg
 	var out []int64
 	if sizes {

@@ -284,7 +284,7 @@ func analyze(row func(r int) []float32, pr *prep, fullRows, k int, f float64, st
 	if rmsT > 0 {
 		p.shift = shiftFor(rmsT / float64(p.step))
 	}
-	rpg := max(1, GroupWeights/cols)
+	rpg := groupRows(cols)
 	p.plainPass(row, float64(fullRows)/float64(rows)*float64(stride), (fullRows+rpg-1)/rpg, stride, workers)
 	return p, true
 }

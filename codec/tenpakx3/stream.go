@@ -26,12 +26,12 @@ import (
 var _ codec.StreamEncoder = (*Codec)(nil)
 
 // groupRows returns the rows of a row group of a matrix of cols columns.
-func groupRows(cols int64) int64 { return max(1, int64(GroupWeights)/cols) }
+func groupRows(cols int) int { return max(1, GroupWeights/cols) }
 
 // StreamAlign implements codec.StreamEncoder: the rows of a row group.
 func (c *Codec) StreamAlign(t tensor.Info) int64 {
 	_, cols := t.Matrix()
-	return groupRows(max(cols, 1))
+	return int64(groupRows(int(max(cols, 1))))
 }
 
 // StreamCost implements codec.StreamEncoder: a window's values and coded
@@ -46,7 +46,8 @@ func (c *Codec) StreamCost(t tensor.Info, rows int64) int64 {
 	stride := int64(statStride(int(min(r, 1<<31)), int(min(cols, 1<<31))))
 	sample := ((r+stride-1)/stride + 1) * cols * 4
 	first := max(firstBatch, w*8*cols) + 8*cols
-	ng := (r + groupRows(cols) - 1) / groupRows(cols)
+	rpg := int64(groupRows(int(cols)))
+	ng := (r + rpg - 1) / rpg
 	return 6*rows*cols + w*6*g + first + sample + 10*r + ng*(int64(binSize)+48) + 2*cols + 1<<20
 }
 
@@ -63,7 +64,7 @@ func (c *Codec) EncodeStream(ctx context.Context, t tensor.Info, src codec.RowSo
 	if err != nil {
 		return nil, err
 	}
-	rpg := int(groupRows(int64(cols)))
+	rpg := groupRows(cols)
 	win := int(max(window/int64(rpg), 1)) * rpg
 	win = min(win, (rows+rpg-1)/rpg*rpg)
 	m := &matrix{rows: rows, cols: cols, win: win, ctx: ctx, src: src, buf: make([]float32, min(win, rows)*cols),

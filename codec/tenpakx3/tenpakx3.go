@@ -433,7 +433,7 @@ func (m *matrix) encode(pr *prep, k int, f float64, workers int) (*encoded, erro
 	if !ok {
 		return nil, fmt.Errorf("%w: the step of k=%d is not a normal float32 (RMS too small or too large)", codec.ErrUnsupported, k)
 	}
-	rpg := max(1, GroupWeights/cols)
+	rpg := groupRows(cols)
 	ng := (rows + rpg - 1) / rpg
 	e := &encoded{p: p, lens: make([]int, ng)}
 	if m.x != nil {

@@ -214,6 +214,16 @@ type RowDecoder interface {
 	DecodeRows(dst []float32, payload []byte, t tensor.Info, version uint16, r0, r1 int64) error
 }
 
+// FloatDecoder is implemented by codecs that decode matrix rows (t.Matrix)
+// [r0, r1) straight into the bytes of a float dtype d, with the bytes
+// tensor.FromFloat32 gives of the values DecodeRows decodes, and without
+// holding the rows as float32. A payload that would decode to a value
+// that is not finite is corrupt (an error), so the values written are
+// always finite.
+type FloatDecoder interface {
+	DecodeRowsTo(dst []byte, d tensor.DType, payload []byte, t tensor.Info, version uint16, r0, r1 int64) error
+}
+
 // RowEncoder is implemented by codecs whose payload, though not a
 // concatenation of row payloads, has a size known in advance and encodes
 // matrix rows (t.Matrix) independently into fixed places of it: after

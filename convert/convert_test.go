@@ -527,7 +527,9 @@ func TestBadInputs(t *testing.T) {
 }
 
 // TestRestoredEqualsCodecDecode checks that every compressed tensor of a
-// restored F32 file holds exactly what the codec decodes from its payload,
+// restored file holds exactly what the codec decodes from its payload, in
+// F32 (and for tenpak_x_v3, decoded straight to the dtype as a
+// codec.FloatDecoder, in F16, BF16 and F64 too, whole and in row chunks),
 // and that the file's other tensors are the source's bytes.
 func TestRestoredEqualsCodecDecode(t *testing.T) {
 	dir := t.TempDir()
@@ -535,16 +537,28 @@ func TestRestoredEqualsCodecDecode(t *testing.T) {
 	if err := gen.WriteSafetensors(in, micro, tensor.F32, 5); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"tenpak_x_v1", "int4", "int8"} {
-		t.Run(name, func(t *testing.T) {
-			tpkPath := filepath.Join(dir, name+".tpk")
+	for _, tc := range []struct {
+		name string
+		to   tensor.DType
+		mem  int64
+	}{
+		{"tenpak_x_v1", tensor.F32, 0}, {"int4", tensor.F32, 0}, {"int8", tensor.F32, 0},
+		{"tenpak_x_v3", tensor.F32, 0}, {"tenpak_x_v3", tensor.F16, 0}, {"tenpak_x_v3", tensor.BF16, 0},
+		{"tenpak_x_v3", tensor.F64, 0}, {"tenpak_x_v3", tensor.F16, 48 << 10},
+	} {
+		name := tc.name
+		t.Run(fmt.Sprintf("%s/%s/%d", name, tc.to, tc.mem), func(t *testing.T) {
+			sub := t.TempDir()
+			tpkPath := filepath.Join(sub, name+".tpk")
 			o := opts(t, name, 2)
 			o.AllowLarger = true
 			if _, err := convert.CompressFile(context.Background(), in, tpkPath, o); err != nil {
 				t.Fatal(err)
 			}
-			out := filepath.Join(dir, name+".safetensors")
-			if _, err := convert.RestoreFile(context.Background(), tpkPath, out, convert.RestoreOptions{}); err != nil {
+			out := filepath.Join(sub, name+".safetensors")
+			ro := convert.RestoreOptions{}
+			ro.DType, ro.MaxMemory = tc.to, tc.mem
+			if _, err := convert.RestoreFile(context.Background(), tpkPath, out, ro); err != nil {
 				t.Fatal(err)
 			}
 			r, err := tpk.Open(tpkPath)
@@ -569,6 +583,9 @@ func TestRestoredEqualsCodecDecode(t *testing.T) {
 					t.Fatal(err)
 				}
 				if e.CodecID == codec.IDNone {
+					if tc.to != tensor.F32 {
+						continue // converted
+					}
 					if !bytes.Equal(got, p) {
 						t.Errorf("%s: untouched tensor changed", e.Name)
 					}
@@ -583,8 +600,8 @@ func TestRestoredEqualsCodecDecode(t *testing.T) {
 				if err := c.Decode(x, p, e.Info(), e.CodecVersion); err != nil {
 					t.Fatal(err)
 				}
-				want := make([]byte, 4*len(x))
-				tensor.FromFloat32(want, tensor.F32, x)
+				want := make([]byte, int64(len(x))*tc.to.BlockBytes())
+				tensor.FromFloat32(want, tc.to, x)
 				if !bytes.Equal(got, want) {
 					t.Errorf("%s: restored values differ from the codec's decode", e.Name)
 				}

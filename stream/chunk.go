@@ -716,7 +716,10 @@ func restoreSplits(es []formats.Record, plan []tensor.Info, codecs map[uint16]co
 		}
 		s := &split{rows: rows, rowBytes: pr, perRow: pr + (whole+rows-1)/rows, payload: whole}
 		if e.CodecID != codec.IDNone || plan[i].DType != e.DType {
-			s.perRow += 4*(t.Elems()/rows) + out
+			s.perRow += out
+			if whole == 0 || !floatDecoded(codecs[e.CodecID], e, plan[i]) {
+				s.perRow += 4 * (t.Elems() / rows)
+			}
 		}
 		splits[i] = s
 	}
@@ -826,6 +829,15 @@ func (c *restoreChunks) decode(i int, it item, e *formats.Record, s *split) ([]b
 	}
 	t := e.Info().Clone()
 	cols := t.Elems() / s.rows
+	if fd, ok := c.codecs[e.CodecID].(codec.FloatDecoder); ok && s.payload != 0 && floatDecoded(fd.(codec.Codec), e, c.plan[i]) {
+		mr, _ := t.Matrix()
+		k := mr / s.rows
+		out := make([]byte, (it.r1-it.r0)*(c.plan[i].Size/s.rows))
+		if err := fd.DecodeRowsTo(out, c.plan[i].DType, c.pays[i], t, e.CodecVersion, it.r0*k, it.r1*k); err != nil {
+			return nil, &formats.Error{File: c.r.Name(), Tensor: e.Name, Offset: e.PayloadOffset + a, Err: err}
+		}
+		return out, nil
+	}
 	x := make([]float32, (it.r1-it.r0)*cols)
 	var err error
 	if s.payload != 0 {

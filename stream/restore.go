@@ -108,7 +108,10 @@ func Restore(ctx context.Context, r formats.RecordSource, plan []tensor.Info, si
 		}
 		if e.CodecID != codec.IDNone || plan[i].DType != e.DType {
 			n := plan[i].Elems()
-			c += 4*n + plan[i].Size + codecs[e.CodecID].Cost(plan[i])
+			if !floatDecoded(codecs[e.CodecID], e, plan[i]) {
+				c += 4 * n
+			}
+			c += plan[i].Size + codecs[e.CodecID].Cost(plan[i])
 		}
 		return c
 	}
@@ -132,6 +135,19 @@ func Restore(ctx context.Context, r formats.RecordSource, plan []tensor.Info, si
 				return nil, &formats.Error{File: r.Name(), Tensor: e.Name, Offset: e.PayloadOffset, Err: err}
 			}
 			return b, nil
+		}
+		if floatDecoded(codecs[e.CodecID], e, plan[i]) {
+			// Straight to the planned dtype, a row at a time: the codec
+			// refuses a value that is not finite itself.
+			out := make([]byte, plan[i].Size)
+			rows, _ := e.Info().Matrix()
+			if err := codecs[e.CodecID].(codec.FloatDecoder).DecodeRowsTo(out, plan[i].DType, p, e.Info(), e.CodecVersion, 0, rows); err != nil {
+				return nil, &formats.Error{File: r.Name(), Tensor: e.Name, Offset: e.PayloadOffset, Err: err}
+			}
+			if done := prog.within(i, plan[i], e.SourceSize); done != nil {
+				done(n)
+			}
+			return out, nil
 		}
 		x := make([]float32, n)
 		src := e.Info()
@@ -186,4 +202,11 @@ func Restore(ctx context.Context, r formats.RecordSource, plan []tensor.Info, si
 		}
 	}
 	return ordered(ctx, len(items), o.Workers, o.MaxMemory, itemCost(items), rc.doWork, rc.doWrite)
+}
+
+// floatDecoded reports whether record e is restored to plan by its codec's
+// codec.FloatDecoder: to a float dtype, and not transposed.
+func floatDecoded(c codec.Codec, e *formats.Record, plan tensor.Info) bool {
+	_, ok := c.(codec.FloatDecoder)
+	return ok && !e.Transposed && plan.DType.IsFloat()
 }

@@ -14,7 +14,11 @@
 #      -dtype f16): wall time and peak RSS;
 #   3. restoring that .tpk to F16 safetensors, against cp of the restored
 #      file (tpconvert syncs its output before renaming it into place, so
-#      cp is timed with and without a sync of its copy).
+#      cp is timed with and without a sync of its copy; cp copies inside
+#      the kernel with copy_file_range, so dd with 8 MiB blocks, which
+#      reads and writes through user memory as a writer of computed bytes
+#      must, is timed too) and, with BASE, against the binary of commit
+#      BASE restoring the same file (its output must be the same bytes).
 #
 #   tools/measure-v3speed.sh [WORKDIR]   (default /tmp/tpconvert-v3speed; ~8 GB free)
 #   SMOL=path/to/baseline-f16.gguf  reuse the benchmark's baseline instead of
@@ -25,6 +29,7 @@
 #     for a quick check of the script)
 #   TL_MEM      --max-memory of part 2 (default 512MiB)
 #   PARTS       which parts to run (default "smol tl": part 1, parts 2 and 3)
+#   BASE        a commit whose restore part 3 also times (default none)
 #
 # The machine is shared: run it when nothing else runs and read the medians
 # as such.
@@ -39,7 +44,12 @@ mkdir -p "$work" bin
 go build -o bin/tpconvert ./cmd/tpconvert
 go build -o bin/genmodel ./tools/genmodel
 tp=$repo/bin/tpconvert
-[[ -x $py ]] || { echo "measure-v3speed: no venv at $venv (run tools/bench/setup.sh or set BENCH_VENV)" >&2; exit 1; }
+base=${BASE:-}
+if [[ -n $base ]]; then
+	rm -rf "$work/base-src" && mkdir -p "$work/base-src"
+	git archive "$base" | tar -x -C "$work/base-src"
+	(cd "$work/base-src" && go build -o "$work/tpconvert-base" ./cmd/tpconvert)
+fi
 
 # timed LABEL CMD...: one run; appends "wall_s peak_rss_kib" to $work/LABEL.t
 timed() {
@@ -65,6 +75,7 @@ tlmem=${TL_MEM:-512MiB}
 
 # ---- 1. SmolLM2
 if [[ $parts == *" smol "* ]]; then
+[[ -x $py ]] || { echo "measure-v3speed: no venv at $venv (run tools/bench/setup.sh or set BENCH_VENV)" >&2; exit 1; }
 smol=${SMOL:-}
 if [[ -z $smol ]]; then
 	src=$repo/.bench-cache/model/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -121,6 +132,13 @@ for i in $(seq "$runs"); do
 	rm -f "$work/cp.safetensors"
 	timed cp-sync sh -c 'cp "$1" "$2" && sync "$2"' sh "$work/tl-restored.safetensors" "$work/cp.safetensors"
 	rm -f "$work/cp.safetensors"
+	timed dd dd if="$work/tl-restored.safetensors" of="$work/cp.safetensors" bs=8M
+	rm -f "$work/cp.safetensors"
+	if [[ -n $base ]]; then
+		timed base-restore "$work/tpconvert-base" restore "$work/tl.tpk" --dtype f16 -o "$work/base-restored.safetensors" --force
+		cmp "$work/tl-restored.safetensors" "$work/base-restored.safetensors" || { echo "measure-v3speed: $base restores other bytes" >&2; exit 1; }
+		rm -f "$work/base-restored.safetensors"
+	fi
 done
 out=$(stat -c %s "$work/tl-restored.safetensors")
 mbs() { awk -v n="$out" -v s="$(median "$1" 1)" 'BEGIN {printf "%.0f", n/s/1048576}'; }
@@ -132,6 +150,8 @@ echo '|---|---:|---:|---:|'
 row "tpconvert restore --dtype f16" tl-restore "$(mbs tl-restore)"
 row "cp of the restored file" cp "$(mbs cp)"
 row "cp, then sync of the copy" cp-sync "$(mbs cp-sync)"
-awk -v a="$(median tl-restore 1)" -v b="$(median cp 1)" -v c="$(median cp-sync 1)" \
-	'BEGIN {printf "\nrestore throughput: %.2f× cp, %.2f× cp+sync (target ≥ 0.5× cp)\n", b/a, c/a}'
+row "dd bs=8M (read and write through user memory)" dd "$(mbs dd)"
+[[ -z $base ]] || row "tpconvert restore --dtype f16 of $base" base-restore "$(mbs base-restore)"
+awk -v a="$(median tl-restore 1)" -v b="$(median cp 1)" -v c="$(median cp-sync 1)" -v d="$(median dd 1)" \
+	'BEGIN {printf "\nrestore throughput: %.2f× cp, %.2f× cp+sync, %.2f× dd (target ≥ 0.5× cp)\n", b/a, c/a, d/a}'
 rm -f "$work/tl-restored.safetensors" "$work/tl.tpk"

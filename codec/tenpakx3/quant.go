@@ -16,6 +16,8 @@ const (
 	NTheta = 8
 	// escSym is the symbol that announces an escape.
 	escSym = 255
+	// maxCtx bounds the contexts of a payload (4 row × 4 column classes).
+	maxCtx = MaxClasses * MaxClasses
 )
 
 // Lambda is the rate–distortion multiplier c of λ = c·Δ²: the rounding
@@ -582,6 +584,17 @@ func (r *recon) value(m uint64, neg bool, sc float32) float32 {
 		v = -v
 	}
 	return v
+}
+
+// offsets returns θ_b/256 per bin b ≥ 1: the level of magnitude m ≥ 1 is
+// m − offsets[min(m, NTheta)], exactly value's (both are exact in float64
+// for m ≤ 2^40).
+func (r *recon) offsets() [NTheta + 1]float64 {
+	var o [NTheta + 1]float64
+	for b := 1; b <= NTheta; b++ {
+		o[b] = float64(b) - r[b]
+	}
+	return o
 }
 
 // bin returns the centroid bin of magnitude m ≥ 1: min(m, NTheta).

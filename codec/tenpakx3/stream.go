@@ -3,6 +3,7 @@ package tenpakx3
 import (
 	"context"
 	"fmt"
+	"math"
 	"slices"
 
 	"github.com/klauspost/compress/fse"
@@ -104,7 +105,7 @@ func (c *Codec) EncodeStream(ctx context.Context, t tensor.Info, src codec.RowSo
 	if err != nil {
 		return nil, fmt.Errorf("tenpak_x_v3: tensor %q: its own header: %w", t.Name, err)
 	}
-	return &streamed{m: m, e: res, dp: dp, rc: rc, rpg: rpg, workers: c.workers}, nil
+	return &streamed{m: m, e: res, dp: dp, lt: newLevelTab(dp, &rc, math.Float32bits), rpg: rpg, workers: c.workers}, nil
 }
 
 // streamed is a tensor coded by EncodeStream: its chunks are its row
@@ -113,7 +114,7 @@ type streamed struct {
 	m       *matrix
 	e       *encoded
 	dp      *params // the decoder's, from the header
-	rc      recon
+	lt      *levelTab[uint32]
 	rpg     int
 	workers int
 }
@@ -185,8 +186,8 @@ func (s *streamed) DecodeChunks(dst []float32, k0, k1 int) error {
 				return err
 			}
 			r0, r1 := s.ChunkRows(g)
-			out := dst[(r0-base)*int64(cols) : (r1-base)*int64(cols)]
-			if err := s.dp.decodeGroup(out, buf, int(r0), int(r1), &s.rc, &sc); err != nil {
+			out := f32bits(dst[(r0-base)*int64(cols) : (r1-base)*int64(cols)])
+			if err := decodeGroup(s.dp, out, buf, int(r0), int(r1), s.lt, &sc, nil); err != nil {
 				return fmt.Errorf("tenpak_x_v3: group %d: %w", g, err)
 			}
 		}

@@ -744,6 +744,24 @@ type bitReader struct {
 	nacc uint
 }
 
+// fill loads whole bytes into the accumulator, eight at a time while
+// eight remain, until it holds more than 56 bits or the bytes run out.
+func (b *bitReader) fill() {
+	if b.i+8 <= len(b.src) {
+		n := (63 - b.nacc) >> 3 // whole bytes that fit
+		v := binary.LittleEndian.Uint64(b.src[b.i:]) & (uint64(1)<<(8*n) - 1)
+		b.acc |= v << b.nacc
+		b.i += int(n)
+		b.nacc += 8 * n
+		return
+	}
+	for b.nacc <= 56 && b.i < len(b.src) {
+		b.acc |= uint64(b.src[b.i]) << b.nacc
+		b.i++
+		b.nacc += 8
+	}
+}
+
 func (b *bitReader) read(w uint) (uint64, bool) {
 	for b.nacc < w {
 		if b.i >= len(b.src) {
@@ -906,41 +924,6 @@ func (c *Codec) DecodeRows(dst []float32, payload []byte, t tensor.Info, version
 	return c.decodeRows(dst, h, int(r0), int(r1))
 }
 
-func (c *Codec) decodeRows(dst []float32, h *header, r0, r1 int) error {
-	if r0 == r1 {
-		return nil
-	}
-	p, rc, err := h.decoder()
-	if err != nil {
-		return err
-	}
-	g0, g1 := r0/h.rpg, (r1-1)/h.rpg+1
-	return par.For(g1-g0, 1, 1, c.workers, func(a, b int) error {
-		var sc fse.Scratch
-		var buf []float32
-		for g := g0 + a; g < g0+b; g++ {
-			gr0, gr1 := g*h.rpg, min(h.rows, (g+1)*h.rpg)
-			lo, hi := max(gr0, r0), min(gr1, r1)
-			out := dst[(lo-r0)*h.cols : (hi-r0)*h.cols]
-			if lo != gr0 || hi != gr1 {
-				if need := (gr1 - gr0) * h.cols; cap(buf) < need {
-					buf = make([]float32, need)
-				}
-				buf = buf[:(gr1-gr0)*h.cols]
-				if err := p.decodeGroup(buf, h.groups[g], gr0, gr1, &rc, &sc); err != nil {
-					return fmt.Errorf("group %d: %w", g, err)
-				}
-				copy(out, buf[(lo-gr0)*h.cols:(hi-gr0)*h.cols])
-				continue
-			}
-			if err := p.decodeGroup(out, h.groups[g], gr0, gr1, &rc, &sc); err != nil {
-				return fmt.Errorf("group %d: %w", g, err)
-			}
-		}
-		return nil
-	})
-}
-
 // decoder returns the params and reconstruction levels that decode the
 // groups of h.
 func (h *header) decoder() (*params, recon, error) {
@@ -952,78 +935,6 @@ func (h *header) decoder() (*params, recon, error) {
 		}
 	}
 	return p, newRecon(h.theta), nil
-}
-
-// decodeGroup decodes rows [r0, r1) from their group's bytes q.
-func (p *params) decodeGroup(dst []float32, q []byte, r0, r1 int, rc *recon, sc *fse.Scratch) error {
-	nctx := p.nrc * p.ncc
-	cnt := p.counts(r0, r1)
-	syms := make([][]byte, nctx)
-	var err error
-	for k := range nctx {
-		if cnt[k] == 0 {
-			continue
-		}
-		if syms[k], q, err = readBlock(q, cnt[k], sc); err != nil {
-			return err
-		}
-	}
-	el, m := binary.Uvarint(q)
-	if m <= 0 || el > uint64(len(q)-m) {
-		return corrupt("escape stream length")
-	}
-	esc := q[m : m+int(el)]
-	low := bitReader{src: q[m+int(el):]}
-	pos := make([]int, nctx)
-	w := p.shift
-	for r := r0; r < r1; r++ {
-		row := dst[(r-r0)*p.cols : (r-r0+1)*p.cols]
-		base := p.rowBase(r)
-		for c := range row {
-			k := p.ctxOf(base, c)
-			hi := uint64(syms[k][pos[k]])
-			pos[k]++
-			if hi == escSym {
-				v, m := binary.Uvarint(esc)
-				if m <= 0 || v > maxMag {
-					return corrupt("escape value")
-				}
-				esc = esc[m:]
-				hi = escSym + v
-			}
-			if hi > maxMag>>w {
-				return corrupt("magnitude of %d high bits", hi)
-			}
-			lb, ok := low.read(w)
-			if !ok {
-				return corrupt("raw bits end early")
-			}
-			mg := hi<<w | lb
-			if mg == 0 {
-				row[c] = 0
-				continue
-			}
-			if mg > maxMag {
-				return corrupt("magnitude %d", mg)
-			}
-			neg, ok := low.read(1)
-			if !ok {
-				return corrupt("raw bits end early")
-			}
-			v := rc.value(mg, neg == 1, p.stepc[c])
-			if math.IsInf(float64(v), 0) {
-				return corrupt("weight overflows")
-			}
-			row[c] = v
-		}
-	}
-	if len(esc) != 0 {
-		return corrupt("%d bytes left in the escape stream", len(esc))
-	}
-	if low.i != len(low.src) || low.acc != 0 {
-		return corrupt("raw bits: %d bytes of %d read, padding %#x", low.i, len(low.src), low.acc)
-	}
-	return nil
 }
 
 // readBlock reads one context block of n symbols.

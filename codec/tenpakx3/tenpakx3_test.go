@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 
@@ -589,6 +590,28 @@ func FuzzDecode(f *testing.F) {
 				t.Errorf("DecodeRows(1, 2) = %v or differs from Decode", err)
 			}
 		}
+		// DecodeRowsTo accepts exactly what Decode accepts, and writes
+		// FromFloat32 of its values.
+		if rows > 0 && cols > 0 {
+			info := numtest.Info("fuzz", int(rows), int(cols))
+			all := make([]float32, int(rows)*int(cols))
+			for _, d := range []tensor.DType{tensor.F16, tensor.F32} {
+				got := make([]byte, int64(len(all))*d.BlockBytes())
+				gerr := c.DecodeRowsTo(got, d, payload, info, Version, 0, int64(rows))
+				if (gerr == nil) != (err == nil) {
+					t.Fatalf("DecodeRowsTo %s: %v, Decode: %v", d, gerr, err)
+				}
+				if err != nil {
+					continue
+				}
+				_ = c.Decode(all, payload, info, Version)
+				want := make([]byte, len(got))
+				_ = tensor.FromFloat32(want, d, all)
+				if !bytes.Equal(got, want) {
+					t.Fatalf("DecodeRowsTo %s differs from FromFloat32(Decode)", d)
+				}
+			}
+		}
 	})
 }
 
@@ -683,4 +706,99 @@ func TestGoldenDigest(t *testing.T) {
 		}
 	}
 	numtest.Golden(t, "testdata/digest.golden", []byte(fmt.Sprintf("%x\n", h.Sum(nil))), *update)
+}
+
+// decodedAs returns FromFloat32 of Decode's rows [r0, r1) in d: what
+// DecodeRowsTo must write.
+func decodedAs(t *testing.T, c *Codec, p []byte, info tensor.Info, d tensor.DType, r0, r1 int) []byte {
+	t.Helper()
+	_, cols := info.Matrix()
+	x := make([]float32, info.Elems())
+	if err := c.Decode(x, p, info, Version); err != nil {
+		t.Fatal(err)
+	}
+	out := make([]byte, int64(r1-r0)*cols*d.BlockBytes())
+	if err := tensor.FromFloat32(out, d, x[int64(r0)*cols:int64(r1)*cols]); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestDecodeRowsTo: straight to F16, BF16, F32 and F64 the bytes are
+// FromFloat32's of Decode, for whole tensors and row ranges across groups,
+// into aligned and odd destinations, at low and high rates, with column
+// steps, escapes and several raw bits; a step whose large levels overflow
+// is refused as by Decode.
+func TestDecodeRowsTo(t *testing.T) {
+	rows, cols := 70, 300
+	x := numtest.Realistic().Matrix(numtest.NewRand(7), rows, cols)
+	for i := 0; i < len(x); i += 331 {
+		x[i] *= 60
+	}
+	imp := make([]float32, cols)
+	for i := range imp {
+		imp[i] = float32(1 + (i*5)%13)
+	}
+	info := numtest.Info("w", rows, cols)
+	withGroups(16*cols, func() {
+		for _, k := range []int{-8, 8, 30, 64} {
+			for _, im := range [][]float32{nil, imp} {
+				c := NewPlanned(map[string]Config{"w": {K: k}}, map[string][]float32{"w": im}, nil, "")
+				var buf bytes.Buffer
+				if err := c.Encode(&buf, info, x); err != nil {
+					t.Fatal(err)
+				}
+				p := buf.Bytes()
+				for _, d := range []tensor.DType{tensor.F16, tensor.BF16, tensor.F32, tensor.F64} {
+					for _, rr := range [][2]int{{0, rows}, {5, 37}, {16, 32}, {69, 70}, {3, 3}} {
+						want := decodedAs(t, c, p, info, d, rr[0], rr[1])
+						for _, odd := range []int{0, 1} {
+							got := make([]byte, len(want)+odd)[odd:]
+							if err := c.DecodeRowsTo(got, d, p, info, Version, int64(rr[0]), int64(rr[1])); err != nil {
+								t.Fatalf("k=%d imp=%v %s rows %v: %v", k, im != nil, d, rr, err)
+							}
+							if !bytes.Equal(got, want) {
+								t.Fatalf("k=%d imp=%v %s rows %v odd=%d: bytes differ from FromFloat32(Decode)", k, im != nil, d, rr, odd)
+							}
+						}
+					}
+				}
+				if err := c.DecodeRowsTo(make([]byte, 2*rows*cols), tensor.I8, p, info, Version, 0, int64(rows)); err == nil {
+					t.Error("DecodeRowsTo accepted an integer dtype")
+				}
+			}
+		}
+	})
+	// One weight 150 steps out, the rest within a few; then the step made
+	// 3.4e36, so that magnitudes from 101 up overflow float32: inside the
+	// level table, which must stop short of them, and both decoders
+	// refuse the payload.
+	c := fixed(t, 8)
+	var buf bytes.Buffer
+	big := numtest.Realistic().Matrix(numtest.NewRand(8), rows, cols)
+	if err := c.Encode(&buf, info, big); err != nil {
+		t.Fatal(err)
+	}
+	step := math.Float32frombits(binary.LittleEndian.Uint32(buf.Bytes()[16:]))
+	if m := slices.Max(big) / step; m > 50 {
+		t.Fatalf("the largest weight is %.0f steps out: the test wants a few", m)
+	}
+	big[17] = 150 * step
+	buf.Reset()
+	if err := c.Encode(&buf, info, big); err != nil {
+		t.Fatal(err)
+	}
+	p := slices.Clone(buf.Bytes())
+	if p[13] != 0 {
+		t.Fatalf("%d raw bits: the test wants 0 (a table of 256 magnitudes)", p[13])
+	}
+	binary.LittleEndian.PutUint32(p[16:], math.Float32bits(3.4e36))
+	if err := c.Decode(make([]float32, rows*cols), p, info, Version); err == nil {
+		t.Fatal("Decode accepted levels beyond float32")
+	}
+	for _, d := range []tensor.DType{tensor.F16, tensor.F32} {
+		if err := c.DecodeRowsTo(make([]byte, int64(rows*cols)*d.BlockBytes()), d, p, info, Version, 0, int64(rows)); err == nil || !errors.Is(err, codec.ErrCorrupt) {
+			t.Errorf("DecodeRowsTo %s of overflowing levels: %v", d, err)
+		}
+	}
 }

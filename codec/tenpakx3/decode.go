@@ -87,7 +87,7 @@ func f32bits(x []float32) []uint32 {
 func (c *Codec) decodeRows(dst []float32, h *header, r0, r1 int) error {
 	u := f32bits(dst)
 	cols := h.cols
-	return eachGroup(c, h, r0, r1, math.Float32bits, func(p *params, g, gr0, gr1 int, lt *levelTab[uint32], sc *fse.Scratch, buf *[]uint32) error {
+	return eachGroup(c, h, r0, r1, math.Float32bits, func(p *params, g, gr0, gr1 int, lt *levelTab[uint32], sc *scratch, buf *[]uint32) error {
 		if gr0 >= r0 && gr1 <= r1 {
 			return decodeGroup(p, u[(gr0-r0)*cols:(gr1-r0)*cols], h.groups[g], gr0, gr1, lt, sc, nil)
 		}
@@ -125,7 +125,7 @@ func (c *Codec) DecodeRowsTo(dst []byte, d tensor.DType, payload []byte, t tenso
 		if d == tensor.BF16 {
 			conv = tensor.FloatToBF16
 		}
-		return eachGroup(c, h, int(r0), int(r1), conv, func(p *params, g, gr0, gr1 int, lt *levelTab[uint16], sc *fse.Scratch, buf *[]uint16) error {
+		return eachGroup(c, h, int(r0), int(r1), conv, func(p *params, g, gr0, gr1 int, lt *levelTab[uint16], sc *scratch, buf *[]uint16) error {
 			if littleEndian && gr0 >= int(r0) && gr1 <= int(r1) {
 				// Straight into dst, whose words are little-endian here,
 				// when they are aligned.
@@ -143,7 +143,7 @@ func (c *Codec) DecodeRowsTo(dst []byte, d tensor.DType, payload []byte, t tenso
 			})
 		})
 	}
-	return eachGroup(c, h, int(r0), int(r1), math.Float32bits, func(p *params, g, gr0, gr1 int, lt *levelTab[uint32], sc *fse.Scratch, buf *[]uint32) error {
+	return eachGroup(c, h, int(r0), int(r1), math.Float32bits, func(p *params, g, gr0, gr1 int, lt *levelTab[uint32], sc *scratch, buf *[]uint32) error {
 		return decodeGroup(p, rowBuf(buf, h.cols), h.groups[g], gr0, gr1, lt, sc, func(r int, row []uint32) error {
 			o := out(r)
 			if o == nil {
@@ -177,7 +177,7 @@ func rowBuf[U word](buf *[]U, n int) []U {
 // eachGroup calls decode, in parallel, for every row group that holds
 // rows of [r0, r1), with the group's rows [gr0, gr1), the level table of
 // conv and a worker's scratch.
-func eachGroup[U word](c *Codec, h *header, r0, r1 int, conv func(float32) U, decode func(p *params, g, gr0, gr1 int, lt *levelTab[U], sc *fse.Scratch, buf *[]U) error) error {
+func eachGroup[U word](c *Codec, h *header, r0, r1 int, conv func(float32) U, decode func(p *params, g, gr0, gr1 int, lt *levelTab[U], sc *scratch, buf *[]U) error) error {
 	if r0 == r1 {
 		return nil
 	}
@@ -188,7 +188,7 @@ func eachGroup[U word](c *Codec, h *header, r0, r1 int, conv func(float32) U, de
 	lt := newLevelTab(p, &rc, conv)
 	g0, g1 := r0/h.rpg, (r1-1)/h.rpg+1
 	return par.For(g1-g0, 1, 1, c.workers, func(a, b int) error {
-		var sc fse.Scratch
+		var sc scratch
 		var buf []U
 		for g := g0 + a; g < g0+b; g++ {
 			gr0, gr1 := g*h.rpg, min(h.rows, (g+1)*h.rpg)
@@ -203,7 +203,14 @@ func eachGroup[U word](c *Codec, h *header, r0, r1 int, conv func(float32) U, de
 // decodeGroup decodes rows [r0, r1) from their group's bytes q: into
 // dst, all the group's rows, when emit is nil; otherwise each row in turn
 // into dst (one row long) and then to emit.
-func decodeGroup[U word](p *params, dst []U, q []byte, r0, r1 int, lt *levelTab[U], sc *fse.Scratch, emit func(r int, row []U) error) error {
+// scratch is a decoding worker's: the FSE decoder and its output buffers,
+// one per context, reused from group to group.
+type scratch struct {
+	fse  fse.Scratch
+	syms [maxCtx][]byte
+}
+
+func decodeGroup[U word](p *params, dst []U, q []byte, r0, r1 int, lt *levelTab[U], sc *scratch, emit func(r int, row []U) error) error {
 	nctx := p.nrc * p.ncc
 	cnt := p.counts(r0, r1)
 	var syms [maxCtx][]byte
@@ -212,10 +219,15 @@ func decodeGroup[U word](p *params, dst []U, q []byte, r0, r1 int, lt *levelTab[
 		if cnt[k] == 0 {
 			continue
 		}
-		if syms[k], q, err = readBlock(q, cnt[k], sc); err != nil {
+		owned := len(q) > 0 && q[0] == modeFSE // else q's bytes or its own
+		if syms[k], q, err = readBlock(q, cnt[k], &sc.fse, sc.syms[k]); err != nil {
 			return err
 		}
+		if owned {
+			sc.syms[k] = syms[k]
+		}
 	}
+	sc.fse.Out = nil // the buffers are sc.syms' alone
 	el, m := binary.Uvarint(q)
 	if m <= 0 || el > uint64(len(q)-m) {
 		return corrupt("escape stream length")

@@ -178,11 +178,11 @@ func (s *streamed) DecodeChunks(dst []float32, k0, k1 int) error {
 		return fmt.Errorf("tenpak_x_v3: %d values for groups [%d, %d)", len(dst), k0, k1)
 	}
 	return par.For(k1-k0, 1, 1, s.workers, func(a, b int) error {
-		var sc fse.Scratch
+		var sc scratch
 		var buf []byte
 		for g := k0 + a; g < k0+b; g++ {
 			var err error
-			if buf, err = s.group(buf[:0], g, &sc); err != nil {
+			if buf, err = s.group(buf[:0], g, &sc.fse); err != nil {
 				return err
 			}
 			r0, r1 := s.ChunkRows(g)

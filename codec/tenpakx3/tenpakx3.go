@@ -937,8 +937,9 @@ func (h *header) decoder() (*params, recon, error) {
 	return p, newRecon(h.theta), nil
 }
 
-// readBlock reads one context block of n symbols.
-func readBlock(q []byte, n int, sc *fse.Scratch) ([]byte, []byte, error) {
+// readBlock reads one context block of n symbols, an FSE block's into
+// the memory of into when it is large enough.
+func readBlock(q []byte, n int, sc *fse.Scratch, into []byte) ([]byte, []byte, error) {
 	if len(q) < 1 {
 		return nil, nil, corrupt("missing block")
 	}
@@ -962,7 +963,7 @@ func readBlock(q []byte, n int, sc *fse.Scratch) ([]byte, []byte, error) {
 		}
 		blk := q[m : m+int(l)]
 		sc.DecompressLimit = n
-		sc.Out = nil
+		sc.Out = into[:0]
 		out, err := fse.Decompress(blk, sc)
 		if err != nil {
 			return nil, nil, corrupt("FSE block: %v", err)

@@ -854,7 +854,7 @@ func (c *restoreChunks) decode(i int, it item, e *formats.Record, s *split) ([]b
 	}
 	if e.CodecID != codec.IDNone {
 		for k, v := range x {
-			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			if !finite(v) {
 				return nil, &formats.Error{File: c.r.Name(), Tensor: e.Name, Offset: e.PayloadOffset,
 					Err: fmt.Errorf("%w: element %d decodes to %v (a non-finite codec parameter)", codec.ErrCorrupt, it.r0*cols+int64(k), v)}
 			}

@@ -645,7 +645,9 @@ type faithful struct {
 
 func newFaithful() *faithful { return &faithful{badIn: -1, bad: -1} }
 
-func finite(v float32) bool { return !math.IsNaN(float64(v)) && !math.IsInf(float64(v), 0) }
+// finite reports whether v is neither NaN nor ±Inf: its exponent bits are
+// not all ones.
+func finite(v float32) bool { return math.Float32bits(v)&0x7f800000 != 0x7f800000 }
 
 // input checks inputs x, the elements from off; false if one is not
 // finite (or an earlier part's was).

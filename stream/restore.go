@@ -3,7 +3,6 @@ package stream
 import (
 	"context"
 	"fmt"
-	"math"
 
 	"github.com/tpconvert/tpconvert/codec"
 	"github.com/tpconvert/tpconvert/formats"
@@ -166,7 +165,7 @@ func Restore(ctx context.Context, r formats.RecordSource, plan []tensor.Info, si
 			if byteDecoded {
 				break
 			}
-			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			if !finite(v) {
 				return nil, &formats.Error{File: r.Name(), Tensor: e.Name, Offset: e.PayloadOffset,
 					Err: fmt.Errorf("%w: element %d decodes to %v (a non-finite codec parameter)", codec.ErrCorrupt, k, v)}
 			}

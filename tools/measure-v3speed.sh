@@ -29,7 +29,10 @@
 #     for a quick check of the script)
 #   TL_MEM      --max-memory of part 2 (default 512MiB)
 #   PARTS       which parts to run (default "smol tl": part 1, parts 2 and 3)
-#   BASE        a commit whose restore part 3 also times (default none)
+#   BASE        a commit whose binary is timed too (default none): at
+#     --bpw 4.5 in part 1, alternating with this tree's (whose --bpw 4.5 row
+#     then has twice the runs), and restoring in part 3; its outputs must
+#     be the same bytes
 #
 # The machine is shared: run it when nothing else runs and read the medians
 # as such.
@@ -94,6 +97,11 @@ for i in $(seq "$runs"); do
 		timed "v3-bpw$b" "$tp" compress "$smol" --codec tenpak_x_v3 --bpw "$b" --workers 2 -o "$work/smol-v3.tpk" --force
 	done
 	timed v3-q4km "$tp" compress "$smol" --codec tenpak_x_v3 --target-size "$size" --workers 2 -o "$work/smol-v3.tpk" --force
+	if [[ -n $base ]]; then
+		timed v3-bpw4.5 "$tp" compress "$smol" --codec tenpak_x_v3 --bpw 4.5 --workers 2 -o "$work/smol-v3.tpk" --force
+		timed base-bpw4.5 "$work/tpconvert-base" compress "$smol" --codec tenpak_x_v3 --bpw 4.5 --workers 2 -o "$work/smol-base.tpk" --force
+		cmp "$work/smol-v3.tpk" "$work/smol-base.tpk" || { echo "measure-v3speed: $base compresses to other bytes" >&2; exit 1; }
+	fi
 done
 q=$(median llama-q4km 1)
 echo
@@ -102,10 +110,16 @@ echo
 echo '| run | wall s | peak RSS MiB | vs llama.cpp Q4_K_M |'
 echo '|---|---:|---:|---:|'
 row "llama_model_quantize Q4_K_M" llama-q4km "1.00×"
-for l in v3-bpw3 v3-bpw4.5 v3-bpw6 v3-q4km; do
-	row "tpconvert --codec tenpak_x_v3 ${l#v3-}" "$l" "$(awk -v a="$(median "$l" 1)" -v b="$q" 'BEGIN {printf "%.2f×", a/b}')"
+labels="v3-bpw3 v3-bpw4.5 v3-bpw6 v3-q4km"
+[[ -z $base ]] || labels+=" base-bpw4.5"
+for l in $labels; do
+	case $l in
+	base-*) name="tpconvert of $base --codec tenpak_x_v3 ${l#base-}" ;;
+	*) name="tpconvert --codec tenpak_x_v3 ${l#v3-}" ;;
+	esac
+	row "$name" "$l" "$(awk -v a="$(median "$l" 1)" -v b="$q" 'BEGIN {printf "%.2f×", a/b}')"
 done
-rm -f "$work/q4km.gguf" "$work/smol-v3.tpk"
+rm -f "$work/q4km.gguf" "$work/smol-v3.tpk" "$work/smol-base.tpk"
 fi
 [[ $parts == *" tl "* ]] || exit 0
 

@@ -79,22 +79,26 @@ func (c *Codec) Distortions(x []float32, cols int, imp []float32, cfgs []codec.C
 	return d, err
 }
 
-// distortion returns Σ imp[c]·(x − x̂)² of the sample x rounded as s.
-func distortion(x []float32, cols int, imp []float32, p *params, s *sampled) float64 {
+// distortion returns Σ imp[c]·(x − x̂)² of the sample x rounded as s,
+// rootImp holding √imp[c] (nil: every imp[c] is 1).
+func distortion(x []float32, cols int, rootImp []float64, p *params, s *sampled) float64 {
 	// The decoder's values, from the centroids Encode would write.
 	rc := newRecon(s.bins.thetas())
+	stepc := p.stepc[:cols]
 	var e float64
-	for j, v := range x {
-		cj := j % cols
-		var y float32
-		if s.mags[j] > 0 {
-			y = rc.value(s.mags[j], s.neg[j], p.stepc[cj])
+	for r0 := 0; r0 < len(x); r0 += cols {
+		xr, mags, neg := x[r0:r0+cols], s.mags[r0:r0+cols], s.neg[r0:r0+cols]
+		for c, v := range xr {
+			var y float32
+			if mags[c] > 0 {
+				y = rc.value(mags[c], neg[c], stepc[c])
+			}
+			d := float64(v) - float64(y)
+			if rootImp != nil {
+				d *= rootImp[c]
+			}
+			e += d * d
 		}
-		d := float64(v) - float64(y)
-		if imp != nil {
-			d *= math.Sqrt(float64(imp[cj]))
-		}
-		e += d * d
 	}
 	return e
 }
@@ -181,6 +185,14 @@ func (c *Codec) estimate(x []float32, rows, cols int, imp []float32, cfgs []code
 		ccB = classes(colSums(x[:n/2*cols], cols, jcol), pr.ncc)
 	}
 	anchor := anchors(cs)
+	var s *sampled
+	var rootImp []float64
+	if imp != nil {
+		rootImp = make([]float64, cols)
+		for c, v := range imp {
+			rootImp[c] = math.Sqrt(float64(v))
+		}
+	}
 	for i, cfg := range cs {
 		if !anchor[i] {
 			continue
@@ -189,28 +201,29 @@ func (c *Codec) estimate(x []float32, rows, cols int, imp []float32, cfgs []code
 		if !ok {
 			return nil, nil, fmt.Errorf("%w: the step of k=%d is not a normal float32", codec.ErrUnsupported, cfg.K)
 		}
-		s := p.roundSample(x)
+		var hs *sampleHists
+		if sizes {
+			hs = &sampleHists{}
+			if p.ccls != nil && ccA != nil {
+				hs.ccA, hs.ccB = ccA, ccB
+			}
+		}
+		s = p.roundSample(x, s, hs)
 		if s.tooLarge {
 			return nil, nil, fmt.Errorf("%w: a weight is more than 2^40 steps from zero", codec.ErrUnsupported)
 		}
-		dist[i] = distortion(x, cols, imp, p, s)
+		dist[i] = distortion(x, cols, rootImp, p, s)
 		if !sizes {
 			continue
 		}
-		nctx := p.nrc * p.ncc
-		h := newHist(nctx)
-		p.hist(h, s, p.ccls, 0, n)
-		bits := estBits(h, scale, ng)
-		if p.ccls != nil && ccA != nil {
+		bits := estBits(hs.h, scale, ng)
+		if hs.h2 != nil {
 			// Column classes drawn from the sample fit its noise, which
 			// makes its own histograms optimistic; classes of each half
 			// taken from the other half make them pessimistic. The
 			// estimate weights them 0.6 and 0.4 (on MiniLM's matrices
 			// that lands within 0.5 % above the payload sizes).
-			h2 := newHist(nctx)
-			p.hist(h2, s, ccA, 0, n/2)
-			p.hist(h2, s, ccB, n/2, n)
-			bits = 0.4*estBits(h2, scale, ng) + 0.6*bits
+			bits = 0.4*estBits(hs.h2, scale, ng) + 0.6*bits
 		}
 		esc := float64(s.esc) * scale
 		low := float64(s.low) * scale

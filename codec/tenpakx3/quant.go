@@ -47,7 +47,18 @@ type params struct {
 	cost  [][256]float64
 	cost0 []float64
 	lam   float32
+	// The rounding's tables for magnitudes below roundTab: lev[m] =
+	// level(m), and per context ctab[k][m] = cost[k][sym(m)] (m ≥ 1) and
+	// ctab[k][0] = cost0[k].
+	lev  *[roundTab]float64
+	ctab []roundCosts
 }
+
+// roundTab is the number of magnitudes round takes from tables; larger
+// ones are computed.
+const roundTab = 512
+
+type roundCosts [roundTab]float64
 
 // colMul returns the step exponents j_c = round(−8·log2(imp_c/ḡ))
 // (geometric mean ḡ of imp), clamped to int8, for the importance imp.
@@ -369,6 +380,7 @@ func (p *params) plainPass(row func(r int) []float32, scale float64, ng, stride,
 	nch := (p.rows + chunk - 1) / chunk
 	hs := make([][]uint32, nch)
 	bs := make([]binSums, nch)
+	ccls := p.ccls
 	_ = par.For(p.rows, chunk, chunk, workers, func(r0, r1 int) error {
 		for ch := r0 / chunk; ch*chunk < r1; ch++ {
 			h := make([]uint32, nctx*256)
@@ -378,14 +390,19 @@ func (p *params) plainPass(row func(r int) []float32, scale float64, ng, stride,
 					continue
 				}
 				base := p.rowBase(r)
-				for c, v := range row(r) {
-					t := p.norm(v, c)
-					m := math.Round(t)
-					sym := escSym
+				x := row(r)
+				inv := p.inv[:len(x)]
+				for c, v := range x {
+					t := math.Abs(float64(v) * float64(inv[c]))
+					m, sym := math.Round(t), escSym
 					if m < 1<<40 {
 						sym = p.sym(int64(m))
 					}
-					h[p.ctxOf(base, c)*256+sym]++
+					k := base
+					if ccls != nil {
+						k += int(ccls[c])
+					}
+					h[k*256+sym]++
 					if m > 0 {
 						i := bin(m)
 						b.w[i]++
@@ -501,11 +518,6 @@ func blockBits(h []float64, ng int) float64 {
 	return bits + 8*float64(ng)*(tableBase+tableBytes*float64(present))
 }
 
-// norm returns |x|/Δ_c, the magnitude in units of column c's step.
-func (p *params) norm(v float32, c int) float64 {
-	return math.Abs(float64(v) * float64(p.inv[c]))
-}
-
 // level returns the RDO reconstruction level of magnitude m.
 func (p *params) level(m float64) float64 {
 	if m <= NTheta {
@@ -525,6 +537,18 @@ func (p *params) setCosts() {
 		}
 		p.cost0 = append(p.cost0, lam*float64(p.bits[k][0]))
 	}
+	p.lev = new([roundTab]float64)
+	for m := 1; m < roundTab; m++ {
+		p.lev[m] = p.level(float64(m))
+	}
+	p.ctab = make([]roundCosts, len(p.bits))
+	for k := range p.ctab {
+		ct := &p.ctab[k]
+		ct[0] = p.cost0[k]
+		for m := 1; m < roundTab; m++ {
+			ct[m] = p.cost[k][p.sym(int64(m))]
+		}
+	}
 }
 
 // sym returns the symbol of magnitude m: min(m >> s, 255).
@@ -536,8 +560,35 @@ func (p *params) sym(m int64) int {
 // context k: of ⌊t⌋, ⌊t⌋+1 and 0, the one with the least
 // (t − level(m))² + c·bits, bits counting the symbol (plus 8 for an
 // escape) and the sign; the raw low bits, the same for every choice, are
-// left out.
+// left out. Below roundTab−1 the levels and costs come from p's tables
+// (the same float64 values), above from roundLarge.
 func (p *params) round(t float64, k int) float64 {
+	if !(t < roundTab-1) {
+		return p.roundLarge(t, k)
+	}
+	mi := int(t) & (roundTab - 1) // ⌊t⌋, t ≥ 0 (the masks only drop bounds checks)
+	mj := (mi + 1) & (roundTab - 1)
+	ct := &p.ctab[k]
+	z := t*t + ct[0]
+	// For ⌊t⌋ = 0, c0 is z itself (lev[0] = 0, ctab[k][0] = cost0[k]):
+	// the comparisons below keep 0 then, as round's order of choices
+	// does.
+	d0 := t - p.lev[mi]
+	c0 := d0*d0 + ct[mi]
+	d1 := t - p.lev[mj]
+	c1 := d1*d1 + ct[mj]
+	best := 0
+	if c0 < z {
+		best = mi
+	}
+	if c1 < min(c0, z) {
+		best = mj
+	}
+	return float64(best)
+}
+
+// roundLarge is round for t ≥ roundTab−1 (and NaN).
+func (p *params) roundLarge(t float64, k int) float64 {
 	if t > 1<<40 {
 		return math.Round(t)
 	}
@@ -616,19 +667,41 @@ type sampled struct {
 }
 
 // roundSample rounds every weight of x (p.rows rows) as quantGroup does,
-// keeping the magnitudes instead of coding them.
-func (p *params) roundSample(x []float32) *sampled {
-	s := &sampled{mags: make([]uint64, len(x)), neg: make([]bool, len(x))}
+// keeping the magnitudes instead of coding them; into, when not nil, is a
+// sampled of as many weights whose slices it reuses. With hs, it also
+// counts each weight's symbol in its context's histogram h (hs.h) and,
+// with column classes hs.ccA (rows below half) and hs.ccB, in hs.h2.
+func (p *params) roundSample(x []float32, into *sampled, hs *sampleHists) *sampled {
+	s := into
+	if s == nil || len(s.mags) != len(x) {
+		s = &sampled{mags: make([]uint64, len(x)), neg: make([]bool, len(x))}
+	} else {
+		*s = sampled{mags: s.mags, neg: s.neg}
+	}
 	var lowBits uint64
 	var tmp [binary.MaxVarintLen64]byte
+	cols, ccls := p.cols, p.ccls
+	var cnt *[maxCtx * 256]uint32
+	if hs != nil {
+		cnt = new([maxCtx * 256]uint32)
+	}
 	for r := range p.rows {
 		base := p.rowBase(r)
-		for c, v := range x[r*p.cols : (r+1)*p.cols] {
-			i := r*p.cols + c
-			t := p.norm(v, c)
-			m := p.round(t, p.ctxOf(base, c))
-			lowBits += uint64(p.shift)
+		xr := x[r*cols : (r+1)*cols]
+		mags, neg, inv := s.mags[r*cols:(r+1)*cols], s.neg[r*cols:(r+1)*cols], p.inv[:cols]
+		lowBits += uint64(p.shift) * uint64(cols)
+		for c, v := range xr {
+			t := math.Abs(float64(v) * float64(inv[c]))
+			k := base
+			if ccls != nil {
+				k += int(ccls[c])
+			}
+			m := p.round(t, k)
+			if cnt != nil {
+				cnt[k*256+int(min(uint64(m)>>p.shift, escSym))]++
+			}
 			if m == 0 {
+				mags[c], neg[c] = 0, false
 				continue
 			}
 			if m > maxMag {
@@ -636,7 +709,7 @@ func (p *params) roundSample(x []float32) *sampled {
 				m = maxMag
 			}
 			mu := uint64(m)
-			s.mags[i], s.neg[i] = mu, v < 0
+			mags[c], neg[c] = mu, v < 0
 			lowBits++
 			if hi := mu >> p.shift; hi >= escSym {
 				s.esc += binary.PutUvarint(tmp[:], hi-escSym)
@@ -647,7 +720,26 @@ func (p *params) roundSample(x []float32) *sampled {
 		}
 	}
 	s.low = int((lowBits + 7) / 8)
+	if hs != nil {
+		hs.h = newHist(p.nrc * p.ncc)
+		for k, hk := range hs.h {
+			for i := range hk {
+				hk[i] = float64(cnt[k*256+i])
+			}
+		}
+		if hs.ccA != nil {
+			hs.h2 = newHist(p.nrc * p.ncc)
+			p.hist(hs.h2, s, hs.ccA, 0, p.rows/2)
+			p.hist(hs.h2, s, hs.ccB, p.rows/2, p.rows)
+		}
+	}
 	return s
+}
+
+// sampleHists are the symbol histograms roundSample counts.
+type sampleHists struct {
+	ccA, ccB []uint8     // column classes of each half, from the other (nil: no h2)
+	h, h2    [][]float64 // per context, 256 symbols
 }
 
 // hist adds to h (per context, 256 symbols) the symbols of rows [r0, r1)

@@ -230,12 +230,24 @@ func CheckFinite(x []float32) error { return checkFinite(x, 0) }
 // checkFinite is CheckFinite of the elements of a tensor from off.
 func checkFinite(x []float32, off int64) error {
 	for k, v := range x {
-		if !(math.Abs(float64(v)) <= MaxAbs) {
+		// |v| ≤ MaxAbs, on the bits: for non-negative float32s (NaN
+		// and ±Inf above them) the order of the bits is that of the
+		// values.
+		if math.Float32bits(v)&0x7fffffff > maxAbsBits {
 			return fmt.Errorf("%w: element %d is %g (finite values up to %g only)", codec.ErrUnsupported, off+int64(k), v, MaxAbs)
 		}
 	}
 	return nil
 }
+
+// maxAbsBits is the bits of the largest float32 ≤ MaxAbs.
+var maxAbsBits = func() uint32 {
+	v := float32(MaxAbs)
+	if float64(v) > MaxAbs {
+		v = math.Nextafter32(v, 0)
+	}
+	return math.Float32bits(v)
+}()
 
 // job is what a tensor's coding takes from the plan.
 type job struct {
@@ -597,49 +609,77 @@ func (p *params) quantGroup(x []float32, r0, r1 int) *quantized {
 	n := (r1 - r0) * p.cols
 	cnt := p.counts(r0, r1)
 	q := &quantized{syms: make([][]byte, nctx)}
-	for k := range q.syms {
-		q.syms[k] = make([]byte, 0, cnt[k])
+	// Each context's symbols go to its part of one buffer: its weights
+	// are counted beforehand.
+	all := make([]byte, n)
+	var pos [maxCtx]int
+	off := 0
+	for k := range nctx {
+		q.syms[k] = all[off : off+cnt[k] : off+cnt[k]]
+		pos[k] = off
+		off += cnt[k]
 	}
-	syms := q.syms
-	low := newBitWriter(n, p.shift)
+	// The raw bits, least significant first: s + 1 per weight that is not
+	// 0, s per 0, flushed 32 bits at a time (s ≤ MaxShift = 24: the
+	// accumulator never holds more than 31 + 25 bits).
+	low := make([]byte, 0, (uint64(n)*uint64(p.shift+1)+7)/8+8)
+	var acc uint64
+	var nacc uint
 	b := &q.bins
-	smask := uint64(1)<<p.shift - 1
-	w1 := p.shift + 1
+	shift := p.shift
+	smask := uint64(1)<<shift - 1
+	w1 := shift + 1
+	cols, ccls, inv := p.cols, p.ccls, p.inv[:p.cols]
 	for r := r0; r < r1; r++ {
 		base := p.rowBase(r)
-		for c, v := range x[(r-r0)*p.cols : (r-r0+1)*p.cols] {
-			t := p.norm(v, c)
-			k := p.ctxOf(base, c)
+		for c, v := range x[(r-r0)*cols : (r-r0+1)*cols] {
+			t := math.Abs(float64(v) * float64(inv[c]))
+			k := base
+			if ccls != nil {
+				k += int(ccls[c])
+			}
 			m := p.round(t, k)
 			if m == 0 {
-				syms[k] = append(syms[k], 0)
-				low.write(0, p.shift)
-				continue
-			}
-			if m > maxMag {
-				q.tooLarge = true
-				m = maxMag
-			}
-			mu := uint64(m)
-			hi := mu >> p.shift
-			if hi >= escSym {
-				syms[k] = append(syms[k], escSym)
-				q.esc = binary.AppendUvarint(q.esc, hi-escSym)
+				all[pos[k]] = 0
+				pos[k]++
+				nacc += shift
 			} else {
-				syms[k] = append(syms[k], byte(hi))
+				if m > maxMag {
+					q.tooLarge = true
+					m = maxMag
+				}
+				mu := uint64(m)
+				hi := mu >> shift
+				if hi >= escSym {
+					all[pos[k]] = escSym
+					q.esc = binary.AppendUvarint(q.esc, hi-escSym)
+				} else {
+					all[pos[k]] = byte(hi)
+				}
+				pos[k]++
+				// The low bits, then the sign.
+				sign := uint64(0)
+				if v < 0 {
+					sign = 1
+				}
+				acc |= (mu&smask | sign<<shift) << nacc
+				nacc += w1
+				i := bin(m)
+				b.w[i]++
+				b.d[i] += m - t
 			}
-			// The low bits, then the sign.
-			sign := uint64(0)
-			if v < 0 {
-				sign = 1
+			if nacc >= 32 {
+				low = binary.LittleEndian.AppendUint32(low, uint32(acc))
+				acc >>= 32
+				nacc -= 32
 			}
-			low.write(mu&smask|sign<<p.shift, w1)
-			i := bin(m)
-			b.w[i]++
-			b.d[i] += m - t
 		}
 	}
-	q.low = low.bytes()
+	for ; nacc > 0; nacc -= min(nacc, 8) {
+		low = append(low, byte(acc))
+		acc >>= 8
+	}
+	q.low = low
 	return q
 }
 
@@ -702,41 +742,8 @@ func allSame(b []byte) bool {
 	return true
 }
 
-// bitWriter packs values least significant bit first.
-type bitWriter struct {
-	buf  []byte
-	acc  uint64
-	nacc uint
-}
-
-func newBitWriter(n int, w uint) *bitWriter {
-	return &bitWriter{buf: make([]byte, 0, (uint64(n)*uint64(w+1)+7)/8)}
-}
-
-// write appends the low w ≤ 32 bits of v.
-func (b *bitWriter) write(v uint64, w uint) {
-	if w == 0 {
-		return
-	}
-	b.acc |= v << b.nacc
-	b.nacc += w
-	for b.nacc >= 8 {
-		b.buf = append(b.buf, byte(b.acc))
-		b.acc >>= 8
-		b.nacc -= 8
-	}
-}
-
-func (b *bitWriter) bytes() []byte {
-	if b.nacc > 0 {
-		b.buf = append(b.buf, byte(b.acc))
-		b.acc, b.nacc = 0, 0
-	}
-	return b.buf
-}
-
-// bitReader reads values written by bitWriter, refusing to read past
-// its bytes.
+// bitReader reads values packed least significant bit first (the raw
+// bits quantGroup writes), refusing to read past its bytes.
 type bitReader struct {
 	src  []byte
 	i    int

@@ -802,3 +802,68 @@ func TestDecodeRowsTo(t *testing.T) {
 		}
 	}
 }
+
+// TestEstimateDigest pins rate control's view of the codec: the exact sizes
+// and distortions Estimate and Distortions return for every candidate, on
+// samples with and without column importance and column classes, with
+// outliers beyond the magnitude alphabet, for whole matrices of several
+// sizes (a change to the planner's rounding or its estimate shows here
+// even where no payload changes).
+func TestEstimateDigest(t *testing.T) {
+	h := sha256.New()
+	put := func(v uint64) { h.Write(binary.LittleEndian.AppendUint64(nil, v)) }
+	for si, shape := range [][2]int{{21, 1536}, {64, 576}, {7, 4096}, {3, 64}} {
+		n, cols := shape[0], shape[1]
+		x := numtest.Realistic().Matrix(numtest.NewRand(uint64(40+si)), n, cols)
+		for i := 0; i < len(x); i += 613 {
+			x[i] *= 40
+		}
+		imp := make([]float32, cols)
+		for i := range imp {
+			imp[i] = float32(1 + (i*5)%13)
+		}
+		for _, cls := range [][2]int{Classes, {1, 1}} {
+			c := &Codec{workers: 1, ncls: cls}
+			cfgs := c.Candidates(8960, cols)
+			for _, im := range [][]float32{nil, imp} {
+				for _, rows := range []int{n, 8960} {
+					sz, d, err := c.Estimate(x, rows, cols, im, cfgs)
+					if err != nil {
+						t.Fatal(err)
+					}
+					d2, err := c.Distortions(x, cols, im, cfgs)
+					if err != nil {
+						t.Fatal(err)
+					}
+					for i := range sz {
+						put(uint64(sz[i]))
+						put(math.Float64bits(d[i]))
+						put(math.Float64bits(d2[i]))
+					}
+				}
+			}
+		}
+	}
+	numtest.Golden(t, "testdata/estimate.golden", []byte(fmt.Sprintf("%x\n", h.Sum(nil))), *update)
+}
+
+// TestCheckFiniteBound: the values accepted are exactly those with
+// |v| ≤ MaxAbs, compared in float64, at the bound and around it.
+func TestCheckFiniteBound(t *testing.T) {
+	lim := float32(MaxAbs)
+	for float64(lim) > MaxAbs {
+		lim = math.Nextafter32(lim, 0)
+	}
+	inf := float32(math.Inf(1))
+	for _, v := range []float32{0, -0.0, 1, lim, -lim, math.Nextafter32(lim, 0), math.Nextafter32(lim, inf), -math.Nextafter32(lim, inf),
+		inf, -inf, float32(math.NaN()), math.MaxFloat32, math.SmallestNonzeroFloat32, -math.SmallestNonzeroFloat32} {
+		want := math.Abs(float64(v)) <= MaxAbs
+		err := CheckFinite([]float32{1, v})
+		if got := err == nil; got != want {
+			t.Errorf("CheckFinite(%g): accepted %v, want %v (err %v)", v, got, want, err)
+		}
+		if err != nil && !strings.Contains(err.Error(), "element 1 ") {
+			t.Errorf("CheckFinite(%g): %v does not name element 1", v, err)
+		}
+	}
+}

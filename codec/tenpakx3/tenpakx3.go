@@ -769,21 +769,6 @@ func (b *bitReader) fill() {
 	}
 }
 
-func (b *bitReader) read(w uint) (uint64, bool) {
-	for b.nacc < w {
-		if b.i >= len(b.src) {
-			return 0, false
-		}
-		b.acc |= uint64(b.src[b.i]) << b.nacc
-		b.i++
-		b.nacc += 8
-	}
-	v := b.acc & (uint64(1)<<w - 1)
-	b.acc >>= w
-	b.nacc -= w
-	return v, true
-}
-
 // header is a parsed payload.
 type header struct {
 	rows, cols int
